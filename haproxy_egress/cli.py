@@ -1,0 +1,127 @@
+"""`haproxy-egress`: the command line; the only place that prints errors and picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__, haproxy
+from .compiler import RenderOptions, render
+from .errors import ConfigError, EgressError, ExitCode
+from .model import Config, Document
+from .settings import LogSink, Settings
+from .sources import load
+
+log = logging.getLogger("haproxy_egress")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if getattr(args, "config_dir", None):
+        settings = dataclasses.replace(settings, config_dir=Path(args.config_dir))
+    return settings
+
+
+def render_options(settings: Settings) -> RenderOptions:
+    """The process facts that the rendered config embeds."""
+    return RenderOptions(
+        run_dir=settings.run_dir,
+        log_stdout=settings.log_sink is LogSink.STDOUT,
+        drain_seconds=settings.drain_seconds,
+        threads=settings.threads,
+    )
+
+
+def _compile(settings: Settings) -> tuple[Config, str]:
+    _, config = load(settings)
+    return config, render(config, render_options(settings))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the haproxy.cfg the inputs compile to."""
+    _, text = _compile(_settings(args))
+    sys.stdout.write(text)
+    return ExitCode.OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compile and run `haproxy -c` on the result."""
+    settings = _settings(args)
+    config, text = _compile(settings)
+    with tempfile.TemporaryDirectory(prefix="haproxy-egress-check.") as tmp:
+        candidate = Path(tmp) / "haproxy.cfg"
+        candidate.write_text(text, encoding="utf-8")
+        warnings = haproxy.check(candidate, settings.haproxy_bin)
+    if warnings and args.verbose:
+        print(warnings, file=sys.stderr)
+    n = len(config.routes)
+    print(f"configuration OK: {n} route{'s' if n != 1 else ''}")
+    return ExitCode.OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a ConfigMap YAML key, for editors and CI linting."""
+    schema = Document.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "haproxy-egress ConfigMap key"
+    print(json.dumps(schema, indent=2, sort_keys=True))
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="haproxy-egress",
+        description="An unprivileged, hot-reloading egress router built on HAProxy.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, help_ in (
+        ("render", cmd_render, "print the haproxy.cfg that the inputs compile to"),
+        ("check", cmd_check, "compile and validate with `haproxy -c`; exit 0 if usable"),
+    ):
+        p = add(name, func, help_)
+        p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
+        if name == "check":
+            p.add_argument("-v", "--verbose", action="store_true", help="show haproxy warnings")
+    add("schema", cmd_schema, "print the JSON Schema of a ConfigMap YAML key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch, and turn errors into one clear message and an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"Error: {exc.summary()}", file=sys.stderr)
+        return int(exc.exit_code)
+    except EgressError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

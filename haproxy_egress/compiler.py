@@ -1,0 +1,94 @@
+"""Model → haproxy.cfg text through the Jinja2 template; plus writing it atomically."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .model import Config, Route, format_duration
+from .resources import template_dir
+
+TEMPLATE = "haproxy.cfg.j2"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The process-level facts the config embeds (paths, log sink, drain, threads)."""
+
+    run_dir: Path
+    log_stdout: bool = False
+    drain_seconds: float = 30.0
+    threads: int = 0
+
+
+def _server_options(route: Route) -> str:
+    """The options shared by every server line of a route."""
+    opts = []
+    if route.check.enabled:
+        c = route.check
+        opts.append(f"check inter {format_duration(c.interval)} rise {c.rise} fall {c.fall}")
+    if route.proxy_protocol == "v2":
+        opts.append("send-proxy-v2")
+    elif route.proxy_protocol == "v1":
+        opts.append("send-proxy")
+    return "".join(f" {o}" for o in opts)
+
+
+def _address(value: object) -> str:
+    """An IP for `source`: IPv6 in brackets, so its last group is not read as a port."""
+    ip = ipaddress.ip_address(str(value))
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+@cache
+def _environment(directory: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # haproxy.cfg, not HTML; every value was validated by the model
+    )
+    env.filters["duration"] = format_duration
+    env.filters["address"] = _address
+    env.globals["server_options"] = _server_options
+    return env
+
+
+def render(config: Config, options: RenderOptions, directory: Path | None = None) -> str:
+    """The haproxy.cfg text for `config`; pure and deterministic."""
+    template = _environment(directory or template_dir()).get_template(TEMPLATE)
+    hard_stop = max(1, int(options.drain_seconds + 0.999))
+    return template.render(
+        config=config,
+        origins=dict(config.origins),
+        version=__version__,
+        run_dir=str(options.run_dir),
+        log_stdout=options.log_stdout,
+        hard_stop_after=f"{hard_stop}s",
+        threads=options.threads,
+    )
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
+    """Replace `path` with `text` so readers see the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,439 @@
+"""The typed, frozen configuration model and its validation rules; no I/O.
+
+Every input dialect (YAML ConfigMap keys, seed env vars, legacy EGRESS_* lines) ends up as these
+objects. Anything that reaches haproxy.cfg is checked here against a strict pattern, so the
+template can trust it and no input can smuggle in a directive.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    IPvAnyNetwork,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from . import netaddr
+from .errors import Problem
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_DURATION = re.compile(r"^([0-9]{1,9})(us|ms|s|m|h|d)$")
+_UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+# Printable ASCII without blanks, quotes, backslash, '#' or '$': safe unquoted in haproxy.cfg.
+SAFE_TOKEN = r"^[A-Za-z0-9!%&()*+,\-./:;<=>?@\[\]^_`{|}~]{1,128}$"
+HTTP_PATH = r"^/[A-Za-z0-9!%&()*+,\-./:;=?@_~]{0,255}$"
+
+
+def _duration_ms(value: object) -> int:
+    """'5s', '500ms', '1h' → milliseconds; a bare number is refused (seconds or ms?)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a duration such as 5s, 500ms, 1h (got {value!r})")
+    text = str(value).strip()
+    if text.isdigit():
+        raise ValueError(f"duration {text!r} needs a unit: {text}s, {text}ms, {text}m, ...")
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"must be a duration such as 5s, 500ms, 1h (got {text!r})")
+    ms = int(match.group(1)) * _UNIT_MS[match.group(2)]
+    if not 1 <= ms <= 24 * 86_400_000:
+        raise ValueError(f"duration {text!r} out of range 1ms..24d")
+    return int(ms)
+
+
+Duration = Annotated[
+    int,
+    BeforeValidator(_duration_ms),
+    WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["5s", "1h"]}),
+]
+
+
+def format_duration(ms: int) -> str:
+    """Milliseconds back into the shortest exact haproxy time string."""
+    for unit in ("d", "h", "m", "s"):
+        size = int(_UNIT_MS[unit])
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+class Frozen(BaseModel):
+    """Base: immutable, unknown keys are errors (a typo must never be silently ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class Endpoint(Frozen):
+    """A destination: a DNS name or IP literal, and a port."""
+
+    host: str
+    port: int
+
+    @property
+    def ip(self) -> netaddr.IPAddress | None:
+        """The address when the host is an IP literal, else None (a name to resolve)."""
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    @property
+    def hostport(self) -> str:
+        """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
+        ip = self.ip
+        host = f"[{self.host}]" if ip is not None and ip.version == 6 else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def server_name(self) -> str:
+        """A readable haproxy server name (also the `server` label in metrics)."""
+        return f"{self.host.replace(':', '-')}_{self.port}"
+
+
+def _endpoint(value: object) -> object:
+    """Accept 'host:port' strings as well as {host, port} mappings."""
+    if isinstance(value, str):
+        host, port = netaddr.parse_endpoint(value, default_port=None)
+        return {"host": host, "port": port}
+    if isinstance(value, Mapping):
+        out = dict(value)
+        if "host" in out and isinstance(out["host"], str):
+            out["host"] = netaddr.normalize_host(out["host"])
+        if "port" in out and isinstance(out["port"], str | int):
+            out["port"] = netaddr.parse_port(out["port"])
+        return out
+    return value
+
+
+EndpointSpec = Annotated[
+    Endpoint,
+    BeforeValidator(_endpoint),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "examples": ["api.github.com:443", "[2001:db8::1]:443"]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "host": {"type": "string"},
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    },
+                    "required": ["host", "port"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
+
+
+class Listen(Frozen):
+    """Where a route accepts connections: an optional local address and a port."""
+
+    address: str | None = None
+    port: int
+
+    @property
+    def bind(self) -> str:
+        """The haproxy `bind` address; IPv6 listeners also take IPv4 (v4v6)."""
+        if self.address is None:
+            return f":{self.port}"
+        ip = ipaddress.ip_address(self.address)
+        return f"[{self.address}]:{self.port}" if ip.version == 6 else f"{ip}:{self.port}"
+
+    @property
+    def is_v6(self) -> bool:
+        """True for an IPv6 listen address."""
+        return self.address is not None and ipaddress.ip_address(self.address).version == 6
+
+    def overlaps(self, other: Listen) -> bool:
+        """Same port and the same or a wildcard address: both cannot own the traffic."""
+        if self.port != other.port:
+            return False
+        return self.address is None or other.address is None or self.address == other.address
+
+    def __str__(self) -> str:
+        return self.bind if self.address else str(self.port)
+
+
+def _listen(value: object) -> object:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        address, port = netaddr.parse_listen(value)
+        return {"address": address, "port": port}
+    return value
+
+
+ListenSpec = Annotated[
+    Listen,
+    BeforeValidator(_listen),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "examples": ["8443", "127.0.0.1:8443", "[::]:8443"]},
+            ]
+        }
+    ),
+]
+
+
+class HealthCheck(Frozen):
+    """Active health checks of the destinations (a TCP connect, or an HTTP GET for http)."""
+
+    enabled: bool = True
+    interval: Duration = 2000
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(3, ge=1, le=100)
+    http_path: Annotated[str, Field(pattern=HTTP_PATH)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        """`check: false` / `check: true` as shorthands for `check: {enabled: ...}`."""
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+class RouteSettings(Frozen):
+    """The per-route knobs; also the shape of `defaults:`, which sets them for every route."""
+
+    mode: Literal["tcp", "http"] = "tcp"
+    balance: Literal["roundrobin", "first", "leastconn", "source"] = "roundrobin"
+    connect_timeout: Duration = 5000
+    idle_timeout: Duration = 3_600_000
+    source: IPvAnyAddress | None = None
+    allow_from: tuple[IPvAnyNetwork, ...] = ()
+    maxconn: int | None = Field(None, ge=1, le=1_000_000)
+    check: HealthCheck = HealthCheck()
+    proxy_protocol: Literal["v1", "v2"] | None = None
+    resolve_prefer: Literal["ipv4", "ipv6"] = "ipv4"
+    dns_slots: int = Field(4, ge=1, le=64)
+
+
+class Route(RouteSettings):
+    """One egress route: a listener, and the destinations its traffic may go to."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    listen: ListenSpec
+    destinations: tuple[EndpointSpec, ...] = Field(min_length=1)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, value: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        seen: set[str] = set()
+        for endpoint in value:
+            if endpoint.hostport in seen:
+                raise ValueError(f"destination {endpoint.hostport} is listed twice")
+            seen.add(endpoint.hostport)
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Route:
+        if self.check.http_path is not None and self.mode != "http":
+            raise ValueError("check.http_path needs mode: http")
+        return self
+
+    @property
+    def named_destinations(self) -> tuple[Endpoint, ...]:
+        """Destinations that are DNS names, resolved at runtime into server-template slots."""
+        return tuple(d for d in self.destinations if d.ip is None)
+
+
+class Resolvers(Frozen):
+    """How haproxy re-resolves destination names at runtime."""
+
+    nameservers: tuple[EndpointSpecDNS, ...] = ()  # empty: take them from /etc/resolv.conf
+    hold_valid: Duration = 10_000
+    timeout: Duration = 1000
+    retries: int = Field(3, ge=1, le=100)
+
+
+def _dns_endpoint(value: object) -> object:
+    if isinstance(value, str):
+        host, port = netaddr.parse_endpoint(value, default_port=53)
+        if netaddr.looks_like_ipv4(host) or ":" in host:
+            return {"host": host, "port": port}
+        raise ValueError(f"nameserver must be an IP address (got {value!r})")
+    return _endpoint(value)
+
+
+EndpointSpecDNS = Annotated[
+    Endpoint,
+    BeforeValidator(_dns_endpoint),
+    WithJsonSchema({"type": "string", "examples": ["10.0.0.10", "127.0.0.1:5353"]}),
+]
+Resolvers.model_rebuild()
+
+
+class StatsPage(Frozen):
+    """haproxy's own stats page (HTML, and CSV at `/;csv`); off unless a port is given."""
+
+    address: str | None = None
+    port: int = Field(ge=1, le=65535)
+    user: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    password: Annotated[str, Field(pattern=SAFE_TOKEN)] | None = None
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> StatsPage:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("STATS_USER and STATS_PASSWORD must be set together")
+        return self
+
+
+class Document(Frozen):
+    """One YAML key of the ConfigMap: the public shape (also exported as JSON Schema)."""
+
+    version: Literal[1] = 1
+    defaults: RouteSettings | None = None
+    resolvers: Resolvers | None = None
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated router configuration: what the compiler renders."""
+
+    routes: tuple[Route, ...]
+    resolvers: Resolvers = Resolvers()
+    stats: StatsPage | None = None
+    # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
+    origins: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def needs_resolvers(self) -> bool:
+        """A `resolvers` section is only emitted when some destination is a DNS name."""
+        return any(r.named_destinations for r in self.routes)
+
+    def origin_of(self, route_name: str) -> str:
+        """Where a route was defined, for messages."""
+        return dict(self.origins).get(route_name, "")
+
+
+# --- turning pydantic's errors into located problems ------------------------------------------
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """('routes', 1, 'listen') → 'routes[1].listen'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in ("tagged-union",):
+            continue  # pydantic's internal validator names carry no meaning for users
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "too_short":
+        return "must not be empty"
+    if err["type"] == "extra_forbidden":
+        return "unknown field (check the spelling; see `haproxy-egress schema`)"
+    if err["type"] == "string_pattern_mismatch":
+        got = err.get("input")
+        return f"invalid value {got!r}: must match {err['ctx']['pattern']}"
+    if err["type"] not in ("value_error", "missing") and "input" in err:
+        got = err["input"]
+        if not isinstance(got, Mapping | list | tuple):
+            msg += f" (got {got!r})"
+    return msg
+
+
+def problems_from(error: ValidationError, source: str, prefix: str = "") -> list[Problem]:
+    """All of a ValidationError's errors as problems under `source` and a path prefix."""
+    problems = []
+    for err in error.errors():
+        loc = format_loc(err["loc"])
+        if prefix and loc:
+            path = f"{prefix}.{loc}" if not loc.startswith("[") else prefix + loc
+        else:
+            path = prefix or loc
+        problems.append(Problem(source, path, _message(err)))
+    return problems
+
+
+def validate(model: type[Frozen], data: object, source: str, prefix: str = "") -> Any:
+    """Validate `data` as `model`; raise ProblemList with located problems on failure."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProblemList(problems_from(exc, source, prefix)) from None
+
+
+class ProblemList(Exception):
+    """Internal carrier of located problems between the model and the loaders."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(map(str, self.problems)))
+
+
+@dataclass(frozen=True)
+class Located:
+    """A validated route and where it was defined."""
+
+    route: Route
+    source: str
+    path: str
+    line: int | None = None
+
+
+def cross_route_problems(routes: Sequence[Located], reserved: Mapping[str, Listen]) -> list[Problem]:
+    """Names and listen addresses must be unique across every source (and not collide with the
+    stats page or metrics endpoint, given in `reserved` as label → listener)."""
+    problems: list[Problem] = []
+    by_name: dict[str, Located] = {}
+    for item in routes:
+        first = by_name.get(item.route.name)
+        if first is not None:
+            problems.append(
+                Problem(
+                    item.source,
+                    f"{item.path}.name",
+                    f"route name {item.route.name!r} is already used by "
+                    f"{first.source}: {first.path}",
+                    item.line,
+                )
+            )
+        else:
+            by_name[item.route.name] = item
+    for i, item in enumerate(routes):
+        for other in routes[:i]:
+            if item.route.listen.overlaps(other.route.listen):
+                problems.append(
+                    Problem(
+                        item.source,
+                        f"{item.path}.listen",
+                        f"listen {item.route.listen} is already used by route "
+                        f"{other.route.name!r} ({other.source}: {other.path})",
+                        item.line,
+                    )
+                )
+                break
+        for label, listener in reserved.items():
+            if item.route.listen.overlaps(listener):
+                problems.append(
+                    Problem(
+                        item.source,
+                        f"{item.path}.listen",
+                        f"listen {item.route.listen} collides with the {label}",
+                        item.line,
+                    )
+                )
+    return problems

@@ -1,0 +1,117 @@
+"""Parsing of the address notations users write: host, host:port, [v6]:port, listen specs.
+
+Pure functions that raise ValueError with a message fit for users; the model and every source
+dialect share them so that "198.51.100.7:443" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# RFC 1123 host names: labels of letters, digits and inner hyphens, 1..63 chars, 253 in all.
+# Underscores are refused: they are not valid in host names and haproxy's resolver drops them.
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_port(text: str | int, what: str = "port") -> int:
+    """A TCP port 1..65535 from an int or a decimal string."""
+    if isinstance(text, bool):
+        raise ValueError(f"{what} must be a number, got {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        raw = text.strip()
+        if not _PORT.match(raw):
+            raise ValueError(f"{what} must be a number 1..65535 (got {text!r})")
+        value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{what} {value} out of range 1..65535")
+    return value
+
+
+def parse_ip(text: str) -> IPAddress:
+    """An IPv4 or IPv6 literal (no brackets, no zone); ValueError names the bad text."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"not a valid IP address: {text!r}") from None
+
+
+def looks_like_ipv4(text: str) -> bool:
+    """True for dotted-quad lookalikes, so '300.1.1.1' is reported as a bad IP, not a name."""
+    return bool(re.fullmatch(r"[0-9]+(\.[0-9]+){3}", text))
+
+
+def normalize_host(text: str) -> str:
+    """A destination host: IP literal (canonical form) or a DNS name (lower case, no final dot)."""
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise ValueError(f"not a valid IPv6 address: {inner!r}") from None
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"not a valid host: {text!r}") from None
+    if looks_like_ipv4(host):
+        return str(parse_ip(host))
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"not a valid host name or IP address: {text!r}")
+    return host.rstrip(".").lower()
+
+
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """Split 'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 literal; no validation."""
+    raw = text.strip()
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in {text!r}")
+        host, rest = raw[: end + 1], raw[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"unexpected text after ']' in {text!r}")
+        return host, rest[1:]
+    if raw.count(":") == 1:
+        host, port = raw.split(":")
+        return host, port
+    return raw, None  # plain name, IPv4, or an unbracketed IPv6 literal (no port possible)
+
+
+def parse_endpoint(text: str, default_port: int | None) -> tuple[str, int]:
+    """'host[:port]' into (normalized host, port); the port falls back to default_port."""
+    host, port = split_host_port(text)
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    normalized = normalize_host(host)
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"missing port in {text!r}")
+        return normalized, default_port
+    return normalized, parse_port(port)
+
+
+def parse_listen(value: str | int) -> tuple[str | None, int]:
+    """A listen spec: 8443, '8443', 'ADDR:8443' or '[V6]:8443' into (address or None, port)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None, parse_port(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a port or 'ADDRESS:PORT' (got {value!r})")
+    if _PORT.match(value.strip()):
+        return None, parse_port(value)
+    host, port = split_host_port(value)
+    if port is None:
+        raise ValueError(f"missing port in {value!r}")
+    if host in ("*", ""):
+        return None, parse_port(port)
+    bare = host[1:-1] if host.startswith("[") else host
+    return str(parse_ip(bare)), parse_port(port)

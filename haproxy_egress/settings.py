@@ -1,0 +1,140 @@
+"""Process settings read from the environment: the only module that looks at environ."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, Problem
+
+
+class LogSink(enum.Enum):
+    """Where haproxy's own log lines go."""
+
+    SOCKLOG = "socklog"  # a socklog child on a unix datagram socket, copied to our stdout
+    STDOUT = "stdout"  # haproxy's native `log stdout`; no socklog child
+
+
+class LogFormat(enum.Enum):
+    """How the supervisor formats its own log lines."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+# The environment variables a route can come from; kept here so that `Settings` stays the one
+# place that knows variable names, and sources get them as plain data.
+SEED_VARS = (
+    "SERVICE_NAME",
+    "SERVICE_TCP_PORT",
+    "SERVICE_DEST",
+    "SERVICE_DEST_PORT",
+    "STATS_PORT",
+    "STATS_USER",
+    "STATS_PASSWORD",
+)
+LEGACY_VARS = (
+    "EGRESS_DESTINATION",
+    "EGRESS_DNS_PROXY_DESTINATION",
+    "EGRESS_HTTP_PROXY_DESTINATION",
+    "EGRESS_SOURCE",
+    "EGRESS_GATEWAY",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the process needs to know that is not part of the route configuration."""
+
+    config_dir: Path = Path("/etc/haproxy-egress")
+    run_dir: Path = Path("/run/haproxy-egress")
+    haproxy_bin: str = "haproxy"
+    socklog_bin: str = "socklog"
+    log_sink: LogSink = LogSink.SOCKLOG
+    log_format: LogFormat = LogFormat.TEXT
+    drain_seconds: float = 30.0
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 9101
+    reload_debounce: float = 0.3
+    poll_seconds: float = 10.0
+    threads: int = 0  # 0: let haproxy pick (one per CPU it may use)
+    include_unused_slots: bool = False
+    # Raw route-bearing variables (seed template + legacy dialects), handed to sources as data.
+    route_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `environ` (default: os.environ); all problems reported together."""
+        env = os.environ if environ is None else environ
+        problems: list[Problem] = []
+
+        def number(name: str, default: float, lo: float, hi: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(Problem(name, "", f"must be a number (got {raw!r})"))
+                return default
+            if not lo <= value <= hi:
+                problems.append(Problem(name, "", f"must be within {lo:g}..{hi:g} (got {raw})"))
+                return default
+            return value
+
+        def choice(name: str, enum_type: type[enum.Enum], default: enum.Enum) -> enum.Enum:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return default
+            try:
+                return enum_type(raw)
+            except ValueError:
+                allowed = ", ".join(str(m.value) for m in enum_type)
+                problems.append(Problem(name, "", f"must be one of {allowed} (got {raw!r})"))
+                return default
+
+        sink = choice("EGRESS_LOG", LogSink, LogSink.SOCKLOG)
+        fmt = choice("EGRESS_LOG_FORMAT", LogFormat, LogFormat.TEXT)
+        settings = cls(
+            config_dir=Path(env.get("EGRESS_CONFIG_DIR") or cls.config_dir),
+            run_dir=Path(env.get("EGRESS_RUN_DIR") or cls.run_dir),
+            haproxy_bin=env.get("EGRESS_HAPROXY_BIN") or cls.haproxy_bin,
+            socklog_bin=env.get("EGRESS_SOCKLOG_BIN") or cls.socklog_bin,
+            log_sink=LogSink(sink.value),
+            log_format=LogFormat(fmt.value),
+            drain_seconds=number("EGRESS_DRAIN_SECONDS", cls.drain_seconds, 0, 86400),
+            metrics_address=env.get("METRICS_ADDRESS") or cls.metrics_address,
+            metrics_port=int(number("SCRAPER_TCP_PORT", cls.metrics_port, 0, 65535)),
+            reload_debounce=number("EGRESS_RELOAD_DEBOUNCE", cls.reload_debounce, 0, 60),
+            poll_seconds=number("EGRESS_POLL_SECONDS", cls.poll_seconds, 0.1, 3600),
+            threads=int(number("EGRESS_THREADS", 0, 0, 64)),
+            include_unused_slots=env.get("EGRESS_EXPORT_UNUSED_SLOTS", "").lower()
+            in ("1", "true", "yes"),
+            route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
+        )
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    @property
+    def config_path(self) -> Path:
+        """The live haproxy.cfg haproxy runs from."""
+        return self.run_dir / "haproxy.cfg"
+
+    @property
+    def stats_socket(self) -> Path:
+        """haproxy's admin-level stats socket (mode 600)."""
+        return self.run_dir / "haproxy.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        """haproxy's master CLI socket (mode 600)."""
+        return self.run_dir / "master.sock"
+
+    @property
+    def log_socket(self) -> Path:
+        """socklog's unix datagram socket haproxy logs to."""
+        return self.run_dir / "log.sock"

@@ -1,0 +1,88 @@
+"""One consistent snapshot of a mounted ConfigMap directory (or a plain directory).
+
+The kubelet publishes a ConfigMap as `..2026_11_26_10_00_00.123/` with `..data` pointing at it
+and each key a symlink `key -> ..data/key`; it swaps versions by renaming a new `..data_tmp`
+symlink over `..data`. Resolving `..data` once and reading every key from that one target
+directory gives a snapshot that cannot mix two versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Problem
+
+MAX_KEY_BYTES = 1 << 20  # a whole ConfigMap is limited to 1 MiB by the API server
+_ATTEMPTS = 3
+# Kubernetes' rule for ConfigMap keys; anything else (a newline in a file name of a plain
+# directory, say) could end up in a comment of haproxy.cfg, so it is refused outright.
+KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")  # a swap can delete the old version mid-read; read the new one instead
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The visible keys of the config directory at one instant, and their digest."""
+
+    directory: Path
+    files: tuple[tuple[str, bytes], ...]  # sorted by key name
+    exists: bool = True
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """sha256 over names and contents: equal digests mean nothing to reload."""
+        h = hashlib.sha256()
+        for name, data in self.files:
+            h.update(f"{name}\0{len(data)}\0".encode())
+            h.update(data)
+        return h.hexdigest()
+
+    def get(self, name: str) -> bytes | None:
+        """One key's content, or None."""
+        return dict(self.files).get(name)
+
+
+def _read_dir(directory: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
+    files: list[tuple[str, bytes]] = []
+    problems: list[Problem] = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue  # kubelet internals (..data, ..2026_...) and editor swap files
+        if not entry.is_file():  # follows the per-key symlinks
+            continue
+        if not KEY_NAME.match(entry.name):
+            problems.append(Problem(repr(entry.name), "", "not a valid ConfigMap key name"))
+            continue
+        size = entry.stat().st_size
+        if size > MAX_KEY_BYTES:
+            problems.append(
+                Problem(entry.name, "", f"{size} bytes is more than a ConfigMap may hold (1 MiB)")
+            )
+            continue
+        try:
+            with open(entry.path, "rb") as fh:
+                files.append((entry.name, fh.read(MAX_KEY_BYTES + 1)))
+        except PermissionError as exc:
+            problems.append(Problem(entry.name, "", f"cannot be read: {exc.strerror}"))
+    return files, problems
+
+
+def read_snapshot(directory: Path) -> Snapshot:
+    """Read every visible key once, through `..data` when the kubelet layout is present."""
+    if not directory.is_dir():
+        return Snapshot(directory, (), exists=False)
+    for attempt in range(_ATTEMPTS):
+        data_link = directory / "..data"
+        target = data_link.resolve() if data_link.is_symlink() else directory
+        try:
+            files, problems = _read_dir(target)
+        except FileNotFoundError:
+            if attempt + 1 == _ATTEMPTS:
+                raise
+            continue  # the version we resolved was swapped out and deleted: read the new one
+        return Snapshot(directory, tuple(files), True, tuple(problems))
+    raise AssertionError("unreachable")

@@ -1,0 +1,34 @@
+"""What every source dialect hands to the loader: unvalidated route data with its location."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import Problem
+
+
+@dataclass
+class RawRoute:
+    """A route as a source read it, before defaults are applied and the model validates it."""
+
+    data: dict[str, Any]
+    source: str  # "routes.yaml", "SERVICE_* env", "EGRESS_DESTINATION"
+    path: str  # "routes[2]", "line 3"
+    line: int | None = None
+    # YAML path below this route → line, so field errors can name a line too.
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Fragment:
+    """Everything one source contributed: defaults, resolvers, stats page, routes, problems."""
+
+    source: str
+    defaults: dict[str, Any] | None = None
+    defaults_lines: Mapping[str, int] = field(default_factory=dict)
+    resolvers: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+    routes: list[RawRoute] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)

@@ -1,0 +1,214 @@
+"""Real test peers shared by the test suite: free ports, TCP/HTTP origins, a DNS server, and
+haproxy processes. Everything binds to 127.0.0.1 (or a test namespace) and is stopped by the
+fixture that started it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out (bind to 0); good enough for tests on loopback."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> object:
+    """Poll `predicate` until it returns something truthy; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+# --- origins -------------------------------------------------------------------------------
+
+
+class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class HttpOrigin:
+    """An HTTP server answering every GET with its own name; records client peers."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    peers: list[str] = field(default_factory=list)
+    _server: _ThreadingHTTPServer | None = None
+
+    def start(self) -> HttpOrigin:
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                origin.peers.append(self.client_address[0])
+                size = 0
+                if self.path.startswith("/bytes/"):
+                    size = int(self.path.split("/")[2])
+                body = origin.name.encode() if not size else b"x" * size
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = _ThreadingHTTPServer((self.host, self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 5.0) -> str:
+    """One HTTP/1.0 GET over a new connection; returns the body (raises on failure)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0] + b" ":
+        raise ConnectionError(f"bad response: {head[:80]!r}")
+    return body.decode()
+
+
+# --- DNS ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DnsServer:
+    """A real DNS server on 127.0.0.1 (dnslib) whose A/AAAA answers tests can change."""
+
+    records: dict[str, list[str]] = field(default_factory=dict)  # name → IPs
+    port: int = 0
+    ttl: int = 1
+    queries: int = 0
+    _server: object = None
+
+    def start(self) -> DnsServer:
+        from dnslib import AAAA, QTYPE, RR, A
+        from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+        owner = self
+
+        class Resolver(BaseResolver):  # type: ignore[misc]
+            def resolve(self, request: object, handler: object) -> object:
+                owner.queries += 1
+                reply = request.reply()  # type: ignore[attr-defined]
+                qname = str(request.q.qname).rstrip(".").lower()  # type: ignore[attr-defined]
+                qtype = QTYPE[request.q.qtype]  # type: ignore[attr-defined]
+                for ip in owner.records.get(qname, []):
+                    if ":" in ip and qtype in ("AAAA", "ANY"):
+                        reply.add_answer(RR(qname, QTYPE.AAAA, rdata=AAAA(ip), ttl=owner.ttl))
+                    elif ":" not in ip and qtype in ("A", "ANY"):
+                        reply.add_answer(RR(qname, QTYPE.A, rdata=A(ip), ttl=owner.ttl))
+                if qname not in owner.records:
+                    reply.header.rcode = 3  # NXDOMAIN
+                return reply
+
+        self.port = self.port or free_port(kind=socket.SOCK_DGRAM)
+        quiet = DNSLogger(logf=lambda _msg: None)
+        server = DNSServer(Resolver(), port=self.port, address="127.0.0.1", logger=quiet)
+        server.start_thread()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()  # type: ignore[attr-defined]
+            self._server = None
+
+
+# --- haproxy -------------------------------------------------------------------------------
+
+
+@dataclass
+class HaproxyProcess:
+    """A plain (non master-worker) haproxy on a rendered config, for data-path tests."""
+
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> HaproxyProcess:
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # soft stop
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def write_configmap(directory: Path, keys: Mapping[str, object]) -> None:
+    """Write keys into a plain directory (dict values become YAML, str/bytes are written raw)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in keys.items():
+        if isinstance(value, bytes):
+            (directory / name).write_bytes(value)
+        elif isinstance(value, str):
+            (directory / name).write_text(value)
+        else:
+            (directory / name).write_text(yaml.safe_dump(value, sort_keys=False))
+
+
+@contextlib.contextmanager
+def started(*things: HttpOrigin | DnsServer | HaproxyProcess) -> Iterator[None]:
+    """Start peers in order and stop them in reverse, even when the test fails."""
+    done: list[HttpOrigin | DnsServer | HaproxyProcess] = []
+    try:
+        for thing in things:
+            thing.start()
+            done.append(thing)
+        yield
+    finally:
+        for thing in reversed(done):
+            thing.stop()
