@@ -62,6 +62,10 @@ class Settings:
     poll_seconds: float = 10.0
     threads: int = 0  # 0: let haproxy pick (one per CPU it may use)
     include_unused_slots: bool = False
+    # haproxy_exporter's selection flags, as the sidecar's users set them: CSV field indices
+    # of server metrics to export, and server states (e.g. "maint,drain") to leave out.
+    server_metric_fields: str = ""
+    server_exclude_states: str = ""
     # Raw route-bearing variables (seed template + legacy dialects), handed to sources as data.
     route_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -113,6 +117,8 @@ class Settings:
             threads=int(number("EGRESS_THREADS", 0, 0, 64)),
             include_unused_slots=env.get("EGRESS_EXPORT_UNUSED_SLOTS", "").lower()
             in ("1", "true", "yes"),
+            server_metric_fields=env.get("EGRESS_SERVER_METRIC_FIELDS", "").strip(),
+            server_exclude_states=env.get("EGRESS_SERVER_EXCLUDE_STATES", "").strip(),
             route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
         )
         if problems:
