@@ -16,6 +16,7 @@ from .model import Config, Route, format_duration
 from .resources import template_dir
 
 TEMPLATE = "haproxy.cfg.j2"
+HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _environment(directory: Path) -> jinja2.Environment:
 def render(config: Config, options: RenderOptions, directory: Path | None = None) -> str:
     """The haproxy.cfg text for `config`; pure and deterministic."""
     template = _environment(directory or template_dir()).get_template(TEMPLATE)
-    hard_stop = max(1, int(options.drain_seconds + 0.999))
+    hard_stop = int(options.drain_seconds + 0.999) + HARD_STOP_MARGIN
     return template.render(
         config=config,
         origins=dict(config.origins),

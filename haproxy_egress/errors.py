@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 2  # bad configuration or usage
     HAPROXY = 3  # haproxy refused the config or could not be started
     CRASHLOOP = 4  # children kept dying; let the kubelet restart us
+    FORCED_STOP = 5  # the drain deadline passed and connections were cut
 
 
 @dataclass(frozen=True, order=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -17,7 +18,8 @@ def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
     """Run `haproxy -c` on a file; return its warnings, raise HaproxyCheckError if rejected."""
     try:
         proc = subprocess.run(
-            [haproxy_bin, "-c", "-q", "-f", str(config_path)],
+            # Not -q: it also silences the [ALERT] lines that say what is wrong.
+            [haproxy_bin, "-c", "-f", str(config_path)],
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,
@@ -27,10 +29,11 @@ def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
         raise HaproxyError(f"haproxy binary not found: {haproxy_bin!r}") from None
     except subprocess.TimeoutExpired:
         raise HaproxyError(f"haproxy -c took longer than {CHECK_TIMEOUT:.0f}s") from None
-    output = (proc.stdout + proc.stderr).strip()
+    lines = (proc.stdout + proc.stderr).splitlines()
+    output = "\n".join(ln for ln in lines if "[NOTICE]" not in ln and "is valid" not in ln)
     if proc.returncode != 0:
         raise HaproxyCheckError(output)
-    return output
+    return output.replace("Warnings were found.", "").strip()
 
 
 def master_argv(haproxy_bin: str, config_path: Path, master_socket: Path) -> list[str]:
@@ -60,22 +63,30 @@ def version(haproxy_bin: str = "haproxy") -> str:
     return parts[2] if len(parts) > 2 else "unknown"
 
 
+# The master CLI's prompt, e.g. "master> " or "master[ReloadFailed]> " (2.6 after a failed
+# reload). In that state the master keeps the connection open after answering, so the master
+# CLI is always spoken in prompt mode and an answer ends at the next prompt, not at EOF.
+_MASTER_PROMPT = re.compile(rb"master(\[[A-Za-z]+\])?> $")
+
+
 @dataclass(frozen=True)
 class CliSocket:
     """A unix-socket CLI (stats socket or master CLI): one command per connection."""
 
     path: Path
     timeout: float = 5.0
+    master: bool = False  # the master CLI: prompt mode, answers end at the next prompt
 
     def command(self, line: str) -> str:
         """Send one command and read the whole answer; bounded by `timeout` overall."""
         deadline = time.monotonic() + self.timeout
+        request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
+        data = b""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout)
             try:
+                sock.settimeout(self.timeout)
                 sock.connect(str(self.path))
-                sock.sendall(line.encode() + b"\n")
-                chunks = []
+                sock.sendall(request)
                 while True:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -84,10 +95,20 @@ class CliSocket:
                     chunk = sock.recv(65536)
                     if not chunk:
                         break
-                    chunks.append(chunk)
+                    data += chunk
+                    if self.master and _answered(data):
+                        break
             except (OSError, TimeoutError) as exc:
                 raise HaproxyError(f"{self.path}: {line!r} failed: {exc}") from exc
-        return b"".join(chunks).decode("utf-8", "replace")
+        text = data.decode("utf-8", "replace")
+        if self.master:  # drop the prompts around the answer
+            text = re.sub(r"^master(\[[A-Za-z]+\])?> ", "", text, flags=re.M)
+        return text
+
+
+def _answered(data: bytes) -> bool:
+    """Prompt mode: a first prompt, the answer, then a second prompt."""
+    return bool(_MASTER_PROMPT.search(data)) and data.count(b"> ") >= 2
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -50,6 +50,8 @@ def _duration_ms(value: object) -> int:
     ms = int(match.group(1)) * _UNIT_MS[match.group(2)]
     if not 1 <= ms <= 24 * 86_400_000:
         raise ValueError(f"duration {text!r} out of range 1ms..24d")
+    if ms != int(ms):  # '1500us' would silently become 1ms: haproxy times are whole ms here
+        raise ValueError(f"duration {text!r} is not a whole number of milliseconds")
     return int(ms)
 
 
@@ -104,6 +106,8 @@ class Endpoint(Frozen):
 
 def _endpoint(value: object) -> object:
     """Accept 'host:port' strings as well as {host, port} mappings."""
+    if isinstance(value, bool | int | float):
+        raise ValueError(f"must be 'HOST:PORT' or {{host: ..., port: ...}} (got {value!r})")
     if isinstance(value, str):
         host, port = netaddr.parse_endpoint(value, default_port=None)
         return {"host": host, "port": port}
@@ -158,20 +162,28 @@ class Listen(Frozen):
         """True for an IPv6 listen address."""
         return self.address is not None and ipaddress.ip_address(self.address).version == 6
 
+    @property
+    def is_wildcard(self) -> bool:
+        """No address, 0.0.0.0 or '::': the listener takes the port on every address."""
+        return self.address is None or ipaddress.ip_address(self.address).is_unspecified
+
     def overlaps(self, other: Listen) -> bool:
         """Same port and the same or a wildcard address: both cannot own the traffic."""
         if self.port != other.port:
             return False
-        return self.address is None or other.address is None or self.address == other.address
+        return self.is_wildcard or other.is_wildcard or self.address == other.address
 
     def __str__(self) -> str:
         return self.bind if self.address else str(self.port)
 
 
 def _listen(value: object) -> object:
+    """A port, 'ADDR:PORT' or '[V6]:PORT'; other scalars get a message naming the forms."""
     if isinstance(value, str | int) and not isinstance(value, bool):
         address, port = netaddr.parse_listen(value)
         return {"address": address, "port": port}
+    if not isinstance(value, Mapping | Listen):
+        raise ValueError(f"must be a port or 'ADDRESS:PORT' (got {value!r})")
     return value
 
 
@@ -205,6 +217,17 @@ class HealthCheck(Frozen):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+def _no_zone(value: object) -> object:
+    """pydantic's IP types accept IPv6 zone ids with any text (newlines too) after '%'."""
+    if isinstance(value, str) and "%" in value:
+        raise ValueError(f"IPv6 zone ids ('%...') are not supported (got {value!r})")
+    return value
+
+
+SourceAddress = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
+ClientNetwork = Annotated[IPvAnyNetwork, BeforeValidator(_no_zone)]
+
+
 class RouteSettings(Frozen):
     """The per-route knobs; also the shape of `defaults:`, which sets them for every route."""
 
@@ -212,8 +235,8 @@ class RouteSettings(Frozen):
     balance: Literal["roundrobin", "first", "leastconn", "source"] = "roundrobin"
     connect_timeout: Duration = 5000
     idle_timeout: Duration = 3_600_000
-    source: IPvAnyAddress | None = None
-    allow_from: tuple[IPvAnyNetwork, ...] = ()
+    source: SourceAddress | None = None
+    allow_from: tuple[ClientNetwork, ...] = ()
     maxconn: int | None = Field(None, ge=1, le=1_000_000)
     check: HealthCheck = HealthCheck()
     proxy_protocol: Literal["v1", "v2"] | None = None
@@ -255,6 +278,8 @@ class Resolvers(Frozen):
 
     nameservers: tuple[EndpointSpecDNS, ...] = ()  # empty: take them from /etc/resolv.conf
     hold_valid: Duration = 10_000
+    # How long an address that left the DNS answer keeps its slot (and its traffic).
+    hold_obsolete: Duration = 30_000
     timeout: Duration = 1000
     retries: int = Field(3, ge=1, le=100)
 
@@ -305,7 +330,7 @@ class Config:
     """The whole, validated router configuration: what the compiler renders."""
 
     routes: tuple[Route, ...]
-    resolvers: Resolvers = Resolvers()
+    resolvers: Resolvers = field(default_factory=Resolvers)
     stats: StatsPage | None = None
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
@@ -323,14 +348,19 @@ class Config:
 # --- turning pydantic's errors into located problems ------------------------------------------
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 def format_loc(loc: Sequence[int | str]) -> str:
-    """('routes', 1, 'listen') → 'routes[1].listen'."""
+    """('routes', 1, 'listen') → 'routes[1].listen'; odd keys (a typo'd "\n") come quoted."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part.startswith("function-") or part in ("tagged-union",):
             continue  # pydantic's internal validator names carry no meaning for users
+        elif not _PLAIN_KEY.fullmatch(part):
+            out += f"[{part!r}]"  # repr: a key cannot break the one-line-per-problem output
         else:
             out += f".{part}" if out else part
     return out
@@ -358,8 +388,14 @@ def _message(err: Mapping[str, Any]) -> str:
 def problems_from(error: ValidationError, source: str, prefix: str = "") -> list[Problem]:
     """All of a ValidationError's errors as problems under `source` and a path prefix."""
     problems = []
-    for err in error.errors():
+    errors = error.errors()
+    item_locs = {
+        format_loc(e["loc"][:-1]) for e in errors if e["loc"] and isinstance(e["loc"][-1], int)
+    }
+    for err in errors:
         loc = format_loc(err["loc"])
+        if err["type"] == "too_short" and loc in item_locs:
+            continue  # pydantic counts only valid items: "empty" would be wrong, the item is bad
         if prefix and loc:
             path = f"{prefix}.{loc}" if not loc.startswith("[") else prefix + loc
         else:
@@ -394,7 +430,9 @@ class Located:
     line: int | None = None
 
 
-def cross_route_problems(routes: Sequence[Located], reserved: Mapping[str, Listen]) -> list[Problem]:
+def cross_route_problems(
+    routes: Sequence[Located], reserved: Mapping[str, Listen]
+) -> list[Problem]:
     """Names and listen addresses must be unique across every source (and not collide with the
     stats page or metrics endpoint, given in `reserved` as label → listener)."""
     problems: list[Problem] = []
@@ -413,8 +451,11 @@ def cross_route_problems(routes: Sequence[Located], reserved: Mapping[str, Liste
             )
         else:
             by_name[item.route.name] = item
-    for i, item in enumerate(routes):
-        for other in routes[:i]:
+    # Only listeners on the same port can overlap: index by port to stay linear in routes.
+    by_port: dict[int, list[Located]] = {}
+    for item in routes:
+        earlier = by_port.setdefault(item.route.listen.port, [])
+        for other in earlier:
             if item.route.listen.overlaps(other.route.listen):
                 problems.append(
                     Problem(
@@ -426,6 +467,7 @@ def cross_route_problems(routes: Sequence[Located], reserved: Mapping[str, Liste
                     )
                 )
                 break
+        earlier.append(item)
         for label, listener in reserved.items():
             if item.route.listen.overlaps(listener):
                 problems.append(

@@ -34,8 +34,16 @@ def parse_port(text: str | int, what: str = "port") -> int:
     return value
 
 
+def _refuse_zone(text: str) -> None:
+    """Python accepts any text after '%' as an IPv6 zone id (newlines included), and would
+    hand it back in str(): refuse zones outright so no such text can reach haproxy.cfg."""
+    if "%" in text:
+        raise ValueError(f"IPv6 zone ids ('%...') are not supported: {text!r}")
+
+
 def parse_ip(text: str) -> IPAddress:
     """An IPv4 or IPv6 literal (no brackets, no zone); ValueError names the bad text."""
+    _refuse_zone(text)
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -50,6 +58,7 @@ def looks_like_ipv4(text: str) -> bool:
 def normalize_host(text: str) -> str:
     """A destination host: IP literal (canonical form) or a DNS name (lower case, no final dot)."""
     host = text.strip()
+    _refuse_zone(host)
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         try:

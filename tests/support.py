@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from dnslib import AAAA, QTYPE, RR, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
 
@@ -55,6 +57,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients (and haproxy's health checks) hanging up are normal here
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind() looks up getfqdn(host): no resolver use in tests, ever.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
 @dataclass
@@ -126,9 +136,6 @@ class DnsServer:
     _server: object = None
 
     def start(self) -> DnsServer:
-        from dnslib import AAAA, QTYPE, RR, A
-        from dnslib.server import BaseResolver, DNSLogger, DNSServer
-
         owner = self
 
         class Resolver(BaseResolver):  # type: ignore[misc]
@@ -156,6 +163,8 @@ class DnsServer:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()  # type: ignore[attr-defined]
+            # dnslib's stop() only shuts the server down; close its UDP socket too.
+            self._server.server.server_close()  # type: ignore[attr-defined]
             self._server = None
 
 
@@ -185,6 +194,8 @@ class HaproxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.proc = None
 
 

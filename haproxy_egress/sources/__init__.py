@@ -6,8 +6,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError, Problem
-from ..model import (
+from haproxy_egress.errors import ConfigError, Problem
+from haproxy_egress.model import (
     Config,
     Listen,
     Located,
@@ -19,8 +19,10 @@ from ..model import (
     cross_route_problems,
     validate,
 )
-from ..settings import Settings
+from haproxy_egress.settings import Settings
+
 from .configdir import Snapshot, read_snapshot
+from .legacy import read_legacy
 from .raw import Fragment, RawRoute
 from .seed_env import read_seed_env
 from .yamlfile import read_yaml
@@ -34,6 +36,8 @@ def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
         if name.endswith((".yaml", ".yml")):
             frags.append(read_yaml(name, data))
     frags.append(read_seed_env(env))
+    # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
+    frags.extend(read_legacy(dict(snapshot.files), env))
     frags.extend(Fragment(source=p.source, problems=[p]) for p in snapshot.problems)
     return frags
 
@@ -50,8 +54,12 @@ def _merge_section(frags: Iterable[Fragment], attr: str, problems: list[Problem]
         for key, value in section.items():
             if key in merged and merged[key] != value:
                 problems.append(
-                    Problem(frag.source, f"{attr}.{key}",
-                            f"also set to a different value in {origin[key]}")
+                    Problem(
+                        frag.source,
+                        f"{attr}.{key}",
+                        f"also set to a different value in {origin[key]}",
+                        frag.lines.get(f"{attr}.{key}"),
+                    )
                 )
             merged[key] = value
             origin[key] = frag.source
@@ -96,7 +104,19 @@ def build_config(frags: list[Fragment], reserved: Mapping[str, Listen]) -> Confi
                 defaults = {}
     resolvers = Resolvers()
     raw_resolvers = _merge_section(frags, "resolvers", problems)
-    if raw_resolvers:
+    resolvers_ok = True
+    for frag in frags:
+        # Each key's section on its own first, so a bad value is reported with its file and line.
+        if frag.resolvers:
+            try:
+                validate(Resolvers, frag.resolvers, frag.source, "resolvers")
+            except ProblemList as exc:
+                problems += [
+                    Problem(p.source, p.path, p.message, frag.lines.get(p.path))
+                    for p in exc.problems
+                ]
+                resolvers_ok = False
+    if raw_resolvers and resolvers_ok:
         try:
             resolvers = validate(Resolvers, raw_resolvers, "resolvers", "resolvers")
         except ProblemList as exc:

@@ -14,13 +14,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Problem
+from haproxy_egress.errors import Problem
 
 MAX_KEY_BYTES = 1 << 20  # a whole ConfigMap is limited to 1 MiB by the API server
-_ATTEMPTS = 3
+_ATTEMPTS = 3  # a swap can delete the old version mid-read; read the new one instead
 # Kubernetes' rule for ConfigMap keys; anything else (a newline in a file name of a plain
 # directory, say) could end up in a comment of haproxy.cfg, so it is refused outright.
-KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")  # a swap can delete the old version mid-read; read the new one instead
+KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]{1,253}\Z")
 
 
 @dataclass(frozen=True)
@@ -84,5 +84,8 @@ def read_snapshot(directory: Path) -> Snapshot:
             if attempt + 1 == _ATTEMPTS:
                 raise
             continue  # the version we resolved was swapped out and deleted: read the new one
+        except PermissionError as exc:
+            problem = Problem(str(directory), "", f"cannot be read: {exc.strerror}")
+            return Snapshot(directory, (), True, (problem,))
         return Snapshot(directory, tuple(files), True, tuple(problems))
     raise AssertionError("unreachable")

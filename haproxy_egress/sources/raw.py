@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import Problem
+from haproxy_egress.errors import Problem
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Fragment:
     source: str
     defaults: dict[str, Any] | None = None
     defaults_lines: Mapping[str, int] = field(default_factory=dict)
+    # YAML path → line for the whole document (resolvers, stats...), when the source has lines.
+    lines: Mapping[str, int] = field(default_factory=dict)
     resolvers: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
     routes: list[RawRoute] = field(default_factory=list)

@@ -6,11 +6,14 @@ STATS_PORT / STATS_USER / STATS_PASSWORD turn on haproxy's stats page.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from .. import netaddr
-from ..errors import Problem
+from haproxy_egress import netaddr
+from haproxy_egress.errors import Problem
+from haproxy_egress.model import NAME_PATTERN
+
 from .raw import Fragment, RawRoute
 
 SOURCE = "SERVICE_* env"
@@ -55,18 +58,26 @@ def _route(env: Mapping[str, str], problems: list[Problem]) -> dict[str, Any] | 
         try:
             host, port = netaddr.parse_endpoint(item, default_port)
         except ValueError as exc:
-            hint = " (write host:port or set SERVICE_DEST_PORT)" if "missing port" in str(exc) else ""
+            hint = (
+                " (write host:port or set SERVICE_DEST_PORT)" if "missing port" in str(exc) else ""
+            )
             problems.append(Problem("SERVICE_DEST", f"item {n}", f"{exc}{hint}"))
             continue
         destinations.append({"host": host, "port": port})
     name = env.get("SERVICE_NAME", "").strip() or "egress"
+    if not re.fullmatch(NAME_PATTERN, name):
+        # Checked here so the message names the variable, not the model's "route.name".
+        problems.append(
+            Problem("SERVICE_NAME", "", f"invalid value {name!r}: must match {NAME_PATTERN}")
+        )
     if len(problems) > before or listen is None:
         return None
     address, port = listen
     return {
         "name": name,
-        "listen": f"[{address}]:{port}" if address and ":" in address else
-        (f"{address}:{port}" if address else port),
+        "listen": f"[{address}]:{port}"
+        if address and ":" in address
+        else (f"{address}:{port}" if address else port),
         "destinations": destinations,
     }
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import Problem
-from ..model import format_loc
+from haproxy_egress.errors import Problem
+from haproxy_egress.model import format_loc
+
 from .raw import Fragment, RawRoute
 
 TOP_LEVEL = ("version", "defaults", "resolvers", "routes")
@@ -45,12 +46,25 @@ def _duplicate_keys(node: yaml.Node, path: tuple[int | str, ...], name: str) -> 
     return problems
 
 
+# libyaml when PyYAML has it: parsing is nearly all of the load time of a big ConfigMap.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse once: the node tree (for line numbers) and the data constructed from it."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(name: str, text: bytes) -> Fragment:
     """Parse one YAML key into a fragment; syntax and shape errors become located problems."""
     frag = Fragment(source=name)
     try:
-        node = yaml.compose(text.decode("utf-8"), Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text) if node is not None else None
+        node, data = _parse(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
         frag.problems.append(Problem(name, "", f"not UTF-8 text (byte {exc.start})"))
         return frag
@@ -68,17 +82,27 @@ def read_yaml(name: str, text: bytes) -> Fragment:
     lines: dict[str, int] = {}
     assert node is not None
     _line_index(node, (), lines)
+    frag.lines = lines
     frag.problems += _duplicate_keys(node, (), name)
     for key in data:
         if key not in TOP_LEVEL:
+            where = format_loc((str(key),))
             frag.problems.append(
-                Problem(name, str(key), f"unknown top-level key (expected one of "
-                        f"{', '.join(TOP_LEVEL)})", lines.get(str(key)))
+                Problem(
+                    name,
+                    where,
+                    f"unknown top-level key (expected one of {', '.join(TOP_LEVEL)})",
+                    lines.get(where),
+                )
             )
     if data.get("version", 1) != 1:
         frag.problems.append(
-            Problem(name, "version", f"unsupported version {data['version']!r} (only 1)",
-                    lines.get("version"))
+            Problem(
+                name,
+                "version",
+                f"unsupported version {data['version']!r} (only 1)",
+                lines.get("version"),
+            )
         )
     for key in ("defaults", "resolvers"):
         value = data.get(key)

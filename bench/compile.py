@@ -1,0 +1,104 @@
+"""Compile benchmark: load (read the ConfigMap dir + validate) + render + `haproxy -c`.
+
+Times 10, 100, 1,000 and 10,000 routes (IP destinations, so no name is resolved) and prints
+each stage, the per-route cost and the growth ratio between sizes, all measured in one run.
+Goal: at most 2 s in all at 1,000 routes, and linear growth (x10 routes ≈ x10 time).
+
+    .venv/bin/python bench/compile.py [--sizes 10,100,1000,10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from haproxy_egress import haproxy
+from haproxy_egress.compiler import RenderOptions, render
+from haproxy_egress.sources import load_snapshot, read_snapshot
+
+GOAL_SECONDS_AT_1000 = 2.0
+FIRST_PORT = 20000
+BASE_IP = ipaddress.IPv4Address("198.18.0.1")  # benchmarking range; never contacted
+
+
+def write_routes(directory: Path, n: int) -> None:
+    """n routes in 10 ConfigMap keys, two IP destinations each, a mix of tcp and http."""
+    per_key = max(1, n // 10)
+    for key in range(0, n, per_key):
+        routes = []
+        for i in range(key, min(n, key + per_key)):
+            routes.append(
+                {
+                    "name": f"route-{i}",
+                    "listen": FIRST_PORT + i,
+                    "mode": "http" if i % 4 == 0 else "tcp",
+                    "destinations": [f"{BASE_IP + 2 * i}:443", f"{BASE_IP + 2 * i + 1}:443"],
+                    "allow_from": ["10.128.0.0/14"],
+                }
+            )
+        text = yaml.safe_dump({"version": 1, "routes": routes}, sort_keys=False)
+        (directory / f"routes-{key:05d}.yaml").write_text(text)
+
+
+def measure(n: int, work: Path) -> tuple[float, float, float]:
+    """Seconds for (load, render, haproxy -c) of n routes."""
+    cm = work / f"cm-{n}"
+    cm.mkdir()
+    write_routes(cm, n)
+    t0 = time.perf_counter()
+    config = load_snapshot(read_snapshot(cm), {})
+    t1 = time.perf_counter()
+    text = render(config, RenderOptions(run_dir=work / "run"))
+    t2 = time.perf_counter()
+    cfg = work / f"haproxy-{n}.cfg"
+    cfg.write_text(text)
+    haproxy.check(cfg)
+    t3 = time.perf_counter()
+    assert len(config.routes) == n
+    return t1 - t0, t2 - t1, t3 - t2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs per size")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="egress-bench.") as tmp:
+        for n in sizes:
+            runs = []
+            for r in range(args.repeat):
+                work = Path(tmp) / f"{n}-{r}"
+                work.mkdir()
+                runs.append(measure(n, work))
+            rows.append((n, min(runs, key=sum)))
+    print(
+        f"{'routes':>7} {'load s':>8} {'render s':>9} {'haproxy -c s':>13} {'total s':>8}"
+        f" {'ms/route':>9} {'x prev':>7}"
+    )
+    prev: float | None = None
+    ok = True
+    for n, (load, rend, check) in rows:
+        total = load + rend + check
+        growth = f"{total / prev:.1f}" if prev else "-"
+        print(
+            f"{n:>7} {load:>8.3f} {rend:>9.3f} {check:>13.3f} {total:>8.3f}"
+            f" {1000 * total / n:>9.3f} {growth:>7}"
+        )
+        prev = total
+        if n == 1000 and total > GOAL_SECONDS_AT_1000:
+            ok = False
+    if 1000 in sizes:
+        verdict = "met" if ok else "MISSED"
+        print(f"goal <= {GOAL_SECONDS_AT_1000:.0f} s at 1,000 routes: {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
