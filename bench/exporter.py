@@ -1,0 +1,339 @@
+"""Benchmark: our /metrics vs haproxy_exporter vs PROMEX against one haproxy, in one run.
+
+haproxy runs a config rendered by the project's compiler with 100 routes x 10 servers (1,000
+servers, mode http, no checks) plus a PROMEX frontend. Three scrape targets read it:
+
+  ours      haproxy_egress.metrics_http.MetricsServer in its own (supervisor-like) process
+  exporter  Debian's prometheus-haproxy-exporter 0.14 on the stats socket
+  promex    `http-request use-service prometheus-exporter` inside haproxy
+
+Each round scrapes every target once, in turn, over keep-alive connections; two header sets:
+"plain" (no Accept, no Accept-Encoding) and "prometheus" (Prometheus' default Accept and
+Accept-Encoding: gzip). Reported: p50/p99 latency, body bytes, samples, CPU per scrape of the
+serving process and of haproxy, ratios, and the RSS of our process.
+
+    .venv/bin/python bench/exporter.py [--rounds 60] [--routes 100] [--servers 10]
+
+Bounded: at most --rounds rounds and --max-seconds wall time. Needs haproxy and
+prometheus-haproxy-exporter on PATH. Everything listens on 127.0.0.1; every process started
+is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from haproxy_egress.compiler import RenderOptions, render  # noqa: E402
+from haproxy_egress.sources import Snapshot, load_snapshot  # noqa: E402
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+HEADER_SETS = {
+    "plain": {},
+    "prometheus": {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    from pathlib import Path
+    from haproxy_egress.exporter import ExporterOptions, RouterStatus
+    from haproxy_egress.metrics_http import MetricsServer
+
+    status = RouterStatus(
+        alive=True, ready=True, reloads_total=0, reload_failures_total=0,
+        last_reload_successful=True, last_reload_success_timestamp=time.time(),
+        config_digest="0" * 64, config_routes=int(sys.argv[3]),
+        child_restarts={"haproxy": 0, "socklog": 0}, start_time=time.time(),
+    )
+    options = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
+    port, sock = int(sys.argv[1]), Path(sys.argv[2])
+    server = MetricsServer("127.0.0.1", port, sock, lambda: status, options)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    late = []
+
+    def ticker():
+        # Stands in for the supervisor loop: how late does a 5 ms sleep wake up while the
+        # scrapes run in other threads of this process?
+        while not stop.is_set():
+            start = time.perf_counter()
+            time.sleep(0.005)
+            late.append(time.perf_counter() - start - 0.005)
+
+    threading.Thread(target=ticker, daemon=True).start()
+    print("ready", flush=True)
+    stop.wait()
+    server.stop()
+    late.sort()
+    print("ticker", late[len(late) // 2], late[int(len(late) * 0.99)], late[-1], flush=True)
+    """
+)
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def haproxy_config(run_dir: Path, routes: int, servers: int, promex_port: int) -> str:
+    """The compiler's config for routes x servers, plus a PROMEX frontend."""
+    base = free_port()
+    listen: set[int] = set()
+    while len(listen) < routes:  # free_port() may hand out a port twice
+        listen.add(free_port())
+    ports = sorted(listen)
+    doc = {
+        "routes": [
+            {
+                "name": f"route-{r:03d}",
+                "listen": f"127.0.0.1:{ports[r]}",
+                "mode": "http",
+                "check": False,
+                "destinations": [f"127.0.0.1:{base + s}" for s in range(servers)],
+            }
+            for r in range(routes)
+        ]
+    }
+    snapshot = Snapshot(run_dir, (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    text = render(load_snapshot(snapshot, {}), RenderOptions(run_dir=run_dir, log_stdout=True))
+    return text + textwrap.dedent(
+        f"""
+        frontend _promex
+            bind 127.0.0.1:{promex_port}
+            mode http
+            no log
+            http-request use-service prometheus-exporter if {{ path /metrics }}
+        """
+    )
+
+
+@dataclass
+class Target:
+    """One scrape target and its measurements."""
+
+    name: str
+    port: int
+    pid: int  # the process that does the work (haproxy itself for PROMEX)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    hap_cpu: dict[str, float] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+    conn: http.client.HTTPConnection | None = None
+
+    def scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
+        """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        start = time.perf_counter()
+        self.conn.request("GET", "/metrics", headers=headers)
+        response = self.conn.getresponse()
+        body = response.read()
+        elapsed = time.perf_counter() - start
+        if response.status != 200:
+            raise RuntimeError(f"{self.name}: HTTP {response.status}")
+        if response.getheader("Connection", "").lower() == "close":
+            self.conn.close()
+            self.conn = None
+        return elapsed, body, response.getheader("Content-Encoding", "")
+
+
+def count_samples(body: bytes, encoding: str) -> int:
+    """Sample lines in a (possibly gzipped) exposition body."""
+    if encoding == "gzip":
+        body = zlib.decompress(body, 31)
+    return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.contextmanager
+def process(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a child for the duration of the block; stopped by its pid afterwards."""
+    proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--routes", type=int, default=100)
+    parser.add_argument("--servers", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=240.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
+        run_dir = Path(tmp)
+        promex_port, ours_port, exporter_port = free_port(), free_port(), free_port()
+        config = run_dir / "haproxy.cfg"
+        config.write_text(haproxy_config(run_dir, args.routes, args.servers, promex_port))
+        sock = run_dir / "haproxy.sock"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with (
+            process(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL) as hap,
+            process(
+                [
+                    "prometheus-haproxy-exporter",
+                    f"--web.listen-address=127.0.0.1:{exporter_port}",
+                    f"--haproxy.scrape-uri=unix:{sock}",
+                    "--log.level=error",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ) as exporter,
+            process(
+                [sys.executable, "-c", SERVER_SCRIPT, str(ours_port), str(sock), str(args.routes)],
+                env=env,
+                stdout=subprocess.PIPE,
+            ) as ours,
+        ):
+            for port in (promex_port, exporter_port, ours_port):
+                wait_port(port)
+            targets = [
+                Target("ours", ours_port, ours.pid),
+                Target("haproxy_exporter", exporter_port, exporter.pid),
+                Target("promex", promex_port, hap.pid),
+            ]
+            deadline = time.monotonic() + args.max_seconds
+            for label, headers in HEADER_SETS.items():
+                for t in targets:  # warm-up, and the body sizes
+                    _, body, enc = t.scrape(headers)
+                    t.size[label] = len(body)
+                    t.samples[label] = count_samples(body, enc)
+                    t.latencies[label] = []
+                    t.cpu[label] = 0.0
+                    t.hap_cpu[label] = 0.0
+                for _ in range(args.rounds):
+                    if time.monotonic() > deadline:
+                        break
+                    for t in targets:
+                        before, hap_before = cpu_seconds(t.pid), cpu_seconds(hap.pid)
+                        elapsed, _, _ = t.scrape(headers)
+                        t.cpu[label] += cpu_seconds(t.pid) - before
+                        t.hap_cpu[label] += cpu_seconds(hap.pid) - hap_before
+                        t.latencies[label].append(elapsed)
+            ours_rss = rss_mb(ours.pid)
+            exporter_rss = rss_mb(exporter.pid)
+            for t in targets:
+                if t.conn is not None:
+                    t.conn.close()
+            ours.send_signal(signal.SIGTERM)
+            out, _ = ours.communicate(timeout=10)
+            ticker = [float(v) * 1000 for v in out.decode().split("ticker")[-1].split()]
+
+    report(targets, args, ours_rss, exporter_rss)
+    print(
+        f"ticker thread in our process (5 ms sleeps, lateness): p50 {ticker[0]:.2f} ms, "
+        f"p99 {ticker[1]:.2f} ms, max {ticker[2]:.2f} ms"
+    )
+    return 0
+
+
+def report(
+    targets: list[Target], args: argparse.Namespace, ours_rss: float, exp_rss: float
+) -> None:
+    """Print the table and the ratios the issue's goals are stated in."""
+    servers = args.routes * args.servers
+    print(f"haproxy with {args.routes} backends x {args.servers} servers = {servers} servers")
+    print(
+        "| headers | target | samples | bytes | p50 ms | p99 ms | CPU ms/scrape (server) "
+        "| CPU ms/scrape (haproxy) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label in HEADER_SETS:
+        for t in targets:
+            n = len(t.latencies[label]) or 1
+            own = t.cpu[label] / n * 1000
+            hap = t.hap_cpu[label] / n * 1000
+            if t.name == "promex":
+                own = hap  # PROMEX runs inside haproxy: its CPU is haproxy's
+            print(
+                f"| {label} | {t.name} | {t.samples[label]} | {t.size[label]} "
+                f"| {pct(t.latencies[label], 0.5) * 1000:.1f} "
+                f"| {pct(t.latencies[label], 0.99) * 1000:.1f} | {own:.1f} | {hap:.1f} |"
+            )
+    print()
+    by = {t.name: t for t in targets}
+    for label in HEADER_SETS:
+        ours = statistics.median(by["ours"].latencies[label])
+        exp = statistics.median(by["haproxy_exporter"].latencies[label])
+        promex = statistics.median(by["promex"].latencies[label])
+        print(
+            f"{label}: p50 ours/haproxy_exporter = {ours / exp:.2f} (goal <= 0.5), "
+            f"ours/promex = {ours / promex:.2f} (goal <= 2)"
+        )
+    print(
+        f"RSS: ours (supervisor-like process) {ours_rss:.1f} MB (goal <= 60), "
+        f"haproxy_exporter {exp_rss:.1f} MB"
+    )
+    print(f"rounds: {len(by['ours'].latencies['plain'])} per header set")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
