@@ -11,12 +11,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, haproxy
+from . import __version__, haproxy, logsetup
 from .compiler import RenderOptions, render
 from .errors import ConfigError, EgressError, ExitCode
 from .model import Config, Document
+from .reload import check_candidate, compile_current
 from .settings import LogSink, Settings
 from .sources import load
+from .supervisor import Supervisor
 
 log = logging.getLogger("haproxy_egress")
 
@@ -65,6 +67,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The container ENTRYPOINT: compile, check, then supervise haproxy and socklog as PID 1."""
+    settings = _settings(args)
+    logsetup.configure(settings.log_format, args.debug)
+    options = render_options(settings)
+    compiled = compile_current(settings, options)  # the only place a bad config is fatal
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    check_candidate(settings, compiled.text)
+    return Supervisor(settings, options, compiled).run()
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of a ConfigMap YAML key, for editors and CI linting."""
     schema = Document.model_json_schema()
@@ -84,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    Handler = Callable[[argparse.Namespace], int]
+
+    def add(name: str, func: Handler, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p
@@ -98,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             p.add_argument("-v", "--verbose", action="store_true", help="show haproxy warnings")
     add("schema", cmd_schema, "print the JSON Schema of a ConfigMap YAML key")
+    p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")
+    p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
     return parser
 
 

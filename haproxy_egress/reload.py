@@ -1,0 +1,162 @@
+"""The reload transaction: load → validate → render → `haproxy -c` → swap → reload → confirm.
+
+Any failure leaves the running router untouched and the live haproxy.cfg equal to the last
+good one. Only the supervisor calls this, from its single event loop, so there is never more
+than one transaction at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from . import haproxy
+from .compiler import RenderOptions, render, write_atomic
+from .errors import ConfigError, EgressError, HaproxyError, Problem
+from .model import Config
+from .settings import Settings
+from .sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TIMEOUT = 30.0  # the new worker parses, binds and answers well within this
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A validated configuration and the haproxy.cfg text it renders to."""
+
+    config: Config
+    text: str
+    digest: str  # of the config directory snapshot (what the watcher compares)
+
+    @property
+    def text_digest(self) -> str:
+        """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+class ReloadFailed(EgressError):
+    """A reload did not take; the old configuration keeps serving."""
+
+
+def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snapshot) -> Compiled:
+    """Validate and render one snapshot; raises ConfigError naming every problem."""
+    if not snapshot.exists and settings.config_dir != Settings.config_dir:
+        # The default directory may legitimately be absent (env-only config); an explicitly
+        # configured one that is missing is a mistake, or a mount that vanished.
+        raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
+    config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
+    if not config.routes:
+        where = str(settings.config_dir)
+        raise ConfigError(
+            [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
+        )
+    return Compiled(config, render(config, options), snapshot.digest)
+
+
+def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
+    """Read the config directory and environment now and render; raises ConfigError."""
+    return compile_snapshot(settings, options, read_snapshot(settings.config_dir))
+
+
+def check_candidate(settings: Settings, text: str) -> None:
+    """Write the candidate next to the live file and let haproxy validate it."""
+    candidate = settings.run_dir / "haproxy.cfg.candidate"
+    write_atomic(candidate, text, mode=0o600)
+    try:
+        haproxy.check(candidate, settings.haproxy_bin)
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def install(settings: Settings, text: str) -> None:
+    """Make `text` the live config, keeping the previous one as last-good."""
+    live = settings.config_path
+    if live.exists():
+        shutil.copyfile(live, settings.run_dir / "haproxy.cfg.last-good")
+    write_atomic(live, text, mode=0o600)
+
+
+def restore_last_good(settings: Settings) -> None:
+    """Put the last good config back in place after a reload that did not take."""
+    last_good = settings.run_dir / "haproxy.cfg.last-good"
+    if last_good.exists():
+        write_atomic(settings.config_path, last_good.read_text(encoding="utf-8"), mode=0o600)
+
+
+def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
+    """Ask the master to reload and wait until a new worker serves; returns its pid.
+
+    HAProxy 2.6 answers `reload` before doing it and reports failure only in `show proc`
+    ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
+    success is a worker pid that was not there before.
+    """
+    master = haproxy.CliSocket(settings.master_socket, timeout=5.0, master=True)
+    before = haproxy.parse_show_proc(master.command("show proc"))
+    old_workers = {p.pid for p in before if p.kind == "worker"}
+    old_master = next((p for p in before if p.kind == "master"), None)
+    try:
+        answer = master.command("reload")
+    except HaproxyError:
+        answer = ""  # 2.6 drops the connection as it re-executes; that is normal
+    if "Success=0" in answer:
+        raise ReloadFailed("haproxy refused the new configuration (see its log above)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            procs = haproxy.parse_show_proc(master.command("show proc"))
+        except HaproxyError:
+            continue  # master still re-executing
+        new_master = next((p for p in procs if p.kind == "master"), None)
+        fresh = [p.pid for p in procs if p.kind == "worker" and p.pid not in old_workers]
+        if fresh:
+            return fresh[0]
+        if (
+            new_master is not None
+            and old_master is not None
+            and new_master.reloads > old_master.reloads
+            and new_master.failed_reloads > 0
+        ):
+            raise ReloadFailed(
+                "the new configuration failed to load (for example a port already in use); "
+                "see haproxy's log above"
+            )
+    raise ReloadFailed(f"no new haproxy worker within {timeout:.0f}s")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reload attempt did."""
+
+    changed: bool  # False: nothing to do (same digest or same rendered text)
+    compiled: Compiled
+    worker_pid: int | None = None
+
+
+def transaction(
+    settings: Settings, options: RenderOptions, current: Compiled, force: bool = False
+) -> Outcome:
+    """One reload transaction. Raises ConfigError / HaproxyCheckError / ReloadFailed with the
+    live router untouched; returns Outcome(changed=False) when there is nothing to do."""
+    snapshot = read_snapshot(settings.config_dir)
+    if snapshot.digest == current.digest and not force:
+        return Outcome(False, current)
+    if not snapshot.exists:
+        # A mount that vanished must not turn into "no routes": keep serving what we have.
+        raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
+    compiled = compile_snapshot(settings, options, snapshot)
+    if compiled.text == current.text:
+        return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
+    check_candidate(settings, compiled.text)
+    install(settings, compiled.text)
+    try:
+        pid = master_reload(settings)
+    except (ReloadFailed, HaproxyError):
+        restore_last_good(settings)
+        raise
+    return Outcome(True, compiled, pid)

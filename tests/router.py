@@ -1,0 +1,154 @@
+"""`haproxy-egress run` as a real subprocess, the way a kubelet or `docker run` starts it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from haproxy_egress.haproxy import CliSocket, parse_show_proc
+
+from .support import free_port, wait_for
+
+
+@dataclass
+class Router:
+    """A supervised router with its own run dir, metrics port and captured output."""
+
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    config_dir: Path | None = None
+    drain_seconds: float = 5.0
+    proc: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / "stderr.log"
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def start(self, wait_ready: bool = True) -> Router:
+        self.metrics_port = self.metrics_port or free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"),
+            "EGRESS_RUN_DIR": str(self.run_dir),
+            "SCRAPER_TCP_PORT": str(self.metrics_port),
+            "METRICS_ADDRESS": "127.0.0.1",
+            "EGRESS_DRAIN_SECONDS": str(self.drain_seconds),
+            "EGRESS_RELOAD_DEBOUNCE": "0.2",
+            "EGRESS_POLL_SECONDS": "2",
+            **self.env,
+        }
+        if self.config_dir is not None:
+            env["EGRESS_CONFIG_DIR"] = str(self.config_dir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "haproxy_egress.cli", "run"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"router exited {self.proc.returncode}: {self.stderr()}")
+            return requests.get(self.url("/readyz"), timeout=1).status_code == 200
+
+        wait_for(ready, timeout)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def _proc_pid(self, kind: str) -> int:
+        master = CliSocket(self.run_dir / "master.sock", master=True)
+
+        def ask() -> int:
+            # The master CLI is briefly away while the master re-executes for a reload.
+            procs = parse_show_proc(master.command("show proc"))
+            return next(p.pid for p in procs if p.kind == kind)
+
+        return int(wait_for(ask, timeout=10))  # type: ignore[arg-type]
+
+    def master_pid(self) -> int:
+        return self._proc_pid("master")
+
+    def worker_pid(self) -> int:
+        return self._proc_pid("worker")
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's value from /metrics, parsed with prometheus_client's parser."""
+        text = requests.get(self.url("/metrics"), timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
+                    return float(sample.value)
+        return None
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL of the whole tree if it does not go."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.drain_seconds + 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        _kill_leftovers(self.run_dir)
+        self.proc = None
+
+
+def _kill_leftovers(run_dir: Path) -> None:
+    """Processes of this router (haproxy, socklog) that outlived it, after a failed test."""
+    needle = str(run_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+    time.sleep(0.05)
