@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import sys
@@ -12,12 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, haproxy, logsetup
-from .compiler import RenderOptions, render
-from .errors import ConfigError, EgressError, ExitCode
+from .compiler import RenderOptions
+from .errors import ConfigError, EgressError, ExitCode, HaproxyError
 from .model import Config, Document
 from .reload import check_candidate, compile_current
 from .settings import LogSink, Settings
-from .sources import load
 from .supervisor import Supervisor
 
 log = logging.getLogger("haproxy_egress")
@@ -41,8 +41,9 @@ def render_options(settings: Settings) -> RenderOptions:
 
 
 def _compile(settings: Settings) -> tuple[Config, str]:
-    _, config = load(settings)
-    return config, render(config, render_options(settings))
+    """The same compile step `run` and every reload use, so `check` agrees with them."""
+    compiled = compile_current(settings, render_options(settings))
+    return compiled.config, compiled.text
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -76,6 +77,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     check_candidate(settings, compiled.text)
     return Supervisor(settings, options, compiled).run()
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Show what applying a config directory would change in the running haproxy.cfg."""
+    settings = _settings(args)
+    live_path = settings.config_path
+    if not live_path.exists():
+        raise HaproxyError(f"no running configuration at {live_path} (is the router running?)")
+    live = live_path.read_text(encoding="utf-8")
+    _, text = _compile(settings)
+    delta = list(
+        difflib.unified_diff(
+            live.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"running: {live_path}",
+            tofile=f"from: {settings.config_dir}",
+        )
+    )
+    sys.stdout.writelines(delta)
+    if not delta:
+        print("no changes: applying this directory would not reload haproxy", file=sys.stderr)
+    # Like diff(1): 0 same, 1 different (errors exit 2 through ConfigError).
+    return ExitCode.OK if not delta else ExitCode.DENIED
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -113,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             p.add_argument("-v", "--verbose", action="store_true", help="show haproxy warnings")
     add("schema", cmd_schema, "print the JSON Schema of a ConfigMap YAML key")
+    p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
+    p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")
     p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")
     p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
     return parser

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +214,46 @@ def test_fifty_swaps_under_load_fail_no_request(
     wait_for(lambda: _reloads(router) == 50.0, timeout=5)
     assert result.failed == 0, result.errors
     assert result.ok > 500
+
+
+def test_diff_shows_what_an_edit_would_change(
+    router: Router, volume: ConfigMapVolume, origin: HttpOrigin, tmp_path: Path
+) -> None:
+    a, b = free_port(), free_port()
+    volume.write({"routes.yaml": {"routes": [_route("a", a, origin)]}})
+    router.start()
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    # The same process settings as the router (in a pod: `oc rsh` inherits them).
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "EGRESS_RUN_DIR": str(router.run_dir),
+        "EGRESS_DRAIN_SECONDS": str(router.drain_seconds),
+    }
+
+    def diff(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "haproxy_egress.cli", "diff", "--config-dir", str(directory)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    same = diff(volume.directory)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout == ""
+    (edited / "routes.yaml").write_text(
+        f"routes:\n  - {{name: a, listen: '127.0.0.1:{a}', mode: http, "
+        f"destinations: ['127.0.0.1:{origin.port}']}}\n"
+        f"  - {{name: b, listen: '127.0.0.1:{b}', destinations: ['127.0.0.1:{origin.port}']}}\n"
+    )
+    changed = diff(edited)
+    assert changed.returncode == 1, changed.stderr
+    assert "+frontend b\n" in changed.stdout
+    assert changed.stdout.startswith("--- running: ")
+    (edited / "routes.yaml").write_text("routes:\n  - {name: a, listen: 70000}\n")
+    broken = diff(edited)
+    assert broken.returncode == 2
+    assert "routes.yaml:2: routes[0].listen: port 70000 out of range 1..65535" in broken.stderr
