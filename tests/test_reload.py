@@ -257,3 +257,27 @@ def test_diff_shows_what_an_edit_would_change(
     broken = diff(edited)
     assert broken.returncode == 2
     assert "routes.yaml:2: routes[0].listen: port 70000 out of range 1..65535" in broken.stderr
+
+
+def test_plain_directory_edited_in_place_reloads(tmp_path: Path, origin: HttpOrigin) -> None:
+    # docker run -v / local runs: no ..data, files rewritten in place.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    a, b = free_port(), free_port()
+    key = plain / "routes.yaml"
+    key.write_text(
+        f"routes:\n  - {{name: a, listen: '127.0.0.1:{a}', "
+        f"destinations: ['127.0.0.1:{origin.port}']}}\n"
+    )
+    r = Router(tmp_path / "router", config_dir=plain)
+    try:
+        r.start()
+        with key.open("a") as fh:  # an in-place append, as an editor without rename does
+            fh.write(
+                f"  - {{name: b, listen: '127.0.0.1:{b}', "
+                f"destinations: ['127.0.0.1:{origin.port}']}}\n"
+            )
+        wait_for(lambda: http_get(b, timeout=1) == "origin-a", timeout=5)
+        wait_for(lambda: _reloads(r) == 1.0, timeout=5)
+    finally:
+        r.stop()
