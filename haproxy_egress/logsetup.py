@@ -41,3 +41,5 @@ def configure(fmt: LogFormat, debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # watchfiles logs every batch of changes at INFO; our own reload lines say what matters.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

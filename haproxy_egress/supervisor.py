@@ -126,7 +126,8 @@ class Supervisor:
         try:
             run.chmod(0o700)  # sockets are mode 600; the directory keeps other UIDs out too
         except PermissionError:
-            log.warning("cannot chmod 700 %s (not its owner); relying on socket modes", run)
+            # Normal on an emptyDir/tmpfs owned by root: the sockets' own mode 600 still holds.
+            log.info("cannot chmod 700 %s (not its owner); relying on socket modes", run)
         for stale in ("haproxy.sock", "master.sock", "log.sock", "haproxy.pid"):
             (run / stale).unlink(missing_ok=True)
         install(self.settings, self.current.text)

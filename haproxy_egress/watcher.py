@@ -69,6 +69,8 @@ class Watcher:
             self._post(ConfigChanged(digest))
 
     def _run(self) -> None:
+        # A change between the start-up compile and this watch raised no event: look once now.
+        self._confirm()
         while not self._stop.is_set():
             if not self._directory.is_dir():
                 # Missing directory: nothing to watch; the poll notices when it comes back.
