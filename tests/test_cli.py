@@ -128,8 +128,9 @@ def test_check_ok(good_dir: Path) -> None:
 
 def test_check_seed_example(tmp_path: Path) -> None:
     """The issue's seed example, with an IP so that no name reaches the system resolver."""
+    (tmp_path / "empty").mkdir()  # a mounted but empty ConfigMap: env route only
     env = {
-        "EGRESS_CONFIG_DIR": str(tmp_path / "absent"),
+        "EGRESS_CONFIG_DIR": str(tmp_path / "empty"),
         "SERVICE_TCP_PORT": "8443",
         "SERVICE_DEST_PORT": "443",
         "SERVICE_DEST": "192.0.2.7",
@@ -137,6 +138,18 @@ def test_check_seed_example(tmp_path: Path) -> None:
     proc = run(["check"], env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "configuration OK: 1 route\n"
+
+
+def test_check_explicit_config_dir_missing_is_an_error(tmp_path: Path) -> None:
+    """A configured directory that is not there is a mistake (or a lost mount), as in `run`."""
+    env = {
+        "EGRESS_CONFIG_DIR": str(tmp_path / "absent"),
+        "SERVICE_TCP_PORT": "8443",
+        "SERVICE_DEST": "192.0.2.7:443",
+    }
+    proc = run(["check"], env)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'absent'}: directory does not exist" in proc.stderr
 
 
 def test_check_without_haproxy_exit_3(good_dir: Path) -> None:

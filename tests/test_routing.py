@@ -308,8 +308,10 @@ def connect_from(source: str, port: int) -> bytes:
     with socket.socket() as s:
         s.settimeout(5)
         s.bind((source, 0))
-        s.connect(("127.0.0.1", port))
         try:
+            # A connection refused by a `tcp-request connection reject` can be reset before
+            # connect() even returns: that, too, is a refusal.
+            s.connect(("127.0.0.1", port))
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             data = b""
             while chunk := s.recv(65536):
