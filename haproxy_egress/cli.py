@@ -15,9 +15,11 @@ from pathlib import Path
 from . import __version__, haproxy, logsetup
 from .compiler import RenderOptions
 from .errors import ConfigError, EgressError, ExitCode, HaproxyError
+from .migrate import migrate
 from .model import Config, Document
 from .reload import check_candidate, compile_current
 from .settings import LogSink, Settings
+from .sources import read_snapshot
 from .supervisor import Supervisor
 
 log = logging.getLogger("haproxy_egress")
@@ -102,6 +104,26 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return ExitCode.OK if not delta else ExitCode.DENIED
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Print the YAML ConfigMap equivalent to the legacy EGRESS_* settings (env and keys)."""
+    settings = _settings(args)
+    files = dict(read_snapshot(settings.config_dir).files)
+    try:
+        result = migrate(
+            settings.route_env,
+            files,
+            configmap=None if args.bare else args.name,
+            key=args.key,
+        )
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    sys.stdout.write(result.text)
+    for problem in (*result.dropped, *result.invalid):
+        print(f"not carried over: {problem}", file=sys.stderr)
+    return ExitCode.OK if result.complete else ExitCode.DENIED
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of a ConfigMap YAML key, for editors and CI linting."""
     schema = Document.model_json_schema()
@@ -137,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             p.add_argument("-v", "--verbose", action="store_true", help="show haproxy warnings")
     add("schema", cmd_schema, "print the JSON Schema of a ConfigMap YAML key")
+    p = add(
+        "migrate", cmd_migrate, "print the YAML ConfigMap equivalent to legacy EGRESS_* settings"
+    )
+    p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
+    p.add_argument("--name", default="haproxy-egress", help="ConfigMap name in the output")
+    p.add_argument("--key", default="routes.yaml", help="ConfigMap key in the output")
+    p.add_argument("--bare", action="store_true", help="print only the YAML document")
     p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")
     p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .support import HAPROXY, write_configmap
 
@@ -216,3 +217,21 @@ def test_console_script_is_installed(good_dir: Path) -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout.startswith("haproxy-egress ")
+
+
+def test_migrate_prints_a_configmap_and_names_what_it_drops() -> None:
+    env = {
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n203.0.113.27\n",
+        "EGRESS_SOURCE": "192.0.2.99",
+    }
+    proc = run(["migrate"], env)
+    assert proc.returncode == 1  # something (the fallback line) could not be carried over
+    doc = yaml.safe_load(proc.stdout)
+    assert doc["kind"] == "ConfigMap"
+    routes = yaml.safe_load(doc["data"]["routes.yaml"])
+    assert [r["name"] for r in routes["routes"]] == ["redirect-80", "redirect-8080"]
+    assert routes["defaults"]["source"] == "192.0.2.99"
+    assert "not carried over: EGRESS_DESTINATION: line 3: fallback IP 203.0.113.27" in proc.stderr
+    bare = run(["migrate", "--bare"], {"EGRESS_DESTINATION": "80 tcp 203.0.113.25"})
+    assert bare.returncode == 0
+    assert yaml.safe_load(bare.stdout)["routes"][0]["destinations"] == ["203.0.113.25:80"]

@@ -107,6 +107,7 @@ def test_redirect_accepts(line: str, route: tuple[str, int, str, int]) -> None:
         ("0 tcp 203.0.113.25", 1, "Invalid port: 0, must be in the range 1 to 65535"),
         ("800000 tcp 10.4.5.6", 1, "Invalid port: 800000, must be in the range 1 to 65535"),
         ("80 tcp 10.4.5.6 65536", 1, "Invalid port: 65536, must be in the range 1 to 65535"),
+        ("9" * 5000 + " tcp 10.4.5.6", 1, "Bad destination"),
         ("80 udp 10.4.5.6", 1, "udp cannot be carried: haproxy proxies TCP only"),
         ("80 sctp 10.4.5.6 90", 1, "sctp cannot be carried: haproxy proxies TCP only"),
         ("80 tcp 10.4.5.6\n10.1.2.3", 2, f"fallback IP 10.1.2.3: {FALLBACK_ADVICE}"),
@@ -193,6 +194,7 @@ def test_dns_proxy_accepts(line: str, route: tuple[str, int, str, int]) -> None:
         ("80 300.1.2.3", 1, "Bad destination '80 300.1.2.3': not a valid IP address"),
         ("99999 11.12.13.14", 1, "Invalid port: 99999, must be in the range 1 to 65535"),
         ("80 11.12.13.14 88888", 1, "Invalid port: 88888, must be in the range 1 to 65535"),
+        ("80 11.12.13.14 " + "9" * 5000, 1, "Bad destination"),
         (
             "80 11.12.13.14\n80 21.22.23.24 100",
             2,

@@ -58,7 +58,9 @@ GATEWAY_IGNORED = (
 # A comment starts at a '#' at the start of a line or after a blank, so a stray '#' inside a
 # token keeps the token invalid instead of silently cutting it short.
 _COMMENT = re.compile(r"(?:^|\s)#.*\Z", re.DOTALL)
-_DIGITS = re.compile(r"^[0-9]+$")
+# Ten digits at most: enough to quote an out-of-range port back ("Invalid port: 800000"), and
+# int() of a megabyte of digits is not something a config line should be able to ask for.
+_DIGITS = re.compile(r"^[0-9]{1,10}$")
 
 
 @dataclass(frozen=True)
