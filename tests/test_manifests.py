@@ -317,6 +317,7 @@ SERVICE_MONITOR_SCHEMA = {
             "required": ["selector", "endpoints"],
             "additionalProperties": False,
             "properties": {
+                "jobLabel": {"type": "string"},
                 "selector": {
                     "type": "object",
                     "additionalProperties": False,
