@@ -12,14 +12,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, haproxy, logsetup
+from . import __version__, logsetup
 from .compiler import RenderOptions
 from .errors import ConfigError, EgressError, ExitCode, HaproxyError
+from .explain import explain, rule_locations
 from .migrate import migrate
 from .model import Config, Document
-from .reload import check_candidate, compile_current
+from .reload import check_compiled, compile_current
 from .settings import LogSink, Settings
-from .sources import read_snapshot
+from .sources import load, read_snapshot
 from .supervisor import Supervisor
 
 log = logging.getLogger("haproxy_egress")
@@ -57,12 +58,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Compile and run `haproxy -c` on the result."""
-    settings = _settings(args)
-    config, text = _compile(settings)
+    # Everything (candidate, staged Lua hook files) goes to a scratch run dir: `check` must
+    # work anywhere, and never touch a running router's files.
     with tempfile.TemporaryDirectory(prefix="haproxy-egress-check.") as tmp:
-        candidate = Path(tmp) / "haproxy.cfg"
-        candidate.write_text(text, encoding="utf-8")
-        warnings = haproxy.check(candidate, settings.haproxy_bin)
+        settings = dataclasses.replace(_settings(args), run_dir=Path(tmp))
+        compiled = compile_current(settings, render_options(settings))
+        warnings = check_compiled(settings, compiled)
+    config = compiled.config
     if warnings and args.verbose:
         print(warnings, file=sys.stderr)
     n = len(config.routes)
@@ -77,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = render_options(settings)
     compiled = compile_current(settings, options)  # the only place a bad config is fatal
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    check_candidate(settings, compiled.text)
+    check_compiled(settings, compiled)  # a broken Lua hook is named by key and route
     return Supervisor(settings, options, compiled).run()
 
 
@@ -124,6 +126,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return ExitCode.OK if result.complete else ExitCode.DENIED
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Which route and rule would allow or deny a destination, without sending traffic."""
+    settings = _settings(args)
+    snapshot, config = load(settings)
+    try:
+        verdict = explain(
+            config,
+            args.destination,
+            locations=rule_locations(snapshot, settings.route_env),
+            addresses=args.address or None,
+        )
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    for line in verdict.lines():
+        print(line)
+    return verdict.exit_code
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of a ConfigMap YAML key, for editors and CI linting."""
     schema = Document.model_json_schema()
@@ -166,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="haproxy-egress", help="ConfigMap name in the output")
     p.add_argument("--key", default="routes.yaml", help="ConfigMap key in the output")
     p.add_argument("--bare", action="store_true", help="print only the YAML document")
+    p = add(
+        "explain",
+        cmd_explain,
+        "which route and rule would allow or deny DEST (exit 0 allowed, 1 denied, 2 error)",
+    )
+    p.add_argument("destination", metavar="DEST", help="https://host, host:port or an address")
+    p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
+    p.add_argument(
+        "--address",
+        action="append",
+        metavar="IP",
+        help="what DEST resolves to, for address/CIDR rules (repeatable); names are not "
+        "looked up, so no DNS query leaves the machine",
+    )
     p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")
     p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")

@@ -12,11 +12,20 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
+from .hooks import HookSet, lua_paths, resolve
 from .model import Config, Route, format_duration
+from .policy import GUARDED, rule_indices
 from .resources import template_dir
 
 TEMPLATE = "haproxy.cfg.j2"
 HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
+# Policy routes (issue 7): TCP-mode frontends, so the log line is built from variables; it names
+# the destination, the address it resolved to, the rule and the verdict.
+POLICY_LOG_FORMAT = (
+    "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
+    " egress route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]:%[var(txn.dstport)]"
+    " addr=%[var(txn.dstip)] rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]"
+)
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,29 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
     env.globals["server_options"] = _server_options
+    # policy routes (issue 7): templates/policy.cfg.j2
+    env.globals["policy_ids"] = rule_indices
+    env.globals["guarded"] = [str(n) for n in GUARDED]
+    env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     return env
 
 
-def render(config: Config, options: RenderOptions, directory: Path | None = None) -> str:
-    """The haproxy.cfg text for `config`; pure and deterministic."""
+def render(
+    config: Config,
+    options: RenderOptions,
+    directory: Path | None = None,
+    hooks: HookSet | None = None,
+) -> str:
+    """The haproxy.cfg text for `config`; pure and deterministic.
+
+    `hooks` is `hooks.resolve(config, snapshot.files)`; without it only shipped hooks resolve
+    (a route using a ConfigMap `*.lua` key then raises ConfigError: no such key was given).
+    """
     template = _environment(directory or template_dir()).get_template(TEMPLATE)
+    if hooks is None:
+        hooks = resolve(config)
+    # Every Lua file the config loads, each once (lua-load-per-thread), connect.lua included.
+    lua_files = lua_paths(hooks, options.run_dir)
     hard_stop = int(options.drain_seconds + 0.999) + HARD_STOP_MARGIN
     return template.render(
         config=config,
@@ -76,6 +102,8 @@ def render(config: Config, options: RenderOptions, directory: Path | None = None
         log_stdout=options.log_stdout,
         hard_stop_after=f"{hard_stop}s",
         threads=options.threads,
+        hooks=hooks,
+        lua_files=lua_files,
     )
 
 

@@ -38,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .errors import ConfigError, HaproxyError, Problem
 from .haproxy import CliSocket
+from .policy_metrics import PolicyCollector, socket_table
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -807,5 +808,6 @@ def build_registry(
     registry.register(
         EgressCollector(socket_source(stats_socket, options.scrape_timeout), status, options)
     )
+    registry.register(PolicyCollector(socket_table(stats_socket, options.scrape_timeout)))
     ProcessCollector(registry=registry)
     return registry

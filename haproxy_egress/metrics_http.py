@@ -22,6 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from .exporter import ExporterOptions, RouterStatus, ScrapeCounters, read_snapshot, safe_status
 from .exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_scrape
+from .policy_metrics import MultiCollector, PolicyCollector, socket_table
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,12 @@ class MetricsServer:
         self._status = status
         self._options = options
         self._counters = ScrapeCounters()
-        self._process = ProcessCollector(registry=None)
+        # Small families beside the fast-rendered stats: this process's, and the policy
+        # proxy's per-rule decisions (a second, short stats-socket command).
+        self._extra = MultiCollector(
+            ProcessCollector(registry=None),
+            PolicyCollector(socket_table(stats_socket, options.scrape_timeout)),
+        )
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_SCRAPES)
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -149,7 +155,7 @@ class MetricsServer:
                 safe_status(self._status),
                 self._options,
                 counters=self._counters,
-                extra=self._process,
+                extra=self._extra,
                 openmetrics=openmetrics,
             )
         finally:

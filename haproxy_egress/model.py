@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,12 +22,15 @@ from pydantic import (
     IPvAnyAddress,
     IPvAnyNetwork,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from . import netaddr
+from . import policy as egress_policy
 from .errors import Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -228,6 +232,93 @@ SourceAddress = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
 ClientNetwork = Annotated[IPvAnyNetwork, BeforeValidator(_no_zone)]
 
 
+# --- Lua hooks attached to a route (issue 8; resolved against the hook files by hooks.py) ----
+
+HOOK_NAME = r"^[a-z][a-z0-9_]{0,31}$"  # also the Lua action/service name: `lua.<name>`
+HOOK_ARG_KEY = r"^[a-z][a-z0-9_]{0,31}$"
+# Arguments reach haproxy.cfg only as `set-var(txn.arg.<hook>.<key>) str(<value>)`: no blank,
+# quote, comma, parenthesis, backslash, '#', '%' or '$' can get in to end the token.
+HOOK_ARG_VALUE = r"^[A-Za-z0-9._:/@+=-]{1,128}$"
+HookPhase = Literal["tcp-request", "http-request", "http-response", "service"]
+
+
+def _hook_args(value: object) -> object:
+    """A mapping of arguments → sorted (key, value) pairs; numbers and booleans become text."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of name: value (got {value!r})")
+    out = []
+    for key, raw in value.items():
+        if not isinstance(key, str) or not re.fullmatch(HOOK_ARG_KEY, key):
+            raise ValueError(f"argument name {key!r} must match {HOOK_ARG_KEY}")
+        item = raw
+        if isinstance(raw, bool):
+            item = "true" if raw else "false"
+        elif isinstance(raw, int | float):
+            item = str(raw)
+        if not isinstance(item, str) or not re.fullmatch(HOOK_ARG_VALUE, item):
+            raise ValueError(f"argument {key}: invalid value {item!r}: must match {HOOK_ARG_VALUE}")
+        out.append((key, item))
+    return tuple(sorted(out))
+
+
+HookArgs = Annotated[
+    tuple[
+        tuple[
+            Annotated[str, Field(pattern=HOOK_ARG_KEY)],
+            Annotated[str, Field(pattern=HOOK_ARG_VALUE)],
+        ],
+        ...,
+    ],
+    BeforeValidator(_hook_args),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": HOOK_ARG_KEY},
+            "additionalProperties": {"type": "string", "pattern": HOOK_ARG_VALUE},
+        }
+    ),
+]
+
+
+class HookUse(Frozen):
+    """One Lua hook attached to a route: which hook, where it runs, and its arguments."""
+
+    use: Annotated[str, Field(pattern=HOOK_NAME)]
+    # Not `on`: YAML 1.1 reads that key as the boolean true.
+    at: HookPhase | None = None  # shipped hooks know where they run; user hooks must say
+    args: HookArgs = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        """`- audit` as a shorthand for `- use: audit`."""
+        return {"use": value} if isinstance(value, str) else value
+
+    def arg(self, key: str) -> str | None:
+        """One argument's value, or None."""
+        return dict(self.args).get(key)
+
+
+# --- egress policy rules (issue 7): each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
+
+POLICY_MODES = ("proxy", "tls")
+
+
+def _policy_rule(value: str) -> str:
+    """A rule must parse (policy.parse_rule); the text is kept as written, for messages."""
+    egress_policy.parse_rule(value)
+    return value
+
+
+PolicyRuleText = Annotated[
+    str,
+    AfterValidator(_policy_rule),
+    WithJsonSchema({"type": "string", "examples": ["*.example.com", "!10.0.0.0/8", "*"]}),
+]
+
+
 class RouteSettings(Frozen):
     """The per-route knobs; also the shape of `defaults:`, which sets them for every route."""
 
@@ -242,6 +333,7 @@ class RouteSettings(Frozen):
     proxy_protocol: Literal["v1", "v2"] | None = None
     resolve_prefer: Literal["ipv4", "ipv6"] = "ipv4"
     dns_slots: int = Field(4, ge=1, le=64)
+    hooks: tuple[HookUse, ...] = ()  # Lua hooks, in order (docs/lua.md)
 
 
 class Route(RouteSettings):
@@ -249,7 +341,47 @@ class Route(RouteSettings):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     listen: ListenSpec
-    destinations: tuple[EndpointSpec, ...] = Field(min_length=1)
+    # proxy and tls (issue 7) are per route only: a default making every route a proxy is a typo.
+    mode: Literal["tcp", "http", "proxy", "tls"] = "tcp"  # type: ignore[assignment]
+    # Required for tcp/http routes, refused for proxy/tls ones (`_destinations_for_mode`).
+    destinations: tuple[EndpointSpec, ...] = Field((), validate_default=True)
+    # --- egress policy (issue 7; semantics in policy.py, docs/policy.md) ---
+    policy: tuple[PolicyRuleText, ...] = ()
+    destination_port: int | None = Field(None, ge=1, le=65535)  # tls: default = listen port
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations_for_mode(
+        cls, value: tuple[Endpoint, ...], info: ValidationInfo
+    ) -> tuple[Endpoint, ...]:
+        """tcp/http routes need destinations; proxy/tls routes go where the policy allows."""
+        mode = info.data.get("mode", "tcp")
+        if mode in POLICY_MODES:
+            if value:
+                raise ValueError(
+                    f"a {mode} route takes no destinations: its policy decides where traffic goes"
+                )
+        elif not value:
+            raise PydanticCustomError("too_short", "must not be empty")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
+        return value
+
+    @property
+    def rules(self) -> tuple[egress_policy.Rule, ...]:
+        """The parsed policy rules, in order (first match wins)."""
+        return tuple(egress_policy.parse_rule(text) for text in self.policy)
+
+    @property
+    def upstream_port(self) -> int:
+        """tls routes: the port the SNI name is reached on."""
+        return self.destination_port or self.listen.port
+
+    # --- end egress policy ---
 
     @field_validator("destinations")
     @classmethod
@@ -265,7 +397,19 @@ class Route(RouteSettings):
     def _coherent(self) -> Route:
         if self.check.http_path is not None and self.mode != "http":
             raise ValueError("check.http_path needs mode: http")
+        self._policy_coherent()
         return self
+
+    def _policy_coherent(self) -> None:
+        """A policy belongs to proxy/tls routes, and they need one (issue 7)."""
+        if self.mode in POLICY_MODES and not self.policy:
+            raise ValueError(
+                f"a {self.mode} route needs a policy (write policy: ['*'] to allow everything)"
+            )
+        if self.mode not in POLICY_MODES and self.policy:
+            raise ValueError("policy needs mode: proxy or mode: tls")
+        if self.destination_port is not None and self.mode != "tls":
+            raise ValueError("destination_port needs mode: tls")
 
     @property
     def named_destinations(self) -> tuple[Endpoint, ...]:
@@ -337,8 +481,14 @@ class Config:
 
     @property
     def needs_resolvers(self) -> bool:
-        """A `resolvers` section is only emitted when some destination is a DNS name."""
-        return any(r.named_destinations for r in self.routes)
+        """A `resolvers` section is only emitted when some destination is a DNS name (or a
+        policy route resolves names at runtime)."""
+        return any(r.named_destinations or r.mode in POLICY_MODES for r in self.routes)
+
+    @property
+    def policy_routes(self) -> tuple[Route, ...]:
+        """The proxy and tls routes (issue 7): they share the policy's stick tables."""
+        return tuple(r for r in self.routes if r.mode in POLICY_MODES)
 
     def origin_of(self, route_name: str) -> str:
         """Where a route was defined, for messages."""

@@ -13,9 +13,9 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from . import haproxy
+from . import haproxy, hooks
 from .compiler import RenderOptions, render, write_atomic
-from .errors import ConfigError, EgressError, HaproxyError, Problem
+from .errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from .model import Config
 from .settings import Settings
 from .sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
@@ -32,6 +32,7 @@ class Compiled:
     config: Config
     text: str
     digest: str  # of the config directory snapshot (what the watcher compares)
+    hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
 
     @property
     def text_digest(self) -> str:
@@ -55,7 +56,12 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
         raise ConfigError(
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
-    return Compiled(config, render(config, options), snapshot.digest)
+    hook_set = hooks.resolve(config, snapshot.files)
+    compiled = Compiled(config, render(config, options, hooks=hook_set), snapshot.digest, hook_set)
+    # Lua files are content-addressed, so staging them now cannot change a file the live
+    # config loads; `haproxy -c` and the live config then find the very same files.
+    hooks.stage(hook_set, options.run_dir)
+    return compiled
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -63,22 +69,38 @@ def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
     return compile_snapshot(settings, options, read_snapshot(settings.config_dir))
 
 
-def check_candidate(settings: Settings, text: str) -> None:
-    """Write the candidate next to the live file and let haproxy validate it."""
+def check_candidate(settings: Settings, text: str) -> str:
+    """Write the candidate next to the live file and let haproxy validate it; its warnings."""
     candidate = settings.run_dir / "haproxy.cfg.candidate"
     write_atomic(candidate, text, mode=0o600)
     try:
-        haproxy.check(candidate, settings.haproxy_bin)
+        return haproxy.check(candidate, settings.haproxy_bin)
     finally:
         candidate.unlink(missing_ok=True)
+
+
+def check_compiled(settings: Settings, compiled: Compiled) -> str:
+    """`check_candidate`, with haproxy's complaints about hook files (a Lua syntax error, an
+    action the file does not register) turned into a ConfigError naming the key and routes."""
+    try:
+        return check_candidate(settings, compiled.text)
+    except HaproxyCheckError as exc:
+        problems = hooks.explain_check(exc.output, compiled.hooks)
+        if problems:
+            raise ConfigError(problems) from exc
+        raise
 
 
 def install(settings: Settings, text: str) -> None:
     """Make `text` the live config, keeping the previous one as last-good."""
     live = settings.config_path
+    last_good = settings.run_dir / "haproxy.cfg.last-good"
     if live.exists():
-        shutil.copyfile(live, settings.run_dir / "haproxy.cfg.last-good")
+        shutil.copyfile(live, last_good)
     write_atomic(live, text, mode=0o600)
+    # Staged Lua files that neither the live nor the last-good config loads are garbage now.
+    keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
+    hooks.prune(settings.run_dir, keep)
 
 
 def restore_last_good(settings: Settings) -> None:
@@ -152,7 +174,7 @@ def transaction(
     compiled = compile_snapshot(settings, options, snapshot)
     if compiled.text == current.text:
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
-    check_candidate(settings, compiled.text)
+    check_compiled(settings, compiled)
     install(settings, compiled.text)
     try:
         pid = master_reload(settings)

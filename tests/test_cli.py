@@ -235,3 +235,29 @@ def test_migrate_prints_a_configmap_and_names_what_it_drops() -> None:
     bare = run(["migrate", "--bare"], {"EGRESS_DESTINATION": "80 tcp 203.0.113.25"})
     assert bare.returncode == 0
     assert yaml.safe_load(bare.stdout)["routes"][0]["destinations"] == ["203.0.113.25:80"]
+
+
+def test_explain_exit_codes_and_rule_location(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(
+        "routes:\n"
+        "  - name: web\n"
+        "    listen: 8080\n"
+        "    mode: proxy\n"
+        "    policy:\n"
+        "      - '*.github.com'\n"
+        "      - '!10.0.0.0/8'\n"
+        "      - 203.0.113.0/24\n"
+    )
+    env = {"EGRESS_CONFIG_DIR": str(tmp_path)}
+    allowed = run(["explain", "https://api.github.com"], env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "allowed by rule 1 (*.github.com) [policy.yaml:6]" in allowed.stdout
+    denied = run(["explain", "example.com:80"], env)
+    assert denied.returncode == 1
+    assert "DENIED" in denied.stdout
+    by_address = run(["explain", "internal.example:443", "--address", "10.1.2.3"], env)
+    assert by_address.returncode == 1
+    assert "rule 2" in by_address.stdout
+    bad = run(["explain", "ht!tp"], env)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr

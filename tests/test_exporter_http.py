@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
+from haproxy_egress import hooks
 from haproxy_egress.compiler import RenderOptions, render
 from haproxy_egress.exporter import ExporterOptions, RouterStatus, read_snapshot
 from haproxy_egress.metrics_http import MetricsServer, accepts_gzip, wants_openmetrics
@@ -462,3 +463,37 @@ def test_accept_encoding() -> None:
     assert not accepts_gzip("")
     assert not accepts_gzip("gzip;q=0")
     assert not accepts_gzip("identity")
+
+
+def test_policy_decisions_are_counted_per_rule(run_dir: Path, dns: DnsServer) -> None:
+    """A proxy route's refusal shows in haproxy_egress_policy_decisions_total."""
+    port = free_port()
+    doc = {
+        "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+        "routes": [
+            {
+                "name": "pxy",
+                "listen": f"127.0.0.1:{port}",
+                "mode": "proxy",
+                "policy": ["allowed.test"],
+            }
+        ],
+    }
+    snapshot = Snapshot(run_dir, (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    hooks.stage(hooks.resolve(load_snapshot(snapshot, {})), run_dir)  # connect.lua
+    with running_haproxy(run_dir, doc) as sock, serving(sock) as server:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 403")
+
+        def denied() -> float | None:
+            text = get(server.port, "/metrics").text
+            return value(
+                text,
+                "haproxy_egress_policy_decisions_total",
+                route="pxy",
+                rule="default",
+                verdict="deny",
+            )
+
+        assert wait_for(denied, timeout=5) == 1.0

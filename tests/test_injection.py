@@ -25,6 +25,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from haproxy_egress import hooks
 from haproxy_egress.compiler import RenderOptions, render
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.model import Config
@@ -214,7 +215,9 @@ def assert_only_expected_content(text: str, config: Config, template_comments: s
     """Sections, directive keywords, server lines and comments are exactly the template's."""
     assert "\r" not in text
     assert "\x00" not in text
-    assert "lua-load" not in text
+    uses_hooks = any(r.hooks for r in config.routes)
+    if not uses_hooks:
+        assert "lua-load" not in text
     headers: list[str] = []
     servers: dict[str, int] = {}
     acls: dict[str, int] = {}
@@ -233,6 +236,8 @@ def assert_only_expected_content(text: str, config: Config, template_comments: s
         if word == "#":
             assert line in template_comments, line
             continue
+        if uses_hooks and any(p.match(line) for p in HOOK_LINES):
+            continue  # the exact shapes hook lines may take (see the Lua hooks section below)
         kind = headers[-1].split()[0]
         assert word in DIRECTIVES[kind], (headers[-1], line)
         if word.startswith("server"):
@@ -243,7 +248,10 @@ def assert_only_expected_content(text: str, config: Config, template_comments: s
     assert headers == expected_sections(config)
     for r in config.routes:
         assert servers.get(f"backend {r.name}") == len(r.destinations)
-        assert acls.get(f"frontend {r.name}", 0) == (2 if r.allow_from else 0)
+        # acl + reject; with the deny_page hook the refusal is an http-request hook line.
+        deny_page = any(h.use == "deny_page" for h in r.hooks)
+        expected_acls = (1 if deny_page else 2) if r.allow_from else 0
+        assert acls.get(f"frontend {r.name}", 0) == expected_acls
 
 
 def haproxy_check(text: str) -> None:
@@ -379,5 +387,142 @@ def test_configmap_key_names() -> None:
             (Path(tmp) / name).write_text(yaml.safe_dump(BASE_DOC))
             snapshot = read_snapshot(Path(tmp))
         check_outcome(snapshot, {}, where="file")
+
+    run()
+
+
+# --- Lua hooks (issue 8): names, phases and arguments reach haproxy.cfg only in these shapes -
+
+HOOK_LINES = [
+    re.compile(r"^    lua-load-per-thread /[^\s#]*/lua/[0-9a-f]{64}\.lua$"),
+    re.compile(
+        r"^    (http-request|http-response|tcp-request content) set-var\(txn\."
+        r"(arg\.[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_]{0,31}|egress_rule)\) "
+        r"str\([A-Za-z0-9._:/@+=-]{1,128}\)( unless client_allowed)?$"
+    ),
+    re.compile(
+        r"^    (http-request|http-response|tcp-request content) (use-service )?"
+        r"lua\.[a-z][a-z0-9_]{0,31}( unless client_allowed)?$"
+    ),
+    re.compile(r"^    http-request set-var\(txn\.audit_host\) req\.hdr\(host\)$"),
+    re.compile(
+        r'^    log-format "%\[lua\.egress_audit\],\\"bytes_up\\":%U,\\"bytes_down\\":%B,'
+        r'\\"duration_ms\\":%Tt,\\"termination\\":\\"%ts\\"(,\\"status\\":%ST)?}"$'
+    ),
+]
+STAMP_LUA = b"""
+core.register_action("stamp", {"tcp-req", "http-req", "http-res"}, function(txn) end, 0)
+core.register_service("stamp", "http", function(applet) applet:set_status(204) end)
+"""
+HOOKS_DOC: dict[str, Any] = {
+    "resolvers": {"nameservers": [NAMESERVER]},
+    "routes": [
+        {
+            "name": "web",
+            "listen": "127.0.0.1:18011",
+            "mode": "http",
+            "allow_from": ["10.0.0.0/8"],
+            "destinations": ["a.test:80"],
+            "hooks": [
+                {"use": "stamp", "at": "http-request", "args": {"value": "v-1"}},
+                "audit",
+                {"use": "deny_page", "args": {"contact": "sec@corp.test"}},
+                {"use": "proxy_auth", "args": {"secret_dir": "/var/run/secrets/parent"}},
+            ],
+        },
+        {
+            "name": "raw",
+            "listen": "127.0.0.1:18012",
+            "destinations": ["192.0.2.1:443"],
+            "hooks": ["audit", {"use": "stamp", "at": "tcp-request"}],
+        },
+    ],
+}
+HOOK_FIELDS: dict[tuple[str | int, ...], list[str]] = {
+    ("routes", 0, "hooks", 0, "use"): ["stamp"],
+    ("routes", 0, "hooks", 0, "at"): ["http-request", "http-response", "tcp-request", "service"],
+    ("routes", 0, "hooks", 0, "args", "value"): ["v-1", "a.b/c:d@e+f=g"],
+    ("routes", 0, "hooks", 2, "args", "contact"): ["sec@corp.test", "https://wiki.test/x"],
+    ("routes", 0, "hooks", 3, "args", "secret_dir"): ["/var/run/secrets/parent", "/s"],
+    ("routes", 1, "hooks", 0): ["audit"],
+}
+
+
+def _hooks_snapshot(doc: Any) -> Snapshot:
+    data = yaml.safe_dump(doc, allow_unicode=True).encode()
+    return Snapshot(Path("/cfg"), (("routes.yaml", data), ("stamp.lua", STAMP_LUA)))
+
+
+def _render_hooks(snapshot: Snapshot, run_dir: Path) -> tuple[Config, hooks.HookSet, str]:
+    config = load_snapshot(snapshot, {})
+    hook_set = hooks.resolve(config, snapshot.files)
+    return config, hook_set, render(config, RenderOptions(run_dir=run_dir), hooks=hook_set)
+
+
+HOOK_COMMENTS = comments_of(_render_hooks(_hooks_snapshot(HOOKS_DOC), Path("/run/x"))[2])
+HOOK_COMMENTS = {c for c in HOOK_COMMENTS if not c.startswith("# route ")}
+
+
+def check_hooks_outcome(snapshot: Snapshot) -> None:
+    """The property for hook fields: a located ConfigError, or only the expected shapes and a
+    config `haproxy -c` accepts with the staged Lua files."""
+    with tempfile.TemporaryDirectory(prefix="egress-hooks.") as tmp:
+        try:
+            config, hook_set, text = _render_hooks(snapshot, Path(tmp))
+        except ConfigError as exc:
+            problems = exc.problems
+        else:
+            problems = ()
+        if problems:
+            for p in problems:
+                assert p.source, p
+                assert p.path or p.line, p
+                assert "\n" not in str(p), repr(str(p))
+            return
+        assert_only_expected_content(text, config, HOOK_COMMENTS)
+        hooks.stage(hook_set, Path(tmp))
+        path = Path(tmp) / "haproxy.cfg"
+        path.write_text(text, encoding="utf-8")
+        proc = subprocess.run(
+            [HAPROXY, "-c", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr + "\n" + text
+
+
+def test_hook_base_inputs_are_valid() -> None:
+    config, hook_set, _ = _render_hooks(_hooks_snapshot(HOOKS_DOC), Path("/run/x"))
+    assert [f.key for f in hook_set.files] == [
+        "audit.lua",
+        "deny_page.lua",
+        "proxy_auth.lua",
+        "stamp.lua",
+    ]
+    assert [len(r.hooks) for r in config.routes] == [4, 2]
+    check_hooks_outcome(_hooks_snapshot(HOOKS_DOC))
+
+
+@pytest.mark.parametrize("path", list(HOOK_FIELDS), ids=lambda p: ".".join(map(str, p)))
+def test_hook_string_fields(path: tuple[str | int, ...]) -> None:
+    @settings(settings.get_profile(PROFILE))
+    @given(value=strings(HOOK_FIELDS[path]))
+    def run(value: str) -> None:
+        doc = copy.deepcopy(HOOKS_DOC)
+        set_path(doc, path, value)
+        check_hooks_outcome(_hooks_snapshot(doc))
+
+    run()
+
+
+def test_hook_argument_names() -> None:
+    @settings(settings.get_profile(PROFILE))
+    @given(key=strings(["value", "a_b", "x1"]))
+    def run(key: str) -> None:
+        doc = copy.deepcopy(HOOKS_DOC)
+        doc["routes"][0]["hooks"][0]["args"] = {key: "v"}
+        check_hooks_outcome(_hooks_snapshot(doc))
 
     run()

@@ -119,7 +119,7 @@ def test_check_shorthand_and_http_path() -> None:
         ({"listen": 70000}, "routes[0].listen", "port 70000 out of range 1..65535"),
         ({"listen": True}, "routes[0].listen", "must be a port or 'ADDRESS:PORT'"),
         ({"listen": [1]}, "routes[0].listen", "must be a port or 'ADDRESS:PORT'"),
-        ({"mode": "udp"}, "routes[0].mode", "'tcp' or 'http'"),
+        ({"mode": "udp"}, "routes[0].mode", "'tcp', 'http', 'proxy' or 'tls'"),
         ({"balance": "random"}, "routes[0].balance", "'roundrobin', 'first', 'leastconn'"),
         ({"destinations": []}, "routes[0].destinations", "must not be empty"),
         ({"destinations": ["a.test"]}, "routes[0].destinations[0]", "missing port in 'a.test'"),

@@ -189,7 +189,7 @@ def test_yaml_errors_carry_file_and_line() -> None:
         "^[a-z0-9][a-z0-9._-]{0,62}$",
         "routes.yaml:7: routes[1].listen: port 70000 out of range 1..65535",
         "routes.yaml:9: routes[1].destinations[0]: missing port in 'b.test'",
-        "routes.yaml:10: routes[1].mode: Input should be 'tcp' or 'http' (got 'udp')",
+        "routes.yaml:10: routes[1].mode: Input should be 'tcp', 'http', 'proxy' or 'tls' (got 'udp')",
     ]
 
 

@@ -22,6 +22,7 @@ from haproxy_egress.model import (
 from haproxy_egress.settings import Settings
 
 from .configdir import Snapshot, read_snapshot
+from .http_proxy import read_http_proxy
 from .legacy import read_legacy
 from .raw import Fragment, RawRoute
 from .seed_env import read_seed_env
@@ -38,6 +39,7 @@ def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
     frags.append(read_seed_env(env))
     # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
     frags.extend(read_legacy(dict(snapshot.files), env))
+    frags.extend(read_http_proxy(dict(snapshot.files), env))  # issue 7: the policy proxy
     frags.extend(Fragment(source=p.source, problems=[p]) for p in snapshot.problems)
     return frags
 

@@ -1,0 +1,147 @@
+"""Request rate through the policy proxy vs squid (same rules, same run, same test bed).
+
+Client ns → proxy in the router ns (haproxy-egress `mode: proxy`, or squid configured like Red
+Hat's http-proxy mode) → origin in the external ns. Plain HTTP with keep-alive and with a new
+connection per request (wrk), and CONNECT + one request per tunnel (Python threads). Prints
+requests/s and haproxy/squid ratios. Needs root (ip netns), wrk, squid. Bounded: ~4x DURATION.
+
+    .venv/bin/python -m bench.policy_proxy [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from haproxy_egress import policy
+from tests.netns import ROUTER_CLIENT_IP, TestBed, start_in, wait_port
+from tests.netns_policy import start_router
+from tests.squid import Squid
+from tests.support import HAPROXY, DnsServer
+
+RULES = ["!*.bad.test", "*.good.test", "!198.18.3.0/24", "198.18.2.0/24", "exact.test"]
+HAPROXY_PORT, SQUID_PORT = 8080, 3128
+ORIGIN_CFG = """
+global
+    maxconn 4000
+defaults
+    mode http
+    timeout client 30s
+    timeout server 30s
+    timeout connect 5s
+frontend origin
+    bind {host}:80
+    http-request return status 200 content-type text/plain string "origin /"
+"""
+WRK_SCRIPT = """
+wrk.method = "GET"
+wrk.path = "http://www.good.test/"
+wrk.headers["Host"] = "www.good.test"
+{close}
+"""
+
+
+def wrk(bed: TestBed, port: int, duration: int, close: bool, workdir: Path) -> float:
+    script = workdir / f"wrk-{port}-{close}.lua"
+    extra = 'wrk.headers["Connection"] = "close"' if close else ""
+    script.write_text(WRK_SCRIPT.format(close=extra))
+    out = bed.client.run(
+        "wrk",
+        "-t2",
+        "-c32",
+        f"-d{duration}s",
+        "-s",
+        str(script),
+        f"http://{ROUTER_CLIENT_IP}:{port}/",
+        timeout=duration + 30,
+    ).stdout
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    if not m or "Non-2xx" in out:
+        raise RuntimeError(out)
+    return float(m.group(1))
+
+
+def connect_rate(bed: TestBed, port: int, duration: float, threads: int = 8) -> float:
+    done = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def worker() -> None:
+        while time.monotonic() < stop:
+            with bed.client.entered():
+                s = socket.create_connection((ROUTER_CLIENT_IP, port), timeout=5)
+            with s:
+                s.sendall(b"CONNECT www.good.test:80 HTTP/1.1\r\nHost: www.good.test:80\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(1)
+                assert b" 200 " in head, head
+                s.sendall(b"GET / HTTP/1.1\r\nHost: www.good.test\r\n\r\n")
+                data = b""
+                while not data.endswith(b"origin /"):  # CountingOrigin's body
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            with lock:
+                done[0] += 1
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return done[0] / duration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-policy.") as tmp, TestBed(Path(tmp)) as bed:
+        workdir = Path(tmp)
+        host = bed.add_external_host()
+        # A haproxy origin: a Python one would be the bottleneck, not the proxies.
+        origin_cfg = workdir / "origin.cfg"
+        origin_cfg.write_text(ORIGIN_CFG.format(host=host))
+        origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
+        wait_port(bed.router, host, 80, proc=origin)
+        dns = start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
+        try:
+            keys = {
+                "r.yaml": {
+                    "resolvers": {"nameservers": ["127.0.0.1:53"]},
+                    "routes": [
+                        {"name": "web", "listen": HAPROXY_PORT, "mode": "proxy", "policy": RULES}
+                    ],
+                }
+            }
+            start_router(bed, workdir, keys, {}, [HAPROXY_PORT])
+            Squid(workdir / "squid", ROUTER_CLIENT_IP, SQUID_PORT, policy.parse_rules(RULES)).start(
+                bed, bed.router, bed.client
+            )
+            rows = []
+            cases: tuple[tuple[str, Callable[[int], float]], ...] = (
+                ("HTTP keep-alive", lambda p: wrk(bed, p, args.duration, False, workdir)),
+                ("HTTP new connection", lambda p: wrk(bed, p, args.duration, True, workdir)),
+                ("CONNECT + 1 request", lambda p: connect_rate(bed, p, args.duration)),
+            )
+            for label, run in cases:
+                h, s = run(HAPROXY_PORT), run(SQUID_PORT)
+                rows.append((label, h, s))
+            print("| case | haproxy-egress req/s | squid req/s | ratio |")
+            print("|---|---:|---:|---:|")
+            for label, h, s in rows:
+                print(f"| {label} | {h:,.0f} | {s:,.0f} | {h / s:.1f}x |")
+        finally:
+            dns.stop()
+
+
+if __name__ == "__main__":
+    main()

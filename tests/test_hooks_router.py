@@ -1,0 +1,171 @@
+"""Lua hooks in a supervised router: the audit trail on its stdout, and hook reloads that are
+validated like every other change (a broken hello.lua never replaces the running config)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .kubelet import ConfigMapVolume
+from .router import Router
+from .support import HttpOrigin, free_port, http_get, wait_for, write_configmap
+
+HELLO = """
+core.register_service("hello", "http", function(applet)
+    local body = "%s, " .. (applet:get_var("txn.arg.hello.who") or "nobody")
+    applet:set_status(200)
+    applet:add_header("content-length", tostring(#body))
+    applet:start_response()
+    applet:send(body)
+end)
+"""
+PREFIX = "local0.info: "  # socklog's facility.level in front of every haproxy log line
+
+
+def _route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "listen": f"127.0.0.1:{port}",
+        "mode": "http",
+        "destinations": [f"127.0.0.1:{origin.port}"],
+        **extra,
+    }
+
+
+def audit_lines(router: Router) -> list[dict[str, Any]]:
+    """The audit objects on the router's stdout: socklog prints `local0.info: ` and the
+    rfc3164 header (`Nov 26 10:00:00 localhost haproxy[41]: `), then haproxy's message."""
+    out = []
+    for line in router.stdout().splitlines():
+        head, sep, doc = line.partition(": {")
+        if line.startswith(PREFIX) and sep and doc.startswith('"type":"egress-audit"'):
+            assert head.split(": ", 1)[1].split()[-1].startswith("haproxy["), line
+            out.append(json.loads("{" + doc))
+    return out
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Router]:
+    r = Router(tmp_path / "router", config_dir=tmp_path / "configmap", drain_seconds=2)
+    yield r
+    r.stop()
+
+
+def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin) -> None:
+    http_port, tcp_port, denied_port = free_port(), free_port(), free_port()
+    assert router.config_dir is not None
+    write_configmap(
+        router.config_dir,
+        {
+            "routes.yaml": {
+                "defaults": {"hooks": ["audit"]},
+                "routes": [
+                    _route("api", http_port, origin),
+                    _route("raw", tcp_port, origin, mode="tcp"),
+                    _route(
+                        "partners",
+                        denied_port,
+                        origin,
+                        allow_from=["10.0.0.0/8"],
+                        hooks=["audit", {"use": "deny_page"}],
+                    ),
+                ],
+            }
+        },
+    )
+    router.start()
+    assert http_get(http_port) == "origin-a"
+    assert http_get(tcp_port) == "origin-a"
+    with socket.create_connection(("127.0.0.1", denied_port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: blocked.test\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.0 403 Forbidden")
+    lines: list[dict[str, Any]] = []
+
+    def three() -> bool:
+        lines[:] = audit_lines(router)
+        return len(lines) >= 3
+
+    wait_for(three, timeout=10)
+    by_route = {line["route"]: line for line in lines}
+    api, raw, partners = by_route["api"], by_route["raw"], by_route["partners"]
+    for line in (api, raw, partners):
+        assert line["client"]["address"] == "127.0.0.1"
+        assert isinstance(line["client"]["port"], int)
+        assert line["time"].endswith("Z")
+        assert line["bytes_up"] > 0
+        assert line["bytes_down"] > 0
+        assert line["duration_ms"] >= 0
+    for line in (api, raw):
+        assert line["destination"] == {
+            "name": "127.0.0.1",
+            "address": "127.0.0.1",
+            "port": origin.port,
+        }
+        assert line["verdict"] == "allowed"
+        assert line["rule"] is None
+        assert line["termination"] == "--"
+    assert api["status"] == 200
+    assert api["method"] == "GET"
+    assert api["host"] == "test"  # http_get's Host header
+    assert "status" not in raw
+    assert "method" not in raw
+    assert partners["verdict"] == "denied"
+    assert partners["rule"] == "allow_from"
+    assert partners["status"] == 403
+    assert partners["host"] == "blocked.test"
+    assert partners["destination"] == {"name": None, "address": None, "port": None}
+
+
+def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(
+    tmp_path: Path, origin: HttpOrigin
+) -> None:
+    volume = ConfigMapVolume(tmp_path / "configmap")
+    a = free_port()
+    plain = {"routes.yaml": {"routes": [_route("a", a, origin)]}}
+    hooked = {
+        "routes.yaml": {
+            "routes": [
+                _route(
+                    "a", a, origin, hooks=[{"use": "hello", "at": "service", "args": {"who": "a"}}]
+                )
+            ]
+        },
+    }
+    volume.write(plain)
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=2)
+    try:
+        router.start()
+        assert http_get(a) == "origin-a"
+        # The user adds hello.lua and attaches it: it runs after the reload.
+        volume.write({**hooked, "hello.lua": HELLO % "hello"})
+        wait_for(lambda: http_get(a, timeout=1) == "hello, a", timeout=10)
+        worker = router.worker_pid()
+        live = (router.run_dir / "haproxy.cfg").read_text()
+        loaded = [ln.split()[1] for ln in live.splitlines() if "lua-load" in ln]
+        assert len(loaded) == 1
+        # A broken hello.lua: rejected by `haproxy -c`, named by key, line and route.
+        volume.write({**hooked, "hello.lua": "core.register_service(\n"})
+        wait_for(lambda: router.metric("haproxy_egress_reload_failures_total") == 1.0, 10)
+        assert router.metric("haproxy_egress_config_last_reload_successful") == 0.0
+        rejected = [ln for ln in router.stderr().splitlines() if "reload rejected" in ln]
+        assert len(rejected) == 1
+        assert "hello.lua:2: Lua error:" in rejected[0]
+        assert "used by route 'a' (routes.yaml: routes[0].hooks[0])" in rejected[0]
+        # ...and the old config keeps serving, from the very same files.
+        assert http_get(a) == "hello, a"
+        assert router.worker_pid() == worker
+        assert (router.run_dir / "haproxy.cfg").read_text() == live
+        assert Path(loaded[0]).read_text() == HELLO % "hello"
+        # The fix is picked up; the replaced file is pruned once nothing loads it.
+        volume.write({**hooked, "hello.lua": HELLO % "hi"})
+        wait_for(lambda: http_get(a, timeout=1) == "hi, a", timeout=10)
+        volume.write({**hooked, "hello.lua": HELLO % "hey"})
+        wait_for(lambda: http_get(a, timeout=1) == "hey, a", timeout=10)
+        assert not Path(loaded[0]).exists()  # neither live nor last-good loads it now
+    finally:
+        router.stop()
