@@ -73,6 +73,9 @@ def check_candidate(settings: Settings, text: str) -> str:
     """Write the candidate next to the live file and let haproxy validate it; its warnings."""
     candidate = settings.run_dir / "haproxy.cfg.candidate"
     write_atomic(candidate, text, mode=0o600)
+    state = settings.run_dir / "server-state"
+    if not state.exists():
+        state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
     try:
         return haproxy.check(candidate, settings.haproxy_bin)
     finally:
@@ -110,6 +113,18 @@ def restore_last_good(settings: Settings) -> None:
         write_atomic(settings.config_path, last_good.read_text(encoding="utf-8"), mode=0o600)
 
 
+def save_server_state(settings: Settings) -> None:
+    """Write `show servers state` where the template's server-state-file points.
+
+    Best effort: without it the new worker merely starts every destination as up.
+    """
+    try:
+        state = haproxy.CliSocket(settings.stats_socket, timeout=5.0).command("show servers state")
+        write_atomic(settings.run_dir / "server-state", state, mode=0o600)
+    except (HaproxyError, OSError) as exc:
+        log.warning("could not save server state before the reload: %s", exc)
+
+
 def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     """Ask the master to reload and wait until a new worker serves; returns its pid.
 
@@ -117,6 +132,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
     success is a worker pid that was not there before.
     """
+    save_server_state(settings)
     master = haproxy.CliSocket(settings.master_socket, timeout=5.0, master=True)
     before = haproxy.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}

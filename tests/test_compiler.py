@@ -85,7 +85,12 @@ def test_golden(name: str, tmp_path: Path) -> None:
     proc = haproxy_check(candidate)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    warnings = [line for line in output.splitlines() if "[WARNING]" in line]
+    # The golden run dir does not exist here; the router creates the state file itself.
+    warnings = [
+        line
+        for line in output.splitlines()
+        if "[WARNING]" in line and "server state file" not in line
+    ]
     if name == "resolv-conf":
         assert warnings, "libc resolution should have failed offline"
         warnings = [w for w in warnings if not any(o in w for o in OFFLINE_WARNINGS)]

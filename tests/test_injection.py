@@ -166,8 +166,16 @@ def strings(valid: list[str]) -> st.SearchStrategy[str]:
 # --- what a rendered config may contain ---------------------------------------------------
 
 DIRECTIVES = {
-    "global": {"pidfile", "stats", "log", "hard-stop-after", "nbthread"},
-    "defaults": {"log", "mode", "option", "retries", "timeout", "default-server"},
+    "global": {"pidfile", "stats", "log", "hard-stop-after", "nbthread", "server-state-file"},
+    "defaults": {
+        "log",
+        "mode",
+        "option",
+        "retries",
+        "timeout",
+        "default-server",
+        "load-server-state-from-file",
+    },
     "resolvers": {
         "nameserver",
         "parse-resolv-conf",
@@ -240,7 +248,7 @@ def assert_only_expected_content(text: str, config: Config, template_comments: s
             continue  # the exact shapes hook lines may take (see the Lua hooks section below)
         kind = headers[-1].split()[0]
         assert word in DIRECTIVES[kind], (headers[-1], line)
-        if word.startswith("server"):
+        if word in ("server", "server-template"):
             assert SERVER_LINE.match(line), line
             servers[headers[-1]] = servers.get(headers[-1], 0) + 1
         if word in ("acl", "tcp-request"):

@@ -9,24 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from .kubelet import ConfigMapVolume
 from .load import LoadGen
 from .router import Router
+from .router import http_route as _route
 from .support import HttpOrigin, free_port, http_get, port_open, wait_for
-
-
-def _route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{origin.port}"],
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -281,3 +271,26 @@ def test_plain_directory_edited_in_place_reloads(tmp_path: Path, origin: HttpOri
         wait_for(lambda: _reloads(r) == 1.0, timeout=5)
     finally:
         r.stop()
+
+
+def test_a_dead_destination_stays_down_across_a_reload(
+    router: Router, volume: ConfigMapVolume, origin: HttpOrigin
+) -> None:
+    # Without the saved server state the new worker would start the dead destination as up
+    # and send it traffic again until a slow health check (every 4 s here) failed.
+    a, b = free_port(), free_port()
+    dead = free_port()
+    route = {
+        **_route("a", a, origin),
+        "destinations": [f"127.0.0.1:{origin.port}", f"127.0.0.1:{dead}"],
+        "check": {"interval": "4s", "fall": 1, "rise": 1},
+    }
+    volume.write({"routes.yaml": {"routes": [route]}})
+    router.start()
+    dead_server = {"backend": "a", "server": f"127.0.0.1_{dead}"}
+    wait_for(lambda: router.metric("haproxy_server_up", dead_server) == 0.0, timeout=15)
+    volume.write({"routes.yaml": {"routes": [route, _route("b", b, origin)]}})
+    wait_for(lambda: http_get(b, timeout=1) == "origin-a", timeout=5)
+    wait_for(lambda: _reloads(router) == 1.0, timeout=5)
+    # Right after the reload, well before the new worker's first check could have run:
+    assert router.metric("haproxy_server_up", dead_server) == 0.0
