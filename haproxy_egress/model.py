@@ -222,8 +222,11 @@ class HealthCheck(Frozen):
 
 
 def _no_zone(value: object) -> object:
-    """pydantic's IP types accept IPv6 zone ids with any text (newlines too) after '%'."""
-    if isinstance(value, str) and "%" in value:
+    """Addresses are text: pydantic's IP types would take `5` as 0.0.0.5 and YAML's `no`
+    (false) as 0.0.0.0, and they accept IPv6 zone ids with any text (newlines too) after '%'."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address written as text (got {value!r})")
+    if "%" in value:
         raise ValueError(f"IPv6 zone ids ('%...') are not supported (got {value!r})")
     return value
 
@@ -455,8 +458,10 @@ class StatsPage(Frozen):
 
     @model_validator(mode="after")
     def _auth_pair(self) -> StatsPage:
-        if (self.user is None) != (self.password is None):
-            raise ValueError("STATS_USER and STATS_PASSWORD must be set together")
+        # The stats page lists every destination and lets an admin-level page act on them:
+        # never anonymous on a security border.
+        if self.user is None or self.password is None:
+            raise ValueError("the stats page needs STATS_USER and STATS_PASSWORD (basic auth)")
         return self
 
 
@@ -525,6 +530,15 @@ def _message(err: Mapping[str, Any]) -> str:
         return "must not be empty"
     if err["type"] == "extra_forbidden":
         return "unknown field (check the spelling; see `haproxy-egress schema`)"
+    if any("password" in str(part) for part in err["loc"]):
+        return (
+            msg.split(" (got", 1)[0]
+            if err["type"] != "string_pattern_mismatch"
+            else (
+                "invalid value (not shown: it is a secret): printable ASCII without blanks, "
+                "quotes, backslash, '#' or '$'"
+            )
+        )
     if err["type"] == "string_pattern_mismatch":
         got = err.get("input")
         return f"invalid value {got!r}: must match {err['ctx']['pattern']}"
@@ -601,23 +615,32 @@ def cross_route_problems(
             )
         else:
             by_name[item.route.name] = item
-    # Only listeners on the same port can overlap: index by port to stay linear in routes.
-    by_port: dict[int, list[Located]] = {}
+    # Only listeners on the same port can overlap, and only on the same address or when one is
+    # a wildcard: index by (port, address) with the first wildcard per port, to stay linear.
+    by_address: dict[tuple[int, str | None], Located] = {}
+    wildcard: dict[int, Located] = {}
+    any_on_port: dict[int, Located] = {}
     for item in routes:
-        earlier = by_port.setdefault(item.route.listen.port, [])
-        for other in earlier:
-            if item.route.listen.overlaps(other.route.listen):
-                problems.append(
-                    Problem(
-                        item.source,
-                        f"{item.path}.listen",
-                        f"listen {item.route.listen} is already used by route "
-                        f"{other.route.name!r} ({other.source}: {other.path})",
-                        item.line,
-                    )
+        listen = item.route.listen
+        key = (listen.port, None if listen.is_wildcard else listen.address)
+        if listen.is_wildcard:
+            clash = any_on_port.get(listen.port)
+        else:
+            clash = wildcard.get(listen.port) or by_address.get(key)
+        if clash is not None:
+            problems.append(
+                Problem(
+                    item.source,
+                    f"{item.path}.listen",
+                    f"listen {listen} is already used by route "
+                    f"{clash.route.name!r} ({clash.source}: {clash.path})",
+                    item.line,
                 )
-                break
-        earlier.append(item)
+            )
+        any_on_port.setdefault(listen.port, item)
+        by_address.setdefault(key, item)
+        if listen.is_wildcard:
+            wildcard.setdefault(listen.port, item)
         for label, listener in reserved.items():
             if item.route.listen.overlaps(listener):
                 problems.append(

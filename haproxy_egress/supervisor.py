@@ -271,6 +271,9 @@ class Supervisor:
             return
         if not outcome.changed:
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
+            # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
+            # an earlier rejection no longer describes the router, so the alert must clear.
+            self.last_reload_successful = True
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self.current = outcome.compiled

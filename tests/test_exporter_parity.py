@@ -110,7 +110,8 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
         ]
     }
     try:
-        with running_haproxy(run_dir, doc, {"STATS_PORT": str(stats)}) as sock:
+        stats_env = {"STATS_PORT": str(stats), "STATS_USER": "scraper", "STATS_PASSWORD": "pw"}
+        with running_haproxy(run_dir, doc, stats_env) as sock:
             wait_for(lambda: ",DOWN," in read_snapshot(sock, 1.0).stat)
             for _ in range(4):
                 assert http_get(web, "/") in ("up", "")
@@ -156,7 +157,7 @@ def scrape_three(our_port: int, their_port: int) -> tuple[Families, Families, Fa
 @pytest.mark.parametrize("via", ["socket", "http"])
 def test_same_series_as_haproxy_exporter(router: tuple[Path, int], via: str) -> None:
     sock, stats_port = router
-    uri = f"unix:{sock}" if via == "socket" else f"http://127.0.0.1:{stats_port}/;csv"
+    uri = f"unix:{sock}" if via == "socket" else f"http://scraper:pw@127.0.0.1:{stats_port}/;csv"
     with serving(sock) as ours, real_exporter(uri) as theirs:
         before, their_families, after = scrape_three(ours.port, theirs)
     if via == "http":

@@ -205,8 +205,10 @@ def test_stats_page_auth_pair_and_safe_password() -> None:
         StatsPage.model_validate({"port": 1936, "user": "admin", "password": "s3cr3t!"}).user
         == "admin"
     )
-    with pytest.raises(pydantic.ValidationError, match="must be set together"):
+    with pytest.raises(pydantic.ValidationError, match="needs STATS_USER and STATS_PASSWORD"):
         StatsPage.model_validate({"port": 1936, "user": "admin"})
+    with pytest.raises(pydantic.ValidationError, match="needs STATS_USER and STATS_PASSWORD"):
+        StatsPage.model_validate({"port": 1936})
     for bad in ("with space", "quote'", 'dq"', "hash#", "back\\slash", "$HOME", "new\nline"):
         with pytest.raises(pydantic.ValidationError):
             StatsPage.model_validate({"port": 1936, "user": "admin", "password": bad})

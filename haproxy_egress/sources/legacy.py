@@ -367,6 +367,7 @@ def read_legacy(files: Mapping[str, bytes], env: Mapping[str, str]) -> list[Frag
             if address is not None:
                 frag.defaults = {"source": address}
         elif item.name == GATEWAY and item.text.strip():
-            log.info("%s=%s: %s", GATEWAY, item.text.strip(), GATEWAY_IGNORED)
+            # %r: a newline in the value must not start a forged log line
+            log.info("%s=%r: %s", GATEWAY, item.text.strip(), GATEWAY_IGNORED)
         frags.append(frag)
     return frags

@@ -50,12 +50,54 @@ def _duplicate_keys(node: yaml.Node, path: tuple[int | str, ...], name: str) -> 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# Aliases let a few hundred bytes expand into millions of nodes ("billion laughs"); a ConfigMap
+# holds at most 1 MiB, and 200,000 expanded nodes is far above any real router's.
+MAX_NODES = 200_000
+
+
+class ValueProblem(Exception):
+    """A YAML document that parses but cannot be used (too large, unconstructible value)."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count nodes as construction would expand them (aliases included), up to MAX_NODES."""
+    count = 0
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ValueProblem(
+                f"more than {MAX_NODES} values once aliases are expanded (an alias bomb?)",
+                node.start_mark.line + 1,
+            )
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack += (key, value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
 def _parse(text: str) -> tuple[yaml.Node | None, Any]:
     """Parse once: the node tree (for line numbers) and the data constructed from it."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
+        if node is None:
+            return None, None
+        _check_size(node)
+        try:
+            return node, loader.construct_document(node)
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+            # PyYAML's constructors raise these for values such as a broken !!timestamp.
+            raise ValueProblem(
+                f"a value cannot be read ({type(exc).__name__}); check explicit tags (!!...)",
+                node.start_mark.line + 1,
+            ) from None
     finally:
         loader.dispose()
 
@@ -67,6 +109,16 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         node, data = _parse(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
         frag.problems.append(Problem(name, "", f"not UTF-8 text (byte {exc.start})"))
+        return frag
+    except ValueProblem as exc:
+        frag.problems.append(Problem(name, "", str(exc), exc.line))
+        return frag
+    except yaml.reader.ReaderError as exc:
+        # A control character: its str() spans two lines and has no `problem`; say it in one.
+        at = text.decode("utf-8", "replace")[: exc.position].count("\n") + 1
+        char = f"0x{exc.character:02x}" if isinstance(exc.character, int) else "?"
+        reason = f"YAML syntax error: {exc.reason} (character {char})"
+        frag.problems.append(Problem(name, "", reason, at))
         return frag
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
