@@ -28,17 +28,8 @@ import requests  # noqa: E402
 from tests.kubelet import ConfigMapVolume  # noqa: E402
 from tests.load import LoadGen  # noqa: E402
 from tests.router import Router  # noqa: E402
+from tests.router import http_route as _route  # noqa: E402
 from tests.support import HttpOrigin, free_port, http_get  # noqa: E402
-
-
-def _route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{origin.port}"],
-        **extra,
-    }
 
 
 def _rss_mb(pid: int) -> float:

@@ -11,13 +11,25 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.haproxy import CliSocket, parse_show_proc
 
-from .support import free_port, wait_for
+from .support import HttpOrigin, free_port, wait_for
+
+
+def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
+    """A YAML route: an http route on 127.0.0.1:`port` in front of one test origin."""
+    return {
+        "name": name,
+        "listen": f"127.0.0.1:{port}",
+        "mode": "http",
+        "destinations": [f"127.0.0.1:{origin.port}"],
+        **extra,
+    }
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 
 from .kubelet import ConfigMapVolume
 from .router import Router
+from .router import http_route as _route
 from .support import HttpOrigin, free_port, http_get, wait_for, write_configmap
 
 HELLO = """
@@ -25,16 +26,6 @@ core.register_service("hello", "http", function(applet)
 end)
 """
 PREFIX = "local0.info: "  # socklog's facility.level in front of every haproxy log line
-
-
-def _route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{origin.port}"],
-        **extra,
-    }
 
 
 def audit_lines(router: Router) -> list[dict[str, Any]]:
