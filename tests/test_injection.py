@@ -262,17 +262,21 @@ def assert_only_expected_content(text: str, config: Config, template_comments: s
         assert acls.get(f"frontend {r.name}", 0) == expected_acls
 
 
-def haproxy_check(text: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="egress-injection.") as tmp:
-        path = Path(tmp) / "haproxy.cfg"
-        path.write_text(text, encoding="utf-8")
-        proc = subprocess.run(
-            [HAPROXY, "-c", "-f", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+def haproxy_check(text: str, directory: Path | None = None) -> None:
+    """`haproxy -c` on `text`, written into `directory` (beside staged files) or a temp dir."""
+    if directory is None:
+        with tempfile.TemporaryDirectory(prefix="egress-injection.") as tmp:
+            haproxy_check(text, Path(tmp))
+        return
+    path = directory / "haproxy.cfg"
+    path.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [HAPROXY, "-c", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr + "\n" + text
 
 
@@ -489,16 +493,7 @@ def check_hooks_outcome(snapshot: Snapshot) -> None:
             return
         assert_only_expected_content(text, config, HOOK_COMMENTS)
         hooks.stage(hook_set, Path(tmp))
-        path = Path(tmp) / "haproxy.cfg"
-        path.write_text(text, encoding="utf-8")
-        proc = subprocess.run(
-            [HAPROXY, "-c", "-f", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr + "\n" + text
+        haproxy_check(text, Path(tmp))
 
 
 def test_hook_base_inputs_are_valid() -> None:
