@@ -184,20 +184,32 @@ def test_second_sigterm_stops_at_once(tmp_path: Path, router_factory: list[Route
         slow.stop()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("victim", ["worker", "master"])
 def test_haproxy_killed_is_restarted(
     tmp_path: Path, origin: HttpOrigin, router_factory: list[Router], victim: str
 ) -> None:
     router = _seed_router(tmp_path, origin.port)
     router_factory.append(router.start())
-    pid = router.worker_pid() if victim == "worker" else router.master_pid()
-    os.kill(pid, signal.SIGKILL)
-    # Service returns within a bounded time (backoff starts at 0.5 s).
-    wait_for(lambda: http_get(_listen_port(router), timeout=1) == "origin-a", timeout=15)
+    old_master, old_worker = router.master_pid(), router.worker_pid()
+    os.kill(old_worker if victim == "worker" else old_master, signal.SIGKILL)
     wait_for(
         lambda: router.metric("haproxy_egress_child_restarts_total", {"child": "haproxy"}) == 1.0,
         timeout=10,
     )
+    # A worker orphaned by its master's death keeps serving until it notices, so an answer
+    # alone proves nothing: wait until the old processes are gone and a new pair serves.
+    wait_for(lambda: not _alive(old_worker) and not _alive(old_master), timeout=10)
+    wait_for(lambda: router.master_pid() != old_master, timeout=15)
+    # Service returns within a bounded time (backoff starts at 0.5 s).
+    wait_for(lambda: http_get(_listen_port(router), timeout=1) == "origin-a", timeout=15)
     assert "haproxy exited (pid:" in router.stderr()
     # The worker's log lines still reach stdout after the restart.
     marker_before = router.stdout().count("seed seed/")
