@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import DnsServer, HttpOrigin
+from .support import DnsServer, EchoOrigin, HttpOrigin
 
 
 @pytest.fixture
@@ -40,3 +40,11 @@ def dns() -> Iterator[DnsServer]:
     d = DnsServer().start()
     yield d
     d.stop()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoOrigin]:
+    """An origin answering with the request headers it received, as JSON."""
+    o = EchoOrigin().start()
+    yield o
+    o.stop()

@@ -9,7 +9,9 @@ no registry is reachable.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
 import socket
@@ -28,7 +30,7 @@ import yaml
 from haproxy_egress.errors import ExitCode
 
 from .kubelet import ConfigMapVolume
-from .support import HttpOrigin, free_port, http_get, wait_for
+from .support import DnsServer, EchoOrigin, HttpOrigin, free_port, http_get, wait_for
 
 docker = pytest.importorskip("docker")
 tc_config = pytest.importorskip("testcontainers.core.config")
@@ -149,21 +151,26 @@ class Router:
 
 @contextlib.contextmanager
 def running_router(
-    image: BuiltImage, config_dir: Path, env: Mapping[str, str], route_port: int
+    image: BuiltImage,
+    config_dir: Path,
+    env: Mapping[str, str],
+    route_port: int,
+    mounts: Mapping[str, Path] | None = None,
 ) -> Iterator[Router]:
-    """`docker run` as OpenShift would, wait for /readyz; always removed afterwards."""
+    """`docker run` as OpenShift would, wait for /readyz; always removed afterwards.
+    `mounts`: more read-only volumes (container path → host directory), e.g. a Secret."""
     metrics_port = free_port()
-    container = (
-        tc_container.DockerContainer(image.tag)
-        .with_volume_mapping(str(config_dir), CONFIG_DIR, "ro")
-        .with_tmpfs_mount(RUN_DIR, "size=16m")
-        .with_kwargs(
-            user=ARBITRARY_UID,
-            read_only=True,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            network_mode="host",
-        )
+    container = tc_container.DockerContainer(image.tag).with_volume_mapping(
+        str(config_dir), CONFIG_DIR, "ro"
+    )
+    for target, source in (mounts or {}).items():
+        container = container.with_volume_mapping(str(source), target, "ro")
+    container = container.with_tmpfs_mount(RUN_DIR, "size=16m").with_kwargs(
+        user=ARBITRARY_UID,
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        network_mode="host",
     )
     for key, value in {
         "SCRAPER_TCP_PORT": str(metrics_port),
@@ -486,3 +493,139 @@ def test_ready_within_goal(
         record_property("ready_seconds", round(router.ready_seconds, 2))
         assert http_get(route_port) == "origin-a"
         assert router.ready_seconds < READY_GOAL_SECONDS, router.ready_seconds
+
+
+# --- Lua hooks on the image's HAProxy (3.0, Lua 5.4; the unit tests run Debian 12's 2.6) ----
+
+HELLO_LUA = """
+core.register_service("hello", "http", function(applet)
+    local body = "hello, " .. (applet:get_var("txn.arg.hello.who") or "nobody")
+    applet:set_status(200)
+    applet:add_header("content-length", tostring(#body))
+    applet:start_response()
+    applet:send(body)
+end)
+"""
+SECRET_DIR = "/var/run/secrets/parent-proxy"
+
+
+def _raw(port: int, request: bytes, until: bytes = b"") -> bytes:
+    """Send one request on a new connection; read to close, or until `until` is seen."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while (chunk := s.recv(65536)) and not (until and until in data + chunk):
+            data += chunk
+        return data + chunk
+
+
+def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
+    image: BuiltImage, volume: ConfigMapVolume, echo: EchoOrigin, dns: DnsServer, tmp_path: Path
+) -> None:
+    """audit, deny_page, proxy_auth, the policy proxy's CONNECT handler and a ConfigMap hook,
+    through the image's own HAProxy: the Lua uses only APIs of both 2.6 and 3.0."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "username").write_text("alice")
+    (secret / "password").write_text("s3cret")
+    secret.chmod(0o755)
+    for f in secret.iterdir():
+        f.chmod(0o644)  # the container's arbitrary UID reads it, as a kubelet-mounted Secret
+    hooked, guarded, hello, proxy = free_port(), free_port(), free_port(), free_port()
+    dest = [f"127.0.0.1:{echo.port}"]
+    volume.write(
+        {
+            "routes.yaml": {
+                "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+                "routes": [
+                    {
+                        "name": "hooked",
+                        "listen": f"127.0.0.1:{hooked}",
+                        "mode": "http",
+                        "destinations": dest,
+                        "hooks": [
+                            "audit",
+                            {"use": "proxy_auth", "args": {"secret_dir": SECRET_DIR}},
+                        ],
+                    },
+                    {
+                        "name": "guarded",
+                        "listen": f"127.0.0.1:{guarded}",
+                        "mode": "http",
+                        "destinations": dest,
+                        "allow_from": ["10.0.0.0/8"],
+                        "hooks": ["audit", "deny_page"],
+                    },
+                    {
+                        "name": "hello",
+                        "listen": f"127.0.0.1:{hello}",
+                        "mode": "http",
+                        "destinations": dest,
+                        "hooks": [{"use": "hello", "at": "service", "args": {"who": "3.0"}}],
+                    },
+                    {
+                        "name": "proxy",
+                        "listen": f"127.0.0.1:{proxy}",
+                        "mode": "proxy",
+                        "policy": ["127.0.0.1/32"],
+                    },
+                ],
+            },
+            "hello.lua": HELLO_LUA,
+        }
+    )
+    with running_router(
+        image,
+        volume.directory,
+        {"EGRESS_DRAIN_SECONDS": "2"},
+        hooked,
+        mounts={SECRET_DIR: secret},
+    ) as router:
+        code, version = router.exec("haproxy", "-v")
+        assert code == 0
+        assert re.search(r"version 3\.", version), version  # not the host's 2.6
+        # proxy_auth: the parent proxy's credentials from the mounted Secret.
+        seen = json.loads(_raw(hooked, b"GET / HTTP/1.0\r\nHost: h\r\n\r\n").split(b"\r\n\r\n")[1])
+        assert seen["proxy-authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        # deny_page: a readable 403 naming the route and the rule.
+        page = _raw(guarded, b"GET / HTTP/1.0\r\nHost: g\r\n\r\n")
+        assert page.startswith(b"HTTP/1.0 403"), page
+        assert b"route: guarded" in page
+        assert b"allow_from" in page
+        # The user's hello.lua, with its argument.
+        assert _raw(hello, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").endswith(b"hello, 3.0")
+        # The policy proxy: CONNECT (Lua parses the head, 200 only once connected) and plain
+        # HTTP to an allowed address; a denied one gets the 403 naming the rule.
+        tunnel = _raw(
+            proxy,
+            f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection established"), tunnel
+        assert b'"host": "t"' in tunnel
+        plain = _raw(proxy, f"GET http://127.0.0.1:{echo.port}/ HTTP/1.0\r\n\r\n".encode())
+        assert plain.startswith(b"HTTP/1.0 200") or plain.startswith(b"HTTP/1.1 200"), plain
+        denied = _raw(proxy, f"CONNECT 127.0.0.2:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert b" 403 " in denied.split(b"\r\n")[0], denied
+        # audit: one JSON object per request of the audited routes, in the container's log.
+        lines: list[dict[str, Any]] = []
+
+        def audited() -> bool:
+            lines[:] = [
+                json.loads(line[line.index("{") :])
+                for line in router.logs().splitlines()
+                if '{"type":"egress-audit"' in line
+            ]
+            return {"hooked", "guarded"} <= {ln["route"] for ln in lines}
+
+        wait_for(audited, timeout=10)
+    by_route = {ln["route"]: ln for ln in lines}
+    assert by_route["hooked"]["destination"] == {
+        "name": "127.0.0.1",
+        "address": "127.0.0.1",
+        "port": str(echo.port),
+    }
+    assert by_route["hooked"]["verdict"] == "allowed"
+    assert by_route["guarded"]["verdict"] == "denied"
+    assert by_route["guarded"]["rule"] == "allow_from"
+    assert by_route["guarded"]["status"] == 403

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import json
 import socket
-import socketserver
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ from haproxy_egress.reload import Compiled, check_compiled, compile_snapshot
 from haproxy_egress.settings import Settings
 from haproxy_egress.sources import read_snapshot
 
-from .support import HaproxyProcess, free_port, port_open, wait_for, write_configmap
+from .support import EchoOrigin, HaproxyProcess, free_port, port_open, wait_for, write_configmap
 
 HELLO_SERVICE = b"""
 core.register_service("hello", "http", function(applet)
@@ -59,58 +56,6 @@ end)
 
 
 # --- peers -----------------------------------------------------------------------------------
-
-
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no getfqdn(): never the system resolver
-        self.server_name, self.server_port = "localhost", self.server_address[1]
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # health checks hang up
-
-
-@dataclass
-class EchoOrigin:
-    """An HTTP origin answering every request with its request headers as a JSON object."""
-
-    port: int = 0
-    _server: _Server | None = None
-
-    def start(self) -> EchoOrigin:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = _Server(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoOrigin]:
-    o = EchoOrigin().start()
-    yield o
-    o.stop()
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@ validated like every other change (a broken hello.lua never replaces the running
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from .kubelet import ConfigMapVolume
 from .router import Router
 from .router import http_route as _route
-from .support import HttpOrigin, free_port, http_get, wait_for, write_configmap
+from .support import DnsServer, HttpOrigin, free_port, http_get, wait_for, write_configmap
 
 HELLO = """
 core.register_service("hello", "http", function(applet)
@@ -95,7 +97,7 @@ def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin)
         assert line["destination"] == {
             "name": "127.0.0.1",
             "address": "127.0.0.1",
-            "port": origin.port,
+            "port": str(origin.port),
         }
         assert line["verdict"] == "allowed"
         assert line["rule"] is None
@@ -109,7 +111,94 @@ def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin)
     assert partners["rule"] == "allow_from"
     assert partners["status"] == 403
     assert partners["host"] == "blocked.test"
-    assert partners["destination"] == {"name": None, "address": None, "port": None}
+    # No server was chosen: haproxy has no destination, the fields are empty strings.
+    assert partners["destination"] == {"name": "", "address": "", "port": ""}
+
+
+def _v6_listener() -> tuple[socket.socket, int]:
+    """A TCP listener on [::1] that answers every connection with `v6` and closes it."""
+    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind(("::1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"v6")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def test_audit_names_dns_ipv6_and_failed_destinations(
+    router: Router, origin: HttpOrigin, dns: DnsServer
+) -> None:
+    dns.records["origin.test"] = ["127.0.0.1"]
+    listener, v6_port = _v6_listener()
+    named, v6, refused, nowhere = free_port(), free_port(), free_port(), free_port()
+    closed = free_port()  # nothing listens there
+    assert router.config_dir is not None
+    write_configmap(
+        router.config_dir,
+        {
+            "routes.yaml": {
+                "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+                "defaults": {"hooks": ["audit"], "check": False},
+                "routes": [
+                    _route("named", named, origin, destinations=[f"origin.test:{origin.port}"]),
+                    _route("v6", v6, origin, mode="tcp", destinations=[f"[::1]:{v6_port}"]),
+                    _route(
+                        "refused", refused, origin, mode="tcp", destinations=[f"127.0.0.1:{closed}"]
+                    ),
+                    _route("nowhere", nowhere, origin, destinations=["missing.test:80"]),
+                ],
+            }
+        },
+    )
+    try:
+        router.start()
+        wait_for(lambda: http_get(named, timeout=1) == "origin-a", timeout=10)
+        # A Host header with a quote, a backslash and UTF-8 must still give one JSON line.
+        with socket.create_connection(("127.0.0.1", named), timeout=5) as s:
+            s.sendall('GET / HTTP/1.1\r\nHost: a"b\\c\u00e9\r\nConnection: close\r\n\r\n'.encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", v6), timeout=5) as s:
+            assert s.recv(10) == b"v6"
+        with socket.create_connection(("127.0.0.1", refused), timeout=5) as s:
+            assert s.recv(10) == b""  # the connect failed: haproxy closes
+        with socket.create_connection(("127.0.0.1", nowhere), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 503")
+        lines: list[dict[str, Any]] = []
+
+        def all_routes() -> bool:
+            lines[:] = audit_lines(router)
+            return {"v6", "refused", "nowhere"} <= {ln["route"] for ln in lines} and sum(
+                ln["route"] == "named" for ln in lines
+            ) >= 2
+
+        wait_for(all_routes, timeout=10)
+    finally:
+        listener.close()
+    hosts = {ln["host"]: ln for ln in lines if ln["route"] == "named"}
+    odd = hosts['a"b\\c\u00e9']
+    assert odd["destination"] == {
+        "name": "origin.test",  # the configured name, not the server-template slot
+        "address": "127.0.0.1",
+        "port": str(origin.port),
+    }
+    (v6_line,) = (ln for ln in lines if ln["route"] == "v6")
+    assert v6_line["destination"] == {"name": "::1", "address": "::1", "port": str(v6_port)}
+    assert v6_line["termination"] == "--"
+    (refused_line,) = (ln for ln in lines if ln["route"] == "refused")
+    assert refused_line["destination"]["port"] == str(closed)
+    assert refused_line["termination"][0] == "S"  # the server side failed
+    (nowhere_line,) = (ln for ln in lines if ln["route"] == "nowhere")
+    assert nowhere_line["destination"] == {"name": "", "address": "", "port": ""}
+    assert nowhere_line["status"] == 503
+    assert nowhere_line["verdict"] == "allowed"  # no rule refused it: nothing was up
 
 
 def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress import hooks
-from haproxy_egress.compiler import RenderOptions, render
+from haproxy_egress.compiler import RenderOptions, audit_log_format, render
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.model import Config
 from haproxy_egress.settings import SEED_VARS
@@ -416,10 +416,11 @@ HOOK_LINES = [
         r"^    (http-request|http-response|tcp-request content) (use-service )?"
         r"lua\.[a-z][a-z0-9_]{0,31}( unless client_allowed)?$"
     ),
-    re.compile(r"^    http-request set-var\(txn\.audit_host\) req\.hdr\(host\)$"),
-    re.compile(
-        r'^    log-format "%\[lua\.egress_audit\],\\"bytes_up\\":%U,\\"bytes_down\\":%B,'
-        r'\\"duration_ms\\":%Tt,\\"termination\\":\\"%ts\\"(,\\"status\\":%ST)?}"$'
+    re.compile(r"^    http-request set-var\(txn\.audit_host\) req\.hdr\(host\),bytes\(0,200\)$"),
+    # The audit log-format is a constant of the compiler: no input reaches it.
+    *(
+        re.compile("^    log-format " + re.escape(f'"{audit_log_format(mode)}"') + "$")
+        for mode in ("tcp", "http")
     ),
 ]
 STAMP_LUA = b"""
