@@ -201,6 +201,44 @@ def test_audit_names_dns_ipv6_and_failed_destinations(
     assert nowhere_line["verdict"] == "allowed"  # no rule refused it: nothing was up
 
 
+def test_audit_records_allow_from_refusals_without_deny_page(
+    router: Router, origin: HttpOrigin
+) -> None:
+    """Without deny_page the refused client just sees the connection close, as without audit,
+    but the refusal is now in the audit trail (a `tcp-request connection reject` is not)."""
+    tcp, http = free_port(), free_port()
+    assert router.config_dir is not None
+    outside = {"allow_from": ["10.0.0.0/8"], "hooks": ["audit"]}
+    write_configmap(
+        router.config_dir,
+        {
+            "routes.yaml": {
+                "routes": [
+                    _route("tcp-partners", tcp, origin, mode="tcp", **outside),
+                    _route("http-partners", http, origin, **outside),
+                ]
+            }
+        },
+    )
+    router.start()
+    for port in (tcp, http):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            assert s.recv(100) == b""  # closed, nothing sent
+    assert origin.peers == []
+    lines: list[dict[str, Any]] = []
+
+    def both() -> bool:
+        lines[:] = audit_lines(router)
+        return len(lines) >= 2
+
+    wait_for(both, timeout=10)
+    assert {ln["route"] for ln in lines} == {"tcp-partners", "http-partners"}
+    for line in lines:
+        assert (line["verdict"], line["rule"]) == ("denied", "allow_from")
+        assert line["destination"] == {"name": "", "address": "", "port": ""}
+
+
 def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(
     tmp_path: Path, origin: HttpOrigin
 ) -> None:
