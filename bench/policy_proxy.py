@@ -5,14 +5,22 @@ Hat's http-proxy mode) → origin in the external ns. Plain HTTP with keep-alive
 connection per request (wrk), and CONNECT + one request per tunnel (Python threads). Prints
 requests/s and haproxy/squid ratios. Needs root (ip netns), wrk, squid. Bounded: ~4x DURATION.
 
-    .venv/bin/python -m bench.policy_proxy [--duration 5]
+    .venv/bin/python -m bench.policy_proxy [--duration 5] [--rounds 3]
+
+The load generator, the origin and the proxy share this machine's 2 cores, and with haproxy
+the machine is saturated (squid, single-threaded, is not): so besides requests/s the bench
+reads each proxy's own CPU time (/proc/<pid>/stat, utime + stime) over the run and prints
+requests per CPU-second, the capacity of one core of the proxy. Rounds alternate which proxy
+goes first; the table has the medians of the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -20,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from haproxy_egress import policy
-from tests.netns import ROUTER_CLIENT_IP, TestBed, start_in, wait_port
+from tests.netns import ROUTER_CLIENT_IP, Started, TestBed, start_in, wait_port
 from tests.netns_policy import start_router
 from tests.squid import Squid
 from tests.support import HAPROXY, DnsServer
@@ -103,6 +111,13 @@ def connect_rate(bed: TestBed, port: int, duration: float, threads: int = 8) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--no-decision-log",
+        action="store_true",
+        help="experiment: drop haproxy's per-request log line (squid, as Red Hat configured it, "
+        "logs nothing) to show what the decision log costs",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-policy.") as tmp, TestBed(Path(tmp)) as bed:
         workdir = Path(tmp)
@@ -122,25 +137,73 @@ def main() -> None:
                     ],
                 }
             }
-            start_router(bed, workdir, keys, {}, [HAPROXY_PORT])
-            Squid(workdir / "squid", ROUTER_CLIENT_IP, SQUID_PORT, policy.parse_rules(RULES)).start(
-                bed, bed.router, bed.client
+            router, run_dir = start_router(bed, workdir, keys, {}, [HAPROXY_PORT])
+            if args.no_decision_log:
+                router = restarted_without_log(bed, router, run_dir / "haproxy.cfg")
+            squid = Squid(
+                workdir / "squid", ROUTER_CLIENT_IP, SQUID_PORT, policy.parse_rules(RULES)
             )
-            rows = []
+            squid.start(bed, bed.router, bed.client)
+            assert squid.started is not None
+            pids = {HAPROXY_PORT: router.proc.pid, SQUID_PORT: squid.started.proc.pid}
             cases: tuple[tuple[str, Callable[[int], float]], ...] = (
                 ("HTTP keep-alive", lambda p: wrk(bed, p, args.duration, False, workdir)),
                 ("HTTP new connection", lambda p: wrk(bed, p, args.duration, True, workdir)),
                 ("CONNECT + 1 request", lambda p: connect_rate(bed, p, args.duration)),
             )
-            for label, run in cases:
-                h, s = run(HAPROXY_PORT), run(SQUID_PORT)
-                rows.append((label, h, s))
-            print("| case | haproxy-egress req/s | squid req/s | ratio |")
-            print("|---|---:|---:|---:|")
-            for label, h, s in rows:
-                print(f"| {label} | {h:,.0f} | {s:,.0f} | {h / s:.1f}x |")
+            samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
+            for round_ in range(args.rounds):
+                order = (
+                    (HAPROXY_PORT, SQUID_PORT) if round_ % 2 == 0 else (SQUID_PORT, HAPROXY_PORT)
+                )
+                for label, run in cases:
+                    for port in order:
+                        samples.setdefault((label, port), []).append(
+                            measured(run, port, pids[port])
+                        )
+            print(f"{args.rounds} rounds x {args.duration}s per case and proxy; medians")
+            print(
+                "| case | haproxy-egress req/s | squid req/s | ratio "
+                "| haproxy req per CPU-s | squid req per CPU-s | ratio per core |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            for label, _ in cases:
+                h = [r for r, _ in samples[(label, HAPROXY_PORT)]]
+                q = [r for r, _ in samples[(label, SQUID_PORT)]]
+                hc = [r / c for r, c in samples[(label, HAPROXY_PORT)]]
+                qc = [r / c for r, c in samples[(label, SQUID_PORT)]]
+                hm, qm = statistics.median(h), statistics.median(q)
+                hcm, qcm = statistics.median(hc), statistics.median(qc)
+                print(
+                    f"| {label} | {hm:,.0f} | {qm:,.0f} | {hm / qm:.1f}x "
+                    f"| {hcm:,.0f} | {qcm:,.0f} | {hcm / qcm:.1f}x |"
+                )
         finally:
             dns.stop()
+
+
+def restarted_without_log(bed: TestBed, router: Started, cfg: Path) -> Started:
+    """The same config without `log global` (so no frontend logs), haproxy restarted."""
+    router.proc.terminate()
+    router.proc.wait(10)
+    text = cfg.read_text().replace("    log global\n", "")
+    cfg.write_text(text)
+    started = bed.start(bed.router, [HAPROXY, "-db", "-f", str(cfg)], name="haproxy-no-log")
+    wait_port(bed.client, ROUTER_CLIENT_IP, HAPROXY_PORT, proc=started)
+    return started
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(run: Callable[[int], float], port: int, pid: int) -> tuple[float, float]:
+    """(requests/s, CPU cores the proxy used) of one run."""
+    cpu, started = cpu_seconds(pid), time.monotonic()
+    rate = run(port)
+    return rate, (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
 
 
 if __name__ == "__main__":

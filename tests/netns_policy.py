@@ -50,14 +50,19 @@ def add_ipv6(bed: TestBed) -> None:
 class CountingOrigin:
     """A TCP server that counts accepted connections and answers HTTP/1.x with its name.
 
-    With `tls` (a cert and key file) it speaks TLS first, as an HTTPS origin does.
+    With `tls` (a cert and key file) it speaks TLS first, as an HTTPS origin does. With
+    `requests_per_connection` N > 0 it answers N requests on a connection and then closes it on
+    the next request without a response: the race of an origin closing an idle keep-alive
+    connection just as the proxy reuses it, made deterministic.
     """
 
     name: str
     host: str
     port: int
     tls: tuple[Path, Path] | None = None
+    requests_per_connection: int = 0
     accepted: int = 0
+    requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request read
     _sock: socket.socket | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -104,6 +109,7 @@ class CountingOrigin:
 
     def _answer(self, stream: socket.socket) -> None:
         """Answer requests on one connection until the peer closes it."""
+        answered = 0
         while True:
             head = b""
             while b"\r\n\r\n" not in head:
@@ -111,7 +117,12 @@ class CountingOrigin:
                 if not chunk:
                     return
                 head += chunk
-            body = f"{self.name} {head.split(b' ')[1].decode()}".encode()
+            method, path = head.split(b" ")[:2]
+            self.requests.append(f"{method.decode()} {path.decode()}")
+            if self.requests_per_connection and answered >= self.requests_per_connection:
+                return  # close without a response
+            answered += 1
+            body = f"{self.name} {path.decode()}".encode()
             stream.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     def stop(self) -> None:

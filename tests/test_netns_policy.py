@@ -51,6 +51,7 @@ class World:
     cidr: CountingOrigin
     v6: CountingOrigin
     loopback: CountingOrigin
+    flaky: CountingOrigin
     cafile: Path
 
     def get(self, url: str, port: int = STRICT) -> tuple[int, bytes]:
@@ -89,9 +90,10 @@ def world(tmp_path: Path) -> Iterator[World]:
                 cidr=origin("cidr", hosts[6], 80),
                 v6=origin("v6", V6_EXTERNAL, 80),
                 loopback=start_in(bed.router, CountingOrigin("loopback", "127.0.0.1", 80)),
+                flaky=start_in(bed.external, CountingOrigin("flaky", hosts[3], 80, None, 1)),
                 cafile=cert,
             )
-            started.append(w.loopback)
+            started.extend((w.loopback, w.flaky))
             dns.records.update(
                 {
                     "good.test": [hosts[0]],
@@ -103,6 +105,7 @@ def world(tmp_path: Path) -> Iterator[World]:
                     "x.bad.test": [hosts[2]],
                     "cidr.test": [hosts[6]],
                     "dead.good.test": [hosts[7]],
+                    "flaky.good.test": [hosts[3]],
                     "rebind.good.test": ["127.0.0.1"],
                     "meta.good.test": ["169.254.169.254"],
                 }
@@ -283,3 +286,66 @@ def test_keep_alive_requests_to_two_hosts_go_to_each(world: World) -> None:
                 data += chunk
             got.append(data.rsplit(b"\r\n\r\n", 1)[-1])
     assert got == [b"good /1", b"exact /2"]
+
+
+def test_new_connections_share_origin_connections_only_per_destination(world: World) -> None:
+    """Like squid's persistent connections, a new client connection may reuse an idle
+    connection to the same origin address; requests still reach exactly the host they name."""
+    good, exact = world.good.accepted, world.exact.accepted
+    for i in range(20):
+        name, origin = ("good", "good.test") if i % 2 else ("exact", "exact.test")
+        assert world.get(f"http://{origin}/{i}") == (200, f"{name} /{i}".encode())
+    # 10 requests each, over new client connections, and (nearly) one origin connection each.
+    assert world.good.accepted - good <= 2
+    assert world.exact.accepted - exact <= 2
+
+
+def _exchange(sock: _socket.socket, request: bytes) -> bytes:
+    """Send one request on a kept-alive client connection; the status line's code, or b""
+    when the proxy closed the connection."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(
+            b":"
+        )[1]
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head.split(b" ")[1]
+
+
+def test_an_origin_closing_a_reused_connection_costs_a_get_nothing_and_never_replays_a_post(
+    world: World,
+) -> None:
+    """The flaky origin answers one request per connection and drops the next one unanswered,
+    which is what the keep-alive race with a closing origin looks like to the proxy."""
+    flaky = world.flaky
+    # Each GET leaves its connection idle in the pool; the next GET (a new client connection)
+    # reuses it, the origin drops it, haproxy sends that GET again on a new connection. The
+    # pause lets the finished request hand its connection back to the pool first.
+    for i in range(1, 6):
+        assert world.get(f"http://flaky.good.test/{i}") == (200, f"flaky /{i}".encode())
+        time.sleep(0.2)
+    replayed = [r for r in set(flaky.requests) if flaky.requests.count(r) > 1]
+    assert len(replayed) >= 3, flaky.requests  # the race was met, and no client saw it
+    assert all(flaky.requests.count(r) <= 2 for r in flaky.requests)  # one retry at most
+    # A POST never goes over a pooled connection and is never sent twice: the second POST of a
+    # kept-alive client connection meets the drop and the client gets the error.
+    flaky.requests.clear()
+    post = (
+        b"POST http://flaky.good.test/p%d HTTP/1.1\r\nHost: flaky.good.test\r\n"
+        b"Content-Length: 1\r\n\r\nx"
+    )
+    with world.bed.client.entered():
+        sock = _socket.create_connection((ROUTER_CLIENT_IP, STRICT), timeout=5)
+    with sock:
+        assert _exchange(sock, post % 1) == b"200"
+        assert _exchange(sock, post % 2) in (b"502", b"")
+    assert flaky.requests == ["POST /p1", "POST /p2"]
