@@ -16,6 +16,7 @@ from . import __version__, logsetup
 from .compiler import RenderOptions
 from .errors import ConfigError, EgressError, ExitCode, HaproxyError
 from .explain import explain, rule_locations
+from .lookup import ConfiguredResolver
 from .migrate import migrate
 from .model import Config, Document
 from .reload import check_compiled, compile_current
@@ -136,6 +137,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             args.destination,
             locations=rule_locations(snapshot, settings.route_env),
             addresses=args.address or None,
+            resolve=None if args.no_resolve else ConfiguredResolver(config.resolvers),
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -198,8 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         action="append",
         metavar="IP",
-        help="what DEST resolves to, for address/CIDR rules (repeatable); names are not "
-        "looked up, so no DNS query leaves the machine",
+        help="what DEST resolves to (repeatable), instead of looking the name up",
+    )
+    p.add_argument(
+        "--no-resolve",
+        action="store_true",
+        help="do not look names up (no DNS query leaves the machine); address and CIDR rules "
+        "and the loopback/metadata guard then cannot apply to a name",
     )
     p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")

@@ -67,6 +67,13 @@ class HaproxyCheckError(EgressError):
         super().__init__("haproxy rejected the configuration:\n  " + "\n  ".join(alerts))
 
 
+class LookupFailed(EgressError):
+    """A DNS lookup `explain` needed got no answer (timeout, SERVFAIL): neither allowed nor
+    denied can be said, so it exits like a usage error, never 0 or 1."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class HaproxyError(EgressError):
     """haproxy could not be run or talked to (binary missing, socket dead, reload refused)."""
 

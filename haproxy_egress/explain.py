@@ -1,9 +1,10 @@
 """`haproxy-egress explain DEST`: which route and which rule would allow or deny a destination.
 
 Pure: it reads the validated Config (and, for rule locations, the same sources the loader
-read) and sends no traffic. A name is resolved only when an address rule needs its address,
-through the `resolve` callable the caller passes (the CLI gives one that asks the configured
-nameservers); without it, or with `addresses` given, nothing is looked up.
+read) and sends no traffic to the destination. A name is looked up, when some policy route
+could decide it, through the `resolve` callable the caller passes (the CLI gives one that asks
+the configured nameservers, haproxy_egress/lookup.py); without it, or with `addresses` given,
+nothing is looked up.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def explain(
         found = (dest.address,)
     elif addresses:
         found = tuple(netaddr.parse_ip(a) for a in addresses)
-    elif resolve is not None:
+    elif resolve is not None and any(r.mode in POLICY_MODES for r in config.routes):
+        # Only policy rules look at addresses: no query when no policy route could decide.
         found = tuple(resolve(dest.host))
     else:
         found = ()

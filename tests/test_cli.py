@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .support import HAPROXY, write_configmap
+from .support import HAPROXY, DnsServer, write_configmap
 
 GOOD = {
     "routes.yaml": {
@@ -237,27 +238,74 @@ def test_migrate_prints_a_configmap_and_names_what_it_drops() -> None:
     assert yaml.safe_load(bare.stdout)["routes"][0]["destinations"] == ["203.0.113.25:80"]
 
 
-def test_explain_exit_codes_and_rule_location(tmp_path: Path) -> None:
+def test_explain_exit_codes_and_rule_location(tmp_path: Path, dns: DnsServer) -> None:
+    dns.records.update(
+        {
+            "api.github.test": ["140.82.112.6"],
+            "example.test": ["192.0.2.80"],
+            "internal.example.test": ["10.1.2.3"],
+            "rebind.github.test": ["127.0.0.1"],
+            "ten.test": ["10.9.9.9"],
+        }
+    )
     (tmp_path / "policy.yaml").write_text(
+        "resolvers:\n"
+        f"  nameservers: ['127.0.0.1:{dns.port}']\n"
         "routes:\n"
         "  - name: web\n"
         "    listen: 8080\n"
         "    mode: proxy\n"
         "    policy:\n"
-        "      - '*.github.com'\n"
+        "      - '*.github.test'\n"
         "      - '!10.0.0.0/8'\n"
         "      - 203.0.113.0/24\n"
     )
     env = {"EGRESS_CONFIG_DIR": str(tmp_path)}
-    allowed = run(["explain", "https://api.github.com"], env)
+    allowed = run(["explain", "https://api.github.test"], env)
     assert allowed.returncode == 0, allowed.stderr
-    assert "allowed by rule 1 (*.github.com) [policy.yaml:6]" in allowed.stdout
-    denied = run(["explain", "example.com:80"], env)
+    assert "api.github.test:443 (140.82.112.6): ALLOWED" in allowed.stdout
+    assert "allowed by rule 1 (*.github.test) [policy.yaml:8]" in allowed.stdout
+    denied = run(["explain", "example.test:80"], env)
     assert denied.returncode == 1
     assert "DENIED" in denied.stdout
-    by_address = run(["explain", "internal.example:443", "--address", "10.1.2.3"], env)
-    assert by_address.returncode == 1
-    assert "rule 2" in by_address.stdout
+    # The name is looked up at the configured nameserver, so address rules apply to it...
+    looked_up = run(["explain", "internal.example.test:443"], env)
+    assert looked_up.returncode == 1
+    assert "(10.1.2.3)" in looked_up.stdout
+    assert "rule 2" in looked_up.stdout
+    # ... and so does the guard: an allowed name resolving to loopback is refused.
+    rebind = run(["explain", "rebind.github.test:80"], env)
+    assert rebind.returncode == 1, rebind.stdout
+    assert "loopback" in rebind.stdout
+    unresolvable = run(["explain", "nx.github.test"], env)
+    assert unresolvable.returncode == 1
+    assert "does not resolve (503)" in unresolvable.stdout
+    # --address replaces the lookup; --no-resolve sends no query at all.
+    queries = dns.queries
+    by_address = run(["explain", "ten.test:443", "--address", "203.0.113.9"], env)
+    assert by_address.returncode == 0, by_address.stdout
+    offline = run(["explain", "internal.example.test:443", "--no-resolve"], env)
+    assert "not resolved" in offline.stdout
+    assert dns.queries == queries
     bad = run(["explain", "ht!tp"], env)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_explain_says_when_the_nameserver_does_not_answer(tmp_path: Path) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    with silent:
+        (tmp_path / "policy.yaml").write_text(
+            "resolvers:\n"
+            f"  nameservers: ['127.0.0.1:{port}']\n"
+            "  timeout: 200ms\n"
+            "  retries: 2\n"
+            "routes:\n"
+            "  - {name: web, listen: 8080, mode: proxy, policy: ['*.github.test']}\n"
+        )
+        proc = run(["explain", "api.github.test"], {"EGRESS_CONFIG_DIR": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout
+    assert f"cannot look up api.github.test (A) at 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,52 @@
+"""Name lookups for `explain`: the same nameservers, timeout and retries the router's haproxy
+uses (`resolvers` in the config), so `explain` sees the addresses the router would connect to.
+
+dnspython does the DNS work (message format, retries, TCP fallback on truncation): a resolver
+is not worth writing by hand. Only a DNS query leaves the machine; the destination itself is
+never contacted.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.resolver
+
+from . import netaddr
+from .errors import LookupFailed
+from .model import Resolvers
+
+
+class ConfiguredResolver:
+    """Looks names up, A then AAAA (the router's default `resolve_prefer: ipv4` order)."""
+
+    def __init__(self, resolvers: Resolvers) -> None:
+        # With no nameservers configured haproxy reads /etc/resolv.conf; so does dnspython.
+        self._resolver = dns.resolver.Resolver(configure=not resolvers.nameservers)
+        if resolvers.nameservers:
+            self._resolver.nameservers = [str(ns.host) for ns in resolvers.nameservers]
+            self._resolver.nameserver_ports = {
+                str(ns.host): ns.port for ns in resolvers.nameservers
+            }
+        self._resolver.timeout = resolvers.timeout / 1000
+        self._resolver.lifetime = resolvers.timeout * resolvers.retries / 1000
+        self._servers = (
+            ", ".join(f"{ns.host}:{ns.port}" for ns in resolvers.nameservers)
+            or "the nameservers of /etc/resolv.conf"
+        )
+
+    def __call__(self, name: str) -> tuple[netaddr.IPAddress, ...]:
+        """The name's addresses; () when it does not exist or has none (the router's 503)."""
+        found: list[netaddr.IPAddress] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = self._resolver.resolve(name, rdtype, search=False)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                message = f"cannot look up {name} ({rdtype}) at {self._servers}: {exc}"
+                raise LookupFailed(message) from exc
+            found.extend(netaddr.parse_ip(r.to_text()) for r in answer)
+        return tuple(found)
+
+
+__all__ = ["ConfiguredResolver"]
