@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, logsetup
 from .compiler import RenderOptions
+from .cpus import default_threads
 from .errors import ConfigError, EgressError, ExitCode, HaproxyError
 from .explain import explain, rule_locations
 from .lookup import ConfiguredResolver
@@ -40,7 +41,8 @@ def render_options(settings: Settings) -> RenderOptions:
         run_dir=settings.run_dir,
         log_stdout=settings.log_sink is LogSink.STDOUT,
         drain_seconds=settings.drain_seconds,
-        threads=settings.threads,
+        # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores.
+        threads=settings.threads or default_threads(),
     )
 
 

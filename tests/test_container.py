@@ -155,10 +155,13 @@ def running_router(
     config_dir: Path,
     env: Mapping[str, str],
     route_port: int,
+    *,
     mounts: Mapping[str, Path] | None = None,
+    cpus: float | None = None,
 ) -> Iterator[Router]:
     """`docker run` as OpenShift would, wait for /readyz; always removed afterwards.
-    `mounts`: more read-only volumes (container path → host directory), e.g. a Secret."""
+    `mounts`: more read-only volumes (container path → host directory), e.g. a Secret;
+    `cpus`: a CPU limit, as a pod's `resources.limits.cpu` sets it (a CFS quota)."""
     metrics_port = free_port()
     container = tc_container.DockerContainer(image.tag).with_volume_mapping(
         str(config_dir), CONFIG_DIR, "ro"
@@ -171,6 +174,7 @@ def running_router(
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         network_mode="host",
+        **({"nano_cpus": int(cpus * 1e9)} if cpus else {}),
     )
     for key, value in {
         "SCRAPER_TCP_PORT": str(metrics_port),
@@ -629,3 +633,24 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
     assert by_route["guarded"]["verdict"] == "denied"
     assert by_route["guarded"]["rule"] == "allow_from"
     assert by_route["guarded"]["status"] == 403
+
+
+def test_a_cpu_limit_sets_haproxys_threads(
+    image: BuiltImage, volume: ConfigMapVolume, origin: HttpOrigin
+) -> None:
+    """haproxy counts the CPUs it may run on, not the CFS quota; the router renders nbthread
+    from the limit, so a 1-CPU pod runs one thread whatever the node's size."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to tell a limit from the machine")
+    volume.write({"routes.yaml": _routes()})
+    route_port = free_port()
+    env = _seed_env(route_port, origin)
+    with running_router(image, volume.directory, env, route_port, cpus=1) as router:
+        code, cfg = router.exec("cat", f"{RUN_DIR}/haproxy.cfg")
+        assert code == 0
+        assert "\n    nbthread 1\n" in cfg
+        assert http_get(route_port) == "origin-a"
+    with running_router(image, volume.directory, env, route_port) as router:
+        code, cfg = router.exec("cat", f"{RUN_DIR}/haproxy.cfg")
+        assert code == 0
+        assert "nbthread" not in cfg  # no limit: haproxy picks, one thread per CPU
