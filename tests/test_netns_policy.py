@@ -218,6 +218,16 @@ def test_dead_origin_gets_no_fake_200(world: World) -> None:
     assert time.monotonic() - started < 8
 
 
+def test_dead_origin_get_fails_at_once(world: World) -> None:
+    """A GET (which may use pooled connections and be replayed once on an empty response) to
+    an origin that refuses the connection is not retried: 503 at once, not after haproxy's
+    one-second retry pause."""
+    started = time.monotonic()
+    status, _ = world.get("http://dead.good.test/")
+    assert status == 503
+    assert time.monotonic() - started < 0.9
+
+
 def test_sni_passthrough(world: World) -> None:
     def handshake(server_name: str | None) -> bytes | None:
         with world.bed.client.entered():
