@@ -29,19 +29,24 @@ POLICY_LOG_FORMAT = (
 
 # The audit hook (issue 8, docs/lua.md): the route's log line is one JSON object. haproxy builds
 # it natively; Lua runs only as two converters (a string in, a string out), because a Lua sample
-# fetch builds a Lua TXN object per call and cost 40% of an HTTP route's request rate. `%{+Q}`
-# quotes a value and writes "" instead of haproxy's bare "-" when there is none (no server was
-# chosen), so the line stays valid JSON; `date` is read once per poll loop, so the two date
-# fetches of one line agree.
+# fetch builds a Lua TXN object per call and cost 40% of an HTTP route's request rate. Every
+# sample sits in quotes: `%{+Q}` writes "" where haproxy would print a bare "-" (no server was
+# chosen; or no stream at all, when the HTTP parser logs a bad request or an empty connection
+# itself), so every line stays JSON. Texts from the client are cut before escaping (the
+# escaped form may be 6x longer) so the line stays within the log's `len 8192`. `date` is read
+# once per poll loop, so the two date fetches of one line agree.
 AUDIT_HEAD = (
     '{"type":"egress-audit"'
     ',"time":"%[date,utime(%Y-%m-%dT%H:%M:%S)].%[date(0,ms),mod(1000),add(1000),regsub(^1,)]Z"'
     ',"route":"%f","client":{"address":"%ci","port":%cp}'
     ',"destination":{"name":%{+Q}[srv_name,lua.egress_audit_name]'
     ',"address":%{+Q}[bc_dst],"port":%{+Q}[bc_dst_port]}'
-    ',"verdict":%[var(txn.egress_rule,),lua.egress_audit_verdict]'
+    ',"verdict":%{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict]'
+    ',"rule":%{+Q}[var(txn.egress_rule),bytes(0,64),json(utf8s)]'
 )
-AUDIT_HTTP = ',"method":%{+Q}[method],"host":%{+Q}[var(txn.audit_host),json(utf8s)]'
+AUDIT_HTTP = (
+    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)],"host":%{+Q}[var(txn.audit_host),json(utf8s)]'
+)
 AUDIT_TAIL = ',"bytes_up":%U,"bytes_down":%B,"duration_ms":%Tt,"termination":"%ts"'
 
 

@@ -2,23 +2,18 @@
 -- router's normal log path (socklog or stdout) as the route's log line. See docs/lua.md.
 --
 -- haproxy builds the object itself in the route's log-format (haproxy_egress/compiler.py,
--- AUDIT_HEAD): time, client, address, port, bytes, duration, status are native log fields.
--- Lua adds only what haproxy cannot say, as two converters (string in, string out; a Lua
--- sample fetch would build a TXN object per log line, which cost 40% of the request rate):
---   %{+Q}[srv_name,lua.egress_audit_name]           the destination's configured name
---   %[var(txn.egress_rule,),lua.egress_audit_verdict] '"allowed","rule":null' or
---                                                     '"denied","rule":"<rule>"'
+-- AUDIT_HEAD): time, client, address, port, rule, bytes, duration, status are native log
+-- fields. Lua adds only what haproxy cannot say, as two converters (string in, string out; a
+-- Lua sample fetch would build a TXN object per log line, which cost 40% of the request rate):
+--   %{+Q}[srv_name,lua.egress_audit_name]              the destination's configured name
+--   %{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict] allowed, or denied when a rule is set
+-- The log-format quotes both (%{+Q}), so they return bare text.
 --
 -- Uses only APIs present in HAProxy 2.6 (Lua 5.3) and 3.0 (Lua 5.4): core.register_converters.
 
-local MAX_TEXT = 200 -- a rule name set by some other hook is cut; a log line has a limit
-
 -- JSON string contents, ASCII only: control characters, '"', '\' and bytes >= 0x80 are
--- escaped as \u00XX, so any input yields valid JSON on one line.
+-- escaped as \u00XX. Server names are the compiler's, so this is defence, not decoding.
 local function json_text(s)
-    if #s > MAX_TEXT then
-        s = s:sub(1, MAX_TEXT)
-    end
     if not s:find('[%c"\\\128-\255]') then
         return s
     end
@@ -49,11 +44,11 @@ end
 
 core.register_converters("egress_audit_name", destination_name)
 
--- A refusal names its rule in txn.egress_rule (deny_page, the policy proxy, user hooks); the
--- log-format passes "" when it is not set.
+-- A refusal names its rule in txn.egress_rule (deny_page, user hooks); the log-format passes ""
+-- when it is not set.
 core.register_converters("egress_audit_verdict", function(rule)
     if rule == nil or rule == "" then
-        return '"allowed","rule":null'
+        return "allowed"
     end
-    return '"denied","rule":"' .. json_text(rule) .. '"'
+    return "denied"
 end)

@@ -145,7 +145,7 @@ def test_unprivileged_config() -> None:
 
 def test_render_options() -> None:
     text = render_case("stats-page")
-    assert "    log stdout format raw local0 info\n" in text
+    assert "    log stdout len 8192 format raw local0 info\n" in text
     assert "    nbthread 2\n" in text
     # 12.5 s of drain, rounded up, plus the margin by which haproxy trails the supervisor.
     assert f"    hard-stop-after {13 + HARD_STOP_MARGIN}s\n" in text

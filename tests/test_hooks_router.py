@@ -100,7 +100,7 @@ def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin)
             "port": str(origin.port),
         }
         assert line["verdict"] == "allowed"
-        assert line["rule"] is None
+        assert line["rule"] == ""
         assert line["termination"] == "--"
     assert api["status"] == 200
     assert api["method"] == "GET"
@@ -201,11 +201,13 @@ def test_audit_names_dns_ipv6_and_failed_destinations(
     assert nowhere_line["verdict"] == "allowed"  # no rule refused it: nothing was up
 
 
-def test_audit_records_allow_from_refusals_without_deny_page(
+def test_audit_records_allow_from_refusals_on_tcp_routes(
     router: Router, origin: HttpOrigin
 ) -> None:
-    """Without deny_page the refused client just sees the connection close, as without audit,
-    but the refusal is now in the audit trail (a `tcp-request connection reject` is not)."""
+    """On a tcp route the refused client still just sees the connection close, but the refusal
+    is in the audit trail (a `tcp-request connection reject` is not logged at all). An http
+    route keeps refusing at accept time: its content rules would first wait for a whole
+    request, which lets refused clients hold connections; deny_page is its audited refusal."""
     tcp, http = free_port(), free_port()
     assert router.config_dir is not None
     outside = {"allow_from": ["10.0.0.0/8"], "hooks": ["audit"]}
@@ -221,22 +223,71 @@ def test_audit_records_allow_from_refusals_without_deny_page(
         },
     )
     router.start()
-    for port in (tcp, http):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-            assert s.recv(100) == b""  # closed, nothing sent
+    with socket.create_connection(("127.0.0.1", tcp), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert s.recv(100) == b""  # closed, nothing sent
+    # Closed at accept, before any request was read: the client may even see the reset
+    # while connecting.
+    with (
+        contextlib.suppress(ConnectionResetError),
+        socket.create_connection(("127.0.0.1", http), timeout=5) as s,
+    ):
+        assert s.recv(100) == b""
     assert origin.peers == []
     lines: list[dict[str, Any]] = []
 
-    def both() -> bool:
+    def refused() -> bool:
         lines[:] = audit_lines(router)
-        return len(lines) >= 2
+        return len(lines) >= 1
 
-    wait_for(both, timeout=10)
-    assert {ln["route"] for ln in lines} == {"tcp-partners", "http-partners"}
-    for line in lines:
-        assert (line["verdict"], line["rule"]) == ("denied", "allow_from")
-        assert line["destination"] == {"name": "", "address": "", "port": ""}
+    wait_for(refused, timeout=10)
+    (line,) = lines
+    assert line["route"] == "tcp-partners"
+    assert (line["verdict"], line["rule"]) == ("denied", "allow_from")
+    assert line["destination"] == {"name": "", "address": "", "port": ""}
+
+
+def test_audit_lines_stay_json_for_whatever_a_client_sends(
+    router: Router, origin: HttpOrigin
+) -> None:
+    """haproxy's HTTP parser logs bad requests and empty connections itself, without a
+    stream (no variables, no Lua); long or hostile texts must not break or cut the line."""
+    port = free_port()
+    assert router.config_dir is not None
+    write_configmap(
+        router.config_dir,
+        {"routes.yaml": {"routes": [_route("api", port, origin, hooks=["audit"])]}},
+    )
+    router.start()
+    sends = [
+        b"\x00\x01\xff garbage\r\n\r\n",  # not HTTP: 400 from the parser
+        b"",  # connect and close
+        b"GET" * 3000 + b" / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # 9 kB method
+        b"GET / HTTP/1.1\r\nHost: "
+        + 'é\u2028"\\'.encode() * 60
+        + b"\x7f\r\nConnection: close\r\n\r\n",  # a long, hostile Host header
+        b"GET / HTTP/1.1\r\nHost: evil.test, good.test\r\nConnection: close\r\n\r\n",
+    ]
+    for data in sends:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            if not data:
+                continue  # close without a byte
+            s.sendall(data)
+            with contextlib.suppress(ConnectionResetError):
+                while s.recv(65536):
+                    pass
+    lines: list[dict[str, Any]] = []
+
+    def all_logged() -> bool:
+        lines[:] = audit_lines(router)  # json.loads: a broken or cut line fails here
+        return len(lines) >= len(sends)
+
+    wait_for(all_logged, timeout=10)
+    assert {ln["verdict"] for ln in lines} <= {"allowed", ""}
+    hosts = {ln["host"] for ln in lines}
+    assert any(h.startswith('é\u2028"\\') for h in hosts), hosts
+    assert "evil.test, good.test" in hosts  # the whole header, not its last element
+    assert max(len(ln["method"]) for ln in lines) <= 16
 
 
 def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(

@@ -416,7 +416,7 @@ HOOK_LINES = [
         r"^    (http-request|http-response|tcp-request content) (use-service )?"
         r"lua\.[a-z][a-z0-9_]{0,31}( unless client_allowed)?$"
     ),
-    re.compile(r"^    http-request set-var\(txn\.audit_host\) req\.hdr\(host\),bytes\(0,200\)$"),
+    re.compile(r"^    http-request set-var\(txn\.audit_host\) req\.fhdr\(host\),bytes\(0,200\)$"),
     # The audit log-format is a constant of the compiler: no input reaches it.
     *(
         re.compile("^    log-format " + re.escape(f'"{audit_log_format(mode)}"') + "$")
