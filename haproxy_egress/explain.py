@@ -144,8 +144,11 @@ def _route_verdict(
             if d.host == dest.host and (dest.port is None or d.port == dest.port):
                 return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
         return None
-    # The proxy connects to the first address; a name without one is decided on the name.
-    address = addresses[0] if addresses else None
+    # The proxy connects to the first address of the family the route prefers (do-resolve's
+    # family), else to the first of the other; a name without one is decided on the name.
+    version = 6 if route.resolve_prefer == "ipv6" else 4
+    preferred = [a for a in addresses if a.version == version] or list(addresses)
+    address = preferred[0] if preferred else None
     decision = policy.decide(route.rules, dest.host, address, dest.port)
     location = None
     if decision.index is not None and decision.index - 1 < len(locations):

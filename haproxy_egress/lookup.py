@@ -17,25 +17,35 @@ from .model import Resolvers
 
 
 class ConfiguredResolver:
-    """Looks names up, A then AAAA (the router's default `resolve_prefer: ipv4` order)."""
+    """Looks names up, A then AAAA; `explain` picks per route the family the route prefers."""
 
     def __init__(self, resolvers: Resolvers) -> None:
-        # With no nameservers configured haproxy reads /etc/resolv.conf; so does dnspython.
-        self._resolver = dns.resolver.Resolver(configure=not resolvers.nameservers)
-        if resolvers.nameservers:
-            self._resolver.nameservers = [str(ns.host) for ns in resolvers.nameservers]
-            self._resolver.nameserver_ports = {
-                str(ns.host): ns.port for ns in resolvers.nameservers
-            }
-        self._resolver.timeout = resolvers.timeout / 1000
-        self._resolver.lifetime = resolvers.timeout * resolvers.retries / 1000
+        self._config = resolvers
+        self._resolver: dns.resolver.Resolver | None = None  # made on first use: most
+        # destinations are addresses or have --address, and need no resolver at all
         self._servers = (
             ", ".join(f"{ns.host}:{ns.port}" for ns in resolvers.nameservers)
             or "the nameservers of /etc/resolv.conf"
         )
 
+    def _make(self) -> dns.resolver.Resolver:
+        config = self._config
+        try:
+            # With no nameservers configured haproxy reads /etc/resolv.conf; so does dnspython.
+            resolver = dns.resolver.Resolver(configure=not config.nameservers)
+        except dns.exception.DNSException as exc:
+            raise LookupFailed(f"no nameserver to ask ({self._servers}): {exc}") from exc
+        if config.nameservers:
+            resolver.nameservers = [str(ns.host) for ns in config.nameservers]
+            resolver.nameserver_ports = {str(ns.host): ns.port for ns in config.nameservers}
+        resolver.timeout = config.timeout / 1000
+        resolver.lifetime = config.timeout * config.retries / 1000
+        return resolver
+
     def __call__(self, name: str) -> tuple[netaddr.IPAddress, ...]:
         """The name's addresses; () when it does not exist or has none (the router's 503)."""
+        if self._resolver is None:
+            self._resolver = self._make()
         found: list[netaddr.IPAddress] = []
         for rdtype in ("A", "AAAA"):
             try:

@@ -82,6 +82,33 @@ def test_address_rules_use_the_resolved_address() -> None:
     assert explain(config, "db.test:5432").allowed  # type: ignore[arg-type]
 
 
+def test_each_route_decides_on_the_address_family_it_prefers() -> None:
+    """A name with a public A record and a loopback AAAA: the IPv4 route connects to the
+    public address; an IPv6-preferring route would connect to loopback, which the guard
+    refuses. explain must say what each route would do, not what the first answer says."""
+    doc = {
+        "resolvers": {"nameservers": ["127.0.0.1:53"]},
+        "routes": [
+            {"name": "v4", "listen": 3128, "mode": "proxy", "policy": ["*.dual.test"]},
+            {
+                "name": "v6",
+                "listen": 3129,
+                "mode": "proxy",
+                "resolve_prefer": "ipv6",
+                "policy": ["*.dual.test"],
+            },
+        ],
+    }
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    config = load_snapshot(snap, {})
+    answers = [ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("::1")]
+    v = explain(config, "www.dual.test:80", resolve=lambda name: answers)
+    by_route = {r.route: r for r in v.routes}
+    assert by_route["v4"].allowed
+    assert not by_route["v6"].allowed
+    assert "loopback" in by_route["v6"].reason
+
+
 @pytest.mark.parametrize("bad", ["ftp://x", "http://", "a b", "host:99999"])
 def test_bad_destination_is_a_usage_error(bad: str) -> None:
     with pytest.raises(ValueError, match=r"."):
