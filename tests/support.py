@@ -160,6 +160,46 @@ def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float
     return body.decode()
 
 
+class TcpOrigin:
+    """A raw TCP server: one thread accepts (and counts) connections, `handle` serves each in
+    a thread of its own and the connection is closed after it. Subclasses set their own
+    attributes before calling `super().__init__()`, which starts accepting."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handle(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
 # --- DNS ---------------------------------------------------------------------------------
 
 

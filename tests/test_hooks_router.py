@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,15 @@ import pytest
 from .kubelet import ConfigMapVolume
 from .router import Router
 from .router import http_route as _route
-from .support import DnsServer, HttpOrigin, free_port, http_get, wait_for, write_configmap
+from .support import (
+    DnsServer,
+    HttpOrigin,
+    TcpOrigin,
+    free_port,
+    http_get,
+    wait_for,
+    write_configmap,
+)
 
 HELLO = """
 core.register_service("hello", "http", function(applet)
@@ -115,28 +122,22 @@ def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin)
     assert partners["destination"] == {"name": "", "address": "", "port": ""}
 
 
-def _v6_listener() -> tuple[socket.socket, int]:
+class V6Origin(TcpOrigin):
     """A TCP listener on [::1] that answers every connection with `v6` and closes it."""
-    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    server.bind(("::1", 0))
-    server.listen(16)
 
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = server.accept()
-                with conn:
-                    conn.sendall(b"v6")
+    def __init__(self) -> None:
+        super().__init__("::1")
 
-    threading.Thread(target=serve, daemon=True).start()
-    return server, server.getsockname()[1]
+    def handle(self, conn: socket.socket) -> None:
+        conn.sendall(b"v6")
 
 
 def test_audit_names_dns_ipv6_and_failed_destinations(
     router: Router, origin: HttpOrigin, dns: DnsServer
 ) -> None:
     dns.records["origin.test"] = ["127.0.0.1"]
-    listener, v6_port = _v6_listener()
+    listener = V6Origin()
+    v6_port = listener.port
     named, v6, refused, nowhere = free_port(), free_port(), free_port(), free_port()
     closed = free_port()  # nothing listens there
     assert router.config_dir is not None
@@ -181,7 +182,7 @@ def test_audit_names_dns_ipv6_and_failed_destinations(
 
         wait_for(all_routes, timeout=10)
     finally:
-        listener.close()
+        listener.stop()
     hosts = {ln["host"]: ln for ln in lines if ln["route"] == "named"}
     odd = hosts['a"b\\c\u00e9']
     assert odd["destination"] == {

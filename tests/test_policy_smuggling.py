@@ -5,57 +5,33 @@ checked at the origin: nothing ambiguous, and nothing at all for a refusal, arri
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .router import Router
-from .support import DnsServer, free_port
+from .support import DnsServer, TcpOrigin, free_port
 
 
-class RecordingOrigin:
+class RecordingOrigin(TcpOrigin):
     """A raw TCP origin: records every request head it gets and answers 200 "ok"."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
         self.heads: list[bytes] = []
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            with conn:
-                conn.settimeout(2)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if data:
-                        self.heads.append(data.split(b"\r\n\r\n", 1)[0].lower())
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                        )
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        if data:
+            self.heads.append(data.split(b"\r\n\r\n", 1)[0].lower())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
 
 def _exchange(port: int, request: bytes) -> bytes:

@@ -14,44 +14,22 @@ import pytest
 import requests
 
 from .router import Router
-from .support import HttpOrigin, free_port, http_get, wait_for
+from .support import HttpOrigin, TcpOrigin, free_port, http_get, wait_for
 
 
-class SlowOrigin:
+class SlowOrigin(TcpOrigin):
     """A TCP origin that sends `chunks` chunks of 1 KiB, one every `interval` seconds."""
 
     def __init__(self, chunks: int, interval: float) -> None:
         self.chunks, self.interval = chunks, interval
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+    def handle(self, conn: socket.socket) -> None:
+        for _ in range(self.chunks):
+            if self.stopping():
                 return
-            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
-
-    def _send(self, conn: socket.socket) -> None:
-        with conn:
-            for _ in range(self.chunks):
-                if self._stop.is_set():
-                    return
-                try:
-                    conn.sendall(b"x" * 1024)
-                except OSError:
-                    return
-                time.sleep(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.sock.close()
+            conn.sendall(b"x" * 1024)
+            time.sleep(self.interval)
 
 
 def _read_all(port: int, timeout: float) -> int:
