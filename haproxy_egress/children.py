@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,24 @@ class Child:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+    def running(self) -> bool:
+        """The process exists and has not died: a killed child is a zombie until the
+        supervisor's loop reaps it, and in that window nothing it served may be claimed."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        except OSError:  # no /proc: the signal probe says at least whether it exists
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
     def exited(self, status: int, now: float, expected: bool) -> str:
         """Record the child's exit; returns the log text; schedules a restart if unexpected."""

@@ -105,7 +105,9 @@ class Supervisor:
         """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
-            ready=self.ready,
+            # Checked live as well: between haproxy's death and the loop reaping it, the
+            # flag still says ready while its listeners are already gone.
+            ready=self.ready and self.haproxy.running(),
             reloads_total=self.reloads_total,
             reload_failures_total=self.reload_failures_total,
             last_reload_successful=self.last_reload_successful,

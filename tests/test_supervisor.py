@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from haproxy_egress.children import Child
 
 from .router import Router
 from .support import HttpOrigin, TcpOrigin, free_port, http_get, wait_for
@@ -256,3 +259,23 @@ def test_bad_initial_config_exits_with_every_problem(tmp_path: Path) -> None:
     assert "SERVICE_TCP_PORT: port 70000 out of range 1..65535" in err
     assert "SERVICE_DEST: item 1: not a valid host name" in err
     assert "Traceback" not in err
+
+
+def test_a_killed_child_is_not_running_before_it_is_reaped() -> None:
+    """/readyz reads Child.running(): haproxy killed but not yet reaped (a zombie) must not
+    count as serving, or readiness outlives the listeners."""
+    child = Child("sleeper", ["sleep", "30"])
+    pid = child.spawn()
+    try:
+        assert child.running()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 5
+        )
+        assert not child.running()  # still a zombie: nobody has called waitpid yet
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    child.pid = None
+    assert not child.running()
