@@ -68,6 +68,22 @@ class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
+def _serve_http(
+    address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]
+) -> _ThreadingHTTPServer:
+    """An HTTP server on `address`, serving from a daemon thread."""
+    server = _ThreadingHTTPServer(address, handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _stop_http(server: _ThreadingHTTPServer | None) -> None:
+    """Stop and close a server from _serve_http (None: already stopped)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class HttpOrigin:
     """An HTTP server answering every GET with its own name; records client peers."""
@@ -102,16 +118,12 @@ class HttpOrigin:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = _ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server = _serve_http((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _stop_http(self._server)
 
 
 @dataclass
@@ -135,16 +147,24 @@ class EchoOrigin:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = _ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _serve_http(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server = _stop_http(self._server)
+
+
+# A ConfigMap hook: a Lua service answering "<greeting>, <who>" (fill in the greeting with %).
+HELLO_LUA = """
+core.register_service("hello", "http", function(applet)
+    local body = "%s, " .. (applet:get_var("txn.arg.hello.who") or "nobody")
+    applet:set_status(200)
+    applet:add_header("content-length", tostring(#body))
+    applet:start_response()
+    applet:send(body)
+end)
+"""
 
 
 def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 5.0) -> str:

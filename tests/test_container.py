@@ -30,7 +30,7 @@ import yaml
 from haproxy_egress.errors import ExitCode
 
 from .kubelet import ConfigMapVolume
-from .support import DnsServer, EchoOrigin, HttpOrigin, free_port, http_get, wait_for
+from .support import HELLO_LUA, DnsServer, EchoOrigin, HttpOrigin, free_port, http_get, wait_for
 
 docker = pytest.importorskip("docker")
 tc_config = pytest.importorskip("testcontainers.core.config")
@@ -501,15 +501,6 @@ def test_ready_within_goal(
 
 # --- Lua hooks on the image's HAProxy (3.0, Lua 5.4; the unit tests run Debian 12's 2.6) ----
 
-HELLO_LUA = """
-core.register_service("hello", "http", function(applet)
-    local body = "hello, " .. (applet:get_var("txn.arg.hello.who") or "nobody")
-    applet:set_status(200)
-    applet:add_header("content-length", tostring(#body))
-    applet:start_response()
-    applet:send(body)
-end)
-"""
 SECRET_DIR = "/var/run/secrets/parent-proxy"
 
 
@@ -575,7 +566,7 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
                     },
                 ],
             },
-            "hello.lua": HELLO_LUA,
+            "hello.lua": HELLO_LUA % "hello",
         }
     )
     with running_router(

@@ -33,7 +33,7 @@ from .figures import record
 from .kubelet import ConfigMapVolume
 from .router import Router
 from .router import http_route as _route
-from .support import DnsServer, HttpOrigin, free_port, http_get, wait_for
+from .support import DnsServer, HttpOrigin, TcpOrigin, free_port, http_get, wait_for
 from .test_injection import OPTIONS
 
 RECOVERY_BOUND = 10.0  # seconds from a kill to a served request (back-off is 0.5 s doubling)
@@ -451,41 +451,18 @@ def test_dns_fault_keeps_the_last_known_addresses(
 # --- destinations that hang or reset ------------------------------------------------------------
 
 
-class BadDestination:
+class BadDestination(TcpOrigin):
     """A TCP listener that accepts and then never answers ("hang") or resets at once ("reset")."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            if self.kind == "reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-                conn.close()  # RST
-            else:
-                self._held.append(conn)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        for conn in self._held:
-            conn.close()
+    def handle(self, conn: socket.socket) -> None:
+        if self.kind == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            return  # closed with linger 0: RST
+        self._stop.wait()  # hang: hold the connection, answer nothing, until stopped
 
 
 @pytest.mark.timeout(120)

@@ -16,6 +16,7 @@ from .kubelet import ConfigMapVolume
 from .router import Router
 from .router import http_route as _route
 from .support import (
+    HELLO_LUA,
     DnsServer,
     HttpOrigin,
     TcpOrigin,
@@ -25,15 +26,6 @@ from .support import (
     write_configmap,
 )
 
-HELLO = """
-core.register_service("hello", "http", function(applet)
-    local body = "%s, " .. (applet:get_var("txn.arg.hello.who") or "nobody")
-    applet:set_status(200)
-    applet:add_header("content-length", tostring(#body))
-    applet:start_response()
-    applet:send(body)
-end)
-"""
 PREFIX = "local0.info: "  # socklog's facility.level in front of every haproxy log line
 
 
@@ -312,7 +304,7 @@ def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(
         router.start()
         assert http_get(a) == "origin-a"
         # The user adds hello.lua and attaches it: it runs after the reload.
-        volume.write({**hooked, "hello.lua": HELLO % "hello"})
+        volume.write({**hooked, "hello.lua": HELLO_LUA % "hello"})
         wait_for(lambda: http_get(a, timeout=1) == "hello, a", timeout=10)
         worker = router.worker_pid()
         live = (router.run_dir / "haproxy.cfg").read_text()
@@ -330,11 +322,11 @@ def test_hello_lua_reloads_and_a_broken_one_keeps_the_old_config(
         assert http_get(a) == "hello, a"
         assert router.worker_pid() == worker
         assert (router.run_dir / "haproxy.cfg").read_text() == live
-        assert Path(loaded[0]).read_text() == HELLO % "hello"
+        assert Path(loaded[0]).read_text() == HELLO_LUA % "hello"
         # The fix is picked up; the replaced file is pruned once nothing loads it.
-        volume.write({**hooked, "hello.lua": HELLO % "hi"})
+        volume.write({**hooked, "hello.lua": HELLO_LUA % "hi"})
         wait_for(lambda: http_get(a, timeout=1) == "hi, a", timeout=10)
-        volume.write({**hooked, "hello.lua": HELLO % "hey"})
+        volume.write({**hooked, "hello.lua": HELLO_LUA % "hey"})
         wait_for(lambda: http_get(a, timeout=1) == "hey, a", timeout=10)
         assert not Path(loaded[0]).exists()  # neither live nor last-good loads it now
     finally:
