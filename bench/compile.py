@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from haproxy_egress import haproxy
-from haproxy_egress.compiler import RenderOptions, render
-from haproxy_egress.sources import load_snapshot, read_snapshot
+from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.runtime import haproxy
 
 GOAL_SECONDS_AT_1000 = 2.0
 FIRST_PORT = 20000

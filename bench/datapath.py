@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from haproxy_egress.compiler import RenderOptions, render
-from haproxy_egress.haproxy import check
-from haproxy_egress.sources import load_snapshot, read_snapshot
+from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.runtime.haproxy import check
 from tests.netns import (
     EXTERNAL_IP,
     ROUTER_CLIENT_IP,

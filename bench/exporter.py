@@ -3,7 +3,7 @@
 haproxy runs a config rendered by the project's compiler with 100 routes x 10 servers (1,000
 servers, mode http, no checks) plus a PROMEX frontend. Three scrape targets read it:
 
-  ours      haproxy_egress.metrics_http.MetricsServer in its own (supervisor-like) process
+  ours      haproxy_egress.metrics.http.MetricsServer in its own (supervisor-like) process
   exporter  Debian's prometheus-haproxy-exporter 0.14 on the stats socket
   promex    `http-request use-service prometheus-exporter` inside haproxy
 
@@ -43,8 +43,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from haproxy_egress.compiler import RenderOptions, render  # noqa: E402
-from haproxy_egress.sources import Snapshot, load_snapshot  # noqa: E402
+from haproxy_egress.config.sources import Snapshot, load_snapshot  # noqa: E402
+from haproxy_egress.render.compiler import RenderOptions, render  # noqa: E402
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -60,8 +60,9 @@ SERVER_SCRIPT = textwrap.dedent(
     """
     import signal, sys, threading, time
     from pathlib import Path
-    from haproxy_egress.exporter import ExporterOptions, RouterStatus
-    from haproxy_egress.metrics_http import MetricsServer
+    from haproxy_egress.metrics.options import ExporterOptions
+    from haproxy_egress.metrics.status import RouterStatus
+    from haproxy_egress.metrics.http import MetricsServer
 
     status = RouterStatus(
         alive=True, ready=True, reloads_total=0, reload_failures_total=0,
@@ -71,7 +72,8 @@ SERVER_SCRIPT = textwrap.dedent(
     )
     options = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
     port, sock = int(sys.argv[1]), Path(sys.argv[2])
-    server = MetricsServer("127.0.0.1", port, sock, lambda: status, options)
+    query = CliSocket(sock, options.scrape_timeout).command
+    server = MetricsServer("127.0.0.1", port, query, lambda: status, options)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

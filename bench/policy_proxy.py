@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from haproxy_egress import policy
+from haproxy_egress.config import policy
 from tests.netns import ROUTER_CLIENT_IP, Started, TestBed, start_in, wait_port
 from tests.netns_policy import start_router
 from tests.squid import Squid

@@ -12,18 +12,18 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, logsetup
-from .compiler import RenderOptions
-from .cpus import default_threads
-from .errors import ConfigError, EgressError, ExitCode, HaproxyError
-from .explain import explain, rule_locations
-from .lookup import ConfiguredResolver
-from .migrate import migrate
-from .model import Config, Document
-from .reload import check_compiled, compile_current
-from .settings import LogSink, Settings
-from .sources import load, read_snapshot
-from .supervisor import Supervisor
+from haproxy_egress import __version__, logsetup
+from haproxy_egress.commands.explain import explain, rule_locations
+from haproxy_egress.commands.lookup import ConfiguredResolver
+from haproxy_egress.commands.migrate import migrate
+from haproxy_egress.config.model import Config, Document
+from haproxy_egress.config.sources import load, read_snapshot
+from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
+from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.runtime.cpus import default_threads
+from haproxy_egress.runtime.reload import check_compiled, compile_current
+from haproxy_egress.runtime.supervisor import Supervisor
+from haproxy_egress.settings import LogSink, Settings
 
 log = logging.getLogger("haproxy_egress")
 

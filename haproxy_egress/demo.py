@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .cli import main as cli_main
+from haproxy_egress.cli import main as cli_main
 
 ORIGIN_PORT = int(os.environ.get("DEMO_ORIGIN_PORT", "18080"))
 ROUTE_PORT = int(os.environ.get("DEMO_ROUTE_PORT", "8443"))

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .settings import LogFormat
+from haproxy_egress.settings import LogFormat
 
 
 class _TextFormatter(logging.Formatter):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, Problem
+from haproxy_egress.errors import ConfigError, Problem
 
 
 class LogSink(enum.Enum):

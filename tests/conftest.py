@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import DnsServer, EchoOrigin, HttpOrigin
+from tests.support import DnsServer, EchoOrigin, HttpOrigin
 
 
 @pytest.fixture

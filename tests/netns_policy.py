@@ -20,10 +20,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from haproxy_egress import hooks
-from haproxy_egress.compiler import RenderOptions, render
-from haproxy_egress.haproxy import check
-from haproxy_egress.sources import load_snapshot, read_snapshot
+from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.render import hooks
+from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.runtime.haproxy import check
 from tests.netns import ROUTER_CLIENT_IP, Netns, Started, TestBed, wait_port
 from tests.support import HAPROXY, write_configmap
 

@@ -16,9 +16,8 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from haproxy_egress.haproxy import CliSocket, parse_show_proc
-
-from .support import HttpOrigin, free_port, wait_for
+from haproxy_egress.runtime.haproxy import CliSocket, parse_show_proc
+from tests.support import HttpOrigin, free_port, wait_for
 
 
 def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from haproxy_egress import policy
+from haproxy_egress.config import policy
 from tests.netns import Netns, Started, TestBed, wait_port
 
 SQUID = os.environ.get("EGRESS_SQUID_BIN", "/usr/sbin/squid")

@@ -1,0 +1,201 @@
+"""`haproxy-egress explain DEST`: which route and which rule would allow or deny a destination.
+
+Pure: it reads the validated Config (and, for rule locations, the same sources the loader
+read) and sends no traffic to the destination. A name is looked up, when some policy route
+could decide it, through the `resolve` callable the caller passes (the CLI gives one that asks
+the configured nameservers, haproxy_egress/lookup.py); without it, or with `addresses` given,
+nothing is looked up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config import policy
+from haproxy_egress.config.model import POLICY_MODES, Config, Route
+from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.config.sources.http_proxy import read_http_proxy
+from haproxy_egress.config.sources.raw import Fragment
+from haproxy_egress.config.sources.yamlfile import read_yaml
+
+Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What `explain` was asked about: host (lower case, no brackets), port, how it travels."""
+
+    host: str
+    port: int | None
+    scheme: str | None  # http, https, or None for HOST[:PORT]
+
+    @property
+    def address(self) -> netaddr.IPAddress | None:
+        """The host when it is an IP literal."""
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class RouteVerdict:
+    """One route's answer: allowed or not, the rule (with its location), and why."""
+
+    route: str
+    mode: str
+    allowed: bool
+    reason: str
+    rule: str | None = None  # the rule as written
+    location: str | None = None  # "routes.yaml:12" / "EGRESS_HTTP_PROXY_DESTINATION:3"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The overall answer: allowed when some route allows; every route's answer, in order."""
+
+    destination: Destination
+    addresses: tuple[netaddr.IPAddress, ...]
+    routes: tuple[RouteVerdict, ...] = field(default_factory=tuple)
+
+    @property
+    def allowed(self) -> bool:
+        """True when at least one route would carry the destination."""
+        return any(r.allowed for r in self.routes)
+
+    @property
+    def exit_code(self) -> int:
+        """0 allowed, 1 denied (2 is the CLI's, for usage and config errors)."""
+        return 0 if self.allowed else 1
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one line per route (the CLI prints these)."""
+        d = self.destination
+        where = f"{d.host}:{d.port}" if d.port else d.host
+        addrs = ", ".join(map(str, self.addresses)) or "not resolved"
+        out = [f"{where} ({addrs}): {'ALLOWED' if self.allowed else 'DENIED'}"]
+        for r in self.routes:
+            loc = f" [{r.location}]" if r.location else ""
+            out.append(
+                f"  route {r.route} ({r.mode}): {'allow' if r.allowed else 'deny'}: {r.reason}{loc}"
+            )
+        if not self.routes:
+            out.append("  no route could carry it")
+        return out
+
+
+def parse_destination(text: str) -> Destination:
+    """`https://api.github.com`, `http://[2001:db8::1]:8080/x`, `203.0.113.5:22`, `host`.
+
+    ValueError (a usage error) when it is none of these.
+    """
+    raw = text.strip()
+    if "://" in raw:
+        parts = urlsplit(raw)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, HOST or HOST:PORT: {text!r}")
+        host = netaddr.normalize_host(parts.hostname)
+        port = parts.port or DEFAULT_PORTS[scheme]
+        return Destination(host, port, scheme)
+    host_text, port_text = netaddr.split_host_port(raw)
+    host = netaddr.normalize_host(host_text)
+    return Destination(host, netaddr.parse_port(port_text) if port_text is not None else None, None)
+
+
+def rule_locations(snapshot: Snapshot, env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Route name → where each policy rule was written ("routes.yaml:12", "EGRESS_...:3")."""
+    frags: list[Fragment] = [
+        read_yaml(name, data) for name, data in snapshot.files if name.endswith((".yaml", ".yml"))
+    ]
+    frags += read_http_proxy(dict(snapshot.files), env)
+    out: dict[str, tuple[str, ...]] = {}
+    for frag in frags:
+        for raw in frag.routes:
+            rules = raw.data.get("policy")
+            name = raw.data.get("name")
+            if not isinstance(rules, list) or not isinstance(name, str):
+                continue
+            locs = []
+            for i in range(len(rules)):
+                line = raw.lines.get(f"{raw.path}.policy[{i}]")
+                locs.append(f"{raw.source}:{line}" if line else f"{raw.source}: {raw.path}")
+            out[name] = tuple(locs)
+    return out
+
+
+def _route_verdict(
+    route: Route,
+    dest: Destination,
+    addresses: Sequence[netaddr.IPAddress],
+    locations: Sequence[str],
+    looked_up: bool,
+) -> RouteVerdict | None:
+    """One route's decision, or None when the route cannot carry this kind of destination."""
+    if route.mode == "tls":
+        if dest.scheme == "http" or (dest.port is not None and dest.port != route.upstream_port):
+            return None
+    elif route.mode not in POLICY_MODES:
+        for d in route.destinations:
+            if d.host == dest.host and (dest.port is None or d.port == dest.port):
+                return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
+        return None
+    # The proxy connects to the first address of the family the route prefers (do-resolve's
+    # family), else to the first of the other; a name without one is decided on the name.
+    version = 6 if route.resolve_prefer == "ipv6" else 4
+    preferred = [a for a in addresses if a.version == version] or list(addresses)
+    address = preferred[0] if preferred else None
+    decision = policy.decide(route.rules, dest.host, address, dest.port)
+    location = None
+    if decision.index is not None and decision.index - 1 < len(locations):
+        location = locations[decision.index - 1]
+    allowed = decision.verdict == "allow"
+    reason = decision.reason
+    if allowed and address is None and looked_up:
+        allowed, reason = False, f"{reason}, but the name does not resolve (503)"
+    return RouteVerdict(
+        route.name,
+        route.mode,
+        allowed,
+        reason,
+        decision.rule.text if decision.rule else None,
+        location,
+    )
+
+
+def explain(
+    config: Config,
+    destination: str,
+    *,
+    locations: Mapping[str, Sequence[str]] | None = None,
+    addresses: Sequence[str] | None = None,
+    resolve: Resolve | None = None,
+) -> Verdict:
+    """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
+
+    `locations` is `rule_locations(snapshot, env)`; `addresses` overrides resolution (the
+    `--address` option); `resolve` looks a name up (only called for names).
+    """
+    dest = parse_destination(destination)
+    found: tuple[netaddr.IPAddress, ...]
+    if dest.address is not None:
+        found = (dest.address,)
+    elif addresses:
+        found = tuple(netaddr.parse_ip(a) for a in addresses)
+    elif resolve is not None and any(r.mode in POLICY_MODES for r in config.routes):
+        # Only policy rules look at addresses: no query when no policy route could decide.
+        found = tuple(resolve(dest.host))
+    else:
+        found = ()
+    verdicts = []
+    for route in config.routes:
+        locs = (locations or {}).get(route.name, ())
+        v = _route_verdict(route, dest, found, locs, looked_up=resolve is not None and not found)
+        if v is not None:
+            verdicts.append(v)
+    return Verdict(dest, found, tuple(verdicts))

@@ -1,0 +1,181 @@
+"""Loading: every input dialect → one validated `Config`, with all problems reported at once."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from haproxy_egress.config.model import (
+    Config,
+    Listen,
+    Located,
+    ProblemList,
+    Resolvers,
+    Route,
+    RouteSettings,
+    StatsPage,
+    cross_route_problems,
+    validate,
+)
+from haproxy_egress.config.sources.configdir import Snapshot, read_snapshot
+from haproxy_egress.config.sources.http_proxy import read_http_proxy
+from haproxy_egress.config.sources.legacy import read_legacy
+from haproxy_egress.config.sources.raw import Fragment, RawRoute
+from haproxy_egress.config.sources.seed_env import read_seed_env
+from haproxy_egress.config.sources.yamlfile import read_yaml
+from haproxy_egress.errors import ConfigError, Problem
+from haproxy_egress.settings import Settings
+
+__all__ = ["Snapshot", "load", "load_snapshot", "read_snapshot"]
+
+
+def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
+    frags: list[Fragment] = []
+    for name, data in snapshot.files:
+        if name.endswith((".yaml", ".yml")):
+            frags.append(read_yaml(name, data))
+    frags.append(read_seed_env(env))
+    # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
+    frags.extend(read_legacy(dict(snapshot.files), env))
+    frags.extend(read_http_proxy(dict(snapshot.files), env))  # issue 7: the policy proxy
+    frags.extend(Fragment(source=p.source, problems=[p]) for p in snapshot.problems)
+    return frags
+
+
+def _merge_section(frags: Iterable[Fragment], attr: str, problems: list[Problem]) -> dict[str, Any]:
+    """Merge one top-level section across keys; the same field set twice differently is an
+    error, since which one wins would depend on file names."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for frag in frags:
+        section = getattr(frag, attr)
+        if not section:
+            continue
+        for key, value in section.items():
+            if key in merged and merged[key] != value:
+                problems.append(
+                    Problem(
+                        frag.source,
+                        f"{attr}.{key}",
+                        f"also set to a different value in {origin[key]}",
+                        frag.lines.get(f"{attr}.{key}"),
+                    )
+                )
+            merged[key] = value
+            origin[key] = frag.source
+    return merged
+
+
+def _with_defaults(defaults: Mapping[str, Any], route: Mapping[str, Any]) -> dict[str, Any]:
+    """Route fields win over defaults; mapping-valued fields (check) merge one level deep."""
+    out = dict(defaults)
+    for key, value in route.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
+    try:
+        route: Route = validate(Route, _with_defaults(defaults, raw.data), raw.source, raw.path)
+    except ProblemList as exc:
+        for i, p in enumerate(exc.problems):
+            line = raw.lines.get(p.path) or raw.line
+            exc.problems[i] = Problem(p.source, p.path, p.message, line)
+        raise
+    return Located(route, raw.source, raw.path, raw.line)
+
+
+def build_config(frags: list[Fragment], reserved: Mapping[str, Listen]) -> Config:
+    """Merge fragments into one Config, or raise ConfigError listing every problem."""
+    problems = [p for f in frags for p in f.problems]
+    defaults = _merge_section(frags, "defaults", problems)
+    for frag in frags:
+        if frag.defaults:
+            try:
+                validate(RouteSettings, frag.defaults, frag.source, "defaults")
+            except ProblemList as exc:
+                problems += [
+                    Problem(p.source, p.path, p.message, frag.defaults_lines.get(p.path))
+                    for p in exc.problems
+                ]
+                defaults = {}
+    resolvers = Resolvers()
+    raw_resolvers = _merge_section(frags, "resolvers", problems)
+    resolvers_ok = True
+    for frag in frags:
+        # Each key's section on its own first, so a bad value is reported with its file and line.
+        if frag.resolvers:
+            try:
+                validate(Resolvers, frag.resolvers, frag.source, "resolvers")
+            except ProblemList as exc:
+                problems += [
+                    Problem(p.source, p.path, p.message, frag.lines.get(p.path))
+                    for p in exc.problems
+                ]
+                resolvers_ok = False
+    if raw_resolvers and resolvers_ok:
+        try:
+            resolvers = validate(Resolvers, raw_resolvers, "resolvers", "resolvers")
+        except ProblemList as exc:
+            problems += exc.problems
+    stats: StatsPage | None = None
+    raw_stats = _merge_section(frags, "stats", problems)
+    if raw_stats:
+        try:
+            stats = validate(StatsPage, raw_stats, "STATS_* env")
+        except ProblemList as exc:
+            problems += exc.problems
+    located: list[Located] = []
+    for frag in frags:
+        for raw in frag.routes:
+            try:
+                located.append(_validate_route(raw, defaults))
+            except ProblemList as exc:
+                problems += exc.problems
+    all_reserved = dict(reserved)
+    if stats is not None:
+        all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
+    problems += cross_route_problems(located, all_reserved)
+    if problems:
+        raise ConfigError(sorted(set(problems), key=_problem_order))
+    return Config(
+        routes=tuple(item.route for item in located),
+        resolvers=resolvers,
+        stats=stats,
+        origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
+    )
+
+
+def _problem_order(p: Problem) -> tuple[str, int, str, str]:
+    return (p.source, p.line or 0, p.path, p.message)
+
+
+def load_snapshot(
+    snapshot: Snapshot, env: Mapping[str, str], reserved: Mapping[str, Listen] | None = None
+) -> Config:
+    """Build the Config from a directory snapshot plus the route-bearing env vars."""
+    return build_config(_fragments(snapshot, env), reserved or {})
+
+
+def reserved_listeners(settings: Settings) -> dict[str, Listen]:
+    """Ports the process itself owns, which no route may take."""
+    address = settings.metrics_address
+    wildcard = address in ("", "0.0.0.0", "::", "*")
+    if settings.metrics_port == 0:
+        return {}
+    return {
+        f"metrics endpoint (SCRAPER_TCP_PORT={settings.metrics_port})": Listen(
+            address=None if wildcard else str(ipaddress.ip_address(address)),
+            port=settings.metrics_port,
+        )
+    }
+
+
+def load(settings: Settings) -> tuple[Snapshot, Config]:
+    """Read the config directory once and build the Config from it and the environment."""
+    snapshot = read_snapshot(settings.config_dir)
+    return snapshot, load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))

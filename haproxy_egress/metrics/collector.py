@@ -1,0 +1,271 @@
+"""Metric families from one stats snapshot and one router status: haproxy's in
+haproxy_exporter's names, and the router's own."""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from haproxy_egress import __version__
+from haproxy_egress.metrics.families import BACKEND_FAMILIES, FRONTEND_FAMILIES, StatFamily
+from haproxy_egress.metrics.options import ExporterOptions
+from haproxy_egress.metrics.stats import (
+    HaproxySnapshot,
+    Query,
+    StatTable,
+    converter,
+    int_text,
+    parse_stat,
+    read_snapshot,
+    server_rows,
+)
+from haproxy_egress.metrics.status import RouterStatus, safe_status
+
+# --- the metric families ---------------------------------------------------------------------
+
+HELP_UP = "Was the last scrape of HAProxy successful."
+HELP_SCRAPES = "Current total HAProxy scrapes."
+HELP_PARSE_FAILURES = "Number of errors while parsing CSV."
+DENIED_FAMILY = "haproxy_egress_route_denied_total"
+HELP_DENIED = (
+    "Connections, sessions and requests a route refused by policy (allow_from, deny rules), "
+    "from haproxy's frontend counters dcon, dses and dreq."
+)
+# stage label value -> CSV index: tcp-request connection, tcp-request session, request rules.
+DENIED_STAGES: tuple[tuple[str, int], ...] = (("connection", 81), ("session", 82), ("request", 10))
+
+
+class ScrapeCounters:
+    """haproxy_exporter's own counters (scrapes, CSV parse failures), shared by all scrapes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scrapes = 0
+        self._failures = 0
+
+    def record(self, failures: int) -> tuple[int, int]:
+        """Count one scrape and its parse failures; the totals including this scrape."""
+        with self._lock:
+            self._scrapes += 1
+            self._failures += failures
+            return self._scrapes, self._failures
+
+
+def _stat_family(
+    spec: StatFamily,
+    labelnames: Sequence[str],
+    rows: Iterable[tuple[Sequence[str], list[str]]],
+    counter: list[int],
+) -> Metric | None:
+    """One family from the rows; `counter[0]` accumulates cells that failed to convert."""
+    convert = converter(spec)
+    coded = spec.fields[0][1] != ""
+    names = [*labelnames, "code"] if coded else list(labelnames)
+    fam: GaugeMetricFamily | CounterMetricFamily
+    if spec.kind == "counter":
+        fam = CounterMetricFamily(spec.name, spec.help, labels=names)
+    else:
+        fam = GaugeMetricFamily(spec.name, spec.help, labels=names)
+    rows = list(rows)
+    for index, code in spec.fields:
+        for labels, row in rows:
+            cell = row[index]
+            if not cell:
+                continue  # haproxy leaves fields empty that mean nothing for this row
+            text = convert(cell)
+            if text is None:
+                counter[0] += 1
+                continue
+            fam.add_metric([*labels, code] if coded else labels, float(text))
+    return fam if fam.samples else None
+
+
+def stat_families(table: StatTable, options: ExporterOptions) -> tuple[list[Metric], int]:
+    """The frontend, backend and server families of one CSV, and the cells that failed."""
+    failures = [0]
+    out: list[Metric] = []
+    groups: list[tuple[Sequence[StatFamily], list[str], list[tuple[Sequence[str], list[str]]]]] = [
+        (FRONTEND_FAMILIES, ["frontend"], [([r[0]], r) for r in table.frontends]),
+        (BACKEND_FAMILIES, ["backend"], [([r[0]], r) for r in table.backends]),
+        (
+            options.server_families(),
+            ["backend", "server"],
+            [([r[0], r[1]], r) for r in server_rows(table, options)],
+        ),
+    ]
+    for specs, labelnames, rows in groups:
+        for spec in specs:
+            fam = _stat_family(spec, labelnames, rows, failures)
+            if fam is not None:
+                out.append(fam)
+    return out, failures[0]
+
+
+def policy_family(table: StatTable) -> tuple[Metric | None, int]:
+    """Denied connections/sessions/requests per route, from the routes' frontend rows."""
+    fam = CounterMetricFamily(DENIED_FAMILY, HELP_DENIED, labels=["route", "stage"])
+    failures = 0
+    for row in table.frontends:
+        if row[0].startswith("_"):
+            continue  # internal proxies (_stats) are not routes
+        for stage, index in DENIED_STAGES:
+            cell = row[index]
+            if not cell:
+                continue
+            text = int_text(cell)
+            if text is None:
+                failures += 1
+                continue
+            fam.add_metric([row[0], stage], float(text))
+    return (fam if fam.samples else None), failures
+
+
+def version_family(snapshot: HaproxySnapshot) -> Metric | None:
+    """haproxy_version_info{release_date,version}, when `show info` answered."""
+    if "Version" not in snapshot.info:
+        return None
+    return InfoMetricFamily(
+        "haproxy_version",
+        "HAProxy version info.",
+        value={
+            "release_date": snapshot.info.get("Release_date", ""),
+            "version": snapshot.info["Version"],
+        },
+    )
+
+
+def scrape_families(up: bool, totals: tuple[int, int]) -> list[Metric]:
+    """haproxy_up and haproxy_exporter's two counters."""
+    return [
+        GaugeMetricFamily("haproxy_up", HELP_UP, value=1 if up else 0),
+        CounterMetricFamily("haproxy_exporter_scrapes_total", HELP_SCRAPES, value=totals[0]),
+        CounterMetricFamily(
+            "haproxy_exporter_csv_parse_failures_total", HELP_PARSE_FAILURES, value=totals[1]
+        ),
+    ]
+
+
+def router_families(status: RouterStatus | None, haproxy_version: str) -> list[Metric]:
+    """The router's own metrics; only build info and `haproxy_egress_up 0` without a status."""
+    build = InfoMetricFamily(
+        "haproxy_egress_build",
+        "Versions of haproxy-egress, the haproxy it runs, and Python.",
+        value={
+            "version": __version__,
+            "haproxy_version": haproxy_version,
+            "python_version": platform.python_version(),
+        },
+    )
+    up = GaugeMetricFamily(
+        "haproxy_egress_up",
+        "1 while the supervisor loop is alive.",
+        value=1 if status is not None and status.alive else 0,
+    )
+    if status is None:
+        return [build, up]
+    restarts = CounterMetricFamily(
+        "haproxy_egress_child_restarts_total",
+        "Times the supervisor restarted a child process after it died.",
+        labels=["child"],
+    )
+    for child, count in sorted(status.child_restarts.items()):
+        restarts.add_metric([child], count)
+    return [
+        build,
+        up,
+        GaugeMetricFamily(
+            "haproxy_egress_ready",
+            "1 while haproxy runs a configuration with its listeners bound.",
+            value=1 if status.ready else 0,
+        ),
+        CounterMetricFamily(
+            "haproxy_egress_reloads_total",
+            "Configuration reloads attempted (changed ConfigMap, SIGHUP).",
+            value=status.reloads_total,
+        ),
+        CounterMetricFamily(
+            "haproxy_egress_reload_failures_total",
+            "Reloads that failed (invalid config, haproxy -c refused, worker did not start); "
+            "the previous configuration kept running.",
+            value=status.reload_failures_total,
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_config_last_reload_successful",
+            "1 if the last reload attempt succeeded.",
+            value=1 if status.last_reload_successful else 0,
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful (re)load; 0 if none yet.",
+            value=status.last_reload_success_timestamp,
+        ),
+        InfoMetricFamily(
+            "haproxy_egress_config",
+            "sha256 of the configuration haproxy runs.",
+            value={"digest": status.config_digest},
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_config_routes",
+            "Routes in the configuration haproxy runs.",
+            value=status.config_routes,
+        ),
+        restarts,
+        GaugeMetricFamily(
+            "haproxy_egress_start_time_seconds",
+            "Unix time the router started.",
+            value=status.start_time,
+        ),
+    ]
+
+
+def haproxy_families(
+    snapshot: HaproxySnapshot, options: ExporterOptions, counters: ScrapeCounters
+) -> list[Metric]:
+    """Every family read from one stats snapshot, as the definition the fast path must match."""
+    out: list[Metric] = []
+    failures = 0
+    if snapshot.up:
+        table = parse_stat(snapshot.stat)
+        stats, failures = stat_families(table, options)
+        denied, denied_failures = policy_family(table)
+        failures += table.failures + denied_failures
+        version = version_family(snapshot)
+        out.extend(f for f in (version, *stats, denied) if f is not None)
+    out.extend(scrape_families(snapshot.up, counters.record(failures)))
+    return out
+
+
+class EgressCollector(Collector):
+    """All of the router's metrics, read fresh on every scrape: haproxy's and its own."""
+
+    def __init__(
+        self,
+        source: Callable[[], HaproxySnapshot],
+        status: Callable[[], RouterStatus],
+        options: ExporterOptions,
+        counters: ScrapeCounters | None = None,
+    ) -> None:
+        self._source = source
+        self._status = status
+        self._options = options
+        self._counters = counters or ScrapeCounters()
+
+    def collect(self) -> Iterator[Metric]:
+        """One stats snapshot and one status snapshot per scrape; never raises for haproxy."""
+        snapshot = self._source()
+        yield from haproxy_families(snapshot, self._options, self._counters)
+        yield from router_families(safe_status(self._status), snapshot.haproxy_version)
+
+
+def socket_source(query: Query) -> Callable[[], HaproxySnapshot]:
+    """A snapshot source asking haproxy through `query`."""
+    return lambda: read_snapshot(query)

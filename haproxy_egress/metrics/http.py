@@ -1,0 +1,268 @@
+"""The metrics HTTP endpoint: /metrics, /healthz and /readyz, served from daemon threads.
+
+Nothing here touches the supervisor beyond calling its `status()` snapshot callable, so a slow
+scrape can never hold up the supervisor loop or a reload; haproxy's stats socket is read with
+a deadline (`scrape_timeout`), and at most a few scrapes run at once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from prometheus_client.process_collector import ProcessCollector
+
+from haproxy_egress.metrics.collector import ScrapeCounters
+from haproxy_egress.metrics.exposition import (
+    CONTENT_TYPE_OPENMETRICS,
+    CONTENT_TYPE_TEXT,
+    render_scrape,
+)
+from haproxy_egress.metrics.options import ExporterOptions
+from haproxy_egress.metrics.policy import MultiCollector, PolicyCollector, socket_table
+from haproxy_egress.metrics.stats import Query, read_snapshot
+from haproxy_egress.metrics.status import RouterStatus, safe_status
+
+logger = logging.getLogger(__name__)
+
+# zlib level 1: ~4x smaller than plain text at ~1/10 of the CPU of level 9 (prometheus_client's
+# default), which would cost ~100 ms per scrape at 1,000 servers.
+GZIP_LEVEL = 1
+MAX_CONCURRENT_SCRAPES = 4  # more is a misconfigured scraper; answer 503 rather than pile up
+IDLE_TIMEOUT = 60.0  # a keep-alive connection idle this long is closed (frees its thread)
+
+_INDEX = b"""<html><head><title>haproxy-egress</title></head><body>
+<h1>haproxy-egress</h1>
+<p><a href="/metrics">Metrics</a> &middot; <a href="/healthz">healthz</a> &middot;
+<a href="/readyz">readyz</a></p>
+</body></html>
+"""
+
+
+def _q(params: list[str]) -> float:
+    """The q value among a media range's parameters (1 when absent or malformed)."""
+    for param in params:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the Accept header prefers OpenMetrics to the plain text format."""
+    om = text = 0.0
+    for item in accept.split(","):
+        media, *params = item.split(";")
+        media = media.strip().lower()
+        if media == "application/openmetrics-text":
+            om = max(om, _q(params))
+        elif media in ("text/plain", "text/*", "*/*"):
+            text = max(text, _q(params))
+    return om > 0 and om >= text
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when the Accept-Encoding header allows gzip."""
+    for item in accept_encoding.split(","):
+        coding, *params = item.split(";")
+        if coding.strip().lower() == "gzip" and _q(params) > 0:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Response:
+    """What one request is answered with."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    encoding: str = ""
+
+
+class MetricsServer:
+    """Serves the router's metrics and health endpoints on address:port, in daemon threads."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        query: Query,
+        status: Callable[[], RouterStatus],
+        options: ExporterOptions,
+    ) -> None:
+        self._address = address
+        self._requested_port = port
+        self._query = query
+        self._status = status
+        self._options = options
+        self._counters = ScrapeCounters()
+        # Small families beside the fast-rendered stats: this process's, and the policy
+        # proxy's per-rule decisions (a second, short stats-socket command).
+        self._extra = MultiCollector(
+            ProcessCollector(registry=None),
+            PolicyCollector(socket_table(query)),
+        )
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_SCRAPES)
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind (port 0 picks a free one) and serve from a daemon thread; returns at once."""
+        family = socket.AF_INET6 if ":" in self._address else socket.AF_INET
+        server = _HTTPServer((self._address, self._requested_port), _Handler, family, self)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="metrics-http"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        logger.info("metrics endpoint listening on %s port %d", self._address, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when 0 was asked for)."""
+        if self._server is None:
+            raise RuntimeError("MetricsServer is not started")
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting, close the listening socket, and wait for the serving thread."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    # --- the endpoints (called from request threads) ---------------------------------------
+
+    def metrics(self, accept: str, accept_encoding: str) -> Response:
+        """/metrics: one stats snapshot and one status snapshot, rendered for this scraper."""
+        if not self._slots.acquire(blocking=False):
+            return Response(503, b"too many concurrent scrapes\n")
+        try:
+            snapshot = read_snapshot(self._query)
+            openmetrics = wants_openmetrics(accept)
+            body = render_scrape(
+                snapshot,
+                safe_status(self._status),
+                self._options,
+                counters=self._counters,
+                extra=self._extra,
+                openmetrics=openmetrics,
+            )
+        finally:
+            self._slots.release()
+        content_type = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
+        if accepts_gzip(accept_encoding):
+            # gzip.compress releases the GIL while deflating; mtime=0 keeps bodies comparable.
+            return Response(200, gzip.compress(body, GZIP_LEVEL, mtime=0), content_type, "gzip")
+        return Response(200, body, content_type)
+
+    def healthz(self) -> Response:
+        """/healthz: 200 while the supervisor loop is alive (liveness probe)."""
+        status = safe_status(self._status)
+        if status is not None and status.alive:
+            return Response(200, b"ok\n")
+        return Response(503, b"supervisor loop not alive\n")
+
+    def readyz(self) -> Response:
+        """/readyz: 200 while haproxy runs a config with its listeners bound (readiness)."""
+        status = safe_status(self._status)
+        if status is not None and status.ready:
+            return Response(200, b"ready\n")
+        return Response(503, b"not ready\n")
+
+    def route(self, path: str, headers: Callable[[str], str]) -> Response:
+        """Dispatch one GET/HEAD by path."""
+        if path == "/metrics":
+            return self.metrics(headers("Accept"), headers("Accept-Encoding"))
+        if path == "/healthz":
+            return self.healthz()
+        if path == "/readyz":
+            return self.readyz()
+        if path == "/":
+            return Response(200, _INDEX, "text/html; charset=utf-8")
+        return Response(404, b"not found\n")
+
+
+class _HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """A thread per connection; daemon threads so a hung client never blocks the exit.
+
+    A plain TCPServer, not http.server.HTTPServer: the latter calls socket.getfqdn() on the
+    bind address, a reverse DNS lookup through the system resolver.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    server_name: str
+    server_port: int
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        family: socket.AddressFamily,
+        owner: MetricsServer,
+    ) -> None:
+        self.address_family = family
+        self.owner = owner
+        super().__init__(address, handler, bind_and_activate=False)
+        try:
+            if family == socket.AF_INET6:
+                # "::" should also take IPv4 scrapes, whatever the host's bindv6only default.
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self.server_bind()
+            self.server_activate()
+            self.server_name, self.server_port = address[0], self.server_address[1]
+        except BaseException:
+            self.server_close()
+            raise
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive (Prometheus reuses its connection between scrapes)."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        path = urlsplit(self.path).path
+        try:
+            response = self.server.owner.route(path, lambda name: self.headers.get(name, ""))
+        except Exception:
+            logger.exception("metrics endpoint failed on %s", path)
+            response = Response(500, b"internal error\n")
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        if response.encoding:
+            self.send_header("Content-Encoding", response.encoding)
+        self.send_header("Vary", "Accept, Accept-Encoding")
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("metrics http: %s " + format, self.address_string(), *args)

@@ -1,0 +1,83 @@
+"""Policy decision counters (issue 7): `show table _egress_policy` → Prometheus families.
+
+haproxy counts each decision of a proxy/tls route in the stick table `_egress_policy`, keyed
+`ROUTE/RULE/VERDICT` (RULE: 1-based rule index, `default`, `guard` or `no-sni`; VERDICT:
+allow, deny or unresolved), value gpc0. The collector keeps no state between scrapes and
+reads one snapshot per scrape through the callable it is given (the exporter passes one that
+asks the stats socket); a failing socket yields no samples, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from haproxy_egress.errors import HaproxyError
+from haproxy_egress.metrics.stats import Query
+
+log = logging.getLogger(__name__)
+
+TABLE = "_egress_policy"
+COMMAND = f"show table {TABLE}"
+_ENTRY = re.compile(r"\bkey=([a-z0-9._-]+)/([a-z0-9-]+)/(allow|deny|unresolved)\b.*\bgpc0=(\d+)")
+
+
+def parse_table(text: str) -> dict[tuple[str, str, str], int]:
+    """`show table _egress_policy` output → (route, rule, verdict) → count."""
+    out: dict[tuple[str, str, str], int] = {}
+    for line in text.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            out[(m.group(1), m.group(2), m.group(3))] = int(m.group(4))
+    return out
+
+
+def socket_table(query: Query) -> Callable[[], str]:
+    """`show table _egress_policy` over the stats socket; "" when haproxy does not answer
+    (the family is then empty, like haproxy_up 0 says for the rest)."""
+
+    def show() -> str:
+        try:
+            return query(COMMAND)
+        except HaproxyError as exc:
+            log.debug("policy counters unavailable: %s", exc)
+            return ""
+
+    return show
+
+
+class MultiCollector(Collector):
+    """Several collectors as one (the HTTP endpoint takes one `extra`)."""
+
+    def __init__(self, *collectors: Collector) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+class PolicyCollector(Collector):
+    """`haproxy_egress_policy_decisions_total{route,rule,verdict}` from one table snapshot."""
+
+    def __init__(self, show_table: Callable[[], str]) -> None:
+        self._show_table = show_table
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "haproxy_egress_policy_decisions",
+            "Egress policy decisions of proxy/tls routes, by route, rule and verdict.",
+            labels=["route", "rule", "verdict"],
+        )
+        try:
+            counts = parse_table(self._show_table())
+        except OSError as exc:
+            log.debug("policy counters unavailable: %s", exc)
+            counts = {}
+        for (route, rule, verdict), value in sorted(counts.items()):
+            family.add_metric([route, rule, verdict], value)
+        yield family

@@ -1,0 +1,34 @@
+"""The router's state as the supervisor hands it to the metrics thread, read once per scrape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterStatus:
+    """A snapshot of the supervisor's state, taken on every scrape."""
+
+    alive: bool  # supervisor loop alive -> /healthz 200, else 503
+    ready: bool  # haproxy runs a config with listeners bound -> /readyz 200, else 503
+    reloads_total: int
+    reload_failures_total: int
+    last_reload_successful: bool
+    last_reload_success_timestamp: float  # unix seconds, 0 if never
+    config_digest: str
+    config_routes: int
+    child_restarts: Mapping[str, int]  # {"haproxy": n, "socklog": n}
+    start_time: float
+
+
+def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:
+    """Call the supervisor's status callable; None (and a log line) if it fails."""
+    try:
+        return status()
+    except Exception:
+        logger.exception("router status unavailable for metrics")
+        return None

@@ -1,0 +1,1 @@
+"""The model → `haproxy.cfg` text (pure): the compiler, log formats, Lua hook binding."""

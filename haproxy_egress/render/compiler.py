@@ -1,0 +1,155 @@
+"""Model → haproxy.cfg text through the Jinja2 template; plus writing it atomically."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from haproxy_egress import __version__
+from haproxy_egress.config.model import Config, Route, format_duration
+from haproxy_egress.config.policy import GUARDED, rule_indices
+from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
+from haproxy_egress.render.resources import template_dir
+
+TEMPLATE = "haproxy.cfg.j2"
+HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
+# Policy routes (issue 7): TCP-mode frontends, so the log line is built from variables; it names
+# the destination, the address it resolved to, the rule and the verdict.
+POLICY_LOG_FORMAT = (
+    "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
+    " egress route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]:%[var(txn.dstport)]"
+    " addr=%[var(txn.dstip)] rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]"
+)
+
+# The audit hook (issue 8, docs/lua.md): the route's log line is one JSON object. haproxy builds
+# it natively; Lua runs only as two converters (a string in, a string out), because a Lua sample
+# fetch builds a Lua TXN object per call and cost 40% of an HTTP route's request rate. Every
+# sample sits in quotes: `%{+Q}` writes "" where haproxy would print a bare "-" (no server was
+# chosen; or no stream at all, when the HTTP parser logs a bad request or an empty connection
+# itself), so every line stays JSON. Texts from the client are cut before escaping (the
+# escaped form may be 6x longer) so the line stays within the log's `len 8192`. `date` is read
+# once per poll loop, so the two date fetches of one line agree.
+AUDIT_HEAD = (
+    '{"type":"egress-audit"'
+    ',"time":"%[date,utime(%Y-%m-%dT%H:%M:%S)].%[date(0,ms),mod(1000),add(1000),regsub(^1,)]Z"'
+    ',"route":"%f","client":{"address":"%ci","port":%cp}'
+    ',"destination":{"name":%{+Q}[srv_name,lua.egress_audit_name]'
+    ',"address":%{+Q}[bc_dst],"port":%{+Q}[bc_dst_port]}'
+    ',"verdict":%{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict]'
+    ',"rule":%{+Q}[var(txn.egress_rule),bytes(0,64),json(utf8s)]'
+)
+AUDIT_HTTP = (
+    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)],"host":%{+Q}[var(txn.audit_host),json(utf8s)]'
+)
+AUDIT_TAIL = ',"bytes_up":%U,"bytes_down":%B,"duration_ms":%Tt,"termination":"%ts"'
+
+
+def audit_log_format(mode: str) -> str:
+    """The audit hook's log-format for a tcp or http route, escaped for a quoted cfg string."""
+    if mode == "http":
+        text = AUDIT_HEAD + AUDIT_HTTP + AUDIT_TAIL + ',"status":%ST}'
+    else:
+        text = AUDIT_HEAD + AUDIT_TAIL + "}"
+    return text.replace('"', '\\"')
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The process-level facts the config embeds (paths, log sink, drain, threads)."""
+
+    run_dir: Path
+    log_stdout: bool = False
+    drain_seconds: float = 30.0
+    threads: int = 0
+
+
+def _server_options(route: Route) -> str:
+    """The options shared by every server line of a route."""
+    opts = []
+    if route.check.enabled:
+        c = route.check
+        opts.append(f"check inter {format_duration(c.interval)} rise {c.rise} fall {c.fall}")
+    if route.proxy_protocol == "v2":
+        opts.append("send-proxy-v2")
+    elif route.proxy_protocol == "v1":
+        opts.append("send-proxy")
+    return "".join(f" {o}" for o in opts)
+
+
+def _address(value: object) -> str:
+    """An IP for `source`: IPv6 in brackets, so its last group is not read as a port."""
+    ip = ipaddress.ip_address(str(value))
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+@cache
+def _environment(directory: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # haproxy.cfg, not HTML; every value was validated by the model
+    )
+    env.filters["duration"] = format_duration
+    env.filters["address"] = _address
+    env.globals["server_options"] = _server_options
+    # policy routes (issue 7): templates/policy.cfg.j2
+    env.globals["policy_ids"] = rule_indices
+    env.globals["guarded"] = [str(n) for n in GUARDED]
+    env.globals["policy_log_format"] = POLICY_LOG_FORMAT
+    env.globals["audit_log_format"] = audit_log_format
+    return env
+
+
+def render(
+    config: Config,
+    options: RenderOptions,
+    directory: Path | None = None,
+    hooks: HookSet | None = None,
+) -> str:
+    """The haproxy.cfg text for `config`; pure and deterministic.
+
+    `hooks` is `hooks.resolve(config, snapshot.files)`; without it only shipped hooks resolve
+    (a route using a ConfigMap `*.lua` key then raises ConfigError: no such key was given).
+    """
+    template = _environment(directory or template_dir()).get_template(TEMPLATE)
+    if hooks is None:
+        hooks = resolve(config)
+    # Every Lua file the config loads, each once (lua-load-per-thread), connect.lua included.
+    lua_files = lua_paths(hooks, options.run_dir)
+    hard_stop = int(options.drain_seconds + 0.999) + HARD_STOP_MARGIN
+    return template.render(
+        config=config,
+        origins=dict(config.origins),
+        version=__version__,
+        run_dir=str(options.run_dir),
+        log_stdout=options.log_stdout,
+        hard_stop_after=f"{hard_stop}s",
+        threads=options.threads,
+        hooks=hooks,
+        lua_files=lua_files,
+    )
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
+    """Replace `path` with `text` so readers see the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

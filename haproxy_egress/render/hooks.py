@@ -1,0 +1,431 @@
+"""Lua hooks: which Lua files a configuration loads and how each route attaches its hooks.
+
+Hooks come from two places: the shipped, reviewed hooks in the package's `lua/` directory, and
+`<name>.lua` keys of the ConfigMap (user hooks). `resolve()` checks every route's `hooks:`
+against both, and returns what the template needs: the files to `lua-load-per-thread` (each
+once, only when some route uses it) and, per route, the rule lines that run them. A hook's
+arguments never become Lua or haproxy.cfg code: each is a `set-var(txn.arg.<hook>.<key>)` of a
+value the model validated against a strict pattern, read by the hook with `txn:get_var()`.
+
+Lua files are content-addressed in the run dir (`<run_dir>/lua/<sha256>.lua`): a candidate
+config being checked never overwrites a file the live config loads, and the live config and its
+last-good copy keep finding theirs. Pure except for `stage()` and `prune()`, which the reload
+transaction calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+
+from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
+from haproxy_egress.errors import ConfigError, Problem
+from haproxy_egress.render.resources import lua_dir
+
+LUA_SUBDIR = "lua"
+_LUA_FILE = re.compile(r"^[0-9a-f]{64}\.lua$")
+
+
+@dataclass(frozen=True)
+class ShippedHook:
+    """A reviewed hook from the image's `lua/` directory and the rules for attaching it."""
+
+    name: str
+    summary: str
+    phase: HookPhase | None  # None: not a rule of its own (audit writes the log line)
+    modes: tuple[str, ...]
+    args: Mapping[str, tuple[bool, str]] = field(default_factory=dict)  # key → (required, re)
+
+
+SHIPPED: dict[str, ShippedHook] = {
+    h.name: h
+    for h in (
+        ShippedHook(
+            "audit",
+            "one JSON line per connection (tcp) or request (http) on the log path",
+            None,
+            ("tcp", "http"),
+        ),
+        ShippedHook(
+            "deny_page",
+            "a readable 403 page naming the route and the rule, for requests the route refuses",
+            None,
+            ("http",),
+            {"contact": (False, r"^[A-Za-z0-9._:/@+=-]{1,128}$")},
+        ),
+        ShippedHook(
+            "proxy_auth",
+            "Proxy-Authorization towards a parent proxy, from a mounted basic-auth Secret",
+            "http-request",
+            ("http",),
+            {"secret_dir": (True, r"^(/[A-Za-z0-9_][A-Za-z0-9._-]{0,63}){1,8}$")},
+        ),
+    )
+}
+# Which route modes each phase needs; `service` and `tcp-request` work in both.
+_PHASE_MODES: dict[str, tuple[str, ...]] = {
+    "tcp-request": ("tcp", "http"),
+    "http-request": ("http",),
+    "http-response": ("http",),
+    "service": ("tcp", "http"),
+}
+_PHASE_ORDER = {"tcp-request": 0, "http-request": 1, "service": 1, "http-response": 2}
+
+
+@dataclass(frozen=True)
+class LuaFile:
+    """One Lua file a configuration loads: where it came from and its content."""
+
+    key: str  # "hello.lua" (ConfigMap key) or "audit.lua"
+    content: bytes
+    shipped: bool
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the content: the file's name in the run dir."""
+        return hashlib.sha256(self.content).hexdigest()
+
+    @property
+    def file_name(self) -> str:
+        """The content-addressed name under `<run_dir>/lua/`."""
+        return f"{self.digest}.lua"
+
+    @property
+    def label(self) -> str:
+        """How messages name the file."""
+        return f"{self.key} (shipped)" if self.shipped else self.key
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One hook rule of a route: the rule keyword, the action, and the args to set first."""
+
+    directive: str  # "tcp-request content" | "http-request" | "http-response"
+    action: str  # "lua.<name>" | "use-service lua.<name>"
+    variables: tuple[tuple[str, str], ...] = ()  # (txn variable, validated value)
+    condition: str = ""  # template-made text such as " unless client_allowed", never input
+
+
+@dataclass(frozen=True)
+class RouteHooks:
+    """What one route's frontend gets from its hooks."""
+
+    attachments: tuple[Attachment, ...] = ()
+    audit: bool = False  # the JSON audit log-format replaces option httplog/tcplog
+    deny_page: bool = False  # allow_from refusals get the 403 page, not a TCP reject
+
+
+@dataclass(frozen=True)
+class HookSet:
+    """The resolved hooks of a whole configuration."""
+
+    files: tuple[LuaFile, ...] = ()  # in load order, each once
+    routes: tuple[tuple[str, RouteHooks], ...] = ()
+    # Which routes use which file (file key → "route 'a' (routes.yaml: routes[0].hooks[1])"),
+    # so that haproxy's complaints about a file can name the routes.
+    users: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def for_route(self, name: str) -> RouteHooks:
+        """The hooks of one route (none when it has none)."""
+        return dict(self.routes).get(name, RouteHooks())
+
+    def including(self, *files: LuaFile) -> HookSet:
+        """This set plus more files to load (e.g. the policy proxy's connect.lua), each once."""
+        have = {f.digest for f in self.files}
+        extra = []
+        for f in files:
+            if f.digest not in have:
+                extra.append(f)
+                have.add(f.digest)
+        return replace(self, files=(*self.files, *extra))
+
+    def users_of(self, key: str) -> tuple[str, ...]:
+        """Descriptions of the routes that use the file `key`."""
+        return dict(self.users).get(key, ())
+
+
+EMPTY = HookSet()
+
+
+@cache
+def _shipped_content(name: str, directory: Path) -> bytes:
+    return (directory / f"{name}.lua").read_bytes()
+
+
+def shipped_lua(name: str) -> LuaFile:
+    """A file of the image's `lua/` directory (any, e.g. connect.lua) as a LuaFile."""
+    return LuaFile(f"{name}.lua", _shipped_content(name, lua_dir()), shipped=True)
+
+
+def _split_origin(origin: str) -> tuple[str, str]:
+    """'routes.yaml: routes[2]' → ('routes.yaml', 'routes[2]')."""
+    source, _, path = origin.partition(": ")
+    return source, path
+
+
+def _arg_variables(hook: str, args: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((f"txn.arg.{hook}.{key}", value) for key, value in args)
+
+
+def _rule(phase: str, mode: str, hook: HookUse) -> Attachment:
+    name = hook.use
+    variables = _arg_variables(name, hook.args)
+    if phase == "service":
+        directive = "http-request" if mode == "http" else "tcp-request content"
+        return Attachment(directive, f"use-service lua.{name}", variables)
+    directive = "tcp-request content" if phase == "tcp-request" else phase
+    return Attachment(directive, f"lua.{name}", variables)
+
+
+def _check_shipped(spec: ShippedHook, hook: HookUse, route: Route, problem: _Report) -> bool:
+    ok = True
+    if hook.at is not None and hook.at != spec.phase:
+        where = spec.phase or "its own place (it is not a rule)"
+        problem("at", f"hook {spec.name!r} runs at {where}; leave `at` out")
+        ok = False
+    if route.mode not in spec.modes:
+        problem("use", f"hook {spec.name!r} needs mode: {' or '.join(spec.modes)}")
+        ok = False
+    given = dict(hook.args)
+    for key in given:
+        if key not in spec.args:
+            known = ", ".join(sorted(spec.args)) or "none"
+            problem("args", f"hook {spec.name!r} has no argument {key!r} (arguments: {known})")
+            ok = False
+    for key, (required, pattern) in spec.args.items():
+        if key not in given:
+            if required:
+                problem("args", f"hook {spec.name!r} needs the argument {key!r}")
+                ok = False
+        elif not re.fullmatch(pattern, given[key]) or ".." in given[key].split("/"):
+            problem("args", f"argument {key}: invalid value {given[key]!r}: must match {pattern}")
+            ok = False
+    return ok
+
+
+class _Report:
+    """Collects problems located at one hook of one route."""
+
+    def __init__(self, problems: list[Problem], source: str, path: str) -> None:
+        self.problems, self.source, self.path = problems, source, path
+
+    def __call__(self, attr: str, message: str) -> None:
+        self.problems.append(Problem(self.source, f"{self.path}.{attr}", message))
+
+
+def _route_hooks(
+    route: Route,
+    origin: str,
+    *,
+    user_files: Mapping[str, bytes],
+    files: dict[str, LuaFile],
+    users: dict[str, list[str]],
+    problems: list[Problem],
+) -> RouteHooks:
+    source, route_path = _split_origin(origin)
+    attachments: list[tuple[int, int, Attachment]] = []
+    audit = deny = False
+    seen: set[str] = set()
+    for i, hook in enumerate(route.hooks):
+        path = f"{route_path}.hooks[{i}]" if route_path else f"hooks[{i}]"
+        report = _Report(problems, source, path)
+        if hook.use in seen:
+            report("use", f"hook {hook.use!r} is attached twice")
+            continue
+        seen.add(hook.use)
+        key = f"{hook.use}.lua"
+        spec = SHIPPED.get(hook.use)
+        if spec is not None and key in user_files:
+            report("use", f"{hook.use!r} is a shipped hook and a ConfigMap key {key}: rename it")
+            continue
+        if spec is not None:
+            if not _check_shipped(spec, hook, route, report):
+                continue
+            lua = shipped_lua(hook.use)
+            if spec.name == "audit":
+                audit = True
+            elif spec.name == "deny_page":
+                deny = True
+                if route.allow_from:
+                    variables = (
+                        ("txn.egress_rule", "allow_from"),
+                        *_arg_variables(spec.name, hook.args),
+                    )
+                    att = Attachment(
+                        "http-request",
+                        "use-service lua.deny_page",
+                        variables,
+                        " unless client_allowed",
+                    )
+                    attachments.append((1, -1, att))  # before every other request hook
+            else:
+                assert spec.phase is not None
+                rule = _rule(spec.phase, route.mode, hook)
+                attachments.append((_PHASE_ORDER[spec.phase], i, rule))
+        else:
+            content = user_files.get(key)
+            if content is None:
+                shipped = ", ".join(sorted(SHIPPED))
+                report(
+                    "use",
+                    f"unknown hook {hook.use!r}: no ConfigMap key {key} and no shipped hook of "
+                    f"that name (shipped: {shipped})",
+                )
+                continue
+            if hook.at is None:
+                report("at", f"say where the hook runs: {', '.join(_PHASE_MODES)}")
+                continue
+            if route.mode not in _PHASE_MODES[hook.at]:
+                report("at", f"{hook.at} hooks need mode: http (this route is {route.mode})")
+                continue
+            lua = LuaFile(key, content, shipped=False)
+            attachments.append((_PHASE_ORDER[hook.at], i, _rule(hook.at, route.mode, hook)))
+        files.setdefault(lua.key, lua)
+        users.setdefault(lua.key, []).append(f"route {route.name!r} ({source}: {path})")
+    ordered = tuple(a for _, _, a in sorted(attachments, key=lambda t: (t[0], t[1])))
+    return RouteHooks(ordered, audit, deny)
+
+
+def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> HookSet:
+    """Check every route's hooks against the shipped hooks and the ConfigMap's `*.lua` keys.
+
+    Raises ConfigError naming the route and file of every problem: unknown hook, a user hook
+    without `at`, a phase the route's mode cannot run, arguments a shipped hook does not take.
+    """
+    user_files = {name: data for name, data in config_files if name.endswith(".lua")}
+    files: dict[str, LuaFile] = {}
+    users: dict[str, list[str]] = {}
+    problems: list[Problem] = []
+    routes = []
+    for route in config.routes:
+        if route.hooks:
+            origin = config.origin_of(route.name)
+            hooks = _route_hooks(
+                route, origin, user_files=user_files, files=files, users=users, problems=problems
+            )
+            routes.append((route.name, hooks))
+    if problems:
+        raise ConfigError(problems)
+    # Shipped hooks first (sorted), then user hooks (sorted): a stable, readable load order.
+    ordered = sorted(files.values(), key=lambda f: (not f.shipped, f.key))
+    hook_set = HookSet(
+        tuple(ordered), tuple(routes), tuple((k, tuple(v)) for k, v in sorted(users.items()))
+    )
+    if any(r.mode == "proxy" for r in config.routes):
+        # The policy proxy's CONNECT handler: resolved here, with every other Lua file, so it
+        # is staged in the run dir and loaded once like the rest.
+        hook_set = hook_set.including(shipped_lua("connect"))
+    return hook_set
+
+
+def lua_paths(hooks: HookSet, run_dir: Path) -> list[str]:
+    """The `lua-load-per-thread` paths of a hook set, in load order."""
+    return [str(run_dir / LUA_SUBDIR / f.file_name) for f in hooks.files]
+
+
+# --- explaining `haproxy -c` in terms of ConfigMap keys and routes --------------------------
+
+# `Lua runtime error: <path>:<line>: <msg>` and `error in Lua file '<path>': <path>:<line>: <msg>`
+# Lua shortens long chunk names to "...<tail>", so a message may hold only the digest's end.
+_LUA_AT = re.compile(r"([0-9a-f]{16,64})\.lua:([0-9]+): (.*)$")
+_LUA_LOAD_ERROR = re.compile(r"error in Lua file '[^']*/([0-9a-f]{64})\.lua': (.*)$")
+_NOT_REGISTERED = re.compile(
+    r"'(http-request|http-response|tcp-request)'.* but got 'lua\.([a-z0-9_]+)'"
+)
+_NO_SERVICE = re.compile(r"use-service.*'lua\.([a-z0-9_]+)' unknown service")
+
+
+def explain_check(output: str, hooks: HookSet) -> list[Problem]:
+    """haproxy -c alerts about hook files, as problems naming the file's key and its routes.
+
+    Returns an empty list when the alerts are not about hooks (then haproxy's text stands).
+    A file that failed to load also registers nothing; only its Lua error is reported.
+    """
+    by_digest = {f.digest: f for f in hooks.files}
+    by_name = {f.key.removesuffix(".lua"): f for f in hooks.files}
+
+    def _by_tail(tail: str) -> LuaFile | None:
+        found = [f for f in hooks.files if f.digest.endswith(tail)]
+        return found[0] if len(found) == 1 else None
+
+    errors: dict[str, tuple[str, int | None]] = {}  # key → (message, line)
+    missing: dict[str, str] = {}
+    for line in output.splitlines():
+        if "[ALERT]" not in line:
+            continue
+        if (m := _LUA_AT.search(line)) is not None and (lua := _by_tail(m.group(1))) is not None:
+            errors.setdefault(lua.key, (f"Lua error: {m.group(3).strip()}", int(m.group(2))))
+        elif (m := _LUA_LOAD_ERROR.search(line)) is not None and m.group(1) in by_digest:
+            lua = by_digest[m.group(1)]
+            errors.setdefault(lua.key, (f"Lua error: {m.group(2).strip()}", None))
+        elif (m := _NOT_REGISTERED.search(line)) is not None and m.group(2) in by_name:
+            name = m.group(2)
+            missing.setdefault(
+                by_name[name].key,
+                f"does not register the action {name!r} for {m.group(1)} "
+                f"(core.register_action({name!r}, ...))",
+            )
+        elif (m := _NO_SERVICE.search(line)) is not None and m.group(1) in by_name:
+            name = m.group(1)
+            missing.setdefault(
+                by_name[name].key,
+                f"does not register the service {name!r} for this route's mode "
+                f"(core.register_service({name!r}, 'http' or 'tcp', ...))",
+            )
+    problems = []
+    labels = {f.key: f.label for f in hooks.files}
+    for key, (message, line_no) in errors.items():
+        problems.append(Problem(labels[key], "", _used_by(message, hooks, key), line_no))
+    for key, message in missing.items():
+        if key not in errors:
+            problems.append(Problem(labels[key], "", _used_by(message, hooks, key)))
+    return problems
+
+
+def _used_by(message: str, hooks: HookSet, key: str) -> str:
+    return f"{message}; used by {'; '.join(hooks.users_of(key)) or 'no route'}"
+
+
+# --- the files in the run dir ----------------------------------------------------------------
+
+
+def stage(hooks: HookSet, run_dir: Path) -> None:
+    """Write each hook file to `<run_dir>/lua/<sha256>.lua` unless it is there already.
+
+    Content addressing makes this safe while a live config runs: a name is only ever written
+    with the content it names, so no file a running or last-good config loads changes.
+    """
+    directory = run_dir / LUA_SUBDIR
+    for lua in hooks.files:
+        target = directory / lua.file_name
+        if target.exists():
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{lua.file_name}.{os.getpid()}"
+        tmp.write_bytes(lua.content)
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, target)
+
+
+def referenced(texts: Sequence[str]) -> set[str]:
+    """The content-addressed Lua file names some haproxy.cfg texts load."""
+    names: set[str] = set()
+    for text in texts:
+        names.update(re.findall(r"/" + LUA_SUBDIR + r"/([0-9a-f]{64}\.lua)$", text, re.M))
+    return names
+
+
+def prune(run_dir: Path, keep_texts: Sequence[str]) -> None:
+    """Delete staged Lua files that none of `keep_texts` (live, last-good) loads any more."""
+    directory = run_dir / LUA_SUBDIR
+    if not directory.is_dir():
+        return
+    keep = referenced(keep_texts)
+    for entry in directory.iterdir():
+        if _LUA_FILE.match(entry.name) and entry.name not in keep:
+            entry.unlink(missing_ok=True)

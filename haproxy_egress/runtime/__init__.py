@@ -1,0 +1,2 @@
+"""Running haproxy: its command lines and CLI sockets, the supervised children, the PID 1
+supervisor, the reload transaction and the ConfigMap watcher."""

@@ -1,0 +1,201 @@
+"""The reload transaction: load → validate → render → `haproxy -c` → swap → reload → confirm.
+
+Any failure leaves the running router untouched and the live haproxy.cfg equal to the last
+good one. Only the supervisor calls this, from its single event loop, so there is never more
+than one transaction at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from haproxy_egress.config.model import Config
+from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
+from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
+from haproxy_egress.render import hooks
+from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
+from haproxy_egress.runtime import haproxy
+from haproxy_egress.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TIMEOUT = 30.0  # the new worker parses, binds and answers well within this
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A validated configuration and the haproxy.cfg text it renders to."""
+
+    config: Config
+    text: str
+    digest: str  # of the config directory snapshot (what the watcher compares)
+    hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
+
+    @property
+    def text_digest(self) -> str:
+        """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+class ReloadFailed(EgressError):
+    """A reload did not take; the old configuration keeps serving."""
+
+
+def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snapshot) -> Compiled:
+    """Validate and render one snapshot; raises ConfigError naming every problem."""
+    if not snapshot.exists and settings.config_dir != Settings.config_dir:
+        # The default directory may legitimately be absent (env-only config); an explicitly
+        # configured one that is missing is a mistake, or a mount that vanished.
+        raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
+    config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
+    if not config.routes:
+        where = str(settings.config_dir)
+        raise ConfigError(
+            [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
+        )
+    hook_set = hooks.resolve(config, snapshot.files)
+    compiled = Compiled(config, render(config, options, hooks=hook_set), snapshot.digest, hook_set)
+    # Lua files are content-addressed, so staging them now cannot change a file the live
+    # config loads; `haproxy -c` and the live config then find the very same files.
+    hooks.stage(hook_set, options.run_dir)
+    return compiled
+
+
+def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
+    """Read the config directory and environment now and render; raises ConfigError."""
+    return compile_snapshot(settings, options, read_snapshot(settings.config_dir))
+
+
+def check_candidate(settings: Settings, text: str) -> str:
+    """Write the candidate next to the live file and let haproxy validate it; its warnings."""
+    candidate = settings.run_dir / "haproxy.cfg.candidate"
+    write_atomic(candidate, text, mode=0o600)
+    state = settings.run_dir / "server-state"
+    if not state.exists():
+        state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
+    try:
+        return haproxy.check(candidate, settings.haproxy_bin)
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def check_compiled(settings: Settings, compiled: Compiled) -> str:
+    """`check_candidate`, with haproxy's complaints about hook files (a Lua syntax error, an
+    action the file does not register) turned into a ConfigError naming the key and routes."""
+    try:
+        return check_candidate(settings, compiled.text)
+    except HaproxyCheckError as exc:
+        problems = hooks.explain_check(exc.output, compiled.hooks)
+        if problems:
+            raise ConfigError(problems) from exc
+        raise
+
+
+def install(settings: Settings, text: str) -> None:
+    """Make `text` the live config, keeping the previous one as last-good."""
+    live = settings.config_path
+    last_good = settings.run_dir / "haproxy.cfg.last-good"
+    if live.exists():
+        shutil.copyfile(live, last_good)
+    write_atomic(live, text, mode=0o600)
+    # Staged Lua files that neither the live nor the last-good config loads are garbage now.
+    keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
+    hooks.prune(settings.run_dir, keep)
+
+
+def restore_last_good(settings: Settings) -> None:
+    """Put the last good config back in place after a reload that did not take."""
+    last_good = settings.run_dir / "haproxy.cfg.last-good"
+    if last_good.exists():
+        write_atomic(settings.config_path, last_good.read_text(encoding="utf-8"), mode=0o600)
+
+
+def save_server_state(settings: Settings) -> None:
+    """Write `show servers state` where the template's server-state-file points.
+
+    Best effort: without it the new worker merely starts every destination as up.
+    """
+    try:
+        state = haproxy.CliSocket(settings.stats_socket, timeout=5.0).command("show servers state")
+        write_atomic(settings.run_dir / "server-state", state, mode=0o600)
+    except (HaproxyError, OSError) as exc:
+        log.warning("could not save server state before the reload: %s", exc)
+
+
+def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
+    """Ask the master to reload and wait until a new worker serves; returns its pid.
+
+    HAProxy 2.6 answers `reload` before doing it and reports failure only in `show proc`
+    ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
+    success is a worker pid that was not there before.
+    """
+    save_server_state(settings)
+    master = haproxy.CliSocket(settings.master_socket, timeout=5.0, master=True)
+    before = haproxy.parse_show_proc(master.command("show proc"))
+    old_workers = {p.pid for p in before if p.kind == "worker"}
+    old_master = next((p for p in before if p.kind == "master"), None)
+    try:
+        answer = master.command("reload")
+    except HaproxyError:
+        answer = ""  # 2.6 drops the connection as it re-executes; that is normal
+    if "Success=0" in answer:
+        raise ReloadFailed("haproxy refused the new configuration (see its log above)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        try:
+            procs = haproxy.parse_show_proc(master.command("show proc"))
+        except HaproxyError:
+            continue  # master still re-executing
+        new_master = next((p for p in procs if p.kind == "master"), None)
+        fresh = [p.pid for p in procs if p.kind == "worker" and p.pid not in old_workers]
+        if fresh:
+            return fresh[0]
+        if (
+            new_master is not None
+            and old_master is not None
+            and new_master.reloads > old_master.reloads
+            and new_master.failed_reloads > 0
+        ):
+            raise ReloadFailed(
+                "the new configuration failed to load (for example a port already in use); "
+                "see haproxy's log above"
+            )
+    raise ReloadFailed(f"no new haproxy worker within {timeout:.0f}s")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reload attempt did."""
+
+    changed: bool  # False: nothing to do (same digest or same rendered text)
+    compiled: Compiled
+    worker_pid: int | None = None
+
+
+def transaction(
+    settings: Settings, options: RenderOptions, current: Compiled, force: bool = False
+) -> Outcome:
+    """One reload transaction. Raises ConfigError / HaproxyCheckError / ReloadFailed with the
+    live router untouched; returns Outcome(changed=False) when there is nothing to do."""
+    snapshot = read_snapshot(settings.config_dir)
+    if snapshot.digest == current.digest and not force:
+        return Outcome(False, current)
+    if not snapshot.exists:
+        # A mount that vanished must not turn into "no routes": keep serving what we have.
+        raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
+    compiled = compile_snapshot(settings, options, snapshot)
+    if compiled.text == current.text:
+        return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
+    check_compiled(settings, compiled)
+    install(settings, compiled.text)
+    try:
+        pid = master_reload(settings)
+    except (ReloadFailed, HaproxyError):
+        restore_last_good(settings)
+        raise
+    return Outcome(True, compiled, pid)

@@ -1,0 +1,100 @@
+"""Config directory change detection: posts ConfigChanged events, never touches processes.
+
+Any filesystem event is only a hint. The watcher then reads one consistent snapshot (through
+`..data` in the kubelet layout) and posts an event only when the content digest differs from
+the last one it posted. A periodic poll backs up the event stream (inotify can overflow, and
+a ConfigMap mount can be replaced wholesale).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from haproxy_egress.config.sources import read_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConfigChanged:
+    """The config directory now holds content with this digest."""
+
+    digest: str
+
+
+class Watcher:
+    """Watches one directory in a daemon thread and calls `post` on real content changes."""
+
+    def __init__(
+        self,
+        directory: Path,
+        post: Callable[[ConfigChanged], None],
+        initial_digest: str,
+        debounce: float = 0.3,
+        poll: float = 10.0,
+    ) -> None:
+        self._directory = directory
+        self._post = post
+        self._digest = initial_digest
+        self._debounce_ms = max(1, int(debounce * 1000))
+        self._poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching and wait briefly for the thread."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _confirm(self) -> None:
+        """Read a snapshot; post its digest if it is new."""
+        try:
+            digest = read_snapshot(self._directory).digest
+        except OSError as exc:
+            log.warning("cannot read config directory %s: %s", self._directory, exc)
+            return
+        if digest != self._digest:
+            self._digest = digest
+            self._post(ConfigChanged(digest))
+
+    def _run(self) -> None:
+        # A change between the start-up compile and this watch raised no event: look once now.
+        self._confirm()
+        while not self._stop.is_set():
+            if not self._directory.is_dir():
+                # Missing directory: nothing to watch; the poll notices when it comes back.
+                self._confirm()
+                self._stop.wait(min(self._poll, 1.0))
+                continue
+            try:
+                for _changes in watchfiles.watch(
+                    self._directory,
+                    debounce=self._debounce_ms,
+                    step=min(50, self._debounce_ms),
+                    stop_event=self._stop,
+                    rust_timeout=int(self._poll * 1000),
+                    yield_on_timeout=True,  # an empty batch every `poll` seconds: the backstop
+                    recursive=True,
+                    watch_filter=None,  # kubelet names (..data, ..2026_...) matter here
+                    ignore_permission_denied=True,
+                    raise_interrupt=False,
+                ):
+                    self._confirm()
+                    if not self._directory.is_dir():
+                        break  # the watched inode is gone; watch the new one
+            except (OSError, RuntimeError) as exc:
+                log.warning("watching %s failed (%s); polling", self._directory, exc)
+                self._stop.wait(min(self._poll, 1.0))
+            # A watch that ended (directory replaced) is restarted by the loop.
+            time.sleep(0.05)

@@ -1,0 +1,102 @@
+"""The policy proxy in a supervised router (`haproxy-egress run`), not just a bare haproxy:
+its Lua file must be staged by the reload machinery like any hook."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.router import Router
+from tests.support import DnsServer, HttpOrigin, free_port, wait_for
+
+
+def _proxy_get(port: int, url: str, host: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.fixture
+def proxy_router(
+    tmp_path: Path, dns: DnsServer, origin: HttpOrigin
+) -> Iterator[tuple[Router, int]]:
+    port = free_port()
+    dns.records["allowed.test"] = ["127.0.0.1"]
+    dns.records["other.test"] = ["198.18.0.1"]  # denied before any connection is tried
+    config = tmp_path / "configmap"
+    config.mkdir()
+    (config / "proxy.yaml").write_text(
+        f"resolvers: {{nameservers: ['127.0.0.1:{dns.port}']}}\n"
+        "routes:\n"
+        "  - name: pxy\n"
+        f"    listen: '127.0.0.1:{port}'\n"
+        "    mode: proxy\n"
+        "    policy:\n"
+        # Only an address rule may allow a loopback target (the guard denies it otherwise).
+        "      - 127.0.0.1/32\n"
+    )
+    router = Router(tmp_path / "router", config_dir=config)
+    try:
+        router.start()
+        yield router, port
+    finally:
+        router.stop()
+
+
+def test_supervised_proxy_route_allows_and_denies(
+    proxy_router: tuple[Router, int], origin: HttpOrigin
+) -> None:
+    router, port = proxy_router
+    target = f"allowed.test:{origin.port}"
+    allowed = _proxy_get(port, f"http://{target}/", target)
+    assert allowed.startswith(b"HTTP/1.1 200"), allowed[:200]
+    assert allowed.endswith(b"origin-a")
+    denied = _proxy_get(port, "http://other.test/", "other.test")
+    assert denied.startswith(b"HTTP/1.1 403"), denied[:200]
+    wait_for(
+        lambda: (
+            router.metric(
+                "haproxy_egress_policy_decisions_total",
+                {"route": "pxy", "rule": "default", "verdict": "deny"},
+            )
+            == 1.0
+        ),
+        timeout=5,
+    )
+
+
+def test_supervised_connect_tunnel_and_dead_origin(
+    proxy_router: tuple[Router, int], origin: HttpOrigin
+) -> None:
+    _, port = proxy_router
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        target = f"allowed.test:{origin.port}"
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head
+        s.sendall(b"GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n")
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while chunk := s.recv(65536):
+            data += chunk
+        assert data.endswith(b"origin-a")
+    dead = free_port()  # nothing listens: no fake 200 may come back
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        target = f"allowed.test:{dead}"
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        answer = b""
+        try:
+            while chunk := s.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        assert not answer.startswith(b"HTTP/1.1 200"), answer

@@ -1,0 +1,122 @@
+"""`explain`: the route, rule and location that decide a destination, without traffic."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+import yaml
+
+from haproxy_egress.commands.explain import explain, parse_destination, rule_locations
+from haproxy_egress.config.sources import load_snapshot
+from haproxy_egress.config.sources.configdir import Snapshot
+
+DOC = {
+    "resolvers": {"nameservers": ["127.0.0.1:53"]},
+    "routes": [
+        {
+            "name": "web",
+            "listen": 3128,
+            "mode": "proxy",
+            "policy": ["!*.bad.test", "*.github.test:443", "198.51.100.0/24", "!10.0.0.0/8"],
+        },
+        {
+            "name": "sni",
+            "listen": 8443,
+            "mode": "tls",
+            "destination_port": 443,
+            "policy": ["api.github.test"],
+        },
+        {"name": "db", "listen": 5432, "destinations": ["db.test:5432"]},
+    ],
+}
+LEGACY = "# egress\n!*.evil.test\n203.0.113.0/24\n"
+
+
+def _setup() -> tuple[object, dict[str, tuple[str, ...]]]:
+    snap = Snapshot(
+        Path("/cfg"),
+        (
+            ("EGRESS_HTTP_PROXY_DESTINATION", LEGACY.encode()),
+            ("routes.yaml", yaml.safe_dump(DOC, sort_keys=False).encode()),
+        ),
+    )
+    return load_snapshot(snap, {}), rule_locations(snap, {})
+
+
+def test_allowed_by_a_rule_with_its_file_and_line() -> None:
+    config, locs = _setup()
+    v = explain(config, "https://api.github.test", locations=locs)  # type: ignore[arg-type]
+    assert v.allowed
+    assert v.exit_code == 0
+    web = next(r for r in v.routes if r.route == "web")
+    assert web.allowed
+    assert web.rule == "*.github.test:443"
+    assert web.location is not None
+    assert web.location.startswith("routes.yaml:")
+    sni = next(r for r in v.routes if r.route == "sni")
+    assert sni.allowed
+
+
+def test_denied_with_legacy_line() -> None:
+    config, locs = _setup()
+    v = explain(config, "http://x.evil.test/", locations=locs)  # type: ignore[arg-type]
+    assert not v.allowed
+    assert v.exit_code == 1
+    legacy = next(r for r in v.routes if r.route == "http-proxy")
+    assert legacy.location == "file EGRESS_HTTP_PROXY_DESTINATION:2"
+    assert "!*.evil.test" in legacy.reason
+
+
+def test_address_rules_use_the_resolved_address() -> None:
+    config, _ = _setup()
+    assert explain(config, "203.0.113.5:22").allowed  # type: ignore[arg-type]
+    resolved = explain(
+        config,  # type: ignore[arg-type]
+        "cdn.test:443",
+        resolve=lambda name: [ipaddress.ip_address("198.51.100.9")],
+    )
+    assert resolved.allowed
+    assert not explain(config, "cdn.test:443", addresses=["10.1.2.3"]).allowed  # type: ignore[arg-type]
+    assert explain(config, "db.test:5432").allowed  # type: ignore[arg-type]
+
+
+def test_each_route_decides_on_the_address_family_it_prefers() -> None:
+    """A name with a public A record and a loopback AAAA: the IPv4 route connects to the
+    public address; an IPv6-preferring route would connect to loopback, which the guard
+    refuses. explain must say what each route would do, not what the first answer says."""
+    doc = {
+        "resolvers": {"nameservers": ["127.0.0.1:53"]},
+        "routes": [
+            {"name": "v4", "listen": 3128, "mode": "proxy", "policy": ["*.dual.test"]},
+            {
+                "name": "v6",
+                "listen": 3129,
+                "mode": "proxy",
+                "resolve_prefer": "ipv6",
+                "policy": ["*.dual.test"],
+            },
+        ],
+    }
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    config = load_snapshot(snap, {})
+    answers = [ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("::1")]
+    v = explain(config, "www.dual.test:80", resolve=lambda name: answers)
+    by_route = {r.route: r for r in v.routes}
+    assert by_route["v4"].allowed
+    assert not by_route["v6"].allowed
+    assert "loopback" in by_route["v6"].reason
+
+
+@pytest.mark.parametrize("bad", ["ftp://x", "http://", "a b", "host:99999"])
+def test_bad_destination_is_a_usage_error(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        parse_destination(bad)
+
+
+def test_lines() -> None:
+    config, locs = _setup()
+    text = "\n".join(explain(config, "x.bad.test:443", locations=locs).lines())  # type: ignore[arg-type]
+    assert "DENIED" in text
+    assert "route web (proxy): deny" in text
