@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check, version
 from tests.support import HAPROXY, free_port, port_open, wait_for, write_configmap
 
@@ -98,7 +100,7 @@ def build(tmp: Path, origin_port: int, plain: int, audited: int, threads: int) -
     run_dir = tmp / "run"
     options = RenderOptions(run_dir=run_dir, log_stdout=True, threads=threads)
     text = render(config, options, hooks=hook_set)
-    hooks.stage(hook_set, run_dir)
+    staging.stage(hook_set, RunDir(run_dir).lua)
     path = run_dir / "haproxy.cfg"
     path.write_text(text)
     check(path, HAPROXY)

@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     """Show what applying a config directory would change in the running haproxy.cfg."""
     settings = _settings(args)
-    live_path = settings.config_path
+    live_path = settings.run.config
     if not live_path.exists():
         raise HaproxyError(f"no running configuration at {live_path} (is the router running?)")
     live = live_path.read_text(encoding="utf-8")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haproxy_egress.errors import ConfigError, Problem
+from haproxy_egress.rundir import RunDir
 
 
 class LogSink(enum.Enum):
@@ -126,21 +127,6 @@ class Settings:
         return settings
 
     @property
-    def config_path(self) -> Path:
-        """The live haproxy.cfg haproxy runs from."""
-        return self.run_dir / "haproxy.cfg"
-
-    @property
-    def stats_socket(self) -> Path:
-        """haproxy's admin-level stats socket (mode 600)."""
-        return self.run_dir / "haproxy.sock"
-
-    @property
-    def master_socket(self) -> Path:
-        """haproxy's master CLI socket (mode 600)."""
-        return self.run_dir / "master.sock"
-
-    @property
-    def log_socket(self) -> Path:
-        """socklog's unix datagram socket haproxy logs to."""
-        return self.run_dir / "log.sock"
+    def run(self) -> RunDir:
+        """Every path in the run dir."""
+        return RunDir(self.run_dir)

@@ -23,6 +23,8 @@ from pathlib import Path
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check
 from tests.netns import ROUTER_CLIENT_IP, Netns, Started, TestBed, wait_port
 from tests.support import HAPROXY, write_configmap
@@ -183,7 +185,7 @@ def start_router(
     hook_set = hooks.resolve(config, snapshot.files)
     if any(r.mode == "proxy" for r in config.routes):
         hook_set = hook_set.including(hooks.shipped_lua("connect"))
-    hooks.stage(hook_set, run_dir)
+    staging.stage(hook_set, RunDir(run_dir).lua)
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
     check(cfg, HAPROXY)

@@ -16,6 +16,7 @@ from haproxy_egress.config.model import Config, Route, format_duration
 from haproxy_egress.config.policy import GUARDED, rule_indices
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.resources import template_dir
+from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
 HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
@@ -67,6 +68,11 @@ class RenderOptions:
     log_stdout: bool = False
     drain_seconds: float = 30.0
     threads: int = 0
+
+    @property
+    def run(self) -> RunDir:
+        """The paths the config names (sockets, pid file, state, Lua, maps)."""
+        return RunDir(self.run_dir)
 
 
 def _server_options(route: Route) -> str:
@@ -124,13 +130,13 @@ def render(
     if hooks is None:
         hooks = resolve(config)
     # Every Lua file the config loads, each once (lua-load-per-thread), connect.lua included.
-    lua_files = lua_paths(hooks, options.run_dir)
+    lua_files = lua_paths(hooks, options.run.lua)
     hard_stop = int(options.drain_seconds + 0.999) + HARD_STOP_MARGIN
     return template.render(
         config=config,
         origins=dict(config.origins),
         version=__version__,
-        run_dir=str(options.run_dir),
+        paths=options.run,
         log_stdout=options.log_stdout,
         hard_stop_after=f"{hard_stop}s",
         threads=options.threads,

@@ -7,18 +7,16 @@ once, only when some route uses it) and, per route, the rule lines that run them
 arguments never become Lua or haproxy.cfg code: each is a `set-var(txn.arg.<hook>.<key>)` of a
 value the model validated against a strict pattern, read by the hook with `txn:get_var()`.
 
-Lua files are content-addressed in the run dir (`<run_dir>/lua/<sha256>.lua`): a candidate
-config being checked never overwrites a file the live config loads, and the live config and its
-last-good copy keep finding theirs. Pure except for `stage()` and `prune()`, which the reload
-transaction calls.
+Lua files are content-addressed (`<sha256>.lua` in the run dir's `lua/`): a candidate config
+being checked never overwrites a file the live config loads, and the live config and its
+last-good copy keep finding theirs. Pure: `runtime/staging.py` writes the files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -27,8 +25,7 @@ from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render.resources import lua_dir
 
-LUA_SUBDIR = "lua"
-_LUA_FILE = re.compile(r"^[0-9a-f]{64}\.lua$")
+LUA_FILE = re.compile(r"^[0-9a-f]{64}\.lua$")
 
 
 @dataclass(frozen=True)
@@ -323,9 +320,9 @@ def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> H
     return hook_set
 
 
-def lua_paths(hooks: HookSet, run_dir: Path) -> list[str]:
+def lua_paths(hooks: HookSet, lua_dir: Path) -> list[str]:
     """The `lua-load-per-thread` paths of a hook set, in load order."""
-    return [str(run_dir / LUA_SUBDIR / f.file_name) for f in hooks.files]
+    return [str(lua_dir / f.file_name) for f in hooks.files]
 
 
 # --- explaining `haproxy -c` in terms of ConfigMap keys and routes --------------------------
@@ -392,40 +389,3 @@ def _used_by(message: str, hooks: HookSet, key: str) -> str:
 
 
 # --- the files in the run dir ----------------------------------------------------------------
-
-
-def stage(hooks: HookSet, run_dir: Path) -> None:
-    """Write each hook file to `<run_dir>/lua/<sha256>.lua` unless it is there already.
-
-    Content addressing makes this safe while a live config runs: a name is only ever written
-    with the content it names, so no file a running or last-good config loads changes.
-    """
-    directory = run_dir / LUA_SUBDIR
-    for lua in hooks.files:
-        target = directory / lua.file_name
-        if target.exists():
-            continue
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{lua.file_name}.{os.getpid()}"
-        tmp.write_bytes(lua.content)
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, target)
-
-
-def referenced(texts: Sequence[str]) -> set[str]:
-    """The content-addressed Lua file names some haproxy.cfg texts load."""
-    names: set[str] = set()
-    for text in texts:
-        names.update(re.findall(r"/" + LUA_SUBDIR + r"/([0-9a-f]{64}\.lua)$", text, re.M))
-    return names
-
-
-def prune(run_dir: Path, keep_texts: Sequence[str]) -> None:
-    """Delete staged Lua files that none of `keep_texts` (live, last-good) loads any more."""
-    directory = run_dir / LUA_SUBDIR
-    if not directory.is_dir():
-        return
-    keep = referenced(keep_texts)
-    for entry in directory.iterdir():
-        if _LUA_FILE.match(entry.name) and entry.name not in keep:
-            entry.unlink(missing_ok=True)

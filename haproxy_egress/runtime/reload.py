@@ -18,7 +18,7 @@ from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
-from haproxy_egress.runtime import haproxy
+from haproxy_egress.runtime import haproxy, staging
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,7 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
     hook_set = hooks.resolve(config, snapshot.files)
-    compiled = Compiled(config, render(config, options, hooks=hook_set), snapshot.digest, hook_set)
-    # Lua files are content-addressed, so staging them now cannot change a file the live
-    # config loads; `haproxy -c` and the live config then find the very same files.
-    hooks.stage(hook_set, options.run_dir)
-    return compiled
+    return Compiled(config, render(config, options, hooks=hook_set), snapshot.digest, hook_set)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -72,9 +68,9 @@ def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
 
 def check_candidate(settings: Settings, text: str) -> str:
     """Write the candidate next to the live file and let haproxy validate it; its warnings."""
-    candidate = settings.run_dir / "haproxy.cfg.candidate"
+    candidate = settings.run.candidate
     write_atomic(candidate, text, mode=0o600)
-    state = settings.run_dir / "server-state"
+    state = settings.run.server_state
     if not state.exists():
         state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
     try:
@@ -86,6 +82,9 @@ def check_candidate(settings: Settings, text: str) -> str:
 def check_compiled(settings: Settings, compiled: Compiled) -> str:
     """`check_candidate`, with haproxy's complaints about hook files (a Lua syntax error, an
     action the file does not register) turned into a ConfigError naming the key and routes."""
+    # Lua files are content-addressed, so staging them cannot change a file the live config
+    # loads; `haproxy -c` and then the live config find the very same files.
+    staging.stage(compiled.hooks, settings.run.lua)
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
@@ -97,21 +96,21 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
 
 def install(settings: Settings, text: str) -> None:
     """Make `text` the live config, keeping the previous one as last-good."""
-    live = settings.config_path
-    last_good = settings.run_dir / "haproxy.cfg.last-good"
+    live = settings.run.config
+    last_good = settings.run.last_good
     if live.exists():
         shutil.copyfile(live, last_good)
     write_atomic(live, text, mode=0o600)
     # Staged Lua files that neither the live nor the last-good config loads are garbage now.
     keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
-    hooks.prune(settings.run_dir, keep)
+    staging.prune(settings.run.lua, keep)
 
 
 def restore_last_good(settings: Settings) -> None:
     """Put the last good config back in place after a reload that did not take."""
-    last_good = settings.run_dir / "haproxy.cfg.last-good"
+    last_good = settings.run.last_good
     if last_good.exists():
-        write_atomic(settings.config_path, last_good.read_text(encoding="utf-8"), mode=0o600)
+        write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
 
 def save_server_state(settings: Settings) -> None:
@@ -120,8 +119,10 @@ def save_server_state(settings: Settings) -> None:
     Best effort: without it the new worker merely starts every destination as up.
     """
     try:
-        state = haproxy.CliSocket(settings.stats_socket, timeout=5.0).command("show servers state")
-        write_atomic(settings.run_dir / "server-state", state, mode=0o600)
+        state = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0).command(
+            "show servers state"
+        )
+        write_atomic(settings.run.server_state, state, mode=0o600)
     except (HaproxyError, OSError) as exc:
         log.warning("could not save server state before the reload: %s", exc)
 
@@ -134,7 +135,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     success is a worker pid that was not there before.
     """
     save_server_state(settings)
-    master = haproxy.CliSocket(settings.master_socket, timeout=5.0, master=True)
+    master = haproxy.CliSocket(settings.run.master_socket, timeout=5.0, master=True)
     before = haproxy.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}
     old_master = next((p for p in before if p.kind == "master"), None)

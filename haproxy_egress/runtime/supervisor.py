@@ -80,11 +80,13 @@ class Supervisor:
         self._socklog_stop_at: float | None = None
         self.haproxy = Child(
             "haproxy",
-            haproxy.master_argv(settings.haproxy_bin, settings.config_path, settings.master_socket),
+            haproxy.master_argv(
+                settings.haproxy_bin, settings.run.config, settings.run.master_socket
+            ),
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
-            argv = [settings.socklog_bin, "unix", str(settings.log_socket)]
+            argv = [settings.socklog_bin, "unix", str(settings.run.log_socket)]
             self.socklog = Child("socklog", argv)
         self.watcher = Watcher(
             settings.config_dir,
@@ -94,7 +96,9 @@ class Supervisor:
             poll=settings.poll_seconds,
         )
         exporter_options = ExporterOptions.from_settings(settings)
-        stats = haproxy.CliSocket(settings.stats_socket, timeout=exporter_options.scrape_timeout)
+        stats = haproxy.CliSocket(
+            settings.run.stats_socket, timeout=exporter_options.scrape_timeout
+        )
         self.metrics = MetricsServer(
             settings.metrics_address,
             settings.metrics_port,
@@ -134,8 +138,8 @@ class Supervisor:
         except PermissionError:
             # Normal on an emptyDir/tmpfs owned by root: the sockets' own mode 600 still holds.
             log.info("cannot chmod 700 %s (not its owner); relying on socket modes", run)
-        for stale in ("haproxy.sock", "master.sock", "log.sock", "haproxy.pid"):
-            (run / stale).unlink(missing_ok=True)
+        for stale in self.settings.run.stale():
+            stale.unlink(missing_ok=True)
         install(self.settings, self.current.text)
 
     def _install_signal_handlers(self) -> None:
@@ -158,16 +162,18 @@ class Supervisor:
 
     def _start_socklog(self) -> None:
         assert self.socklog is not None
-        self.settings.log_socket.unlink(missing_ok=True)
+        self.settings.run.log_socket.unlink(missing_ok=True)
         self.socklog.spawn()
 
     def _socklog_ready(self) -> bool:
-        return self.settings.log_socket.exists()
+        return self.settings.run.log_socket.exists()
 
     def _haproxy_ready(self) -> bool:
         """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
         try:
-            info = haproxy.CliSocket(self.settings.stats_socket, timeout=1.0).command("show info")
+            info = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0).command(
+                "show info"
+            )
         except EgressError:
             return False
         return "Pid:" in info
@@ -377,7 +383,7 @@ class Supervisor:
                 child.signal(signal.SIGKILL)
         # haproxy's workers are the master's children; if the master is gone they are ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid_file = self.settings.run_dir / "haproxy.pid"
+            pid_file = self.settings.run.pid_file
             if pid_file.exists():
                 for line in pid_file.read_text().split():
                     if line.isdigit():

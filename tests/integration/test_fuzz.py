@@ -1,13 +1,14 @@
 """Fuzzing every input surface: whole YAML documents, raw key bytes, the seed env vars together,
 the legacy EGRESS_* lines, and the process settings.
 
-tests/integration/test_injection.py splices payloads into one string field at a time; this module reuses its
-base inputs and checks, and goes wider: any YAML value of any type at any place of a document,
-byte-level damage to a key file (a half-written key is one of them), every seed variable at once,
-multi-line legacy values built from the dialects' grammar and then damaged, and all legacy
-settings at once from env vars and ConfigMap keys. The property is the one of the issue: a clean
-`ConfigError` whose every problem names its source and location, or a config that `haproxy -c`
-accepts and that holds only the sections, directives and server lines the model implies. No other
+tests/integration/test_injection.py splices payloads into one string field at a time; this
+module reuses its base inputs and checks, and goes wider: any YAML value of any type at any
+place of a document, byte-level damage to a key file (a half-written key is one of them), every
+seed variable at once, multi-line legacy values built from the dialects' grammar and then
+damaged, and all legacy settings at once from env vars and ConfigMap keys. The property is the
+one of the issue: a clean `ConfigError` whose every problem names its source and location, or a
+config that `haproxy -c` accepts and that holds only the sections, directives and server lines
+the model implies. No other
 exception may escape (hypothesis reports any as a failure).
 
 Profiles: the default (`ci`) tries ~11,700 cases in a few minutes; HYPOTHESIS_PROFILE=nightly
@@ -42,6 +43,8 @@ from haproxy_egress.config.sources.legacy import DNS_PROXY, GATEWAY, REDIRECT, S
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS, Settings
 from tests.figures import record
 from tests.integration.test_injection import (
@@ -64,7 +67,7 @@ _QUIET = [
     HealthCheck.data_too_large,
     HealthCheck.large_base_example,
 ]
-# HYPOTHESIS_PROFILE=nightly also serves tests/integration/test_injection.py, which reads the same variable.
+# HYPOTHESIS_PROFILE=nightly also serves tests/integration/test_injection.py (same variable).
 settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=_QUIET)
 NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
 SCALE = int(os.environ.get("FUZZ_SCALE", "20" if NIGHTLY else "1"))
@@ -703,7 +706,7 @@ def _accepted_extended(
         hook_set = hooks.resolve(config, snapshot.files)
         if any(r.mode in POLICY_MODES for r in config.routes):
             hook_set = hook_set.including(hooks.shipped_lua("connect"))
-        hooks.stage(hook_set, Path(run))
+        staging.stage(hook_set, RunDir(Path(run)).lua)
         _haproxy_accepts(text, tally, run_dir=Path(run))
 
 

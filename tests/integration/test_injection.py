@@ -31,6 +31,8 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, audit_log_format, render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS
 from tests.support import HAPROXY
 
@@ -492,7 +494,7 @@ def check_hooks_outcome(snapshot: Snapshot) -> None:
                 assert "\n" not in str(p), repr(str(p))
             return
         assert_only_expected_content(text, config, HOOK_COMMENTS)
-        hooks.stage(hook_set, Path(tmp))
+        staging.stage(hook_set, RunDir(Path(tmp)).lua)
         haproxy_check(text, Path(tmp))
 
 

@@ -1,4 +1,4 @@
-"""No policy rule can inject haproxy directives (extends tests/integration/test_injection.py to issue 7).
+"""No policy rule can inject haproxy directives (test_injection.py, for the policy proxy).
 
 Rules reach haproxy.cfg as ACL patterns and inside one quoted 403 reason per deny rule; the
 property: a located ConfigError, or a config `haproxy -c` accepts whose every line in the
@@ -22,6 +22,8 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from tests.integration.test_injection import OPTIONS, PROFILE, haproxy_check, strings
 
 VALID_RULES = ["a.test", "!*.bad.test", "10.0.0.0/8", "[2001:db8::/32]:443", "*.x.test:80,443"]
@@ -55,7 +57,7 @@ def _check(snapshot: Snapshot, env: dict[str, str]) -> None:
         return
     hook_set = hooks.resolve(config).including(hooks.shipped_lua("connect"))
     with tempfile.TemporaryDirectory(prefix="egress-policy-inj.") as tmp:
-        hooks.stage(hook_set, Path(tmp))
+        staging.stage(hook_set, RunDir(Path(tmp)).lua)
         text = render(config, OPTIONS, hooks=hook_set).replace(str(OPTIONS.run_dir), tmp)
         for line in text.splitlines():
             assert "\r" not in line

@@ -2,8 +2,8 @@
 
 Each directory under tests/data/golden/ holds the inputs of one case (`configmap/*.yaml`, and
 `env` with KEY=VALUE lines) and the expected `haproxy.cfg`. Regenerate after an intended
-template change with `UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/render/test_compiler.py` and review the
-diff.
+template change with `UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/render/test_compiler.py` and
+review the diff.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from haproxy_egress.config.sources import read_snapshot
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.reload import Compiled, check_compiled, compile_snapshot
 from haproxy_egress.settings import Settings
 from tests.support import (
@@ -125,8 +127,8 @@ def serving(tmp_path: Path, keys: Mapping[str, object], ports: list[int]) -> Ite
     """Compile, check and run haproxy on the result until every listed port listens."""
     settings, compiled = compile_keys(tmp_path, keys)
     check_compiled(settings, compiled)
-    settings.config_path.write_text(compiled.text)
-    proc = HaproxyProcess(settings.config_path).start()
+    settings.run.config.write_text(compiled.text)
+    proc = HaproxyProcess(settings.run.config).start()
     try:
         wait_for(lambda: all(port_open(p) for p in ports), timeout=10)
         yield compiled
@@ -153,6 +155,8 @@ def test_only_used_hooks_are_loaded_each_once_shipped_first(tmp_path: Path) -> N
     assert [f.key for f in compiled.hooks.files] == ["audit.lua", "stamp.lua"]
     loads = [ln.split()[1] for ln in compiled.text.splitlines() if "lua-load" in ln]
     assert loads == [str(settings.run_dir / "lua" / f.file_name) for f in compiled.hooks.files]
+    assert not settings.run.lua.exists()  # compiling writes nothing; the check stages
+    check_compiled(settings, compiled)
     for path in loads:  # staged, content-addressed
         assert Path(path).read_bytes() == next(
             f.content for f in compiled.hooks.files if path.endswith(f.file_name)
@@ -307,16 +311,16 @@ def test_stage_never_rewrites_and_prune_keeps_what_configs_load(tmp_path: Path) 
     run = tmp_path / "run"
     old = hooks.HookSet(files=(hooks.LuaFile("h.lua", b"-- v1", shipped=False),))
     new = hooks.HookSet(files=(hooks.LuaFile("h.lua", b"-- v2", shipped=False),))
-    hooks.stage(old, run)
+    staging.stage(old, RunDir(run).lua)
     old_path = run / "lua" / old.files[0].file_name
     inode = old_path.stat().st_ino
-    hooks.stage(old, run)  # the live file is left alone, not rewritten
-    hooks.stage(new, run)
+    staging.stage(old, RunDir(run).lua)  # the live file is left alone, not rewritten
+    staging.stage(new, RunDir(run).lua)
     assert old_path.stat().st_ino == inode
     assert old_path.read_bytes() == b"-- v1"
     (run / "lua" / "notes.txt").write_text("not ours")
-    live = "\n".join(f"    lua-load-per-thread {p}" for p in hooks.lua_paths(new, run))
-    hooks.prune(run, [live])
+    live = "\n".join(f"    lua-load-per-thread {p}" for p in hooks.lua_paths(new, RunDir(run).lua))
+    staging.prune(RunDir(run).lua, [live])
     assert sorted(p.name for p in (run / "lua").iterdir()) == sorted(
         [new.files[0].file_name, "notes.txt"]
     )
