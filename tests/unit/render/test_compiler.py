@@ -20,6 +20,9 @@ import pytest
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render.compiler import HARD_STOP_MARGIN, RenderOptions, render, write_atomic
+from haproxy_egress.render.hooks import resolve
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from tests.support import HAPROXY
 
 GOLDEN = Path(__file__).parent.parent.parent / "data" / "golden"
@@ -51,6 +54,9 @@ def render_case(name: str) -> str:
 # Expected in the resolv-conf case only: inside the private namespace the host's nameserver is
 # unreachable, so haproxy starts the route with unresolved slots (which is the point).
 OFFLINE_WARNINGS = ("could not resolve address", "can't connect socket for nameserver")
+# A policy route's frontend is mode tcp and switches plain HTTP requests to an HTTP stream
+# (`switch-mode http`); haproxy -c cannot see that, and warns about the 403/503 bodies' format.
+SWITCH_MODE_WARNING = "HTTP log/header format not usable with frontend"
 
 
 def haproxy_check(path: Path) -> subprocess.CompletedProcess[str]:
@@ -79,8 +85,14 @@ def test_golden(name: str, tmp_path: Path) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1":
         expected.write_text(text)
     assert text == expected.read_text(), f"{name}: rendering differs from {expected}"
+    # haproxy -c loads the Lua files the config names: stage them in a scratch run dir.
+    run = RunDir(tmp_path / "run")
+    case = GOLDEN / name
+    staging.stage(
+        resolve(load_snapshot(read_snapshot(case / "configmap"), read_env(case))), run.lua
+    )
     candidate = tmp_path / "haproxy.cfg"
-    candidate.write_text(text)
+    candidate.write_text(text.replace(f"{DEFAULT_OPTIONS.run_dir}/", f"{run.root}/"))
     proc = haproxy_check(candidate)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -88,7 +100,9 @@ def test_golden(name: str, tmp_path: Path) -> None:
     warnings = [
         line
         for line in output.splitlines()
-        if "[WARNING]" in line and "server state file" not in line
+        if "[WARNING]" in line
+        and "server state file" not in line
+        and not (config.policy_routes and SWITCH_MODE_WARNING in line)
     ]
     if name == "resolv-conf":
         assert warnings, "libc resolution should have failed offline"
