@@ -88,9 +88,8 @@ def test_golden(name: str, tmp_path: Path) -> None:
     # haproxy -c loads the Lua files the config names: stage them in a scratch run dir.
     run = RunDir(tmp_path / "run")
     case = GOLDEN / name
-    staging.stage(
-        resolve(load_snapshot(read_snapshot(case / "configmap"), read_env(case))), run.lua
-    )
+    config = load_snapshot(read_snapshot(case / "configmap"), read_env(case))
+    staging.stage(resolve(config), run.lua)
     candidate = tmp_path / "haproxy.cfg"
     candidate.write_text(text.replace(f"{DEFAULT_OPTIONS.run_dir}/", f"{run.root}/"))
     proc = haproxy_check(candidate)
