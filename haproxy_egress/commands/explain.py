@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
-from haproxy_egress.config.model import POLICY_MODES, Config, Route
+from haproxy_egress.config.model import Config, Route
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
@@ -140,7 +140,7 @@ def _route_verdict(
     if route.mode == "tls":
         if dest.scheme == "http" or (dest.port is not None and dest.port != route.upstream_port):
             return None
-    elif route.mode not in POLICY_MODES:
+    elif not route.is_policy:
         for d in route.destinations:
             if d.host == dest.host and (dest.port is None or d.port == dest.port):
                 return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
@@ -187,7 +187,7 @@ def explain(
         found = (dest.address,)
     elif addresses:
         found = tuple(netaddr.parse_ip(a) for a in addresses)
-    elif resolve is not None and any(r.mode in POLICY_MODES for r in config.routes):
+    elif resolve is not None and any(r.is_policy for r in config.routes):
         # Only policy rules look at addresses: no query when no policy route could decide.
         found = tuple(resolve(dest.host))
     else:

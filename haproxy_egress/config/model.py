@@ -415,6 +415,11 @@ class Route(RouteSettings):
             raise ValueError("destination_port needs mode: tls")
 
     @property
+    def is_policy(self) -> bool:
+        """A policy route (mode proxy or tls): destinations come from the client, by rule."""
+        return self.mode in POLICY_MODES
+
+    @property
     def named_destinations(self) -> tuple[Endpoint, ...]:
         """Destinations that are DNS names, resolved at runtime into server-template slots."""
         return tuple(d for d in self.destinations if d.ip is None)
@@ -488,12 +493,12 @@ class Config:
     def needs_resolvers(self) -> bool:
         """A `resolvers` section is only emitted when some destination is a DNS name (or a
         policy route resolves names at runtime)."""
-        return any(r.named_destinations or r.mode in POLICY_MODES for r in self.routes)
+        return any(r.named_destinations or r.is_policy for r in self.routes)
 
     @property
     def policy_routes(self) -> tuple[Route, ...]:
         """The proxy and tls routes (issue 7): they share the policy's stick tables."""
-        return tuple(r for r in self.routes if r.mode in POLICY_MODES)
+        return tuple(r for r in self.routes if r.is_policy)
 
     def origin_of(self, route_name: str) -> str:
         """Where a route was defined, for messages."""

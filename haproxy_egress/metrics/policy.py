@@ -18,10 +18,11 @@ from prometheus_client.registry import Collector
 
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.metrics.stats import Query
+from haproxy_egress.render.compiler import TABLES
 
 log = logging.getLogger(__name__)
 
-TABLE = "_egress_policy"
+TABLE = TABLES.policy
 COMMAND = f"show table {TABLE}"
 _ENTRY = re.compile(r"\bkey=([a-z0-9._-]+)/([a-z0-9-]+)/(allow|deny|unresolved)\b.*\bgpc0=(\d+)")
 

@@ -19,6 +19,17 @@ from haproxy_egress.render.resources import template_dir
 from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The stick tables policy routes share (the exporter reads the decision counters)."""
+
+    policy: str = "_egress_policy"  # key ROUTE/RULE/VERDICT, gpc0 = decisions
+    dns: str = "_egress_dns"  # key name, gpt0 = its IPv4 address, for `hold valid`
+
+
+TABLES = Tables()
 HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
 # Policy routes (issue 7): TCP-mode frontends, so the log line is built from variables; it names
 # the destination, the address it resolved to, the rule and the verdict.
@@ -111,6 +122,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["policy_ids"] = rule_indices
     env.globals["guarded"] = [str(n) for n in GUARDED]
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
+    env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
     return env
 
@@ -139,6 +151,9 @@ def render(
         paths=options.run,
         log_stdout=options.log_stdout,
         hard_stop_after=f"{hard_stop}s",
+        # With explicit nameservers the libc resolver (other servers, other answers) is not
+        # consulted at start-up either.
+        init_addr="last,none" if config.resolvers.nameservers else "last,libc,none",
         threads=options.threads,
         hooks=hooks,
         lua_files=lua_files,

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,8 @@ def describe_exit(status: int) -> str:
 
 @dataclass
 class Backoff:
-    """Exponential restart delay, capped; too many failures in a window means give up."""
+    """Restart delays: the first crash restarts at once, repeated ones back off exponentially
+    (capped); too many failures in a window means give up."""
 
     initial: float = 0.5
     cap: float = 30.0
@@ -54,9 +55,12 @@ class Backoff:
     def failed(self, now: float, ran_for: float) -> float:
         """Record a failure; return the delay before the next start."""
         if ran_for >= self.stable_after:
-            self.delay = 0.0
+            self.failures = []
         self.failures = [t for t in self.failures if now - t < self.window] + [now]
-        self.delay = self.initial if self.delay == 0 else min(self.cap, self.delay * 2)
+        # A single crash (an OOM kill, a bug hit once) is served again at once: every second
+        # of back-off is a second of outage. Only a crash loop waits, 0.5 s doubling.
+        repeated = len(self.failures) - 1
+        self.delay = 0.0 if repeated == 0 else min(self.cap, self.initial * 2 ** (repeated - 1))
         return self.delay
 
     def exhausted(self) -> bool:
@@ -64,18 +68,42 @@ class Backoff:
         return len(self.failures) >= self.max_failures
 
 
+def _always() -> bool:
+    return True
+
+
 @dataclass
 class Child:
-    """One supervised process. The supervisor reaps it; this object never calls wait()."""
+    """One supervised process and all of its state: its life stage, its readiness probe and
+    when it is due to restart. The supervisor reaps it; this object never calls wait()."""
 
     name: str
     argv: Sequence[str]
+    # Ready to serve (socklog's socket exists, haproxy answers on its stats socket).
+    probe: Callable[[], bool] = _always
+    # Run just before each start (e.g. remove a stale socket the probe would mistake).
+    before_start: Callable[[], None] | None = None
     state: ChildState = ChildState.EXITED
     pid: int | None = None
     started_at: float = 0.0
     next_start: float = 0.0
     restarts: int = 0
     backoff: Backoff = field(default_factory=Backoff)
+
+    def ready(self) -> bool:
+        """RUNNING and alive: what it served may be claimed (a zombie serves nothing)."""
+        return self.state is ChildState.RUNNING and self.running()
+
+    def restart_due(self, now: float) -> bool:
+        """Dead and its back-off delay is over."""
+        return self.state is ChildState.BACKOFF and now >= self.next_start
+
+    def came_up(self) -> bool:
+        """STARTING and the probe now passes: mark it RUNNING; True once, at that moment."""
+        if self.state is ChildState.STARTING and self.probe():
+            self.state = ChildState.RUNNING
+            return True
+        return False
 
     def spawn(self) -> int:
         """Start the process; the caller marks it RUNNING once it is ready.
@@ -84,6 +112,8 @@ class Child:
         own waitpid(-1) loop (it is PID 1), and a Popen object would race it for the status.
         stdout and stderr are inherited: they are the pod log.
         """
+        if self.before_start is not None:
+            self.before_start()
         self.pid = os.posix_spawnp(
             self.argv[0],
             list(self.argv),

@@ -16,8 +16,6 @@ import queue
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from haproxy_egress import __version__
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
@@ -27,7 +25,7 @@ from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
-from haproxy_egress.runtime.reload import Compiled, ReloadFailed, install, transaction
+from haproxy_egress.runtime.reload import Compiled, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
 from haproxy_egress.settings import LogSink, Settings
 
@@ -39,23 +37,15 @@ HARD_KILL_AFTER = 3.0  # after a hard stop (SIGTERM to haproxy), SIGKILL straggl
 
 
 class State(enum.Enum):
-    """The supervisor's own state."""
+    """The supervisor's own life; each child keeps its own `ChildState`."""
 
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"  # haproxy died; waiting to restart it
-    STOPPING = "stopping"
+    STARTING = "starting"  # children being started for the first time
+    RUNNING = "running"  # serving events (a child may be restarting meanwhile)
+    STOPPING = "stopping"  # draining, then stopping the children in order
     EXITED = "exited"
 
 
-@dataclass(frozen=True)
-class ReloadRequested:
-    """SIGHUP / SIGUSR2: re-read the configuration now."""
-
-    reason: str
-
-
-Event = signal.Signals | ConfigChanged | ReloadRequested
+Event = signal.Signals | ConfigChanged
 
 
 class Supervisor:
@@ -68,7 +58,6 @@ class Supervisor:
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.state = State.STARTING
         self.exit_code = ExitCode.OK
-        self.ready = False
         self.start_time = time.time()
         self.reloads_total = 0
         self.reload_failures_total = 0
@@ -78,16 +67,23 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
+        run = settings.run
         self.haproxy = Child(
             "haproxy",
-            haproxy.master_argv(
-                settings.haproxy_bin, settings.run.config, settings.run.master_socket
-            ),
+            haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
+            probe=self._haproxy_answers,
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
-            argv = [settings.socklog_bin, "unix", str(settings.run.log_socket)]
-            self.socklog = Child("socklog", argv)
+            self.socklog = Child(
+                "socklog",
+                [settings.socklog_bin, "unix", str(run.log_socket)],
+                probe=run.log_socket.exists,
+                # A socket left by the previous socklog would pass the probe at once.
+                before_start=lambda: run.log_socket.unlink(missing_ok=True),
+            )
+        # In start order: logs must flow before haproxy has anything to say.
+        self.children = [c for c in (self.socklog, self.haproxy) if c is not None]
         self.watcher = Watcher(
             settings.config_dir,
             self.inbox.put_nowait,
@@ -96,9 +92,7 @@ class Supervisor:
             poll=settings.poll_seconds,
         )
         exporter_options = ExporterOptions.from_settings(settings)
-        stats = haproxy.CliSocket(
-            settings.run.stats_socket, timeout=exporter_options.scrape_timeout
-        )
+        stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
         self.metrics = MetricsServer(
             settings.metrics_address,
             settings.metrics_port,
@@ -113,18 +107,16 @@ class Supervisor:
         """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
-            # Checked live as well: between haproxy's death and the loop reaping it, the
-            # flag still says ready while its listeners are already gone.
-            ready=self.ready and self.haproxy.running(),
+            # haproxy.ready() checks the process too: between its death and the loop reaping
+            # it, its state still says RUNNING while its listeners are already gone.
+            ready=self.state is State.RUNNING and self.haproxy.ready(),
             reloads_total=self.reloads_total,
             reload_failures_total=self.reload_failures_total,
             last_reload_successful=self.last_reload_successful,
             last_reload_success_timestamp=self.last_reload_success_timestamp,
             config_digest=self.current.text_digest,
             config_routes=len(self.current.config.routes),
-            child_restarts={
-                c.name: c.restarts for c in (self.haproxy, self.socklog) if c is not None
-            },
+            child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
         )
 
@@ -149,31 +141,24 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, enqueue)
 
-    def _wait_until(self, what: str, ready: Callable[[], bool], child: Child) -> None:
+    def _start_and_wait(self, child: Child) -> None:
+        """Start a child at start-up and wait for its probe; EgressError if it never comes up."""
+        child.spawn()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
-            if ready():
+            if child.came_up():
                 return
             self._reap()
             if child.pid is None:
                 raise EgressError(f"{child.name} exited during start-up; see its log above")
             time.sleep(0.02)
-        raise EgressError(f"{what} did not appear within {STARTUP_TIMEOUT:.0f}s")
+        raise EgressError(f"{child.name} was not ready within {STARTUP_TIMEOUT:.0f}s")
 
-    def _start_socklog(self) -> None:
-        assert self.socklog is not None
-        self.settings.run.log_socket.unlink(missing_ok=True)
-        self.socklog.spawn()
-
-    def _socklog_ready(self) -> bool:
-        return self.settings.run.log_socket.exists()
-
-    def _haproxy_ready(self) -> bool:
+    def _haproxy_answers(self) -> bool:
         """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
         try:
-            info = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0).command(
-                "show info"
-            )
+            stats = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0)
+            info = stats.command("show info")
         except EgressError:
             return False
         return "Pid:" in info
@@ -193,18 +178,15 @@ class Supervisor:
             self.metrics.port,
         )
         try:
-            if self.socklog is not None:
-                self._start_socklog()
-                self._wait_until("socklog socket", self._socklog_ready, self.socklog)
-                self.socklog.state = ChildState.RUNNING
-            self.haproxy.spawn()
-            self._wait_until("haproxy stats socket", self._haproxy_ready, self.haproxy)
+            for child in self.children:
+                self._start_and_wait(child)
         except EgressError as exc:
             log.error("start-up failed: %s", exc)
             self._kill_all()
             self.metrics.stop()
             return int(ExitCode.HAPROXY)
-        self._mark_running()
+        self.state = State.RUNNING
+        self._haproxy_came_up()
         self.watcher.start()
         try:
             while self.state is not State.EXITED:
@@ -222,44 +204,50 @@ class Supervisor:
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
         return int(self.exit_code)
 
-    def _mark_running(self) -> None:
-        self.haproxy.state = ChildState.RUNNING
-        self.state = State.RUNNING
-        self.ready = True
-        log.info(
-            "ready: haproxy (pid:%s) serves %d route(s)",
-            self.haproxy.pid,
-            len(self.current.config.routes),
-        )
-
     # --- the loop ------------------------------------------------------------------------
 
     def _tick_seconds(self) -> float:
-        if self.state in (State.STOPPING, State.BACKOFF, State.STARTING):
-            return 0.05
-        return 1.0
+        busy = self.state is State.STOPPING or any(
+            c.state in (ChildState.STARTING, ChildState.BACKOFF) for c in self.children
+        )
+        return 0.05 if busy else 1.0
 
     def _dispatch(self, event: Event) -> None:
+        """Hand an event to its `handle_<name>` method."""
         if isinstance(event, ConfigChanged):
             self.handle_config_changed(event)
-        elif isinstance(event, ReloadRequested):
-            self.handle_reload(event.reason, force=True)
-        elif event in (signal.SIGTERM, signal.SIGINT):
-            self.handle_stop(event)
-        elif event in (signal.SIGHUP, signal.SIGUSR2):
-            self.handle_reload(f"{event.name} received", force=True)
-        # SIGCHLD only wakes the loop; _reap() already ran.
+        else:
+            getattr(self, f"handle_{event.name.lower()}")()
 
     def handle_config_changed(self, event: ConfigChanged) -> None:
         """Watcher: the config directory has new content; reload if it compiles."""
         log.info("config directory changed (digest %s)", event.digest[:12])
-        self.handle_reload("config directory changed", force=False)
+        self._reload("config directory changed", force=False)
 
-    def handle_reload(self, reason: str, force: bool) -> None:
-        """SIGHUP/SIGUSR2/watcher: run the reload transaction; failures keep the old config."""
+    def handle_sighup(self) -> None:
+        """SIGHUP: re-read the configuration now, even if the directory looks unchanged."""
+        self._reload("SIGHUP received", force=True)
+
+    def handle_sigusr2(self) -> None:
+        """SIGUSR2: the same as SIGHUP (haproxy's own reload signal, for habit's sake)."""
+        self._reload("SIGUSR2 received", force=True)
+
+    def handle_sigterm(self) -> None:
+        """SIGTERM (the kubelet stopping the pod): drain; a second one stops hard at once."""
+        self._stop(signal.SIGTERM)
+
+    def handle_sigint(self) -> None:
+        """SIGINT (Ctrl-C): the same as SIGTERM."""
+        self._stop(signal.SIGINT)
+
+    def handle_sigchld(self) -> None:
+        """SIGCHLD: only wakes the loop; the reaper has already run."""
+
+    def _reload(self, reason: str, force: bool) -> None:
+        """Run the reload transaction; a failure keeps the running config and says why."""
         if self.state is State.STOPPING:
             return
-        if self.state is not State.RUNNING:
+        if not self.haproxy.ready():
             self.pending_reload = True  # haproxy is restarting; reload once it is back
             return
         started = time.monotonic()
@@ -301,14 +289,12 @@ class Supervisor:
             time.monotonic() - started,
         )
 
-    def handle_stop(self, sig: signal.Signals) -> None:
-        """SIGTERM/SIGINT: drain gracefully; a second one stops hard at once."""
+    def _stop(self, sig: signal.Signals) -> None:
         if self.state is State.STOPPING:
             log.warning("%s again: stopping hard now", sig.name)
             self._hard_stop()
             return
         self.state = State.STOPPING
-        self.ready = False
         self.watcher.stop()
         self._stop_deadline = time.monotonic() + self.settings.drain_seconds
         if self.haproxy.pid is None:
@@ -337,23 +323,25 @@ class Supervisor:
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
-        if self.haproxy.state is ChildState.BACKOFF and now >= self.haproxy.next_start:
-            self.haproxy.restarts += 1
-            self.haproxy.spawn()
-            self.state = State.STARTING
-        elif self.haproxy.state is ChildState.STARTING and self._haproxy_ready():
-            self._mark_running()
-            if self.pending_reload:
-                self.pending_reload = False
-                self.handle_reload("deferred while haproxy restarted", force=True)
-        sl = self.socklog
-        if sl is not None:
-            if sl.state is ChildState.BACKOFF and now >= sl.next_start:
-                sl.restarts += 1
-                self._start_socklog()
-            elif sl.state is ChildState.STARTING and self._socklog_ready():
-                sl.state = ChildState.RUNNING
-                log.info("socklog (pid:%s) is back; logs flow again", sl.pid)
+        for child in self.children:
+            if child.restart_due(now):
+                child.restarts += 1
+                child.spawn()
+            elif child.came_up():
+                if child is self.haproxy:
+                    self._haproxy_came_up()
+                else:
+                    log.info("%s (pid:%s) is back; logs flow again", child.name, child.pid)
+
+    def _haproxy_came_up(self) -> None:
+        log.info(
+            "ready: haproxy (pid:%s) serves %d route(s)",
+            self.haproxy.pid,
+            len(self.current.config.routes),
+        )
+        if self.pending_reload:
+            self.pending_reload = False
+            self._reload("deferred while haproxy restarted", force=True)
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:
@@ -378,9 +366,8 @@ class Supervisor:
         self.state = State.EXITED
 
     def _kill_all(self) -> None:
-        for child in (self.haproxy, self.socklog):
-            if child is not None:
-                child.signal(signal.SIGKILL)
+        for child in self.children:
+            child.signal(signal.SIGKILL)
         # haproxy's workers are the master's children; if the master is gone they are ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             pid_file = self.settings.run.pid_file
@@ -401,8 +388,8 @@ class Supervisor:
             if pid == 0:
                 return
             now = time.monotonic()
-            for child in (self.haproxy, self.socklog):
-                if child is not None and child.pid == pid:
+            for child in self.children:
+                if child.pid == pid:
                     self._child_exited(child, status, now)
                     break
             else:
@@ -414,9 +401,6 @@ class Supervisor:
         (log.info if expected else log.error)("%s", text)
         if expected:
             return
-        if child is self.haproxy:
-            self.ready = False
-            self.state = State.BACKOFF
         if child.backoff.exhausted():
             log.error(
                 "%s failed %d times within %.0fs: giving up so the kubelet restarts the pod",
@@ -425,7 +409,6 @@ class Supervisor:
                 child.backoff.window,
             )
             self.state = State.STOPPING
-            self.ready = False
             self._hard_stop()
             self.exit_code = ExitCode.CRASHLOOP
 
@@ -439,4 +422,4 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-__all__ = ["ReloadFailed", "ReloadRequested", "State", "Supervisor"]
+__all__ = ["Event", "State", "Supervisor"]

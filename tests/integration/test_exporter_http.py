@@ -28,6 +28,8 @@ from haproxy_egress.metrics.stats import read_snapshot
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import CliSocket
 from tests.support import DnsServer, HaproxyProcess, HttpOrigin, free_port, http_get, wait_for
 
@@ -491,7 +493,7 @@ def test_policy_decisions_are_counted_per_rule(run_dir: Path, dns: DnsServer) ->
         ],
     }
     snapshot = Snapshot(run_dir, (("routes.yaml", yaml.safe_dump(doc).encode()),))
-    hooks.stage(hooks.resolve(load_snapshot(snapshot, {})), run_dir)  # connect.lua
+    staging.stage(hooks.resolve(load_snapshot(snapshot, {})), RunDir(run_dir).lua)  # connect.lua
     with running_haproxy(run_dir, doc) as sock, serving(sock) as server:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(b"GET http://denied.test/ HTTP/1.1\r\nHost: denied.test\r\n\r\n")
