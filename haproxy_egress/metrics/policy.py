@@ -1,4 +1,4 @@
-"""Policy decision counters (issue 7): `show table _egress_policy` → Prometheus families.
+"""Policy decision counters: `show table _egress_policy` → Prometheus families.
 
 haproxy counts each decision of a proxy/tls route in the stick table `_egress_policy`, keyed
 `ROUTE/RULE/VERDICT` (RULE: 1-based rule index, `default`, `guard` or `no-sni`; VERDICT:

@@ -31,7 +31,7 @@ class Tables:
 
 TABLES = Tables()
 HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
-# Policy routes (issue 7): TCP-mode frontends, so the log line is built from variables; it names
+# Policy routes: TCP-mode frontends, so the log line is built from variables; it names
 # the destination, the address it resolved to, the rule and the verdict.
 POLICY_LOG_FORMAT = (
     "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
@@ -39,7 +39,7 @@ POLICY_LOG_FORMAT = (
     " addr=%[var(txn.dstip)] rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]"
 )
 
-# The audit hook (issue 8, docs/lua.md): the route's log line is one JSON object. haproxy builds
+# The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
 # it natively; Lua runs only as two converters (a string in, a string out), because a Lua sample
 # fetch builds a Lua TXN object per call and cost 40% of an HTTP route's request rate. Every
 # sample sits in quotes: `%{+Q}` writes "" where haproxy would print a bare "-" (no server was
@@ -118,7 +118,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
     env.globals["server_options"] = _server_options
-    # policy routes (issue 7): templates/policy.cfg.j2
+    # policy routes: templates/policy.cfg.j2
     env.globals["policy_ids"] = rule_indices
     env.globals["guarded"] = [str(n) for n in GUARDED]
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT

@@ -449,7 +449,7 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("no IPv6 loopback on this host")
+        pytest.fail("no IPv6 loopback on this host: the router must serve ::1 too")
     with serving(tmp_path / "x.sock", address="::1") as server:
         assert get(server.port, "/healthz", host="::1").status == 200
 

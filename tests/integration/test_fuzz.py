@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress.commands.explain import explain
@@ -46,6 +46,7 @@ from haproxy_egress.render.compiler import render
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS, Settings
+from tests.conftest import QUIET
 from tests.figures import record
 from tests.integration.test_injection import (
     BASE_DOC,
@@ -61,14 +62,7 @@ from tests.integration.test_injection import (
     strings,
 )
 
-_QUIET = [
-    HealthCheck.too_slow,
-    HealthCheck.filter_too_much,
-    HealthCheck.data_too_large,
-    HealthCheck.large_base_example,
-]
-# HYPOTHESIS_PROFILE=nightly also serves tests/integration/test_injection.py (same variable).
-settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=_QUIET)
+# HYPOTHESIS_PROFILE=nightly (registered in tests/conftest.py) also scales these budgets.
 NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
 SCALE = int(os.environ.get("FUZZ_SCALE", "20" if NIGHTLY else "1"))
 
@@ -76,7 +70,7 @@ SCALE = int(os.environ.get("FUZZ_SCALE", "20" if NIGHTLY else "1"))
 def budget(cases: int) -> settings:
     """The settings of one fuzz test: `cases` examples in CI, SCALE times more at night."""
     return settings(
-        max_examples=cases * SCALE, deadline=None, database=None, suppress_health_check=_QUIET
+        max_examples=cases * SCALE, deadline=None, database=None, suppress_health_check=QUIET
     )
 
 
@@ -149,7 +143,7 @@ def snapshot_of(*files: tuple[str, bytes]) -> Snapshot:
 # --- YAML documents: any value of any type at any place -----------------------------------
 
 # Field names the model knows, so generated mappings often hit real keys with wrong values.
-# Policy and hook fields (issues 7 and 8) render extra directives by design: they get their
+# Policy and hook fields render extra directives by design: they get their
 # own surfaces once those land, and stay out of this one.
 EXTENSIONS = {"hooks", "policy", "destination_port"}
 FIELD_NAMES = sorted(
@@ -619,7 +613,7 @@ def test_control_character_message_is_one_line() -> None:
     assert problem.line == 2
 
 
-# --- policy rules, hook arguments, the explain argument (issues 7 and 8) ------------------------
+# --- policy rules, hook arguments, the explain argument ------------------------
 #
 # These render directives test_injection's exact layout does not know (policy ACLs, Lua loads,
 # set-var lines), so an accepted case is held to the vocabulary of reference renderings of the

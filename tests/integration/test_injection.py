@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress.config.model import Config
@@ -36,16 +36,7 @@ from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS
 from tests.support import HAPROXY
 
-settings.register_profile(
-    "ci",
-    max_examples=int(os.environ.get("INJECTION_EXAMPLES", "40")),
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "dev", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+# The profiles are registered in tests/conftest.py.
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 NAMESERVER = "127.0.0.1:53"
@@ -404,7 +395,7 @@ def test_configmap_key_names() -> None:
     run()
 
 
-# --- Lua hooks (issue 8): names, phases and arguments reach haproxy.cfg only in these shapes -
+# --- Lua hooks: names, phases and arguments reach haproxy.cfg only in these shapes -
 
 HOOK_LINES = [
     re.compile(r"^    lua-load-per-thread /[^\s#]*/lua/[0-9a-f]{64}\.lua$"),

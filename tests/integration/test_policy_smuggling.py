@@ -1,4 +1,4 @@
-"""The policy proxy's own attack surface (issue 10): request smuggling basics and CONNECT to
+"""The policy proxy's own attack surface: request smuggling basics and CONNECT to
 ports the policy does not allow, through a supervised router. Every "refused" case is also
 checked at the origin: nothing ambiguous, and nothing at all for a refusal, arrives there."""
 

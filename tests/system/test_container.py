@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import requests
+import testcontainers.core.config as tc_config
+import testcontainers.core.container as tc_container
+import testcontainers.core.image as tc_image
 import yaml
 
 from haproxy_egress.errors import ExitCode
@@ -38,11 +42,6 @@ from tests.support import (
     http_get,
     wait_for,
 )
-
-docker = pytest.importorskip("docker")
-tc_config = pytest.importorskip("testcontainers.core.config")
-tc_container = pytest.importorskip("testcontainers.core.container")
-tc_image = pytest.importorskip("testcontainers.core.image")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -79,10 +78,11 @@ def _engine_answers() -> str | None:
 
 
 def _engine() -> Any:
-    """A client of the local Docker engine, or a skip saying why there is none."""
+    """A client of the local Docker engine; a failure saying why there is none (./dev.sh test
+    starts dockerd: a missing engine is a broken set-up, never a reason to skip)."""
     why = _engine_answers()
     if why is not None:
-        pytest.skip(f"no Docker engine answers ({why})")
+        pytest.fail(f"no Docker engine answers ({why}); run the tests through ./dev.sh test")
     return docker.from_env(timeout=10)
 
 
@@ -639,7 +639,9 @@ def test_a_cpu_limit_sets_haproxys_threads(
     """haproxy counts the CPUs it may run on, not the CFS quota; the router renders nbthread
     from the limit, so a 1-CPU pod runs one thread whatever the node's size."""
     if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 CPUs to tell a limit from the machine")
+        pytest.fail(
+            "needs 2 CPUs to tell a limit from the machine (this project's machines have 2)"
+        )
     volume.write({"routes.yaml": _routes()})
     route_port = free_port()
     env = _seed_env(route_port, origin)

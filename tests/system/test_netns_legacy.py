@@ -38,7 +38,7 @@ _why_not = available()
 def bed(tmp_path: Path) -> Iterator[TestBed]:
     """A fresh client → router → external bed, torn down with everything it started."""
     if _why_not:
-        pytest.skip(_why_not)
+        pytest.fail(f"{_why_not} (the tests run as root through ./dev.sh test)")
     with TestBed(tmp_path) as testbed:
         yield testbed
 

@@ -63,7 +63,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     if _why_not:
-        pytest.skip(_why_not)
+        pytest.fail(f"{_why_not} (the tests run as root through ./dev.sh test)")
     started: list[CountingOrigin] = []
     with TestBed(tmp_path) as bed:
         add_ipv6(bed)

@@ -79,7 +79,7 @@ def corpus() -> list[tuple[str, str, int]]:
 def bed(tmp_path: Path) -> Iterator[TestBed]:
     why = available()
     if why:
-        pytest.skip(why)
+        pytest.fail(f"{why} (the tests run as root through ./dev.sh test)")
     with TestBed(tmp_path) as testbed:
         yield testbed
 

@@ -38,7 +38,7 @@ def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
     frags.append(read_seed_env(env))
     # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
     frags.extend(read_legacy(dict(snapshot.files), env))
-    frags.extend(read_http_proxy(dict(snapshot.files), env))  # issue 7: the policy proxy
+    frags.extend(read_http_proxy(dict(snapshot.files), env))  # the policy proxy
     frags.extend(Fragment(source=p.source, problems=[p]) for p in snapshot.problems)
     return frags
 
