@@ -19,7 +19,9 @@ from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config.model import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
+from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.runtime import preflight
 from haproxy_egress.runtime.cpus import default_threads
 from haproxy_egress.runtime.reload import check_compiled, compile_current
 from haproxy_egress.runtime.supervisor import Supervisor
@@ -60,11 +62,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Compile and run `haproxy -c` on the result."""
+    """Compile and run `haproxy -c` on the result; validate every setting `run` reads."""
+    settings = _settings(args)
+    preflight.check_tools(settings)
+    ExporterOptions.from_settings(settings)
     # Everything (candidate, staged Lua hook files) goes to a scratch run dir: `check` must
     # work anywhere, and never touch a running router's files.
     with tempfile.TemporaryDirectory(prefix="haproxy-egress-check.") as tmp:
-        settings = dataclasses.replace(_settings(args), run_dir=Path(tmp))
+        settings = dataclasses.replace(settings, run_dir=Path(tmp))
         compiled = compile_current(settings, render_options(settings))
         warnings = check_compiled(settings, compiled)
     config = compiled.config
@@ -79,9 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The container ENTRYPOINT: compile, check, then supervise haproxy and socklog as PID 1."""
     settings = _settings(args)
     logsetup.configure(settings.log_format, args.debug)
+    preflight.check_run(settings)
     options = render_options(settings)
     compiled = compile_current(settings, options)  # the only place a bad config is fatal
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
     check_compiled(settings, compiled)  # a broken Lua hook is named by key and route
     return Supervisor(settings, options, compiled).run()
 
@@ -235,6 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except OSError as exc:
+        # A file operation the checks above did not foresee: still one line, never a trace.
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"Error: {exc.strerror or exc}{where} (as {preflight.whoami()})", file=sys.stderr)
+        return int(ExitCode.CONFIG)
     except KeyboardInterrupt:
         return 130
 

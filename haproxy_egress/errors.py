@@ -67,6 +67,13 @@ class HaproxyCheckError(EgressError):
         super().__init__("haproxy rejected the configuration:\n  " + "\n  ".join(alerts))
 
 
+class SetupError(EgressError):
+    """The pod around the router is not usable (a run dir it cannot write, a binary that is
+    missing): nothing was started. The message names the path, who we run as, and the fix."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class LookupFailed(EgressError):
     """A DNS lookup `explain` needed got no answer (timeout, SERVFAIL): neither allowed nor
     denied can be said, so it exits like a usage error, never 0 or 1."""

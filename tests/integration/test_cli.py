@@ -154,11 +154,16 @@ def test_check_explicit_config_dir_missing_is_an_error(tmp_path: Path) -> None:
     assert f"{tmp_path / 'absent'}: directory does not exist" in proc.stderr
 
 
-def test_check_without_haproxy_exit_3(good_dir: Path) -> None:
+def test_check_without_haproxy_exit_2_naming_the_setting(good_dir: Path) -> None:
+    """A missing binary is a set-up problem (exit 2) with the variable that names it."""
     env = {"EGRESS_CONFIG_DIR": str(good_dir), "EGRESS_HAPROXY_BIN": "/nonexistent/haproxy"}
     proc = run(["check"], env)
-    assert proc.returncode == 3
-    assert proc.stderr == "Error: haproxy binary not found: '/nonexistent/haproxy'\n"
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(
+        "Error: haproxy not found: EGRESS_HAPROXY_BIN='/nonexistent/haproxy' is not an "
+        "executable on PATH"
+    )
+    assert proc.stderr.count("\n") == 1
     debug = run(["--debug", "check"], env)
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr
