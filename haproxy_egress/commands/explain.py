@@ -9,7 +9,6 @@ nothing is looked up.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -37,10 +36,7 @@ class Destination:
     @property
     def address(self) -> netaddr.IPAddress | None:
         """The host when it is an IP literal."""
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
+        return netaddr.ip_or_none(self.host)
 
 
 @dataclass(frozen=True)

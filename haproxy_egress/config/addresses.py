@@ -41,6 +41,14 @@ def _refuse_zone(text: str) -> None:
         raise ValueError(f"IPv6 zone ids ('%...') are not supported: {text!r}")
 
 
+def ip_or_none(text: str) -> IPAddress | None:
+    """`text` as an IP address when it is an IP literal, else None (a name to resolve)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def parse_ip(text: str) -> IPAddress:
     """An IPv4 or IPv6 literal (no brackets, no zone); ValueError names the bad text."""
     _refuse_zone(text)

@@ -90,10 +90,7 @@ class Endpoint(Frozen):
     @property
     def ip(self) -> netaddr.IPAddress | None:
         """The address when the host is an IP literal, else None (a name to resolve)."""
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
+        return netaddr.ip_or_none(self.host)
 
     @property
     def hostport(self) -> str:

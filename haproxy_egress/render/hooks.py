@@ -362,18 +362,15 @@ def explain_check(output: str, hooks: HookSet) -> list[Problem]:
             errors.setdefault(lua.key, (f"Lua error: {m.group(2).strip()}", None))
         elif (m := _NOT_REGISTERED.search(line)) is not None and m.group(2) in by_name:
             name = m.group(2)
-            missing.setdefault(
-                by_name[name].key,
-                f"does not register the action {name!r} for {m.group(1)} "
-                f"(core.register_action({name!r}, ...))",
-            )
+            what = f"action {name!r} for {m.group(1)} (core.register_action({name!r}, ...))"
+            missing.setdefault(by_name[name].key, f"does not register the {what}")
         elif (m := _NO_SERVICE.search(line)) is not None and m.group(1) in by_name:
             name = m.group(1)
-            missing.setdefault(
-                by_name[name].key,
-                f"does not register the service {name!r} for this route's mode "
-                f"(core.register_service({name!r}, 'http' or 'tcp', ...))",
+            what = (
+                f"service {name!r} for this route's mode "
+                f"(core.register_service({name!r}, 'http' or 'tcp', ...))"
             )
+            missing.setdefault(by_name[name].key, f"does not register the {what}")
     problems = []
     labels = {f.key: f.label for f in hooks.files}
     for key, (message, line_no) in errors.items():

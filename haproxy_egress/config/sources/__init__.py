@@ -8,6 +8,7 @@ from typing import Any
 
 from haproxy_egress.config.model import (
     Config,
+    Frozen,
     Listen,
     Located,
     ProblemList,
@@ -89,34 +90,36 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
     return Located(route, raw.source, raw.path, raw.line)
 
 
+def _each_section_valid(
+    frags: list[Fragment], name: str, model: type[Frozen], problems: list[Problem]
+) -> bool:
+    """Validate each key's `defaults` or `resolvers` section on its own, before they are
+    merged, so a bad value is reported with its file and line; False if any was bad."""
+    ok = True
+    for frag in frags:
+        section = getattr(frag, name)
+        if not section:
+            continue
+        lines = frag.defaults_lines if name == "defaults" else frag.lines
+        try:
+            validate(model, section, frag.source, name)
+        except ProblemList as exc:
+            problems += [
+                Problem(p.source, p.path, p.message, lines.get(p.path)) for p in exc.problems
+            ]
+            ok = False
+    return ok
+
+
 def build_config(frags: list[Fragment], reserved: Mapping[str, Listen]) -> Config:
     """Merge fragments into one Config, or raise ConfigError listing every problem."""
     problems = [p for f in frags for p in f.problems]
     defaults = _merge_section(frags, "defaults", problems)
-    for frag in frags:
-        if frag.defaults:
-            try:
-                validate(RouteSettings, frag.defaults, frag.source, "defaults")
-            except ProblemList as exc:
-                problems += [
-                    Problem(p.source, p.path, p.message, frag.defaults_lines.get(p.path))
-                    for p in exc.problems
-                ]
-                defaults = {}
+    if not _each_section_valid(frags, "defaults", RouteSettings, problems):
+        defaults = {}
     resolvers = Resolvers()
     raw_resolvers = _merge_section(frags, "resolvers", problems)
-    resolvers_ok = True
-    for frag in frags:
-        # Each key's section on its own first, so a bad value is reported with its file and line.
-        if frag.resolvers:
-            try:
-                validate(Resolvers, frag.resolvers, frag.source, "resolvers")
-            except ProblemList as exc:
-                problems += [
-                    Problem(p.source, p.path, p.message, frag.lines.get(p.path))
-                    for p in exc.problems
-                ]
-                resolvers_ok = False
+    resolvers_ok = _each_section_valid(frags, "resolvers", Resolvers, problems)
     if raw_resolvers and resolvers_ok:
         try:
             resolvers = validate(Resolvers, raw_resolvers, "resolvers", "resolvers")
