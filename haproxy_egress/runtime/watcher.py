@@ -53,9 +53,10 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching and wait briefly for the thread."""
+        """Stop watching and wait briefly for the thread (a no-op if it never started)."""
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
