@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.router import Router
 from tests.support import DnsServer, EchoOrigin, HttpOrigin
 
 # Hypothesis profiles, registered once for every test module: `ci` (the default, bounded),
@@ -29,6 +30,15 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=QUIET)
 settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=QUIET)
+
+
+@pytest.fixture
+def routers() -> Iterator[list[Router]]:
+    """Routers a test starts (append them); each is stopped, by its pid, afterwards."""
+    started: list[Router] = []
+    yield started
+    for r in started:
+        r.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from tests.support import HttpOrigin, free_port, port_open, wait_for
 
 NOBODY = 65534
 PASSWORD = "Zq7-unguessable-Pw"
-
-
-@pytest.fixture
-def routers() -> Iterator[list[Router]]:
-    started: list[Router] = []
-    yield started
-    for r in started:
-        r.stop()
 
 
 def _seed(tmp_path: Path, origin: HttpOrigin, **env: str) -> Router:

@@ -102,14 +102,6 @@ def volume(tmp_path: Path) -> ConfigMapVolume:
     return ConfigMapVolume(tmp_path / "configmap")
 
 
-@pytest.fixture
-def routers() -> Iterator[list[Router]]:
-    started: list[Router] = []
-    yield started
-    for r in started:
-        r.stop()
-
-
 def _socklog_pid(router: Router) -> int:
     lines = [ln for ln in router.stderr().splitlines() if "socklog started (pid:" in ln]
     return int(lines[-1].split("pid:")[1].split(")")[0])
