@@ -84,7 +84,11 @@ class Router:
                 stderr=err,
             )
         if wait_ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # a router that never became ready must not outlive the test
+                raise
         return self
 
     def url(self, path: str) -> str:
