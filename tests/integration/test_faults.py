@@ -584,7 +584,7 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
     volume.write({"routes.yaml": text})
     router = Router(tmp_path / "router", config_dir=volume.directory)
     started = time.monotonic()
-    routers.append(router.start())
+    routers.append(router.start(wait_ready=False))
     router.wait_ready(timeout=300)
     start_s = time.monotonic() - started
     for i in (0, N_ROUTES // 2, N_ROUTES - 1):
@@ -620,14 +620,24 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
     )
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_many_addresses_on_one_port_load_in_linear_time() -> None:
-    lines = ["routes:"] + [
-        f"  - {{name: r{i}, listen: '127.1.{i // 250}.{i % 250 + 1}:8080', "
-        f"destinations: ['198.18.0.1:80']}}"
-        for i in range(1000)
-    ]
-    data = ("\n".join(lines) + "\n").encode()
-    started = time.monotonic()
-    load_snapshot(Snapshot(Path("/cfg"), (("routes.yaml", data),)), {})
-    assert time.monotonic() - started < 1.0
+    """Routes sharing a port on many addresses once validated in O(n²). A ratio, not a time:
+    4x the routes must cost well under the 16x a quadratic check would (linear is 4x)."""
+
+    def load_time(n: int) -> float:
+        lines = ["routes:"] + [
+            f"  - {{name: r{i}, listen: '127.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}:8080', "
+            f"destinations: ['198.18.0.1:80']}}"
+            for i in range(n)
+        ]
+        data = ("\n".join(lines) + "\n").encode()
+        best = float("inf")
+        for _ in range(3):  # the best of three: the machine is shared
+            started = time.perf_counter()
+            load_snapshot(Snapshot(Path("/cfg"), (("routes.yaml", data),)), {})
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    ratio = load_time(2000) / load_time(500)
+    assert ratio < 9, f"4x the routes took {ratio:.1f}x as long: not linear"
