@@ -307,7 +307,9 @@ def _tls(doc: _Doc, raw: object, base: Path) -> TlsServerConfig | None:
             "client CAs are configured without a client auth policy "
             "(set client_auth_type: RequireAndVerifyClientCert)",
         )
-    if auth != "none" and not has_ca:
+    if auth == "required" and not has_ca:
+        # The toolkit too refuses this one; VerifyClientCertIfGiven without a CA verifies
+        # against the system's CA store, as Go does.
         doc.problem(
             (*loc, "client_auth_type"),
             f"{auth_name} needs client_ca_file (or client_ca): the CA that signs the scrapers' "
@@ -322,12 +324,12 @@ def _tls(doc: _Doc, raw: object, base: Path) -> TlsServerConfig | None:
         )
 
     versions = {}
-    for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        name = doc.string(section, loc, key) or default
+    for field_name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        name = doc.string(section, loc, field_name) or default
         if name not in TLS_VERSIONS:
-            doc.problem((*loc, key), f"unknown TLS version {name!r} (one of TLS10..TLS13)")
+            doc.problem((*loc, field_name), f"unknown TLS version {name!r} (one of TLS10..TLS13)")
             name = default
-        versions[key] = name
+        versions[field_name] = name
     if versions["max_version"] in ("TLS10", "TLS11"):
         doc.problem(
             (*loc, "max_version"),

@@ -88,15 +88,17 @@ def tls_context(
         raise problem(
             cert_key, f"certificate and key do not load together ({exc.reason or exc})"
         ) from None
-    if tls.client_auth != "none":
+    if tls.client_auth != "none" and tls.client_ca_file is None and not tls.client_ca:
+        ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)  # Go: nil ClientCAs = system roots
+        ctx.verify_mode = _VERIFY[tls.client_auth]
+    elif tls.client_auth != "none":
         ca_key = "client_ca_file" if tls.client_ca_file is not None else "client_ca"
         ca = _pem(contents, tls.client_ca_file, tls.client_ca)
         try:
             ctx.load_verify_locations(cadata=ca.decode("ascii", "replace"))
-        except ssl.SSLError as exc:
-            raise problem(
-                ca_key, f"no CA certificate could be read ({exc.reason or exc})"
-            ) from None
+        except (ssl.SSLError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise problem(ca_key, f"no CA certificate could be read ({reason})") from None
         ctx.verify_mode = _VERIFY[tls.client_auth]
     if tls.ciphers:
         try:
