@@ -27,8 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.runtime.haproxy import CliSocket
+from tests.integration.test_cli import run as run_cli
 from tests.integration.test_exporter_http import ALL, STATUS, running_haproxy
 from tests.kubelet import ConfigMapVolume
+from tests.router import Router, http_route
 from tests.support import HttpOrigin, free_port, http_get, wait_for
 from tests.tlscerts import Pki, make_pki
 
@@ -413,3 +415,70 @@ def test_mtls_scrape_of_a_real_haproxy(
     assert status == 200
     assert metric(body, "haproxy_up") == 1
     assert metric(body, "haproxy_frontend_http_requests_total") == 1
+
+
+# --- a supervised router, and `check` --------------------------------------------------------
+
+
+def test_supervised_router_serves_tls_and_rotates_its_certificate(
+    tmp_path: Path, pki: Pki, password_hash: str, origin: HttpOrigin
+) -> None:
+    """EGRESS_WEB_CONFIG_FILE on a real `haproxy-egress run`: the kubelet's plain probe says
+    ready, Prometheus' HTTPS scrape needs the password, a Secret update swaps the certificate."""
+    secret = ConfigMapVolume(tmp_path / "tls")
+    secret.write({"tls.crt": pki.server[0].read_bytes(), "tls.key": pki.server[1].read_bytes()})
+    web = write_config(
+        tmp_path / "web.yml",
+        {
+            "tls_server_config": {"cert_file": "tls/tls.crt", "key_file": "tls/tls.key"},
+            "basic_auth_users": {"prometheus": password_hash},
+        },
+    )
+    configmap = ConfigMapVolume(tmp_path / "config")
+    route = free_port()
+    configmap.write({"routes.yaml": {"routes": [http_route("web", route, origin)]}})
+    router = Router(
+        tmp_path / "router",
+        env={"EGRESS_WEB_CONFIG_FILE": str(web), "EGRESS_LOG": "stdout"},
+        config_dir=configmap.directory,
+    )
+    try:
+        router.start()  # waits for a plain-HTTP /readyz, as the kubelet probes
+        tls = client_context(pki)
+        port = router.metrics_port
+        assert request(port, tls=tls)[0] == 401
+        assert request(port)[0] == 400
+        assert http_get(route, "/") == "origin-a"
+        status, _, body = request(port, tls=tls, auth=("prometheus", PASSWORD))
+        assert status == 200
+        assert metric(body, "haproxy_up") == 1
+        assert metric(body, "haproxy_frontend_http_requests_total") == 1
+        secret.write(
+            {"tls.crt": pki.server2[0].read_bytes(), "tls.key": pki.server2[1].read_bytes()}
+        )
+        wait_for(lambda: served_certificate(port, pki) == fingerprint(pki.server2[0]), timeout=5)
+        assert router.proc is not None
+        assert router.proc.poll() is None
+    finally:
+        router.stop()
+    assert "web-config reloaded" in router.stderr() + router.stdout()
+
+
+def test_check_validates_the_web_config(tmp_path: Path, pki: Pki, origin: HttpOrigin) -> None:
+    configmap = ConfigMapVolume(tmp_path / "config")
+    configmap.write({"routes.yaml": {"routes": [http_route("web", free_port(), origin)]}})
+    good = write_config(tmp_path / "good.yml", {"tls_server_config": tls_section(pki)})
+    bad = write_config(
+        tmp_path / "bad.yml",
+        {"tls_server_config": {**tls_section(pki), "client_auth_type": "Sometimes"}},
+    )
+    env = {"EGRESS_CONFIG_DIR": str(configmap.directory)}
+    ok = run_cli(["check"], {**env, "EGRESS_WEB_CONFIG_FILE": str(good)})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == f"web-config OK: {good}: TLS TLS12..TLS13"
+    refused_ = run_cli(["check"], {**env, "EGRESS_WEB_CONFIG_FILE": str(bad)})
+    assert refused_.returncode == 2
+    assert f"  {bad}:4: tls_server_config.client_auth_type: unknown client_auth_type" in (
+        refused_.stderr
+    )
+    assert "Traceback" not in refused_.stderr
