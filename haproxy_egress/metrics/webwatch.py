@@ -48,10 +48,12 @@ class FileWatcher:
         self._interval = max(0.02, interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="web-config-watcher", daemon=True)
+        # The baseline is taken now, right after the caller loaded the files: a change made
+        # before start() is still seen.
+        self._baseline = signature(self._files())
 
     def start(self) -> None:
-        """Start polling; the files as they are now are the baseline."""
-        self._baseline = signature(self._files())
+        """Start polling."""
         self._thread.start()
 
     def stop(self) -> None:
