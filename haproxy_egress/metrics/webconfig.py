@@ -229,7 +229,8 @@ class _Doc:
 
 
 def _lines(node: yaml.Node, loc: tuple[int | str, ...], out: dict[str, int]) -> None:
-    """The 1-based line of every value by YAML path; duplicate keys are recorded as -line."""
+    """The 1-based line of every value by YAML path; a repeated key is also recorded, under a
+    "\\0dup\\0" prefix, so that it can be reported (PyYAML keeps the last silently)."""
     out[format_loc(loc)] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -239,6 +240,8 @@ def _lines(node: yaml.Node, loc: tuple[int | str, ...], out: dict[str, int]) -> 
                 out[f"\0dup\0{format_loc((*loc, name))}"] = key.start_mark.line + 1
             seen.add(name)
             _lines(value, (*loc, name), out)
+            # The key's line: for a section (`tls_server_config:`) that is where it starts.
+            out[format_loc((*loc, name))] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _lines(item, (*loc, i), out)

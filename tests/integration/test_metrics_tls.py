@@ -482,3 +482,25 @@ def test_check_validates_the_web_config(tmp_path: Path, pki: Pki, origin: HttpOr
         refused_.stderr
     )
     assert "Traceback" not in refused_.stderr
+
+
+def test_run_refuses_to_start_with_an_unusable_web_config(
+    tmp_path: Path, origin: HttpOrigin
+) -> None:
+    """Only the first load may be fatal: exit 2 with the located problem, no traceback."""
+    configmap = ConfigMapVolume(tmp_path / "config")
+    configmap.write({"routes.yaml": {"routes": [http_route("web", free_port(), origin)]}})
+    web = write_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": "gone.crt"}})
+    router = Router(
+        tmp_path / "router",
+        env={"EGRESS_WEB_CONFIG_FILE": str(web), "EGRESS_LOG": "stdout"},
+        config_dir=configmap.directory,
+    )
+    router.start(wait_ready=False)
+    try:
+        code = router.wait(30)
+    finally:
+        router.stop()
+    assert code == 2
+    assert f"{web}:1: tls_server_config: missing one of key or key_file" in router.stderr()
+    assert "Traceback" not in router.stderr()
