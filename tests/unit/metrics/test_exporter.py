@@ -212,10 +212,10 @@ def test_status_up(status: str, up: int) -> None:
     assert status_up(status) == up
 
 
-# --- the collector on the recorded CSV -----------------------------------------------------
+# --- /metrics on the recorded CSV ---------------------------------------------------------
 
 
-def test_collector_exports_the_recorded_haproxy() -> None:
+def test_metrics_export_the_recorded_haproxy() -> None:
     parsed = parse(fast_body(SNAPSHOT, ALL))
     assert samples_of(parsed, "haproxy_up") == {(): 1.0}
     assert samples_of(parsed, "haproxy_version_info") == {
