@@ -161,6 +161,7 @@ def test_prometheus_scrapes_over_tls_with_client_certificates_and_basic_auth(
     assert found["ours-wrong-password"]["health"] == "down"
     assert "401" in found["ours-wrong-password"]["lastError"]
     assert found["ours-no-cert"]["health"] == "down"
+    assert "tls: certificate required" in found["ours-no-cert"]["lastError"]  # the handshake
     assert found["ours-plain-http"]["health"] == "down"
     assert "400" in found["ours-plain-http"]["lastError"]
     by_job = {r["metric"]["job"]: r["value"][1] for r in up}
