@@ -21,18 +21,15 @@ import socket
 import socketserver
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from haproxy_egress.errors import ConfigError
 from haproxy_egress.metrics.collector import ScrapeCounters
 from haproxy_egress.metrics.exposition import (
     CONTENT_TYPE_OPENMETRICS,
@@ -43,6 +40,7 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.policy import MultiCollector, PolicyCollector, socket_table
 from haproxy_egress.metrics.stats import Query, read_snapshot
 from haproxy_egress.metrics.status import RouterStatus, safe_status
+from haproxy_egress.metrics.webreload import WebConfigCollector, WebConfigState
 from haproxy_egress.metrics.websecurity import WebSecurity, load_web_security
 from haproxy_egress.metrics.webwatch import FileWatcher
 
@@ -109,78 +107,6 @@ class Response:
     encoding: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False  # close the connection after this answer
-
-
-class WebConfigState:
-    """The web-config in force, and how its reloads went (for the log and /metrics)."""
-
-    def __init__(self, path: Path, security: WebSecurity) -> None:
-        self.path = path
-        self.security = security
-        self.last_successful = True
-        self.failures = 0
-        self.last_success = time.time()
-        self._lock = threading.Lock()
-
-    def reload(self) -> None:
-        """Files changed: load them; on any problem keep the last good config and say so."""
-        try:
-            security = load_web_security(self.path)
-        except ConfigError as exc:
-            with self._lock:
-                self.failures += 1
-                self.last_successful = False
-            detail = "; ".join(str(p) for p in exc.problems)
-            logger.error(
-                "web-config reload rejected, still serving with %s (%s): %s",
-                self.security.digest[:12],
-                self.security.describe(),
-                detail.replace("\n", " | "),
-            )
-            return
-        with self._lock:
-            changed = security.digest != self.security.digest
-            self.last_successful = True
-            if changed:
-                self.security = security
-                self.last_success = time.time()
-        if changed:
-            logger.info(
-                "web-config reloaded from %s: %s (digest %s)",
-                self.path,
-                security.describe(),
-                security.digest[:12],
-            )
-
-    def files(self) -> tuple[Path, ...]:
-        """The files to watch: the web-config and the TLS files the one in force names."""
-        return self.security.config.watched_files()
-
-
-class WebConfigCollector(Collector):
-    """The web-config reload state, beside the router's own reload metrics."""
-
-    def __init__(self, state: WebConfigState) -> None:
-        self._state = state
-
-    def collect(self) -> Iterator[Metric]:
-        state = self._state
-        yield GaugeMetricFamily(
-            "haproxy_egress_web_config_last_reload_successful",
-            "1 if the last load of the web-config file (and its certificates) succeeded.",
-            value=1 if state.last_successful else 0,
-        )
-        yield CounterMetricFamily(
-            "haproxy_egress_web_config_reload_failures_total",
-            "Changed web-config or certificate files that could not be used; the previous "
-            "ones stayed in force.",
-            value=state.failures,
-        )
-        yield GaugeMetricFamily(
-            "haproxy_egress_web_config_last_reload_success_timestamp_seconds",
-            "Unix time the web-config in force was loaded.",
-            value=state.last_success,
-        )
 
 
 class MetricsServer:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import http.client
 import logging
+import shutil
 import socket
 import ssl
 import time
@@ -231,7 +232,7 @@ def test_client_certificate_required(
         status, _, body = request(server.port, tls=client_context(pki, pki.client))
         assert status == 200
         assert metric(body, "haproxy_up") == 0
-        with caplog.at_level(logging.INFO, "haproxy_egress.metrics.http"):
+        with caplog.at_level(logging.INFO, "haproxy_egress.metrics"):
             refused(server.port, client_context(pki))  # no certificate at all
             refused(server.port, client_context(pki, pki.stranger))  # signed by another CA
         assert "handshake with" in caplog.text
@@ -326,7 +327,7 @@ def test_certificate_rotation_through_a_secret_volume(
             kept.request("GET", "/healthz")  # a kept-alive connection goes on undisturbed
             assert kept.getresponse().read() == b"ok\n"
 
-        with caplog.at_level(logging.INFO, "haproxy_egress.metrics.http"):
+        with caplog.at_level(logging.INFO, "haproxy_egress.metrics"):
             publish(pki.server[0], pki.server2[1])  # certificate and key do not match
 
             def failed() -> bool:
@@ -373,6 +374,22 @@ def test_web_config_edits_apply_without_restart(
         assert request(server.port, tls=tls)[0] == 401  # the bad edit changed nothing
         assert server.web is not None
         assert server.web.failures == 1
+
+
+def test_a_certificate_path_that_appears_later_is_picked_up(tmp_path: Path, pki: Pki) -> None:
+    """An edit naming files that are not there yet is rejected; when they arrive (and only
+    they change), the router notices and loads them."""
+    config = write_config(tmp_path / "web.yml", {"tls_server_config": tls_section(pki)})
+    with serving(config) as server:
+        write_config(
+            config,
+            {"tls_server_config": {"cert_file": "later.crt", "key_file": "later.key"}},
+        )
+        wait_for(lambda: server.web is not None and server.web.failures == 1, timeout=5)
+        assert served_certificate(server.port, pki) == fingerprint(pki.server[0])
+        shutil.copy(pki.server2[1], tmp_path / "later.key")
+        shutil.copy(pki.server2[0], tmp_path / "later.crt")
+        wait_for(lambda: served_certificate(server.port, pki) == fingerprint(pki.server2[0]))
 
 
 def test_an_unusable_web_config_is_refused_at_start(tmp_path: Path, pki: Pki) -> None:
