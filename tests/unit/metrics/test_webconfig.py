@@ -14,8 +14,11 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from haproxy_egress.errors import ConfigError
+from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.metrics import websecurity
 from haproxy_egress.metrics.webconfig import (
     RateLimit,
@@ -328,3 +331,59 @@ def test_peer_sans_are_compared_as_go_prints_them() -> None:
     }
     assert peer_sans(cert) == ["prometheus", "::1", "a@b.test", "spiffe://cluster/ns/monitoring"]
     assert peer_sans(None) == []
+
+
+# --- any input: a model or located problems, never a traceback ------------------------------
+
+_KEYS = st.sampled_from(
+    [
+        "tls_server_config",
+        "http_server_config",
+        "basic_auth_users",
+        "rate_limit",
+        "cert_file",
+        "key_file",
+        "client_auth_type",
+        "client_ca_file",
+        "client_allowed_sans",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+        "curve_preferences",
+        "prefer_server_cipher_suites",
+        "headers",
+        "http2",
+        "interval",
+        "burst",
+        "X-Frame-Options",
+        "alice",
+        "junk",
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**12),
+    st.floats(allow_nan=False),
+    st.sampled_from(["TLS13", "TLS10", "RequireAndVerifyClientCert", "1s", "deny", "X25519"]),
+    st.text(max_size=12),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc=st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_any_document_gives_a_model_or_located_problems(doc: dict[str, object]) -> None:
+    text = yaml.safe_dump(doc).encode()
+    problems: tuple[Problem, ...] = ()
+    try:
+        parse_web_config(text, Path("/etc/web/web.yml"))
+    except ConfigError as exc:
+        problems = exc.problems or (Problem("?", "", "ConfigError without problems"),)
+    for problem in problems:
+        assert problem.source == "/etc/web/web.yml"
+        assert "\n" not in str(problem)
