@@ -323,7 +323,7 @@ def test_certificate_rotation_through_a_secret_volume(
                 step=0.02,
             )
             took = time.monotonic() - started
-            assert took < RELOAD * 3 + 0.5, took
+            assert took < RELOAD * 3 + 1.0, took  # the debounce, plus a loaded CI machine
             kept.request("GET", "/healthz")  # a kept-alive connection goes on undisturbed
             assert kept.getresponse().read() == b"ok\n"
 
