@@ -122,7 +122,9 @@ class Settings:
             in ("1", "true", "yes"),
             server_metric_fields=env.get("EGRESS_SERVER_METRIC_FIELDS", "").strip(),
             server_exclude_states=env.get("EGRESS_SERVER_EXCLUDE_STATES", "").strip(),
-            web_config_file=Path(web) if (web := env.get("EGRESS_WEB_CONFIG_FILE", "")) else None,
+            web_config_file=Path(web)
+            if (web := env.get("EGRESS_WEB_CONFIG_FILE", "").strip())
+            else None,
             route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
         )
         if problems:
