@@ -7,12 +7,19 @@ servers, mode http, no checks) plus a PROMEX frontend. Three scrape targets read
   exporter  Debian's prometheus-haproxy-exporter 0.14 on the stats socket
   promex    `http-request use-service prometheus-exporter` inside haproxy
 
+With --tls, three more targets in the same interleaved rounds, each its own MetricsServer
+process under an exporter-toolkit web-config (EC P-256 certificate made with openssl):
+
+  ours-tls          TLS, the connection kept alive (as Prometheus scrapes)
+  ours-tls-auth     TLS and basic auth (bcrypt cost 10; verdicts cached)
+  ours-tls-newconn  TLS, a new connection and handshake for every scrape
+
 Each round scrapes every target once, in turn, over keep-alive connections; two header sets:
 "plain" (no Accept, no Accept-Encoding) and "prometheus" (Prometheus' default Accept and
 Accept-Encoding: gzip). Reported: p50/p99 latency, body bytes, samples, CPU per scrape of the
 serving process and of haproxy, ratios, and the RSS of our process.
 
-    .venv/bin/python bench/exporter.py [--rounds 60] [--routes 100] [--servers 10]
+    .venv/bin/python bench/exporter.py [--rounds 60] [--routes 100] [--servers 10] [--tls]
 
 Bounded: at most --rounds rounds and --max-seconds wall time. Needs haproxy and
 prometheus-haproxy-exporter on PATH. Everything listens on 127.0.0.1; every process started
@@ -22,11 +29,13 @@ is stopped by its pid.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.client
 import os
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -38,6 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bcrypt
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from haproxy_egress.config.sources import Snapshot, load_snapshot  # noqa: E402
 from haproxy_egress.render.compiler import RenderOptions, render  # noqa: E402
+from tests.tlscerts import make_pki  # noqa: E402
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -63,6 +74,7 @@ SERVER_SCRIPT = textwrap.dedent(
     from haproxy_egress.metrics.options import ExporterOptions
     from haproxy_egress.metrics.status import RouterStatus
     from haproxy_egress.metrics.http import MetricsServer
+    from haproxy_egress.runtime.haproxy import CliSocket
 
     status = RouterStatus(
         alive=True, ready=True, reloads_total=0, reload_failures_total=0,
@@ -73,7 +85,8 @@ SERVER_SCRIPT = textwrap.dedent(
     options = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
     port, sock = int(sys.argv[1]), Path(sys.argv[2])
     query = CliSocket(sock, options.scrape_timeout).command
-    server = MetricsServer("127.0.0.1", port, query, lambda: status, options)
+    web = Path(sys.argv[4]) if len(sys.argv) > 4 else None
+    server = MetricsServer("127.0.0.1", port, query, lambda: status, options, web_config=web)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -175,19 +188,27 @@ class Target:
     size: dict[str, int] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
     conn: http.client.HTTPConnection | None = None
+    tls: ssl.SSLContext | None = None
+    auth: dict[str, str] = field(default_factory=dict)
+    new_connection: bool = False  # close after each scrape: every scrape pays a handshake
 
     def scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
         """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding)."""
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         start = time.perf_counter()
-        self.conn.request("GET", "/metrics", headers=headers)
+        if self.conn is None:
+            if self.tls is not None:
+                self.conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, timeout=30, context=self.tls
+                )
+            else:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self.conn.request("GET", "/metrics", headers={**headers, **self.auth})
         response = self.conn.getresponse()
         body = response.read()
         elapsed = time.perf_counter() - start
         if response.status != 200:
             raise RuntimeError(f"{self.name}: HTTP {response.status}")
-        if response.getheader("Connection", "").lower() == "close":
+        if self.new_connection or response.getheader("Connection", "").lower() == "close":
             self.conn.close()
             self.conn = None
         return elapsed, body, response.getheader("Content-Encoding", "")
@@ -222,12 +243,42 @@ def process(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byte
                 proc.wait(10)
 
 
+def tls_targets(
+    run_dir: Path, sock: Path, routes: int, env: dict[str, str], stack: contextlib.ExitStack
+) -> list[Target]:
+    """Our endpoint under three web-configs, each in its own process like `ours`."""
+    pki = make_pki(run_dir / "pki")
+    server = {"cert_file": str(pki.server[0]), "key_file": str(pki.server[1])}
+    hashed = bcrypt.hashpw(b"bench-pw", bcrypt.gensalt(10)).decode()
+    token = base64.b64encode(b"prometheus:bench-pw").decode()
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    out = []
+    for name, doc, auth, new in (
+        ("ours-tls", {"tls_server_config": server}, {}, False),
+        (
+            "ours-tls-auth",
+            {"tls_server_config": server, "basic_auth_users": {"prometheus": hashed}},
+            {"Authorization": f"Basic {token}"},
+            False,
+        ),
+        ("ours-tls-newconn", {"tls_server_config": server}, {}, True),
+    ):
+        web = run_dir / f"{name}.yml"
+        web.write_text(yaml.safe_dump(doc))
+        port = free_port()
+        argv = [sys.executable, "-c", SERVER_SCRIPT, str(port), str(sock), str(routes), str(web)]
+        proc = stack.enter_context(process(argv, env=env, stdout=subprocess.DEVNULL))
+        out.append(Target(name, port, proc.pid, tls=client, auth=auth, new_connection=new))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--routes", type=int, default=100)
     parser.add_argument("--servers", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=240.0)
+    parser.add_argument("--tls", action="store_true", help="also our endpoint under TLS")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
@@ -254,14 +305,17 @@ def main() -> int:
                 env=env,
                 stdout=subprocess.PIPE,
             ) as ours,
+            contextlib.ExitStack() as tls_stack,
         ):
-            for port in (promex_port, exporter_port, ours_port):
-                wait_port(port)
             targets = [
                 Target("ours", ours_port, ours.pid),
                 Target("haproxy_exporter", exporter_port, exporter.pid),
                 Target("promex", promex_port, hap.pid),
             ]
+            if args.tls:
+                targets += tls_targets(run_dir, sock, args.routes, env, tls_stack)
+            for t in targets:
+                wait_port(t.port)
             deadline = time.monotonic() + args.max_seconds
             for label, headers in HEADER_SETS.items():
                 for t in targets:  # warm-up, and the body sizes
@@ -330,6 +384,15 @@ def report(
             f"{label}: p50 ours/haproxy_exporter = {ours / exp:.2f} (goal <= 0.5), "
             f"ours/promex = {ours / promex:.2f} (goal <= 2)"
         )
+    if "ours-tls" in by:
+        for label in HEADER_SETS:
+            plain = statistics.median(by["ours"].latencies[label])
+            for name in ("ours-tls", "ours-tls-auth", "ours-tls-newconn"):
+                cost = statistics.median(by[name].latencies[label])
+                print(
+                    f"{label}: p50 {name}/ours = {cost / plain:.2f} "
+                    f"({(cost - plain) * 1000:+.1f} ms)"
+                )
     print(
         f"RSS: ours (supervisor-like process) {ours_rss:.1f} MB (goal <= 60), "
         f"haproxy_exporter {exp_rss:.1f} MB"

@@ -20,6 +20,7 @@ from haproxy_egress.config.model import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
 from haproxy_egress.metrics.options import ExporterOptions
+from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import preflight
 from haproxy_egress.runtime.cpus import default_threads
@@ -72,11 +73,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, run_dir=Path(tmp))
         compiled = compile_current(settings, render_options(settings))
         warnings = check_compiled(settings, compiled)
+    # The metrics port's web-config and its certificates, as `run` will load them.
+    web = load_web_security(settings.web_config_file) if settings.web_config_file else None
     config = compiled.config
     if warnings and args.verbose:
         print(warnings, file=sys.stderr)
     n = len(config.routes)
     print(f"configuration OK: {n} route{'s' if n != 1 else ''}")
+    if web is not None:
+        print(f"web-config OK: {settings.web_config_file}: {web.describe()}")
     return ExitCode.OK
 
 

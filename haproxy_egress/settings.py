@@ -67,6 +67,9 @@ class Settings:
     # of server metrics to export, and server states (e.g. "maint,drain") to leave out.
     server_metric_fields: str = ""
     server_exclude_states: str = ""
+    # An exporter-toolkit web-config file (TLS, client certificates, basic auth) for the
+    # metrics port, as official exporters take with --web.config.file; None: plain HTTP.
+    web_config_file: Path | None = None
     # Raw route-bearing variables (seed template + legacy dialects), handed to sources as data.
     route_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -120,6 +123,9 @@ class Settings:
             in ("1", "true", "yes"),
             server_metric_fields=env.get("EGRESS_SERVER_METRIC_FIELDS", "").strip(),
             server_exclude_states=env.get("EGRESS_SERVER_EXCLUDE_STATES", "").strip(),
+            web_config_file=Path(web)
+            if (web := env.get("EGRESS_WEB_CONFIG_FILE", "").strip())
+            else None,
             route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
         )
         if problems:

@@ -1,11 +1,14 @@
-"""Metric families from one stats snapshot and one router status: haproxy's in
-haproxy_exporter's names, and the router's own."""
+"""The small metric families, built with prometheus_client: haproxy_up, haproxy_version_info,
+haproxy_exporter's scrape counters, the per-route policy denials and the router's own.
+
+The big per-row haproxy families (frontend, backend, server) are not here: `exposition.py`
+prints them straight from the CSV, driven by the tables in `families.py`.
+"""
 
 from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -13,22 +16,10 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
 
 from haproxy_egress import __version__
-from haproxy_egress.metrics.families import BACKEND_FAMILIES, FRONTEND_FAMILIES, StatFamily
-from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import (
-    HaproxySnapshot,
-    Query,
-    StatTable,
-    converter,
-    int_text,
-    parse_stat,
-    read_snapshot,
-    server_rows,
-)
-from haproxy_egress.metrics.status import RouterStatus, safe_status
+from haproxy_egress.metrics.stats import HaproxySnapshot, StatTable, int_text
+from haproxy_egress.metrics.status import RouterStatus
 
 # --- the metric families ---------------------------------------------------------------------
 
@@ -58,56 +49,6 @@ class ScrapeCounters:
             self._scrapes += 1
             self._failures += failures
             return self._scrapes, self._failures
-
-
-def _stat_family(
-    spec: StatFamily,
-    labelnames: Sequence[str],
-    rows: Iterable[tuple[Sequence[str], list[str]]],
-    counter: list[int],
-) -> Metric | None:
-    """One family from the rows; `counter[0]` accumulates cells that failed to convert."""
-    convert = converter(spec)
-    coded = spec.fields[0][1] != ""
-    names = [*labelnames, "code"] if coded else list(labelnames)
-    fam: GaugeMetricFamily | CounterMetricFamily
-    if spec.kind == "counter":
-        fam = CounterMetricFamily(spec.name, spec.help, labels=names)
-    else:
-        fam = GaugeMetricFamily(spec.name, spec.help, labels=names)
-    rows = list(rows)
-    for index, code in spec.fields:
-        for labels, row in rows:
-            cell = row[index]
-            if not cell:
-                continue  # haproxy leaves fields empty that mean nothing for this row
-            text = convert(cell)
-            if text is None:
-                counter[0] += 1
-                continue
-            fam.add_metric([*labels, code] if coded else labels, float(text))
-    return fam if fam.samples else None
-
-
-def stat_families(table: StatTable, options: ExporterOptions) -> tuple[list[Metric], int]:
-    """The frontend, backend and server families of one CSV, and the cells that failed."""
-    failures = [0]
-    out: list[Metric] = []
-    groups: list[tuple[Sequence[StatFamily], list[str], list[tuple[Sequence[str], list[str]]]]] = [
-        (FRONTEND_FAMILIES, ["frontend"], [([r[0]], r) for r in table.frontends]),
-        (BACKEND_FAMILIES, ["backend"], [([r[0]], r) for r in table.backends]),
-        (
-            options.server_families(),
-            ["backend", "server"],
-            [([r[0], r[1]], r) for r in server_rows(table, options)],
-        ),
-    ]
-    for specs, labelnames, rows in groups:
-        for spec in specs:
-            fam = _stat_family(spec, labelnames, rows, failures)
-            if fam is not None:
-                out.append(fam)
-    return out, failures[0]
 
 
 def policy_family(table: StatTable) -> tuple[Metric | None, int]:
@@ -225,47 +166,3 @@ def router_families(status: RouterStatus | None, haproxy_version: str) -> list[M
             value=status.start_time,
         ),
     ]
-
-
-def haproxy_families(
-    snapshot: HaproxySnapshot, options: ExporterOptions, counters: ScrapeCounters
-) -> list[Metric]:
-    """Every family read from one stats snapshot, as the definition the fast path must match."""
-    out: list[Metric] = []
-    failures = 0
-    if snapshot.up:
-        table = parse_stat(snapshot.stat)
-        stats, failures = stat_families(table, options)
-        denied, denied_failures = policy_family(table)
-        failures += table.failures + denied_failures
-        version = version_family(snapshot)
-        out.extend(f for f in (version, *stats, denied) if f is not None)
-    out.extend(scrape_families(snapshot.up, counters.record(failures)))
-    return out
-
-
-class EgressCollector(Collector):
-    """All of the router's metrics, read fresh on every scrape: haproxy's and its own."""
-
-    def __init__(
-        self,
-        source: Callable[[], HaproxySnapshot],
-        status: Callable[[], RouterStatus],
-        options: ExporterOptions,
-        counters: ScrapeCounters | None = None,
-    ) -> None:
-        self._source = source
-        self._status = status
-        self._options = options
-        self._counters = counters or ScrapeCounters()
-
-    def collect(self) -> Iterator[Metric]:
-        """One stats snapshot and one status snapshot per scrape; never raises for haproxy."""
-        snapshot = self._source()
-        yield from haproxy_families(snapshot, self._options, self._counters)
-        yield from router_families(safe_status(self._status), snapshot.haproxy_version)
-
-
-def socket_source(query: Query) -> Callable[[], HaproxySnapshot]:
-    """A snapshot source asking haproxy through `query`."""
-    return lambda: read_snapshot(query)

@@ -1,12 +1,13 @@
-"""Fast text exposition of a scrape: the big per-row haproxy families rendered from CSV strings.
+"""The one exposition path of /metrics: per-row haproxy families printed from the CSV strings.
 
 At 1,000 servers a scrape has ~32k samples. prometheus_client's encoder spends ~4 µs a sample
 turning each value into a float and back and sorting every label dict; a scrape would hold
 the interpreter for ~150 ms. Here each row's label string is built once and the CSV's own
-digit strings are reused, about ten times faster. `exporter.EgressCollector` stays the
-definition: tests parse both outputs and require the same families, types, help and samples.
-The small families (haproxy_up, version, policy, the router's own) go through
-prometheus_client as they are; only the per-row families take the fast path.
+digit strings are reused, about ten times faster. The tables in `families.py` are the one
+definition of these families; tests parse this output with prometheus_client's text and
+OpenMetrics parsers and check it against an independent table of haproxy_exporter's metrics
+and against haproxy_exporter itself. The small families (haproxy_up, version, policy, the
+router's own, from `collector.py`) go through prometheus_client's encoders after them.
 """
 
 from __future__ import annotations
@@ -109,17 +110,14 @@ def _group(
             cells = [row[index] for row in rows]
             failures += _samples(out, spec, labels, cells)
         if len(out) == start + 1:
-            out.pop()  # no samples: no family, as in the collector
+            out.pop()  # no samples: no family (haproxy_exporter prints none either)
     return failures
 
 
 def render_stats(
     table: StatTable, options: ExporterOptions, openmetrics: bool = False
 ) -> tuple[str, int]:
-    """The frontend, backend and server families of a parsed CSV, and the cells that failed.
-
-    Parses to exactly what `exporter.stat_families` yields for the same table.
-    """
+    """The frontend, backend and server families of a parsed CSV, and the cells that failed."""
     out: list[str] = []
     frontends = table.frontends
     backends = table.backends
@@ -170,7 +168,7 @@ def render_scrape(
 ) -> bytes:
     """The whole /metrics body for one snapshot: fast per-row families, then the rest.
 
-    Parses to what `exporter.EgressCollector` (plus `extra`, e.g. process metrics) yields.
+    Every family appears once; haproxy's per-row families first (OpenMetrics ends in # EOF).
     """
     fast = ""
     failures = 0

@@ -3,6 +3,13 @@
 Nothing here touches the supervisor beyond calling its `status()` snapshot callable, so a slow
 scrape can never hold up the supervisor loop or a reload; haproxy's stats socket is read with
 a deadline (`scrape_timeout`), and at most a few scrapes run at once.
+
+With a web-config file (exporter-toolkit format) the port speaks TLS, may demand a client
+certificate and basic auth, and rate-limits. The kubelet's probes send neither a client
+certificate nor a password, so /healthz and /readyz are exempt from basic auth and from the
+rate limit, and are also answered over plain HTTP on the same port: the first byte of a
+connection tells a TLS ClientHello (0x16) from an HTTP request. Plain HTTP gets nothing but
+the two probes; everything else demands the full web-config.
 """
 
 from __future__ import annotations
@@ -12,12 +19,16 @@ import http.server
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from haproxy_egress.metrics.collector import ScrapeCounters
 from haproxy_egress.metrics.exposition import (
@@ -29,6 +40,9 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.policy import MultiCollector, PolicyCollector, socket_table
 from haproxy_egress.metrics.stats import Query, read_snapshot
 from haproxy_egress.metrics.status import RouterStatus, safe_status
+from haproxy_egress.metrics.webreload import WebConfigCollector, WebConfigState
+from haproxy_egress.metrics.websecurity import WebSecurity, load_web_security
+from haproxy_egress.metrics.webwatch import FileWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +51,9 @@ logger = logging.getLogger(__name__)
 GZIP_LEVEL = 1
 MAX_CONCURRENT_SCRAPES = 4  # more is a misconfigured scraper; answer 503 rather than pile up
 IDLE_TIMEOUT = 60.0  # a keep-alive connection idle this long is closed (frees its thread)
+HANDSHAKE_TIMEOUT = 10.0  # first byte and TLS handshake; a silent client frees its thread
+TLS_RECORD_HANDSHAKE = b"\x16"  # the first byte of every TLS ClientHello
+PROBES = frozenset({"/healthz", "/readyz"})  # reachable by the kubelet without credentials
 
 _INDEX = b"""<html><head><title>haproxy-egress</title></head><body>
 <h1>haproxy-egress</h1>
@@ -88,6 +105,8 @@ class Response:
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     encoding: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # close the connection after this answer
 
 
 class MetricsServer:
@@ -100,7 +119,12 @@ class MetricsServer:
         query: Query,
         status: Callable[[], RouterStatus],
         options: ExporterOptions,
+        *,
+        web_config: Path | None = None,
+        reload_interval: float = 0.3,
     ) -> None:
+        """`web_config`: an exporter-toolkit web-config file, loaded now (ConfigError if it
+        is unusable) and watched for changes every `reload_interval` / 2 seconds."""
         self._address = address
         self._requested_port = port
         self._query = query
@@ -109,10 +133,17 @@ class MetricsServer:
         self._counters = ScrapeCounters()
         # Small families beside the fast-rendered stats: this process's, and the policy
         # proxy's per-rule decisions (a second, short stats-socket command).
-        self._extra = MultiCollector(
+        collectors: list[Collector] = [
             ProcessCollector(registry=None),
             PolicyCollector(socket_table(query)),
-        )
+        ]
+        self.web: WebConfigState | None = None
+        self._web_watcher: FileWatcher | None = None
+        if web_config is not None:
+            self.web = WebConfigState(web_config, load_web_security(web_config))
+            collectors.append(WebConfigCollector(self.web))
+            self._web_watcher = FileWatcher(self.web.files, self.web.reload, reload_interval / 2)
+        self._extra = MultiCollector(*collectors)
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_SCRAPES)
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +158,17 @@ class MetricsServer:
         )
         self._thread.daemon = True
         self._thread.start()
-        logger.info("metrics endpoint listening on %s port %d", self._address, self.port)
+        if self.web is not None and self._web_watcher is not None:
+            self._web_watcher.start()
+            logger.info(
+                "metrics endpoint listening on %s port %d: %s (web-config %s)",
+                self._address,
+                self.port,
+                self.web.security.describe(),
+                self.web.path,
+            )
+        else:
+            logger.info("metrics endpoint listening on %s port %d", self._address, self.port)
 
     @property
     def port(self) -> int:
@@ -138,6 +179,8 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Stop accepting, close the listening socket, and wait for the serving thread."""
+        if self._web_watcher is not None:
+            self._web_watcher.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -186,8 +229,44 @@ class MetricsServer:
             return Response(200, b"ready\n")
         return Response(503, b"not ready\n")
 
-    def route(self, path: str, headers: Callable[[str], str]) -> Response:
-        """Dispatch one GET/HEAD by path."""
+    def security(self) -> WebSecurity | None:
+        """The web-config in force (None: plain HTTP, no auth), read once per connection."""
+        return self.web.security if self.web is not None else None
+
+    def route(self, path: str, headers: Callable[[str], str], tls: bool = False) -> Response:
+        """Dispatch one GET/HEAD by path, after what the web-config demands of it."""
+        security = self.security()
+        if security is None:
+            return self._route(path, headers)
+        extra = security.config.headers
+        response = self._guard(security, path, headers, tls)
+        if response is None:
+            response = self._route(path, headers)
+        return Response(
+            response.status,
+            response.body,
+            response.content_type,
+            response.encoding,
+            (*response.headers, *extra),
+            response.close,
+        )
+
+    def _guard(
+        self, security: WebSecurity, path: str, headers: Callable[[str], str], tls: bool
+    ) -> Response | None:
+        """The refusal for this request, or None when it may be served."""
+        if path in PROBES:
+            return None  # the kubelet sends no credentials: liveness tells nothing secret
+        if security.context is not None and not tls:
+            # What Go's net/http answers here too; the port speaks TLS.
+            return Response(400, b"Client sent an HTTP request to an HTTPS server.\n", close=True)
+        if security.limiter is not None and not security.limiter.allow():
+            return Response(429, b"Too Many Requests\n")
+        if security.auth and not security.auth.check(headers("Authorization")):
+            return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", "Basic"),))
+        return None
+
+    def _route(self, path: str, headers: Callable[[str], str]) -> Response:
         if path == "/metrics":
             return self.metrics(headers("Accept"), headers("Accept-Encoding"))
         if path == "/healthz":
@@ -211,6 +290,43 @@ class _HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     block_on_close = False
     server_name: str
     server_port: int
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        """Serve one connection: TLS when the web-config says so and the client speaks it."""
+        assert isinstance(request, socket.socket)
+        serve: Any = self.RequestHandlerClass
+        security = self.owner.security()
+        context = security.context if security is not None else None
+        if context is None:
+            serve(request, client_address, self)
+            return
+        assert security is not None
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first != TLS_RECORD_HANDSHAKE:
+            serve(request, client_address, self)  # probes only
+            return
+        try:
+            tls = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            # No client certificate, an unknown CA, a protocol below min_version...
+            logger.info("metrics TLS handshake with %s refused: %s", client_address, exc)
+            return
+        try:
+            if not security.peer_allowed(tls.getpeercert()):
+                logger.info(
+                    "metrics client %s refused: certificate names none of client_allowed_sans",
+                    client_address,
+                )
+                return
+            serve(tls, client_address, self)
+        finally:
+            tls.close()
 
     def __init__(
         self,
@@ -249,8 +365,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         path = urlsplit(self.path).path
+        tls = isinstance(self.connection, ssl.SSLSocket)
         try:
-            response = self.server.owner.route(path, lambda name: self.headers.get(name, ""))
+            response = self.server.owner.route(
+                path, lambda name: self.headers.get(name, ""), tls=tls
+            )
         except Exception:
             logger.exception("metrics endpoint failed on %s", path)
             response = Response(500, b"internal error\n")
@@ -260,6 +379,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", response.encoding)
         self.send_header("Vary", "Accept, Accept-Encoding")
         self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers:
+            self.send_header(name, value)
+        if response.close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if send_body:
             self.wfile.write(response.body)

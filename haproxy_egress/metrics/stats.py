@@ -75,6 +75,9 @@ STATUS_FIELD = 17
 MIN_FIELDS = 33  # haproxy_exporter skips (and counts as a parse failure) shorter rows
 _ROW_WIDTH = 84  # rows are split into (or padded to) this many cells; the last index used is 82
 _INT = re.compile(r"[+-]?[0-9]+")
+# A decimal number as Go's strconv.ParseFloat reads one (haproxy_exporter's parser). Python's
+# float() alone would also take "٣", "1_000" and blanks.
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass
@@ -124,11 +127,10 @@ def count_text(cell: str) -> str | None:
 
 def millis_text(cell: str) -> str | None:
     """A milliseconds cell as seconds in exposition text, or None if not a number."""
-    try:
-        # The same float formatting prometheus_client's encoders use, so both paths agree.
-        return str(floatToGoString(float(cell) / 1000))  # type: ignore[no-untyped-call]
-    except ValueError:
+    if not _FLOAT.fullmatch(cell):
         return None
+    # The float formatting of prometheus_client's encoders (and Go's), e.g. 0.003, 1.5e-05.
+    return str(floatToGoString(float(cell) / 1000))  # type: ignore[no-untyped-call]
 
 
 def status_up(status: str) -> int:

@@ -99,6 +99,8 @@ class Supervisor:
             stats.command,
             self.status,
             exporter_options,
+            web_config=settings.web_config_file,  # re-read on change by the server itself
+            reload_interval=settings.reload_debounce,
         )
 
     # --- what other threads may read ------------------------------------------------------

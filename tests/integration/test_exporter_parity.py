@@ -18,13 +18,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import parse_stat, read_snapshot
 from haproxy_egress.runtime.haproxy import CliSocket
 from haproxy_egress.settings import Settings
-from tests.integration.test_exporter_http import ALL, get, running_haproxy, serving
+from tests.integration.test_exporter_http import (
+    ALL,
+    PROMETHEUS_HEADERS,
+    get,
+    running_haproxy,
+    serving,
+)
 from tests.support import HttpOrigin, free_port, http_get, port_open, wait_for
 
 EXPORTER = "prometheus-haproxy-exporter"
@@ -231,6 +238,31 @@ def test_up_n_of_m_is_up_where_haproxy_exporter_says_down(run_dir: Path) -> None
     assert their_families["haproxy_server_up"][2][labels] == 0
     assert before["haproxy_server_up"][2][labels] == 1
     assert before["haproxy_backend_up"] == their_families["haproxy_backend_up"]
+
+
+def test_openmetrics_body_has_haproxy_exporters_families(router: tuple[Path, int]) -> None:
+    """What Prometheus actually scrapes (OpenMetrics, gzip), read by prometheus_client's
+    OpenMetrics parser: the same families, types, help and series as haproxy_exporter's."""
+    sock, _ = router
+    with serving(sock) as ours, real_exporter(f"unix:{sock}") as theirs:
+        body = get(ours.port, headers=PROMETHEUS_HEADERS).text
+        their_families = families(get(theirs).text, THEIRS_ONLY)
+    assert body.endswith("# EOF\n")
+    ours_om: Families = {}
+    for fam in om_parser.text_string_to_metric_families(body):
+        if fam.name.startswith(OURS_ONLY):
+            continue
+        if fam.type == "info":
+            # OpenMetrics types *_info as info; the text format calls it a gauge
+            fam.name, fam.type = fam.name + "_info", "gauge"
+        series = {
+            frozenset(s.labels.items()) for s in fam.samples if not s.name.endswith("_created")
+        }
+        ours_om[fam.name] = (fam.type, fam.documentation, dict.fromkeys(series, 0.0))
+    assert set(ours_om) == set(their_families)
+    for name, (kind, help_, series) in their_families.items():
+        assert ours_om[name][:2] == (kind, help_), name
+        assert set(ours_om[name][2]) == set(series), name
 
 
 def test_promtool_finds_nothing_to_complain_about(router: tuple[Path, int]) -> None:

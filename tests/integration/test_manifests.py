@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -303,6 +304,40 @@ ROUTE_SCHEMA = {
         },
     },
 }
+# monitoring.coreos.com/v1 SecretKeySelector, ConfigMapKeySelector, SecretOrConfigMap and
+# TLSConfig (the endpoint's tlsConfig): what the operator reads from each.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_SELECTOR = {
+    "type": "object",
+    "required": ["key"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
+        "key": {"type": "string", "pattern": r"^[-._a-zA-Z0-9]+$"},
+        "optional": {"type": "boolean"},
+    },
+}
+SECRET_OR_CONFIG_MAP = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "maxProperties": 1,
+    "properties": {"secret": SECRET_KEY_SELECTOR, "configMap": SECRET_KEY_SELECTOR},
+}
+TLS_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca": SECRET_OR_CONFIG_MAP,
+        "cert": SECRET_OR_CONFIG_MAP,
+        "keySecret": SECRET_KEY_SELECTOR,
+        "serverName": {"type": "string", "minLength": 1},
+        "insecureSkipVerify": {"type": "boolean"},
+        "caFile": {"type": "string"},
+        "certFile": {"type": "string"},
+        "keyFile": {"type": "string"},
+    },
+}
 SERVICE_MONITOR_SCHEMA = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -338,6 +373,16 @@ SERVICE_MONITOR_SCHEMA = {
                             "path": {"type": "string", "pattern": "^/"},
                             "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
                             "scrapeTimeout": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "tlsConfig": TLS_CONFIG,
+                            "basicAuth": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "username": SECRET_KEY_SELECTOR,
+                                    "password": SECRET_KEY_SELECTOR,
+                                },
+                            },
                         },
                     },
                 },
@@ -555,6 +600,11 @@ def test_template_shape(template: dict[str, Any]) -> None:
         "EGRESS_SOURCE",
         "CONFIG_MAP_NAME",
         "SERVICE_MONITOR",
+        "METRICS_WEB_CONFIG_FILE",
+        "METRICS_WEB_CONFIG_SECRET",
+        "METRICS_TLS_SECRET",
+        "METRICS_SCRAPER_SECRET",
+        "NAMESPACE",
     } <= set(names)
     params = {p["name"]: p for p in template["parameters"]}
     assert params["SERVICE_DEST"].get("required")
@@ -852,7 +902,11 @@ def test_kustomize_base_is_the_template_without_openshift_parts(template: dict[s
         "SERVICE_MONITOR": "true",
     }
     from_template = by_key(oc_process(template, values)["items"])
+    # OpenShift's own parts: the Route, the service-CA annotation, the HTTPS ServiceMonitor
+    # that trusts the service CA (image/kubernetes/metrics-tls is the Kubernetes variant).
     del from_template[("Route", "egress-router")]
+    del from_template[("ServiceMonitor", "egress-router-https")]
+    del from_template[("Service", "egress-router")]["metadata"]["annotations"]
     for obj in from_template.values():
         for label in template["labels"]:
             del obj["metadata"]["labels"][label]
@@ -860,3 +914,84 @@ def test_kustomize_base_is_the_template_without_openshift_parts(template: dict[s
     assert from_kustomize.keys() == from_template.keys()
     for key, obj in from_template.items():
         assert from_kustomize[key] == obj, key
+
+
+# --- the metrics port under a web-config (TLS, client certificates) ----------------------
+
+METRICS_TLS_COMPONENT = KUSTOMIZE_BASE / "metrics-tls"
+
+
+def test_https_service_monitor_is_selected_by_its_parameter(template: dict[str, Any]) -> None:
+    """SERVICE_MONITOR=https: only the HTTPS ServiceMonitor selects the metrics Service; it
+    verifies the service-CA certificate the Service's annotation asks for, by its DNS name."""
+    objects = processed(
+        template,
+        SERVICE_MONITOR="https",
+        NAMESPACE="egress",
+        METRICS_WEB_CONFIG_FILE="/etc/haproxy-egress-web/web-config.yml",
+    )
+    for obj in objects.values():
+        validate(obj, K8S_VERSIONS[-1])
+    service = objects[("Service", "test-scraper")]
+    labels = service["metadata"]["labels"]
+    selecting = [
+        name
+        for (kind, name), obj in objects.items()
+        if kind == "ServiceMonitor"
+        and obj["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert selecting == ["test-scraper-https"]
+    (endpoint,) = objects[("ServiceMonitor", "test-scraper-https")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    tls = endpoint["tlsConfig"]
+    assert tls["serverName"] == "test-scraper.egress.svc"  # a service-CA certificate's SAN
+    assert tls["ca"] == {"configMap": {"name": "openshift-service-ca.crt", "key": "service-ca.crt"}}
+    assert tls["cert"]["secret"]["name"] == tls["keySecret"]["name"] == "egress-router-scraper-tls"
+    annotation = service["metadata"]["annotations"]
+    secret = annotation["service.beta.openshift.io/serving-cert-secret-name"]
+    pod = pod_spec(objects)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["metrics-tls"]["secret"] == {"secretName": secret, "optional": True}
+    assert volumes["metrics-web-config"]["secret"]["optional"] is True
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "subPath" not in mounts["metrics-tls"]  # a subPath mount never sees a rotation
+    web = container_env(objects)["EGRESS_WEB_CONFIG_FILE"]
+    assert web.startswith(mounts["metrics-web-config"]["mountPath"] + "/")
+
+
+def test_plain_http_is_the_default(template: dict[str, Any]) -> None:
+    objects = processed(template)
+    assert container_env(objects)["EGRESS_WEB_CONFIG_FILE"] == ""
+    probes = pod_spec(objects)["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        # the metrics port answers the probes over plain HTTP under any web-config
+        assert probes[probe]["httpGet"].get("scheme", "HTTP") == "HTTP"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kustomize_metrics_tls_component_validates(version: str, tmp_path: Path) -> None:
+    """base + ServiceMonitor + metrics-tls, rendered by the real `kubectl kustomize`."""
+    assert shutil.which("kubectl"), "kubectl (kustomize v5) is needed: ./dev.sh test installs it"
+    overlay = _overlay(tmp_path)
+    spec = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    spec["components"].append(os.path.relpath(METRICS_TLS_COMPONENT, overlay))
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    objects = by_key(kubectl_kustomize(overlay))
+    for obj in objects.values():
+        validate(obj, version)
+    env = [
+        e
+        for e in pod_spec(objects)["containers"][0]["env"]
+        if e["name"] == "EGRESS_WEB_CONFIG_FILE"
+    ]
+    assert env == [
+        {"name": "EGRESS_WEB_CONFIG_FILE", "value": "/etc/haproxy-egress-web/web-config.yml"}
+    ]
+    (endpoint,) = objects[("ServiceMonitor", "egress-router")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {
+        "name": "egress-router-metrics-tls",
+        "key": "ca.crt",
+    }
+    # the certificate's DNS name is the metrics Service's name, whatever the namespace
+    assert ("Service", endpoint["tlsConfig"]["serverName"]) in objects

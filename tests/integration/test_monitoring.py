@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from haproxy_egress.metrics.http import MetricsServer
+from haproxy_egress.runtime.haproxy import CliSocket
+from tests.integration.test_exporter_http import ALL, STATUS
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router
 from tests.support import HttpOrigin, free_port, http_get, wait_for
@@ -34,6 +38,15 @@ PROMTOOL = shutil.which("promtool") or "promtool"
 
 # Series Prometheus makes itself for every target, not read from /metrics.
 SYNTHETIC_METRICS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
+# Exported only under EGRESS_WEB_CONFIG_FILE; test_web_config_metrics_exist_on_a_live_endpoint
+# proves they are.
+WEB_CONFIG_METRICS = frozenset(
+    {
+        "haproxy_egress_web_config_last_reload_successful",
+        "haproxy_egress_web_config_reload_failures_total",
+        "haproxy_egress_web_config_last_reload_success_timestamp_seconds",
+    }
+)
 
 # Grafana's built-in panel types (public/app/plugins/panel in Grafana 10/11); anything else
 # needs a plugin, and an unknown type imports as a broken "Panel plugin not found" box.
@@ -463,7 +476,7 @@ def test_every_queried_metric_exists_on_a_live_router(live_metric_names: set[str
     missing = {
         name: sorted(users)
         for name, users in where.items()
-        if name not in live_metric_names | recorded | SYNTHETIC_METRICS
+        if name not in live_metric_names | recorded | SYNTHETIC_METRICS | WEB_CONFIG_METRICS
     }
     assert not missing, f"queried but not exported: {missing}"
     # The check has teeth: the extraction found the router's own metrics and haproxy's.
@@ -514,3 +527,27 @@ def test_component_bundles_every_piece() -> None:
     (generator,) = component["configMapGenerator"]
     assert generator["files"] == [f"haproxy-egress.json={DASHBOARD_FILE.name}"]
     assert generator["options"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_web_config_metrics_exist_on_a_live_endpoint(tmp_path: Path) -> None:
+    """The metrics only a web-config brings, on a real endpoint with one (basic auth)."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"p": hashed}}))
+    server = MetricsServer(
+        "127.0.0.1",
+        0,
+        CliSocket(tmp_path / "none.sock", 1.0).command,
+        lambda: STATUS,
+        ALL,
+        web_config=web,
+    )
+    server.start()
+    try:
+        text = requests.get(
+            f"http://127.0.0.1:{server.port}/metrics", auth=("p", "pw"), timeout=5
+        ).text
+    finally:
+        server.stop()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert names >= WEB_CONFIG_METRICS
