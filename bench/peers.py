@@ -77,6 +77,20 @@ SMALL, BULK, FILE, FILE_HTTP, PROXY = "small", "bulk", "file", "file-http", "pro
 ORIGIN = {SMALL: SMALL_PORT, BULK: IPERF_PORT, FILE: FILE_PORT, FILE_HTTP: FILE_PORT}
 ORIGIN[PROXY] = PROXY_ORIGIN_PORT
 TCP_ROUTES = (SMALL, BULK, FILE)
+ALL_ROUTES = (*TCP_ROUTES, FILE_HTTP, PROXY)
+LIMITS = ("direct", "dnat")
+OURS = "haproxy-egress"
+# Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
+# squid and tinyproxy are only forward proxies.
+SERVES = {
+    "direct": ALL_ROUTES,
+    "dnat": ALL_ROUTES,
+    OURS: ALL_ROUTES,
+    "tuned": (*TCP_ROUTES, FILE_HTTP),
+    "nginx": TCP_ROUTES,
+    "squid": (PROXY,),
+    "tinyproxy": (PROXY,),
+}
 EGRESS_BASE, TUNED_BASE, NGINX_BASE = 10000, 11000, 12000
 SQUID_PORT, TINYPROXY_PORT = 3128, 8888
 LOAD_CPU, PROXY_CPU = 0, 1  # --pin
@@ -128,6 +142,8 @@ TUNED = {
     "t1": Tuned(threads=1),
     "splice": Tuned(None, ("splice-request", "splice-response"), 65536),
 }
+
+QUICK_TUNED = ("splice",)  # --quick: one tuned variant, to stay within a minute
 
 TUNED_CFG = """global
     nbthread {threads}
@@ -396,7 +412,7 @@ class Bench:
     def egress(self, source: str) -> Candidate:
         """haproxy-egress: TCP routes from EGRESS_DESTINATION lines, the HTTP route and the
         forward proxy from a YAML key, compiled and checked as the router does."""
-        ports = _ports(EGRESS_BASE, (*TCP_ROUTES, FILE_HTTP, PROXY))
+        ports = _ports(EGRESS_BASE, SERVES[OURS])
         lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES]
         routes = [
             {
@@ -414,7 +430,7 @@ class Bench:
         return self._ready("haproxy-egress", "ours", started, ports)
 
     def tuned(self, index: int, name: str, source: str) -> Candidate:
-        ports = _ports(TUNED_BASE + 10 * index, (*TCP_ROUTES, FILE_HTTP))
+        ports = _ports(TUNED_BASE + 10 * index, SERVES["tuned"])
         cfg = self.workdir / f"tuned-{name}.cfg"
         cfg.write_text(tuned_config(TUNED[name], self.proxy_cpus, ports, source))
         with self.proxy_cpu():
@@ -422,7 +438,7 @@ class Bench:
         return self._ready(f"tuned:{name}", "peer", started, ports)
 
     def nginx(self, source: str) -> Candidate:
-        ports = _ports(NGINX_BASE, TCP_ROUTES)
+        ports = _ports(NGINX_BASE, SERVES["nginx"])
         directory = self.workdir / "nginx"
         directory.mkdir()
         cfg = directory / "nginx.conf"
@@ -439,7 +455,9 @@ class Bench:
         with self.proxy_cpu():
             proxy.start(self.bed, self.bed.router, self.bed.client)
         assert proxy.started is not None
-        return self._ready("squid", "peer", proxy.started, {PROXY: SQUID_PORT})
+        return self._ready(
+            "squid", "peer", proxy.started, dict.fromkeys(SERVES["squid"], SQUID_PORT)
+        )
 
     def tinyproxy(self, source: str) -> Candidate:
         directory = self.workdir / "tinyproxy"
@@ -455,7 +473,8 @@ class Bench:
         argv = ["tinyproxy", "-d", "-c", str(cfg)]
         with self.proxy_cpu():
             started = self.bed.start(self.bed.router, argv, name="tinyproxy")
-        return self._ready("tinyproxy", "peer", started, {PROXY: TINYPROXY_PORT})
+        ports = dict.fromkeys(SERVES["tinyproxy"], TINYPROXY_PORT)
+        return self._ready("tinyproxy", "peer", started, ports)
 
     def measure(self, workload: Workload, c: Candidate) -> Sample:
         """One bounded measurement of one candidate, with the CPU its processes used."""
@@ -472,9 +491,19 @@ class Bench:
 
 
 def candidate_names(tuned: Sequence[str]) -> list[str]:
-    """Every candidate of a run, in table order (the smoke test checks each has its rows)."""
+    """Every candidate of a run, in table order."""
     tuned_names = [f"tuned:{t}" for t in tuned]
     return [*LIMITS, OURS, *tuned_names, "nginx", "squid", "tinyproxy"]
+
+
+def plan(tuned: Sequence[str]) -> list[tuple[str, str]]:
+    """Every (workload, candidate) cell a run measures (the smoke test checks each is printed)."""
+    return [
+        (w.name, name)
+        for w in WORKLOADS
+        for name in candidate_names(tuned)
+        if w.route in SERVES[name.split(":")[0]]
+    ]
 
 
 def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
@@ -483,8 +512,10 @@ def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
     bench.dnat_source = bed.add_router_source()
     limits = dict(ORIGIN)
     out = [
-        Candidate("direct", "limit", EXTERNAL_IP, limits),
-        Candidate("dnat", "limit", ROUTER_CLIENT_IP, limits, dnat=True),
+        Candidate("direct", "limit", EXTERNAL_IP, {r: limits[r] for r in SERVES["direct"]}),
+        Candidate(
+            "dnat", "limit", ROUTER_CLIENT_IP, {r: limits[r] for r in SERVES["dnat"]}, dnat=True
+        ),
         bench.egress(bed.add_router_source()),
     ]
     out += [bench.tuned(i, name, bed.add_router_source()) for i, name in enumerate(tuned)]
@@ -496,8 +527,6 @@ def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
 
 
 Samples = dict[tuple[str, str], list[Sample]]
-LIMITS = ("direct", "dnat")
-OURS = "haproxy-egress"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -681,7 +710,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeat, args.file_mib, args.settle = 1, 1, 64, 0.05
-        args.tuned = "splice"
+        args.tuned = ",".join(QUICK_TUNED)
     if not 1 <= args.duration <= 30 or not 1 <= args.repeat <= 7:
         parser.error("--duration must be 1..30 and --repeat 1..7 (the bench is bounded)")
     return run(args)

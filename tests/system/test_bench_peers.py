@@ -1,0 +1,46 @@
+"""bench/peers.py --quick runs end to end: every candidate and workload gets its table line.
+
+A smoke run of the real bench (network namespaces, haproxy, nginx, squid, tinyproxy, wrk,
+iperf3): it proves the bench still works, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.peers import QUICK_TUNED, WORKLOADS, plan
+from tests.netns import available
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_quick_run_prints_every_candidate_and_workload() -> None:
+    why = available()
+    assert why is None, f"this test needs network namespaces: {why}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "peers.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = set()
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if len(parts) == 8 and parts[0] in {w.name for w in WORKLOADS}:
+            float(parts[2].replace(",", ""))  # a figure, not an error text
+            cells.add((parts[0], parts[1]))
+    expected = plan(QUICK_TUNED)
+    assert len(expected) == len(set(expected)) > 40
+    missing = [cell for cell in expected if cell not in cells]
+    assert not missing, f"no line for {missing}\n{proc.stdout}"
+    assert "goals (haproxy-egress against peers in this run):" in proc.stdout
