@@ -9,6 +9,8 @@ One interleaved run in the namespaces of tests/netns.py (client → router → e
 - `direct` (the router namespace only routes) and `dnat` (nftables DNAT + SNAT, the limit);
 - `haproxy-egress`: the routes as this project compiles them (EGRESS_DESTINATION lines,
   EGRESS_SOURCE, a YAML key for the HTTP route and the forward proxy), nothing edited;
+- `haproxy-egress:knobs`: the same compiled with the route knobs `log: false` and
+  `splice: both` in `defaults:` (what a user may set on a busy or upload-heavy route);
 - `tuned:<variant>`: haproxy configs for the same routes written by hand, as an expert would
   (TUNED says what each sets), with no log at all;
 - `nginx`: Debian's nginx stream module (TCP routes), with the knobs nginx's docs suggest;
@@ -80,12 +82,18 @@ TCP_ROUTES = (SMALL, BULK, FILE)
 ALL_ROUTES = (*TCP_ROUTES, FILE_HTTP, PROXY)
 LIMITS = ("direct", "dnat")
 OURS = "haproxy-egress"
+# The same routes compiled with the route knobs a user sets on a busy route whose connections
+# need no record, or that mostly uploads (docs/configuration.md); proxy routes take neither.
+OURS_KNOBS = "haproxy-egress:knobs"
+KNOBS = {"log": False, "splice": "both"}
+PEERS = ("tuned", "nginx", "squid", "tinyproxy")
 # Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
 # squid and tinyproxy are only forward proxies.
 SERVES = {
     "direct": ALL_ROUTES,
     "dnat": ALL_ROUTES,
     OURS: ALL_ROUTES,
+    OURS_KNOBS: (*TCP_ROUTES, FILE_HTTP),
     "tuned": (*TCP_ROUTES, FILE_HTTP),
     "nginx": TCP_ROUTES,
     "squid": (PROXY,),
@@ -411,25 +419,31 @@ class Bench:
             wait_port(self.bed.client, ROUTER_CLIENT_IP, port, timeout=30, proc=started)
         return Candidate(name, kind, ROUTER_CLIENT_IP, ports, Costs(started))
 
-    def egress(self, source: str) -> Candidate:
+    def egress(self, name: str, base: int, source: str) -> Candidate:
         """haproxy-egress: TCP routes from EGRESS_DESTINATION lines, the HTTP route and the
-        forward proxy from a YAML key, compiled and checked as the router does."""
-        ports = _ports(EGRESS_BASE, SERVES[OURS])
+        forward proxy from a YAML key, compiled and checked as the router does; OURS_KNOBS
+        adds `defaults: KNOBS` to the key (and has no forward proxy)."""
+        ports = _ports(base, SERVES[name])
         lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES]
-        routes = [
+        routes: list[dict[str, object]] = [
             {
                 "name": "download-http",
                 "mode": "http",
                 "listen": ports[FILE_HTTP],
                 "destinations": [f"{EXTERNAL_IP}:{FILE_PORT}"],
             },
-            {"name": "web", "listen": ports[PROXY], "mode": "proxy", "policy": RULES},
         ]
-        keys = {"bench.yaml": {"resolvers": {"nameservers": ["127.0.0.1:53"]}, "routes": routes}}
+        key: dict[str, object] = {"routes": routes}
+        if PROXY in ports:
+            routes.append({"name": "web", "listen": ports[PROXY], "mode": "proxy", "policy": RULES})
+            key["resolvers"] = {"nameservers": ["127.0.0.1:53"]}
+        if name == OURS_KNOBS:
+            key["defaults"] = KNOBS
         env = {"EGRESS_DESTINATION": "\n".join(lines), "EGRESS_SOURCE": source}
+        workdir = self.workdir / name.replace(":", "-")
         with self.proxy_cpu():
-            started, _ = start_router(self.bed, self.workdir / "egress", keys, env, [])
-        return self._ready("haproxy-egress", "ours", started, ports)
+            started, _ = start_router(self.bed, workdir, {"bench.yaml": key}, env, [])
+        return self._ready(name, "ours", started, ports)
 
     def tuned(self, index: int, name: str, source: str) -> Candidate:
         ports = _ports(TUNED_BASE + 10 * index, SERVES["tuned"])
@@ -495,7 +509,7 @@ class Bench:
 def candidate_names(tuned: Sequence[str]) -> list[str]:
     """Every candidate of a run, in table order."""
     tuned_names = [f"tuned:{t}" for t in tuned]
-    return [*LIMITS, OURS, *tuned_names, "nginx", "squid", "tinyproxy"]
+    return [*LIMITS, OURS, OURS_KNOBS, *tuned_names, "nginx", "squid", "tinyproxy"]
 
 
 def plan(tuned: Sequence[str]) -> list[tuple[str, str]]:
@@ -504,7 +518,7 @@ def plan(tuned: Sequence[str]) -> list[tuple[str, str]]:
         (w.name, name)
         for w in WORKLOADS
         for name in candidate_names(tuned)
-        if w.route in SERVES[name.split(":")[0]]
+        if w.route in SERVES.get(name, SERVES[name.split(":")[0]])
     ]
 
 
@@ -518,7 +532,8 @@ def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
         Candidate(
             "dnat", "limit", ROUTER_CLIENT_IP, {r: limits[r] for r in SERVES["dnat"]}, dnat=True
         ),
-        bench.egress(bed.add_router_source()),
+        bench.egress(OURS, EGRESS_BASE, bed.add_router_source()),
+        bench.egress(OURS_KNOBS, EGRESS_BASE + 10, bed.add_router_source()),
     ]
     out += [bench.tuned(i, name, bed.add_router_source()) for i, name in enumerate(tuned)]
     out.append(bench.nginx(bed.add_router_source()))
@@ -595,6 +610,7 @@ def run(args: argparse.Namespace) -> int:
     print_costs(costs)
     print_verdicts(samples)
     print()
+    print(f"{OURS_KNOBS}: the same routes compiled with defaults {KNOBS}")
     print("tuned configs (hand-written, same routes and sources, no log):")
     for name in tuned:
         print(f"  tuned:{name}: {TUNED[name].describe(proxy_cpus)}")
@@ -616,7 +632,7 @@ def best_peer(samples: Samples, workload: str, names: Sequence[str]) -> tuple[st
     peers = [
         (n, _median(samples[(workload, n)]))
         for n in names
-        if n not in (*LIMITS, OURS) and (workload, n) in samples
+        if n.split(":")[0] in PEERS and (workload, n) in samples
     ]
     return max(peers, key=lambda p: p[1]) if peers else None
 
@@ -660,9 +676,11 @@ def _best_tuned(samples: Samples, workload: str) -> str | None:
     return max(tuned, key=lambda n: _median(samples[(workload, n)])) if tuned else None
 
 
-def goal_checks(samples: Samples, w: Workload) -> list[tuple[str, float, float]]:
+def goal_checks(
+    samples: Samples, w: Workload, candidate: str = OURS
+) -> list[tuple[str, float, float]]:
     """(against what, ratio, goal) for haproxy-egress on one workload: the issue's goals."""
-    ours = samples.get((w.name, OURS))
+    ours = samples.get((w.name, candidate))
     if not ours:
         return []
     mine = _median(ours)
@@ -690,10 +708,11 @@ def goal_checks(samples: Samples, w: Workload) -> list[tuple[str, float, float]]
 def print_verdicts(samples: Samples) -> None:
     print()
     print("goals (haproxy-egress against peers in this run):")
-    for w in WORKLOADS:
-        for against, r, goal in goal_checks(samples, w):
-            verdict = "met" if r >= goal else "MISSED"
-            print(f"  {w.name}: {r:.2f}× {against} (goal ≥ {goal:g}×): {verdict}")
+    for candidate in (OURS, OURS_KNOBS):
+        for w in WORKLOADS:
+            for against, r, goal in goal_checks(samples, w, candidate):
+                verdict = "met" if r >= goal else "MISSED"
+                print(f"  {candidate}: {w.name}: {r:.2f}× {against} (goal ≥ {goal:g}×): {verdict}")
 
 
 def main() -> int:
