@@ -144,7 +144,7 @@ class Tuned:
         return ", ".join(parts)
 
 
-# The best configs the issue's measurements found, per workload: one thread and no splicing for
+# The best configs measured before this bench (docs/benchmarks.md): one thread and no splicing for
 # small keep-alive exchanges; threads, splicing both ways and 64 kB buffers for bulk.
 TUNED = {
     "t1": Tuned(threads=1),
@@ -679,7 +679,8 @@ def _best_tuned(samples: Samples, workload: str) -> str | None:
 def goal_checks(
     samples: Samples, w: Workload, candidate: str = OURS
 ) -> list[tuple[str, float, float]]:
-    """(against what, ratio, goal) for haproxy-egress on one workload: the issue's goals."""
+    """(against what, ratio, goal) for haproxy-egress on one workload, per the goals in
+    docs/benchmarks.md."""
     ours = samples.get((w.name, candidate))
     if not ours:
         return []

@@ -1,4 +1,5 @@
-"""bench/peers.py --quick runs end to end: every candidate and workload gets its table line.
+"""bench/peers.py --quick runs end to end: every candidate and workload gets its table line;
+and tinyproxy's filter there allows what the policy allows.
 
 A smoke run of the real bench (network namespaces, haproxy, nginx, squid, tinyproxy, wrk,
 iperf3): it proves the bench still works, never how fast anything is.
@@ -6,13 +7,16 @@ iperf3): it proves the bench still works, never how fast anything is.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.peers import QUICK_TUNED, WORKLOADS, plan
+from bench.peers import QUICK_TUNED, RULES, WORKLOADS, plan, tinyproxy_filter
+from haproxy_egress.config import policy
 from tests.netns import available
 
 pytestmark = pytest.mark.netns
@@ -44,3 +48,29 @@ def test_quick_run_prints_every_candidate_and_workload() -> None:
     missing = [cell for cell in expected if cell not in cells]
     assert not missing, f"no line for {missing}\n{proc.stdout}"
     assert "goals (haproxy-egress against peers in this run):" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "www.good.test",
+        "good.test",
+        "a.b.good.test",
+        "notgood.test",
+        "x.bad.test",
+        "exact.test",
+        "www.exact.test",
+        "198.18.2.7",
+        "198.18.3.7",
+        "198.18.20.7",
+        "other.test",
+    ],
+)
+def test_tinyproxy_gets_the_same_allow_list(host: str) -> None:
+    """tinyproxy's filter (regexes on the host name) decides as the policy does, for names and
+    for address literals (a name's address is not looked at: tinyproxy cannot)."""
+    rules = policy.parse_rules(RULES)
+    address = ipaddress.ip_address(host) if host[0].isdigit() else None
+    expected = policy.decide(rules, host, address, 80).verdict == "allow"
+    patterns = tinyproxy_filter(rules)
+    assert any(re.search(p, host) for p in patterns) == expected
