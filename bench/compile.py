@@ -2,7 +2,10 @@
 
 Times 10, 100, 1,000 and 10,000 routes (IP destinations, so no name is resolved) and prints
 each stage, the per-route cost and the growth ratio between sizes, all measured in one run.
-Goal: at most 2 s in all at 1,000 routes, and linear growth (x10 routes ≈ x10 time).
+Goal: at most 2 s in all at 10,000 routes, and linear growth from 1,000 (x10 routes ≈ x10
+time). The machine is shared, so besides wall seconds each stage's CPU seconds are printed
+(this process's for load and render, haproxy's own for `haproxy -c`): they move far less
+when other jobs compete for the cores.
 
     .venv/bin/python bench/compile.py [--sizes 10,100,1000,10000] [--repeat 3]
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.runtime import haproxy
 
-GOAL_SECONDS_AT_1000 = 2.0
+GOAL_SECONDS, GOAL_ROUTES = 2.0, 10_000
 FIRST_PORT = 20000
 BASE_IP = ipaddress.IPv4Address("198.18.0.1")  # benchmarking range; never contacted
 
@@ -45,22 +49,28 @@ def write_routes(directory: Path, n: int) -> None:
         (directory / f"routes-{key:05d}.yaml").write_text(text)
 
 
-def measure(n: int, work: Path) -> tuple[float, float, float]:
-    """Seconds for (load, render, haproxy -c) of n routes."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(n: int, work: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Wall and CPU seconds for (load, render, haproxy -c) of n routes."""
     cm = work / f"cm-{n}"
     cm.mkdir()
     write_routes(cm, n)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     config = load_snapshot(read_snapshot(cm), {})
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     text = render(config, RenderOptions(run_dir=work / "run"))
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     cfg = work / f"haproxy-{n}.cfg"
     cfg.write_text(text)
+    h0 = _children_cpu()
     haproxy.check(cfg)
-    t3 = time.perf_counter()
+    t3, h1 = time.perf_counter(), _children_cpu()
     assert len(config.routes) == n
-    return t1 - t0, t2 - t1, t3 - t2
+    return (t1 - t0, t2 - t1, t3 - t2), (c1 - c0, c2 - c1, h1 - h0)
 
 
 def main() -> int:
@@ -69,7 +79,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs per size")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    rows: list[tuple[int, tuple[float, float, float], tuple[float, float, float]]] = []
     with tempfile.TemporaryDirectory(prefix="egress-bench.") as tmp:
         for n in sizes:
             runs = []
@@ -77,26 +87,29 @@ def main() -> int:
                 work = Path(tmp) / f"{n}-{r}"
                 work.mkdir()
                 runs.append(measure(n, work))
-            rows.append((n, min(runs, key=sum)))
+            wall = min((r[0] for r in runs), key=sum)
+            cpu = min((r[1] for r in runs), key=sum)
+            rows.append((n, wall, cpu))
     print(
         f"{'routes':>7} {'load s':>8} {'render s':>9} {'haproxy -c s':>13} {'total s':>8}"
-        f" {'ms/route':>9} {'x prev':>7}"
+        f" {'ms/route':>9} {'x prev':>7} {'CPU: load':>10} {'render':>7} {'-c':>6} {'total':>6}"
     )
     prev: float | None = None
     ok = True
-    for n, (load, rend, check) in rows:
+    for n, (load, rend, check), cpu in rows:
         total = load + rend + check
         growth = f"{total / prev:.1f}" if prev else "-"
         print(
             f"{n:>7} {load:>8.3f} {rend:>9.3f} {check:>13.3f} {total:>8.3f}"
-            f" {1000 * total / n:>9.3f} {growth:>7}"
+            f" {1000 * total / n:>9.3f} {growth:>7} {cpu[0]:>10.3f} {cpu[1]:>7.3f}"
+            f" {cpu[2]:>6.3f} {sum(cpu):>6.3f}"
         )
         prev = total
-        if n == 1000 and total > GOAL_SECONDS_AT_1000:
+        if n == GOAL_ROUTES and total > GOAL_SECONDS:
             ok = False
-    if 1000 in sizes:
+    if GOAL_ROUTES in sizes:
         verdict = "met" if ok else "MISSED"
-        print(f"goal <= {GOAL_SECONDS_AT_1000:.0f} s at 1,000 routes: {verdict}")
+        print(f"goal <= {GOAL_SECONDS:.0f} s at {GOAL_ROUTES:,} routes (wall): {verdict}")
     return 0 if ok else 1
 
 

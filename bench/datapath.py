@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bed import FILE_PORT, IPERF_PORT, SMALL_PORT, Origins, Wrk, dnat, download, iperf
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.runtime.haproxy import check
@@ -49,9 +48,6 @@ from tests.netns import (
 )
 from tests.support import HAPROXY, write_configmap
 
-SMALL_PORT = 8000  # haproxy origin: tiny responses from memory
-IPERF_PORT = 5201
-FILE_PORT = 8080  # sendfile origin: the large download
 FILE_HTTP_PORT = 8081  # router only: the same origin through an HTTP-mode route
 TCP_PORTS = (SMALL_PORT, IPERF_PORT, FILE_PORT)
 WRK_CONNECTIONS = 32
@@ -124,100 +120,13 @@ VARIANTS: dict[str, Callable[[str], str]] = {
 }
 
 
-# --- origins -------------------------------------------------------------------------------------
+# --- measurements (bench/bed.py) --------------------------------------------------------------
 
-FILE_SERVER = r"""
-import os, socket, sys, threading
-path, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-size = os.path.getsize(path)
-head = (f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: application/octet-stream"
-        f"\r\nConnection: close\r\n\r\n").encode()
-def serve(conn):
-    with conn, open(path, "rb") as fh:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        conn.sendall(head)
-        offset = 0
-        while offset < size:
-            sent = os.sendfile(conn.fileno(), fh.fileno(), offset, size - offset)
-            if sent <= 0:
-                return
-            offset += sent
-srv = socket.create_server((host, port), backlog=64)
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-ORIGIN_CFG = f"""global
-    nbthread 1
-    maxconn 8000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-frontend small
-    bind {EXTERNAL_IP}:{SMALL_PORT}
-    http-request return status 200 content-type text/plain string ok
-"""
+WRK = Wrk(threads=1, connections=WRK_CONNECTIONS)
 
 
-# --- measurements -------------------------------------------------------------------------
-
-
-def _run(ns: Netns, argv: list[str], timeout: float) -> str:
-    proc = ns.run(*argv, check=False, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-500:]}")
-    return proc.stdout
-
-
-def wrk(ns: Netns, host: str, port: int, seconds: float, close: bool) -> float:
-    """Requests per second; `close` makes every request use a new connection."""
-    argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    out = _run(ns, [*argv, f"http://{host}:{port}/"], timeout=seconds + 30)
-    match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    errors = re.search(r"Socket errors: .*|Non-2xx.*", out)
-    if not match:
-        raise RuntimeError(f"wrk printed no rate: {out[-500:]}")
-    if errors and "timeout" in errors.group(0) and not close:
-        print(f"    wrk: {errors.group(0)}", file=sys.stderr)
-    return float(match.group(1))
-
-
-def iperf(ns: Netns, host: str, port: int, seconds: float, streams: int) -> float:
-    """Received Gbit/s over `streams` parallel TCP streams."""
-    argv = ["iperf3", "-c", host, "-p", str(port), "-t", f"{seconds:g}", "-P", str(streams), "-J"]
-    out = json.loads(_run(ns, argv, timeout=seconds + 30))
-    return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def download(ns: Netns, host: str, port: int, seconds: float) -> float:
-    """Gbit/s of one large HTTP download (curl, body discarded), cut at `seconds` * 4."""
-    argv = [
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        f"{max(10.0, seconds * 4):g}",
-        "-w",
-        "%{size_download} %{time_total}",
-        f"http://{host}:{port}/big",
-    ]
-    proc = ns.run(*argv, check=False, timeout=seconds * 4 + 30)
-    size, total = proc.stdout.split()
-    if proc.returncode not in (0, 28) or float(size) == 0:  # 28: cut by --max-time, still a rate
-        raise RuntimeError(f"curl failed ({proc.returncode}): {proc.stderr[-300:]}")
-    return float(size) * 8 / float(total) / 1e9
+def _url(host: str, port: int, path: str = "/") -> str:
+    return f"http://{host}:{port}{path}"
 
 
 @dataclass(frozen=True)
@@ -236,15 +145,33 @@ WORKLOADS = (
         "small req, keep-alive",
         "req/s",
         SMALL_PORT,
-        lambda ns, h, p, s: wrk(ns, h, p, s, close=False),
+        lambda ns, h, p, s: WRK.rate(ns, _url(h, p), round(s), close=False),
     ),
     Workload(
-        "small req, new conn", "req/s", SMALL_PORT, lambda ns, h, p, s: wrk(ns, h, p, s, close=True)
+        "small req, new conn",
+        "req/s",
+        SMALL_PORT,
+        lambda ns, h, p, s: WRK.rate(ns, _url(h, p), round(s), close=True),
     ),
-    Workload("iperf3 1 stream", "Gbit/s", IPERF_PORT, lambda ns, h, p, s: iperf(ns, h, p, s, 1)),
-    Workload("iperf3 4 streams", "Gbit/s", IPERF_PORT, lambda ns, h, p, s: iperf(ns, h, p, s, 4)),
-    Workload("large download, tcp route", "Gbit/s", FILE_PORT, download),
-    Workload("large download, http route", "Gbit/s", FILE_PORT, download, FILE_HTTP_PORT),
+    Workload(
+        "iperf3 1 stream", "Gbit/s", IPERF_PORT, lambda ns, h, p, s: iperf(ns, h, p, round(s), 1)
+    ),
+    Workload(
+        "iperf3 4 streams", "Gbit/s", IPERF_PORT, lambda ns, h, p, s: iperf(ns, h, p, round(s), 4)
+    ),
+    Workload(
+        "large download, tcp route",
+        "Gbit/s",
+        FILE_PORT,
+        lambda ns, h, p, s: download(ns, _url(h, p, "/big"), s),
+    ),
+    Workload(
+        "large download, http route",
+        "Gbit/s",
+        FILE_PORT,
+        lambda ns, h, p, s: download(ns, _url(h, p, "/big"), s),
+        FILE_HTTP_PORT,
+    ),
 )
 
 
@@ -267,60 +194,22 @@ class Bench:
     def __init__(self, bed: TestBed, workdir: Path, file_size: int) -> None:
         self.bed = bed
         self.workdir = workdir
-        self.source = bed.add_router_source()
+        self.source = bed.add_router_source()  # the routers' EGRESS_SOURCE
+        self.dnat_source = bed.add_router_source()
         self.file_size = file_size
-        self.big: Path | None = None
+        self.origins: Origins | None = None
 
     def start_origins(self) -> None:
-        bed = self.bed
-        cfg = self.workdir / "origin.cfg"
-        cfg.write_text(ORIGIN_CFG)
-        origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(cfg)], name="origin")
-        iperf3 = bed.start(
-            bed.external, ["iperf3", "-s", "-p", str(IPERF_PORT), "-B", EXTERNAL_IP], name="iperf3"
-        )
-        self.big = Path("/dev/shm") / f"egress-bench-{os.getpid()}.bin"
-        with self.big.open("wb") as fh:  # tmpfs: sendfile serves it without disk reads
-            fh.truncate(self.file_size)
-        files = bed.start(
-            bed.external,
-            [sys.executable, "-c", FILE_SERVER, str(self.big), EXTERNAL_IP, str(FILE_PORT)],
-            name="files",
-        )
-        bed.forwarding(True)  # the direct and DNAT paths are routed by the router namespace
-        for port, proc in ((SMALL_PORT, origin), (IPERF_PORT, iperf3), (FILE_PORT, files)):
-            wait_port(bed.router, EXTERNAL_IP, port, proc=proc)
+        self.origins = Origins(self.bed, self.workdir, self.file_size).start()
+        self.bed.forwarding(True)  # the direct and DNAT paths are routed by the router namespace
 
     def close(self) -> None:
-        if self.big is not None:
-            self.big.unlink(missing_ok=True)
+        if self.origins is not None:
+            self.origins.close()
 
-    @contextlib.contextmanager
-    def dnat(self) -> Iterator[None]:
-        """nftables DNAT to the origin plus SNAT to the egress source, as redirect mode did.
-        Loaded only around each DNAT measurement: a NAT table turns on conntrack for every
-        connection in the namespace, which would tax the haproxy paths too."""
-        ports = ", ".join(str(p) for p in TCP_PORTS)
-        rules = (
-            "table ip egress_bench {\n"
-            "  chain pre {\n"
-            "    type nat hook prerouting priority dstnat;\n"
-            f'    iifname "to-client" ip daddr {ROUTER_CLIENT_IP} tcp dport {{ {ports} }}'
-            f" dnat to {EXTERNAL_IP};\n"
-            "  }\n"
-            "  chain post {\n"
-            "    type nat hook postrouting priority srcnat;\n"
-            f'    oifname "to-external" snat to {self.source};\n'
-            "  }\n"
-            "}\n"
-        )
-        path = self.workdir / "dnat.nft"
-        path.write_text(rules)
-        self.bed.router.run("nft", "-f", str(path))
-        try:
-            yield
-        finally:
-            self.bed.router.run("nft", "delete", "table", "ip", "egress_bench")
+    def dnat(self) -> contextlib.AbstractContextManager[None]:
+        """DNAT + SNAT as redirect mode did, from its own source address (bed.dnat says why)."""
+        return dnat(self.bed, self.workdir, TCP_PORTS, self.dnat_source)
 
     def start_router(self, index: int, variant: str) -> Column:
         """haproxy for one variant, compiled by the project from EGRESS_DESTINATION lines (and

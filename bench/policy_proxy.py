@@ -17,16 +17,21 @@ goes first; the table has the medians of the rounds.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.bed import (
+    ORIGIN_CFG,
+    PROXY_ORIGIN_PORT,
+    SMALL_PORT,
+    Wrk,
+    connect_rate,
+    cpu_seconds,
+    proxy_script,
+)
 from haproxy_egress.config import policy
 from tests.netns import ROUTER_CLIENT_IP, Started, TestBed, start_in, wait_port
 from tests.netns_policy import start_router
@@ -35,77 +40,12 @@ from tests.support import HAPROXY, DnsServer
 
 RULES = ["!*.bad.test", "*.good.test", "!198.18.3.0/24", "198.18.2.0/24", "exact.test"]
 HAPROXY_PORT, SQUID_PORT = 8080, 3128
-ORIGIN_CFG = """
-global
-    maxconn 4000
-defaults
-    mode http
-    timeout client 30s
-    timeout server 30s
-    timeout connect 5s
-frontend origin
-    bind {host}:80
-    http-request return status 200 content-type text/plain string "origin /"
-"""
-WRK_SCRIPT = """
-wrk.method = "GET"
-wrk.path = "http://www.good.test/"
-wrk.headers["Host"] = "www.good.test"
-{close}
-"""
 
 
 def wrk(bed: TestBed, port: int, duration: int, close: bool, workdir: Path) -> float:
-    script = workdir / f"wrk-{port}-{close}.lua"
-    extra = 'wrk.headers["Connection"] = "close"' if close else ""
-    script.write_text(WRK_SCRIPT.format(close=extra))
-    out = bed.client.run(
-        "wrk",
-        "-t2",
-        "-c32",
-        f"-d{duration}s",
-        "-s",
-        str(script),
-        f"http://{ROUTER_CLIENT_IP}:{port}/",
-        timeout=duration + 30,
-    ).stdout
-    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if not m or "Non-2xx" in out:
-        raise RuntimeError(out)
-    return float(m.group(1))
-
-
-def connect_rate(bed: TestBed, port: int, duration: float, threads: int = 8) -> float:
-    done = [0]
-    lock = threading.Lock()
-    stop = time.monotonic() + duration
-
-    def worker() -> None:
-        while time.monotonic() < stop:
-            with bed.client.entered():
-                s = socket.create_connection((ROUTER_CLIENT_IP, port), timeout=5)
-            with s:
-                s.sendall(b"CONNECT www.good.test:80 HTTP/1.1\r\nHost: www.good.test:80\r\n\r\n")
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += s.recv(1)
-                assert b" 200 " in head, head
-                s.sendall(b"GET / HTTP/1.1\r\nHost: www.good.test\r\n\r\n")
-                data = b""
-                while not data.endswith(b"origin /"):  # CountingOrigin's body
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-            with lock:
-                done[0] += 1
-
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return done[0] / duration
+    """Absolute-URI GETs through the proxy at `port` (wrk -t2 -c32)."""
+    tool = Wrk(threads=2, connections=32, script=proxy_script(workdir, close))
+    return tool.rate(bed.client, f"http://{ROUTER_CLIENT_IP}:{port}/", duration, close)
 
 
 def main() -> None:
@@ -124,9 +64,11 @@ def main() -> None:
         host = bed.add_external_host()
         # A haproxy origin: a Python one would be the bottleneck, not the proxies.
         origin_cfg = workdir / "origin.cfg"
-        origin_cfg.write_text(ORIGIN_CFG.format(host=host))
+        origin_cfg.write_text(
+            ORIGIN_CFG.format(host=host, small=SMALL_PORT, proxied=PROXY_ORIGIN_PORT)
+        )
         origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
-        wait_port(bed.router, host, 80, proc=origin)
+        wait_port(bed.router, host, PROXY_ORIGIN_PORT, proc=origin)
         dns = start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
         try:
             keys = {
@@ -149,7 +91,10 @@ def main() -> None:
             cases: tuple[tuple[str, Callable[[int], float]], ...] = (
                 ("HTTP keep-alive", lambda p: wrk(bed, p, args.duration, False, workdir)),
                 ("HTTP new connection", lambda p: wrk(bed, p, args.duration, True, workdir)),
-                ("CONNECT + 1 request", lambda p: connect_rate(bed, p, args.duration)),
+                (
+                    "CONNECT + 1 request",
+                    lambda p: connect_rate(bed.client, ROUTER_CLIENT_IP, p, args.duration),
+                ),
             )
             samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
             for round_ in range(args.rounds):
@@ -193,17 +138,11 @@ def restarted_without_log(bed: TestBed, router: Started, cfg: Path) -> Started:
     return started
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(run: Callable[[int], float], port: int, pid: int) -> tuple[float, float]:
     """(requests/s, CPU cores the proxy used) of one run."""
-    cpu, started = cpu_seconds(pid), time.monotonic()
+    cpu, started = cpu_seconds([pid]), time.monotonic()
     rate = run(port)
-    return rate, (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    return rate, (cpu_seconds([pid]) - cpu) / (time.monotonic() - started)
 
 
 if __name__ == "__main__":

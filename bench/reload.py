@@ -7,12 +7,18 @@
 2. Failed requests while --reloads real reloads happen under load, once with a new connection
    per request and once with keep-alive clients (goal 0 in both).
 3. The supervisor's RSS (with the exporter scraped) after all of it (goal <= 60 MB).
-Everything runs on 127.0.0.1 and is bounded in count and time.
+
+With `--scale 1000,10000` it runs instead, for each size, a router with that many tcp routes
+(on 127.0.0.77, no health checks) and times its start, one destination change and one added route
+(from the `..data` rename to the changed route answering), and records the RSS of the
+supervisor and of haproxy's master and worker. Everything runs on 127.0.0.1 and is bounded in
+count and time.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -100,11 +106,118 @@ def reloads_under_load(
     return result.ok, result.failed, time.monotonic() - start
 
 
+# Below the ephemeral range, so no client port collides; on an address of its own, since other
+# test routers on this machine bind the same ports on 127.0.0.1.
+SCALE_HOST, SCALE_FIRST_PORT = "127.0.0.77", 21000
+SCALE_KEYS = 10
+
+
+def scale_keys(n: int, origin: HttpOrigin, moved: HttpOrigin | None = None) -> dict[str, Any]:
+    """n tcp routes on SCALE_HOST in 10 ConfigMap keys; `moved`: route 0 goes there instead."""
+    per_key = max(1, n // SCALE_KEYS)
+    keys: dict[str, Any] = {}
+    for first in range(0, n, per_key):
+        routes = []
+        for i in range(first, min(n, first + per_key)):
+            target = moved if (i == 0 and moved is not None) else origin
+            routes.append(
+                {
+                    "name": f"route-{i}",
+                    "listen": f"{SCALE_HOST}:{SCALE_FIRST_PORT + i}",
+                    "destinations": [f"127.0.0.1:{target.port}"],
+                    "check": False,
+                }
+            )
+        keys[f"routes-{first:05d}.yaml"] = {"routes": routes}
+    return keys
+
+
+def answered(port: int, body: str, timeout: float) -> float:
+    """Seconds until a new connection to `port` is answered with `body` (bounded)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if http_get(port, host=SCALE_HOST, timeout=1) == body:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"port {port} did not answer {body!r} within {timeout:.0f} s")
+
+
+def reload_count(router: Router) -> tuple[float, float]:
+    """(haproxy_egress_reloads_total, seconds the scrape took): at 10,000 routes /metrics
+    can take longer than Router.metric's 5 s timeout, so it is read here with one regex."""
+    start = time.monotonic()
+    text = requests.get(router.url("/metrics"), timeout=120).text
+    took = time.monotonic() - start
+    match = re.search(r"^haproxy_egress_reloads_total(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    return (float(match.group(1)) if match else 0.0), took
+
+
+def scale(sizes: list[int], tmp: Path) -> None:
+    """Start, a destination change and an added route at each size; RSS of every process."""
+    a, b = HttpOrigin("origin-a").start(), HttpOrigin("origin-b").start()
+    rows = []
+    try:
+        for n in sizes:
+            volume = ConfigMapVolume(tmp / f"cm-{n}")
+            volume.write(scale_keys(n, a))
+            router = Router(
+                tmp / f"router-{n}",
+                config_dir=volume.directory,
+                env={"EGRESS_RELOAD_DEBOUNCE": "0.3", "EGRESS_POLL_SECONDS": "10"},
+            )
+            try:
+                start = time.monotonic()
+                router.start(wait_ready=False)
+                router.wait_ready(timeout=300)
+                answered(SCALE_FIRST_PORT, "origin-a", 60)
+                started = time.monotonic() - start
+                reloads, scraped = reload_count(router)
+                volume.write(scale_keys(n, a, moved=b))
+                moved = answered(SCALE_FIRST_PORT, "origin-b", 120)
+                keys = scale_keys(n, a, moved=b)
+                extra = {"name": "added", "listen": f"{SCALE_HOST}:{SCALE_FIRST_PORT + n}"}
+                extra["destinations"] = [f"127.0.0.1:{a.port}"]
+                keys["routes-added.yaml"] = {"routes": [extra]}
+                volume.write(keys)
+                added = answered(SCALE_FIRST_PORT + n, "origin-a", 120)
+                reloads = reload_count(router)[0] - reloads
+                assert router.proc is not None
+                rss = [_rss_mb(p) for p in (router.proc.pid, router.master_pid())]
+                rss.append(_rss_mb(router.worker_pid()))
+            finally:
+                router.stop()
+            rows.append((n, started, moved, added, int(reloads), scraped, rss))
+    finally:
+        a.stop()
+        b.stop()
+    print(
+        "| routes | start → ready s | destination change s | added route s | reloads "
+        "| /metrics scrape s | supervisor RSS MB | haproxy master MB | worker MB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, started, moved, added, reloads, scraped, (sup, master, worker) in rows:
+        print(
+            f"| {n:,} | {started:.2f} | {moved:.2f} | {added:.2f} | {reloads} | {scraped:.2f} "
+            f"| {sup:.1f} | {master:.1f} | {worker:.1f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--swaps", type=int, default=60)
     parser.add_argument("--reloads", type=int, default=100)
+    parser.add_argument("--scale", help="route counts, e.g. 1000,10000 (runs only the scale part)")
     args = parser.parse_args()
+    if args.scale:
+        sizes = [int(n) for n in args.scale.split(",")]
+        if any(not 1 <= n <= 10_000 for n in sizes):
+            parser.error("--scale sizes must be 1..10000 (ports 21000..31000)")
+        with tempfile.TemporaryDirectory(prefix="bench-reload.") as tmp:
+            scale(sizes, Path(tmp))
+        return
     origin = HttpOrigin("origin-a").start()
     with tempfile.TemporaryDirectory(prefix="bench-reload.") as tmp:
         volume = ConfigMapVolume(Path(tmp) / "configmap")

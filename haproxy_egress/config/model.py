@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,7 +21,8 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
-    IPvAnyNetwork,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -87,12 +89,14 @@ class Endpoint(Frozen):
     host: str
     port: int
 
-    @property
+    # Cached: the compiler asks each endpoint for these several times, and parsing an address
+    # was half of rendering 10,000 routes. The model is frozen, so a cached value stays true.
+    @cached_property
     def ip(self) -> netaddr.IPAddress | None:
         """The address when the host is an IP literal, else None (a name to resolve)."""
         return netaddr.ip_or_none(self.host)
 
-    @property
+    @cached_property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
         ip = self.ip
@@ -150,23 +154,28 @@ class Listen(Frozen):
     address: str | None = None
     port: int
 
+    @cached_property
+    def ip(self) -> netaddr.IPAddress | None:
+        """The listen address, parsed once (frozen model: it cannot change)."""
+        return None if self.address is None else ipaddress.ip_address(self.address)
+
     @property
     def bind(self) -> str:
         """The haproxy `bind` address; IPv6 listeners also take IPv4 (v4v6)."""
-        if self.address is None:
+        ip = self.ip
+        if ip is None:
             return f":{self.port}"
-        ip = ipaddress.ip_address(self.address)
         return f"[{self.address}]:{self.port}" if ip.version == 6 else f"{ip}:{self.port}"
 
     @property
     def is_v6(self) -> bool:
         """True for an IPv6 listen address."""
-        return self.address is not None and ipaddress.ip_address(self.address).version == 6
+        return self.ip is not None and self.ip.version == 6
 
     @property
     def is_wildcard(self) -> bool:
         """No address, 0.0.0.0 or '::': the listener takes the port on every address."""
-        return self.address is None or ipaddress.ip_address(self.address).is_unspecified
+        return self.ip is None or self.ip.is_unspecified
 
     def overlaps(self, other: Listen) -> bool:
         """Same port and the same or a wildcard address: both cannot own the traffic."""
@@ -229,7 +238,35 @@ def _no_zone(value: object) -> object:
 
 
 SourceAddress = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
-ClientNetwork = Annotated[IPvAnyNetwork, BeforeValidator(_no_zone)]
+
+
+@cache
+def _client_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """pydantic's IPvAnyNetwork rules and message, parsed once per distinct text: one
+    allow_from list usually stands in every route (through `defaults:`), and parsing it again
+    for each of 10,000 routes was a tenth of their validation. Networks are immutable."""
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv6Network(text)
+    except ValueError:
+        raise PydanticCustomError(
+            "ip_any_network", "value is not a valid IPv4 or IPv6 network"
+        ) from None
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return _client_network(str(_no_zone(value)))
+
+
+ClientNetwork = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    PlainValidator(_network),
+    PlainSerializer(str, when_used="json-unless-none"),
+    WithJsonSchema({"type": "string", "format": "ipvanynetwork"}),
+]
 
 
 # --- Lua hooks attached to a route (resolved against the hook files by hooks.py) ----
@@ -334,6 +371,13 @@ class RouteSettings(Frozen):
     resolve_prefer: Literal["ipv4", "ipv6"] = "ipv4"
     dns_slots: int = Field(4, ge=1, le=64)
     hooks: tuple[HookUse, ...] = ()  # Lua hooks, in order (docs/lua.md)
+    # Kernel splicing of what clients send too, not only of what destinations send back: for
+    # upload-heavy routes; it slowed small keep-alive exchanges in some runs, so it is not the
+    # default (docs/benchmarks.md, docs/configuration.md).
+    splice: Literal["response", "both"] = "response"
+    # false: no log line per connection (tcp) or request (http), for busy routes whose
+    # connections need no record; tcp and http routes only, and not with the audit hook.
+    log: bool = True
 
 
 class Route(RouteSettings):
@@ -386,11 +430,14 @@ class Route(RouteSettings):
     @field_validator("destinations")
     @classmethod
     def _unique_destinations(cls, value: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-        seen: set[str] = set()
+        # Hosts are already canonical (`_endpoint`): comparing the text is comparing the
+        # addresses, without parsing each one again (a third of validating 10,000 routes).
+        seen: set[tuple[str, int]] = set()
         for endpoint in value:
-            if endpoint.hostport in seen:
+            key = (endpoint.host, endpoint.port)
+            if key in seen:
                 raise ValueError(f"destination {endpoint.hostport} is listed twice")
-            seen.add(endpoint.hostport)
+            seen.add(key)
         return value
 
     @model_validator(mode="after")
@@ -398,7 +445,16 @@ class Route(RouteSettings):
         if self.check.http_path is not None and self.mode != "http":
             raise ValueError("check.http_path needs mode: http")
         self._policy_coherent()
+        self._datapath_coherent()
         return self
+
+    def _datapath_coherent(self) -> None:
+        """`splice` and `log` shape tcp and http routes; a proxy or tls route's decision log is
+        its record of what was allowed, and an audit hook writes its lines through the log."""
+        if self.mode in POLICY_MODES and (self.splice != "response" or not self.log):
+            raise ValueError(f"splice and log: false apply to tcp and http routes, not {self.mode}")
+        if not self.log and any(h.use == "audit" for h in self.hooks):
+            raise ValueError("log: false would drop the audit hook's lines")
 
     def _policy_coherent(self) -> None:
         """A policy belongs to proxy/tls routes, and they need one."""

@@ -111,6 +111,22 @@ def test_check_shorthand_and_http_path() -> None:
     assert line == "routes.yaml: routes[0]: check.http_path needs mode: http"
 
 
+def test_datapath_knobs_belong_to_tcp_and_http_routes() -> None:
+    r = Route.model_validate(route(splice="both", log=False))
+    assert (r.splice, r.log) == ("both", False)
+    assert (Route.model_validate(route()).splice, Route.model_validate(route()).log) == (
+        "response",
+        True,
+    )
+    proxy = {"name": "p", "listen": 3128, "mode": "proxy", "policy": ["*"]}
+    (line,) = problems({**proxy, "log": False})
+    assert line.endswith("splice and log: false apply to tcp and http routes, not proxy")
+    (line,) = problems(route(log=False, hooks=["audit"]))
+    assert line.endswith("log: false would drop the audit hook's lines")
+    (line,) = problems(route(splice="request"))
+    assert "routes[0].splice" in line
+
+
 @pytest.mark.parametrize(
     ("fields", "where", "message"),
     [
