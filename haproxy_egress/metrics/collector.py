@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from haproxy_egress import __version__
 from haproxy_egress.metrics.families import BACKEND_FAMILIES, FRONTEND_FAMILIES, StatFamily
+from haproxy_egress.metrics.logs import log_families
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import (
     HaproxySnapshot,
@@ -224,6 +225,7 @@ def router_families(status: RouterStatus | None, haproxy_version: str) -> list[M
             "Unix time the router started.",
             value=status.start_time,
         ),
+        *log_families(status.log),
     ]
 
 

@@ -133,7 +133,7 @@ def test_kill9_of_worker_master_and_socklog_under_load(
     a, b = free_port(), free_port()
     good = {"routes.yaml": {"routes": [_route("a", a, origin), _route("b", b, origin)]}}
     volume.write(good)
-    router = Router(tmp_path / "router", config_dir=volume.directory)
+    router = Router(tmp_path / "router", config_dir=volume.directory, env={"EGRESS_LOG": "socklog"})
     routers.append(router.start())
     # A later edit that haproxy refuses (a port someone else holds) is rejected: from then on
     # the config dir and the last good config differ, and every restart must run the latter.

@@ -424,9 +424,9 @@ def test_kubelet_swap_reloads_without_failed_requests(
 
 
 def test_logs_have_haproxy_connection_lines(router: Router, origin: HttpOrigin) -> None:
-    """haproxy's per-connection log lines reach the container's log stream (via socklog)."""
+    """haproxy's per-connection log lines reach the container's log stream (via the relay)."""
     http_get(router.route_port)
-    line = rf"haproxy\[\d+\]: 127\.0\.0\.1:\d+ \[[^\]]+\] web web/127\.0\.0\.1_{origin.port} "
+    line = rf"(haproxy\[\d+\]: )?127\.0\.0\.1:\d+ \[[^\]]+\] web web/127\.0\.0\.1_{origin.port} "
     wait_for(lambda: re.search(line, router.logs()), timeout=10)
 
 
