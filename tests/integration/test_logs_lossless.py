@@ -370,3 +370,49 @@ def _start_with_stdout(router: Router, stdout: Any) -> None:
             stderr=err,
         )
     router.wait_ready()
+
+
+# --- long lines ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_long_lines_up_to_the_8k_len_arrive_whole_under_concurrency(
+    tmp_path: Path, origin: FastOrigin, routers: list[Router]
+) -> None:
+    """httplog lines carrying 7-9 kB URIs (haproxy cuts them at `len 8192`), from 8 clients at
+    once beside short lines: every line arrives alone, none cut, none merged."""
+    port = free_port()
+    route = {**_route(port, origin), "mode": "http"}
+    router = _router(tmp_path, [route])
+    routers.append(router.start())
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        for i in range(60):
+            size = 7000 + (seed * 997 + i * 131) % 2000 if i % 3 else 10
+            path = "/" + "p" * size
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n".encode())
+                while s.recv(65536):
+                    pass
+            with lock:
+                sent.append(size)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    lines = _settled(router, len(sent))
+    assert len(lines) == len(sent) == 480
+    longest = 0
+    for line in lines:
+        assert line.startswith("127.0.0.1:"), line[:100]
+        assert line.count(" edge edge/") == 1, line[:200]  # merged lines would show two
+        assert len(line) < 8192
+        longest = max(longest, len(line))
+        if len(line) < 8000:  # not cut by haproxy's `len`: the request line ends the line
+            assert line.endswith(' HTTP/1.1"'), line[-100:]
+    assert longest >= 8000  # some did reach the 8 kB limit
+    assert _dropped(router, "haproxy") == 0.0
