@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops, log_families
-from haproxy_egress.runtime.logloss import worker_pids
+from haproxy_egress.runtime.logloss import LogLossWatch, worker_pids
 from haproxy_egress.runtime.logrelay import LogPipe, Relay, StateFile, read_counters
 
 
@@ -156,3 +156,23 @@ def test_log_families_name_every_stage() -> None:
     assert samples[("haproxy_egress_log_lines_total", ())] == 100
     assert loss.total == 9
     assert log_families(None) == []
+
+
+def test_loss_warning_is_rate_limited(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = StateFile(tmp_path / "state")
+    # No master socket: haproxy's counters stay unknown; the relay's file is read alone.
+    watch = LogLossWatch(tmp_path / "no-master.sock", tmp_path / "state", warn_interval=60)
+    caplog.set_level("WARNING")
+    assert watch.poll(now=0.0, force=True).total == 0
+    state.add(lost_killed=3)
+    assert watch.poll(now=1.0, force=True).relay_lost_killed == 3
+    state.add(lost_killed=2)
+    watch.poll(now=30.0, force=True)  # within the interval: counted, not logged again
+    assert watch.snapshot().total == 5
+    state.add(lost_unwritable=1)
+    watch.poll(now=62.0, force=True)
+    warnings = [r.getMessage() for r in caplog.records if "log line(s) lost" in r.getMessage()]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("3 log line(s) lost")
+    assert warnings[1].startswith("3 log line(s) lost")  # 2 + 1 since the first warning
+    assert "6 in all this run" in warnings[1]
