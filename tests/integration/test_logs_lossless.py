@@ -239,6 +239,33 @@ def test_no_line_lost_across_100_reloads_under_load(
     assert _dropped(router, "relay") == 0.0
 
 
+@pytest.mark.timeout(120)
+def test_a_connection_held_across_a_reload_is_logged_by_its_old_worker(
+    tmp_path: Path, origin: FastOrigin, routers: list[Router]
+) -> None:
+    """The case a haproxy ring loses: the old worker logs the connection after the reload."""
+    port, side = free_port(), free_port()
+    router = _router(tmp_path, [_route(port, origin)])
+    routers.append(router.start())
+    assert router.config_dir is not None
+    held = socket.create_connection(("127.0.0.1", port), timeout=5)
+    held.sendall(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")  # keep-alive: the connection stays
+    assert held.recv(4096).startswith(b"HTTP/1.1 200")
+    old = router.worker_pid()
+    routes = [_route(port, origin), {**_route(side, origin), "name": "side"}]
+    write_configmap(router.config_dir, {"routes.yaml": {"routes": routes}})
+    wait_for(lambda: router.metric("haproxy_egress_reloads_total") == 1.0, 30)
+    wait_for(
+        lambda: router.metric("haproxy_egress_log_worker_dropped", {"pid": str(old)}) == 0.0, 10
+    )
+    assert router.metric("haproxy_egress_log_worker_dropped", {"role": "old"}) == 0.0
+    before = len(_route_lines(router.stdout()))
+    held.close()  # the old worker logs it now, and then exits
+    lines = _settled(router, before + 1)
+    assert len(lines) == before + 1
+    assert TCPLOG.match(lines[-1]), lines[-1]
+
+
 # --- the relay killed ---------------------------------------------------------------------------
 
 
