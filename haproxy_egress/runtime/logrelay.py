@@ -111,7 +111,9 @@ class StateFile:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < _LAYOUT.size:
-                os.ftruncate(fd, _LAYOUT.size)
+                # Real bytes, not ftruncate: a sparse page on a full tmpfs would be allocated
+                # at the first store and kill the relay with SIGBUS; this fails with ENOSPC.
+                os.pwrite(fd, bytes(_LAYOUT.size), 0)
             self._map = mmap.mmap(fd, _LAYOUT.size)
         finally:
             os.close(fd)
