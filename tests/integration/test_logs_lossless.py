@@ -22,6 +22,7 @@ import yaml
 
 from haproxy_egress.runtime.haproxy import CliSocket
 from haproxy_egress.runtime.logrelay import read_counters
+from tests.figures import record
 from tests.logload import FastOrigin, wrk_close
 from tests.router import Router
 from tests.support import free_port, wait_for, write_configmap
@@ -142,6 +143,8 @@ def test_full_load_every_connection_has_its_line(
     assert _dropped(router, "haproxy") == 0.0
     assert _dropped(router, "relay") == 0.0
     assert "log line(s) lost" not in router.stderr()
+    kind = "audit" if audit else "tcplog"
+    record(f"logs: full load ({kind})", connections=sessions, lines=len(lines), lost=0)
 
 
 @pytest.mark.timeout(120)
@@ -159,6 +162,7 @@ def test_burst_of_thousands_of_connections_in_a_second(
     _check_lines(lines, audit=False)
     assert len(lines) == sessions
     assert _dropped(router, "haproxy") == 0.0
+    record("logs: burst", connections=sessions, seconds=result.seconds, lines=len(lines), lost=0)
 
 
 # --- reloads -----------------------------------------------------------------------------------
@@ -237,6 +241,7 @@ def test_no_line_lost_across_100_reloads_under_load(
     assert len(lines) == clients.ok
     assert _dropped(router, "haproxy") == 0.0
     assert _dropped(router, "relay") == 0.0
+    record("logs: 100 reloads under load", reloads=reloads, connections=clients.ok, lost=0)
 
 
 @pytest.mark.timeout(120)
@@ -300,6 +305,7 @@ def test_kill9_of_the_relay_loses_at_most_what_was_in_flight_and_counts_it(
     assert lost <= 3 * 2000, lost  # at most what each relay held (one read of 64 KiB each)
     assert _dropped(router, "haproxy") == 0.0
     assert router.metric("haproxy_egress_child_restarts_total", {"child": "log-relay"}) == 3.0
+    record("logs: relay kill -9 x3", connections=clients.ok, lines=len(lines), counted_lost=lost)
 
 
 # --- a slow stdout -------------------------------------------------------------------------------
@@ -367,6 +373,7 @@ def test_slow_stdout_reader_fills_the_buffers_then_haproxy_counts_every_drop(
         wait_for(lambda: "log line(s) lost" in router.stderr(), 15)
         warnings = [ln for ln in router.stderr().splitlines() if "log line(s) lost" in ln]
         assert len(warnings) <= 4, warnings  # rate-limited: one per 5 s at most
+        record("logs: slow stdout", connections=sessions, lines=len(lines), dropped=dropped)
     finally:
         router.stop()
         if reader.stdin is not None:
