@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from haproxy_egress.errors import EgressError
 from haproxy_egress.runtime.children import Child
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,16 @@ class LogPipe:
         so haproxy's open never blocks and the buffer outlives every reader."""
         if self.fd is not None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISFIFO(os.lstat(self.path).st_mode):
-                self.path.unlink()
-        if not self.path.exists():
-            os.mkfifo(self.path, 0o600)
-        # O_RDWR on a FIFO never blocks (Linux); the descriptor is not inherited (O_CLOEXEC).
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISFIFO(os.lstat(self.path).st_mode):
+                    self.path.unlink()
+            if not self.path.exists():
+                os.mkfifo(self.path, 0o600)
+            # O_RDWR on a FIFO never blocks (Linux); not inherited by children (O_CLOEXEC).
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise EgressError(f"cannot create the log FIFO {self.path}: {exc}") from exc
         self.size = set_pipe_size(self.fd, self.size)
         log.debug("log pipe %s holds %d bytes", self.path, self.size)
 
