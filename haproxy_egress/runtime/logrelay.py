@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haproxy_egress.errors import EgressError
+from haproxy_egress.logsetup import LineHandler
 from haproxy_egress.runtime.children import Child
 
 log = logging.getLogger(__name__)
@@ -363,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state", required=True, type=Path, help="the counters file")
     parser.add_argument("--buffer-bytes", type=int, default=16 << 20)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s log-relay %(message)s"
-    )
+    # The relay's own (rare) lines go to stderr like the supervisor's, one write() each.
+    handler = LineHandler(sys.stderr.fileno())
+    handler.setFormatter(logging.Formatter("%(asctime)s log-relay %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     source = os.open(args.input, os.O_RDONLY)
     state = StateFile(args.state)

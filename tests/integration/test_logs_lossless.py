@@ -28,6 +28,10 @@ from tests.router import Router
 from tests.support import free_port, wait_for, write_configmap
 
 # A tcplog line of the route: `127.0.0.1:41000 [02/Dec/2026:00:00:00.000] edge edge/o ...`
+STDERR_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\dT[\d:.]+Z haproxy-egress [A-Z]+: |\d{4}-\d\d-\d\d [\d:,]+ log-relay "
+    r"|\[(NOTICE|WARNING|ALERT)\] +\(\d+\) : )"
+)
 TCPLOG = re.compile(r"^127\.0\.0\.1:\d+ \[[^\]]+\] edge edge/\S+ \S+ \d+ \S+ \S+ \S+$")
 
 
@@ -140,6 +144,11 @@ def test_full_load_every_connection_has_its_line(
     _check_lines(lines, audit)
     wait_for(lambda: router.metric("haproxy_egress_log_lines_total") is not None, 10)
     assert len(lines) == sessions, (len(lines), sessions, result)
+    # stdout carries haproxy's lines and nothing else; stderr's lines are each whole: the
+    # supervisor's, the relay's or haproxy's own notices, never two of them run together.
+    assert len(router.stdout().splitlines()) == sessions
+    for line in router.stderr().splitlines():
+        assert STDERR_LINE.match(line), line
     assert _dropped(router, "haproxy") == 0.0
     assert _dropped(router, "relay") == 0.0
     assert "log line(s) lost" not in router.stderr()
