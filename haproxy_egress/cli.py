@@ -42,10 +42,14 @@ def render_options(settings: Settings) -> RenderOptions:
     """The process facts that the rendered config embeds."""
     return RenderOptions(
         run_dir=settings.run_dir,
-        log_stdout=settings.log_sink is LogSink.STDOUT,
+        log_stdout=settings.log_sink.haproxy_writes_stdout,
         drain_seconds=settings.drain_seconds,
-        # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores.
-        threads=settings.threads or default_threads(),
+        # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores. The relay
+        # sink runs one thread unless told otherwise: when two threads log at once and the one
+        # writing is descheduled, haproxy drops the other's line rather than wait
+        # (docs/operations.md "Logging"); one thread never collides with itself.
+        threads=settings.threads
+        or (1 if settings.log_sink is LogSink.RELAY else default_threads()),
     )
 
 

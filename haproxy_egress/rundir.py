@@ -47,6 +47,16 @@ class RunDir:
         return self.root / "log.sock"
 
     @property
+    def log_pipe(self) -> Path:
+        """The FIFO haproxy's stdout (`log stdout`) writes to and the log relay reads."""
+        return self.root / "log.pipe"
+
+    @property
+    def log_relay_state(self) -> Path:
+        """The log relay's counters (lines in, out, lost), kept across relay restarts."""
+        return self.root / "log-relay.state"
+
+    @property
     def pid_file(self) -> Path:
         """haproxy's pidfile (the master's and workers' pids)."""
         return self.root / "haproxy.pid"

@@ -15,8 +15,16 @@ from haproxy_egress.rundir import RunDir
 class LogSink(enum.Enum):
     """Where haproxy's own log lines go."""
 
+    # haproxy's `log stdout` into a FIFO read by the log relay child, copied to our stdout
+    # whole lines in batches: nothing dropped until a large buffer is full, every drop counted.
+    RELAY = "relay"
     SOCKLOG = "socklog"  # a socklog child on a unix datagram socket, copied to our stdout
-    STDOUT = "stdout"  # haproxy's native `log stdout`; no socklog child
+    STDOUT = "stdout"  # haproxy's native `log stdout` on our stdout; no child
+
+    @property
+    def haproxy_writes_stdout(self) -> bool:
+        """haproxy logs with `log stdout` (to the pod's stdout or to the relay's FIFO)."""
+        return self is not LogSink.SOCKLOG
 
 
 class LogFormat(enum.Enum):
@@ -54,8 +62,12 @@ class Settings:
     run_dir: Path = Path("/run/haproxy-egress")
     haproxy_bin: str = "haproxy"
     socklog_bin: str = "socklog"
-    log_sink: LogSink = LogSink.SOCKLOG
     log_format: LogFormat = LogFormat.TEXT
+    # --- the log path (docs/operations.md "Logging") ---
+    log_sink: LogSink = LogSink.RELAY
+    log_pipe_bytes: int = 1 << 20  # the FIFO's buffer (the kernel caps it at pipe-max-size)
+    log_buffer_bytes: int = 16 << 20  # what the relay holds while stdout is slow
+    log_warn_interval: float = 60.0  # at most one "log lines dropped" warning per interval
     drain_seconds: float = 30.0
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 9101
@@ -104,15 +116,20 @@ class Settings:
                 problems.append(Problem(name, "", f"must be one of {allowed} (got {raw!r})"))
                 return default
 
-        sink = choice("EGRESS_LOG", LogSink, LogSink.SOCKLOG)
+        sink = choice("EGRESS_LOG", LogSink, LogSink.RELAY)
         fmt = choice("EGRESS_LOG_FORMAT", LogFormat, LogFormat.TEXT)
         settings = cls(
             config_dir=Path(env.get("EGRESS_CONFIG_DIR") or cls.config_dir),
             run_dir=Path(env.get("EGRESS_RUN_DIR") or cls.run_dir),
             haproxy_bin=env.get("EGRESS_HAPROXY_BIN") or cls.haproxy_bin,
             socklog_bin=env.get("EGRESS_SOCKLOG_BIN") or cls.socklog_bin,
-            log_sink=LogSink(sink.value),
             log_format=LogFormat(fmt.value),
+            log_sink=LogSink(sink.value),
+            log_pipe_bytes=int(number("EGRESS_LOG_PIPE_BYTES", cls.log_pipe_bytes, 4096, 1 << 30)),
+            log_buffer_bytes=int(
+                number("EGRESS_LOG_BUFFER_BYTES", cls.log_buffer_bytes, 1 << 16, 1 << 32)
+            ),
+            log_warn_interval=number("EGRESS_LOG_WARN_SECONDS", cls.log_warn_interval, 1, 86400),
             drain_seconds=number("EGRESS_DRAIN_SECONDS", cls.drain_seconds, 0, 86400),
             metrics_address=env.get("METRICS_ADDRESS") or cls.metrics_address,
             metrics_port=int(number("SCRAPER_TCP_PORT", cls.metrics_port, 0, 65535)),

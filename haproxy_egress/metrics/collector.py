@@ -18,6 +18,7 @@ from prometheus_client.core import (
 )
 
 from haproxy_egress import __version__
+from haproxy_egress.metrics.logs import log_families
 from haproxy_egress.metrics.stats import HaproxySnapshot, StatTable, int_text
 from haproxy_egress.metrics.status import RouterStatus
 
@@ -165,4 +166,5 @@ def router_families(status: RouterStatus | None, haproxy_version: str) -> list[M
             "Unix time the router started.",
             value=status.start_time,
         ),
+        *log_families(status.log),
     ]

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from haproxy_egress.metrics.logs import LogLoss
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,6 +25,7 @@ class RouterStatus:
     config_routes: int
     child_restarts: Mapping[str, int]  # {"haproxy": n, "socklog": n}
     start_time: float
+    log: LogLoss | None = None  # the log path's loss counters (metrics/logs.py)
 
 
 def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:

@@ -83,6 +83,8 @@ class Child:
     probe: Callable[[], bool] = _always
     # Run just before each start (e.g. remove a stale socket the probe would mistake).
     before_start: Callable[[], None] | None = None
+    # Where the child's stdout goes instead of the pod log (haproxy's into the log relay FIFO).
+    stdout: Path | None = None
     state: ChildState = ChildState.EXITED
     pid: int | None = None
     started_at: float = 0.0
@@ -110,15 +112,20 @@ class Child:
 
         posix_spawn rather than subprocess.Popen: the supervisor reaps every child with its
         own waitpid(-1) loop (it is PID 1), and a Popen object would race it for the status.
-        stdout and stderr are inherited: they are the pod log.
+        stdout and stderr are inherited (they are the pod log) unless `stdout` names a file.
         """
         if self.before_start is not None:
             self.before_start()
+        actions: list[tuple[int, int, str, int, int]] = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+        ]
+        if self.stdout is not None:
+            actions.append((os.POSIX_SPAWN_OPEN, 1, str(self.stdout), os.O_WRONLY, 0))
         self.pid = os.posix_spawnp(
             self.argv[0],
             list(self.argv),
             os.environ,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+            file_actions=actions,
             # Own process group: a Ctrl-C in a terminal reaches only the supervisor, which
             # then stops the children in order.
             setpgroup=0,

@@ -25,6 +25,8 @@ from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.logloss import LogLossWatch
+from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
 from haproxy_egress.settings import LogSink, Settings
@@ -68,10 +70,26 @@ class Supervisor:
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
         run = settings.run
+        # The log path (docs/operations.md "Logging"): haproxy's stdout is the relay's FIFO,
+        # which this process holds open so that no relay restart loses what it buffers.
+        self.log_pipe: LogPipe | None = None
+        self.logrelay: Child | None = None
+        if settings.log_sink is LogSink.RELAY:
+            self.log_pipe = LogPipe(run.log_pipe, settings.log_pipe_bytes)
+            self.logrelay = relay_child(
+                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes
+            )
+        self.log_loss = LogLossWatch(
+            run.master_socket,
+            run.log_relay_state if self.logrelay else None,
+            settings.log_warn_interval,
+        )
         self.haproxy = Child(
             "haproxy",
             haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
+            before_start=self.log_pipe.ensure if self.log_pipe else None,
+            stdout=run.log_pipe if self.log_pipe else None,
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
@@ -83,7 +101,8 @@ class Supervisor:
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
         # In start order: logs must flow before haproxy has anything to say.
-        self.children = [c for c in (self.socklog, self.haproxy) if c is not None]
+        self.log_child = self.socklog or self.logrelay
+        self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
         self.watcher = Watcher(
             settings.config_dir,
             self.inbox.put_nowait,
@@ -120,6 +139,7 @@ class Supervisor:
             config_routes=len(self.current.config.routes),
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
+            log=self.log_loss.snapshot(),
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -134,6 +154,8 @@ class Supervisor:
             log.info("cannot chmod 700 %s (not its owner); relying on socket modes", run)
         for stale in self.settings.run.stale():
             stale.unlink(missing_ok=True)
+        # A relay state left by a previous container of this pod would be counted as ours.
+        self.settings.run.log_relay_state.unlink(missing_ok=True)
         install(self.settings, self.current.text)
 
     def _install_signal_handlers(self) -> None:
@@ -203,6 +225,7 @@ class Supervisor:
         finally:
             self.watcher.stop()
             self.metrics.stop()
+            self._final_log_count()
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
         return int(self.exit_code)
 
@@ -325,6 +348,7 @@ class Supervisor:
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
+        self.log_loss.poll(now)
         for child in self.children:
             if child.restart_due(now):
                 child.restarts += 1
@@ -356,7 +380,7 @@ class Supervisor:
             self._kill_deadline = None
         if self.haproxy.pid is not None:
             return
-        sl = self.socklog
+        sl = self.log_child  # socklog or the log relay: it drains what haproxy left it
         if sl is not None and sl.pid is not None:
             if sl.state is not ChildState.STOPPING:
                 if self._socklog_stop_at is None:
@@ -366,6 +390,12 @@ class Supervisor:
                     sl.signal(signal.SIGTERM)
             return
         self.state = State.EXITED
+
+    def _final_log_count(self) -> None:
+        """Warn about lines lost in the last poll interval too, then let the FIFO go."""
+        self.log_loss.poll(force=True)
+        if self.log_pipe is not None:
+            self.log_pipe.close()
 
     def _kill_all(self) -> None:
         for child in self.children:

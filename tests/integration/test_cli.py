@@ -118,7 +118,7 @@ def test_seed_env_error_names_the_variable(tmp_path: Path) -> None:
 def test_bad_settings_exit_2(good_dir: Path) -> None:
     proc = run(["render"], {"EGRESS_CONFIG_DIR": str(good_dir), "EGRESS_LOG": "syslog"})
     assert proc.returncode == 2
-    assert "EGRESS_LOG: must be one of socklog, stdout (got 'syslog')" in proc.stderr
+    assert "EGRESS_LOG: must be one of relay, socklog, stdout (got 'syslog')" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

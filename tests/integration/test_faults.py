@@ -125,7 +125,7 @@ def test_kill9_of_worker_master_and_socklog_under_load(
     a, b = free_port(), free_port()
     good = {"routes.yaml": {"routes": [_route("a", a, origin), _route("b", b, origin)]}}
     volume.write(good)
-    router = Router(tmp_path / "router", config_dir=volume.directory)
+    router = Router(tmp_path / "router", config_dir=volume.directory, env={"EGRESS_LOG": "socklog"})
     routers.append(router.start())
     # A later edit that haproxy refuses (a port someone else holds) is rejected: from then on
     # the config dir and the last good config differ, and every restart must run the latter.
@@ -360,9 +360,8 @@ def test_run_dir_full_during_reload_fails_cleanly(
         assert router.worker_pid() == worker
         assert (router.run_dir / "haproxy.cfg").read_text() == live
         leftovers = sorted(p.name for p in small_tmpfs.iterdir() if p.is_file())
-        assert leftovers == ["filler", "haproxy.cfg", "haproxy.pid", "server-state"], (
-            leftovers
-        )  # no temp files
+        expected = ["filler", "haproxy.cfg", "haproxy.pid", "log-relay.state", "server-state"]
+        assert leftovers == expected, leftovers  # no temp files
         assert http_get(a) == "origin-a"
         # Space again: the next change goes through.
         filler.unlink()

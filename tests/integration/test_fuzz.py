@@ -530,7 +530,10 @@ SETTING_VARS = {
     "EGRESS_POLL_SECONDS": ["10"],
     "EGRESS_THREADS": ["4"],
     "SCRAPER_TCP_PORT": ["9101", "0"],
-    "EGRESS_LOG": ["socklog", "stdout", "STDOUT"],
+    "EGRESS_LOG": ["relay", "socklog", "stdout", "STDOUT"],
+    "EGRESS_LOG_PIPE_BYTES": ["1048576", "4096"],
+    "EGRESS_LOG_BUFFER_BYTES": ["16777216"],
+    "EGRESS_LOG_WARN_SECONDS": ["60", "1"],
     "EGRESS_LOG_FORMAT": ["text", "json"],
     "EGRESS_EXPORT_UNUSED_SLOTS": ["true", "0"],
 }

@@ -30,10 +30,14 @@ PREFIX = "local0.info: "  # socklog's facility.level in front of every haproxy l
 
 
 def audit_lines(router: Router) -> list[dict[str, Any]]:
-    """The audit objects on the router's stdout: socklog prints `local0.info: ` and the
-    rfc3164 header (`Nov 26 10:00:00 localhost haproxy[41]: `), then haproxy's message."""
+    """The audit objects on the router's stdout: with the log relay (the default) each line
+    is the bare JSON object; socklog prints `local0.info: ` and the rfc3164 header
+    (`Nov 26 10:00:00 localhost haproxy[41]: `) before it."""
     out = []
     for line in router.stdout().splitlines():
+        if line.startswith('{"type":"egress-audit"'):
+            out.append(json.loads(line))
+            continue
         head, sep, doc = line.partition(": {")
         if line.startswith(PREFIX) and sep and doc.startswith('"type":"egress-audit"'):
             assert head.split(": ", 1)[1].split()[-1].startswith("haproxy["), line

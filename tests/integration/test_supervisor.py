@@ -72,7 +72,7 @@ def _listen_port(router: Router) -> int:
 def test_seed_example_serves_logs_and_stops_cleanly(
     tmp_path: Path, origin: HttpOrigin, router_factory: list[Router]
 ) -> None:
-    router = _seed_router(tmp_path, origin.port)
+    router = _seed_router(tmp_path, origin.port, EGRESS_LOG="socklog")
     router_factory.append(router.start())
     assert http_get(_listen_port(router)) == "origin-a"
     assert requests.get(router.url("/healthz"), timeout=2).status_code == 200
@@ -200,7 +200,7 @@ def test_haproxy_killed_is_restarted(
 def test_socklog_killed_is_restarted_and_logs_flow_again(
     tmp_path: Path, origin: HttpOrigin, router_factory: list[Router]
 ) -> None:
-    router = _seed_router(tmp_path, origin.port)
+    router = _seed_router(tmp_path, origin.port, EGRESS_LOG="socklog")
     router_factory.append(router.start())
     socklog_pid = int(
         next(ln for ln in router.stderr().splitlines() if "socklog started (pid:" in ln)
@@ -224,7 +224,9 @@ def test_orphaned_grandchild_is_reaped(
     wrapper = tmp_path / "socklog-wrapper"
     wrapper.write_text(f'#!/bin/sh\n( sleep 0.5 & echo $! > {marker} ) \nexec socklog "$@"\n')
     wrapper.chmod(0o755)
-    router = _seed_router(tmp_path, origin.port, EGRESS_SOCKLOG_BIN=str(wrapper))
+    router = _seed_router(
+        tmp_path, origin.port, EGRESS_LOG="socklog", EGRESS_SOCKLOG_BIN=str(wrapper)
+    )
     router_factory.append(router.start())
     orphan = int(wait_for(lambda: marker.read_text().strip(), timeout=5))  # type: ignore[arg-type]
     assert router.proc is not None

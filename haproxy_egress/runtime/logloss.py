@@ -1,0 +1,129 @@
+"""Counting lost log lines: haproxy's DroppedLogs of every worker (old ones included, through
+the master CLI) plus the log relay's own losses; and one rate-limited warning when any grew."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from haproxy_egress.errors import EgressError
+from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
+from haproxy_egress.runtime.haproxy import CliSocket
+from haproxy_egress.runtime.logrelay import read_counters
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 2.0
+_DROPPED = re.compile(r"^DroppedLogs:\s*(\d+)", re.M)
+
+
+def worker_pids(show_proc: str) -> list[tuple[int, str]]:
+    """(pid, "current" | "old") of every worker in the master's `show proc` (2.6 and 3.x)."""
+    out: list[tuple[int, str]] = []
+    section = "current"
+    for raw in show_proc.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            lowered = line.lower()
+            if "old worker" in lowered:
+                section = "old"
+            elif "program" in lowered:
+                section = "program"
+            elif "worker" in lowered:
+                section = "current"
+            continue
+        fields = line.split()
+        is_worker = len(fields) >= 2 and fields[0].isdigit() and fields[1] == "worker"
+        if is_worker and section in ("current", "old"):
+            out.append((int(fields[0]), section))
+    return out
+
+
+class LogLossWatch:
+    """Polls the loss counters from the supervisor's loop; `snapshot()` is for any thread."""
+
+    def __init__(
+        self,
+        master_socket: Path,
+        relay_state: Path | None,
+        warn_interval: float,
+        poll_interval: float = POLL_SECONDS,
+    ) -> None:
+        self._master = CliSocket(master_socket, timeout=2.0, master=True)
+        self._relay_state = relay_state
+        self._warn_interval = warn_interval
+        self._poll_interval = poll_interval
+        self._next_poll = 0.0
+        self._last: dict[int, int] = {}  # pid -> last DroppedLogs seen
+        self._retired = 0  # DroppedLogs of workers that have exited, as last seen
+        self._warned_total = 0
+        self._warned_at = -1e9
+        self._snapshot = LogLoss(relay=relay_state is not None)
+
+    def snapshot(self) -> LogLoss:
+        """The latest counters (an immutable object replaced whole: no lock needed)."""
+        return self._snapshot
+
+    def poll(self, now: float | None = None, force: bool = False) -> LogLoss:
+        """Refresh the counters when due; warn (at most once per interval) if lines were lost."""
+        now = time.monotonic() if now is None else now
+        if not force and now < self._next_poll:
+            return self._snapshot
+        self._next_poll = now + self._poll_interval
+        found = self._workers()
+        workers = self._snapshot.workers  # master away (re-executing): keep the last view
+        if found is not None:
+            workers = tuple(found)
+            seen = {w.pid for w in workers}
+            for pid in [p for p in self._last if p not in seen]:
+                self._retired += self._last.pop(pid)
+            for w in workers:
+                self._last[w.pid] = max(w.dropped, self._last.get(w.pid, 0))
+        relay = read_counters(self._relay_state) if self._relay_state is not None else None
+        self._snapshot = LogLoss(
+            haproxy_dropped=self._retired + sum(self._last.values()),
+            workers=workers,
+            relay=self._relay_state is not None,
+            relay_lines=relay.lines_out if relay else 0,
+            relay_lost_killed=relay.lost_killed if relay else 0,
+            relay_lost_stdout=relay.lost_unwritable if relay else 0,
+        )
+        self._maybe_warn(now)
+        return self._snapshot
+
+    def _workers(self) -> list[WorkerLogDrops] | None:
+        try:
+            pids = worker_pids(self._master.command("show proc"))
+        except EgressError:
+            return None
+        out = []
+        for pid, role in pids:
+            try:
+                found = _DROPPED.search(self._master.command(f"@!{pid} show info"))
+            except EgressError:
+                found = None  # it exited between the two commands
+            if found is not None:
+                out.append(WorkerLogDrops(pid, role, int(found.group(1))))
+            elif pid in self._last:
+                out.append(WorkerLogDrops(pid, role, self._last[pid]))
+        return out
+
+    def _maybe_warn(self, now: float) -> None:
+        s = self._snapshot
+        if s.total <= self._warned_total or now - self._warned_at < self._warn_interval:
+            return
+        log.warning(
+            "%d log line(s) lost since the last warning (haproxy could not write %d, the relay "
+            "lost %d); %d in all this run: see haproxy_egress_log_dropped_total",
+            s.total - self._warned_total,
+            s.haproxy_dropped,
+            s.relay_lost_killed + s.relay_lost_stdout,
+            s.total,
+        )
+        self._warned_total = s.total
+        self._warned_at = now
+
+
+__all__ = ["LogLossWatch", "worker_pids"]
