@@ -16,6 +16,7 @@ import queue
 import signal
 import sys
 import time
+from collections import Counter
 
 from haproxy_egress import __version__
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
@@ -24,9 +25,11 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
+from haproxy_egress.runtime.changes import Kind
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
-from haproxy_egress.runtime.reload import Compiled, install, transaction
+from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
+from haproxy_egress.runtime.workers import Bounds, Workers
 from haproxy_egress.settings import LogSink, Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        self.config_changes: Counter[str] = Counter()  # by changes.Kind value
         self._stop_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
@@ -82,6 +86,13 @@ class Supervisor:
                 # A socket left by the previous socklog would pass the probe at once.
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
+        self.workers = Workers(
+            haproxy.CliSocket(run.master_socket, timeout=5.0, master=True).command,
+            settings.drain_seconds,
+            Bounds(
+                settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
+            ),
+        )
         # In start order: logs must flow before haproxy has anything to say.
         self.children = [c for c in (self.socklog, self.haproxy) if c is not None]
         self.watcher = Watcher(
@@ -118,6 +129,12 @@ class Supervisor:
             config_routes=len(self.current.config.routes),
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
+            config_changes=dict(self.config_changes),
+            old_workers=self.workers.snapshot.count,
+            old_worker_connections=self.workers.snapshot.connections,
+            old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
+            old_workers_ended=dict(self.workers.workers_ended),
+            connections_ended=dict(self.workers.connections_ended),
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -132,7 +149,7 @@ class Supervisor:
             log.info("cannot chmod 700 %s (not its owner); relying on socket modes", run)
         for stale in self.settings.run.stale():
             stale.unlink(missing_ok=True)
-        install(self.settings, self.current.text)
+        install(self.settings, self.current.text, self.current.maps)
 
     def _install_signal_handlers(self) -> None:
         def enqueue(signum: int, _frame: object) -> None:
@@ -276,18 +293,40 @@ class Supervisor:
             self.last_reload_successful = True
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
+        self._changed(outcome, reason, time.monotonic() - started)
+
+    def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
+        """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
-        self.reloads_total += 1
+        kind = outcome.kind
+        self.config_changes[kind.value] += 1
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
-        log.info(
-            "reloaded (%s): config %s, %d route(s), new worker pid:%s in %.2fs",
-            reason,
-            self.current.text_digest[:12],
-            len(self.current.config.routes),
-            outcome.worker_pid,
-            time.monotonic() - started,
-        )
+        plan = outcome.plan
+        what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
+        now = time.monotonic()
+        if kind is Kind.RELOAD:
+            self.reloads_total += 1
+            why = plan.why if plan is not None and plan.why else "forced"
+            if outcome.fallback:
+                why = f"the runtime change failed: {outcome.fallback}"
+            log.info(
+                "reloaded (%s): %s; reload (%s); config %s, %d route(s), new worker pid:%s "
+                "in %.2fs",
+                reason,
+                what,
+                why,
+                self.current.text_digest[:12],
+                len(self.current.config.routes),
+                outcome.worker_pid,
+                took,
+            )
+            self.workers.after_reload(now, plan)
+        elif kind is Kind.RUNTIME and plan is not None:
+            log.info("changed (%s): %s in %.0f ms", reason, plan.summary(), took * 1000)
+            self.workers.after_runtime(now, plan)
+        else:
+            log.info("changed (%s): %s; nothing for haproxy to do", reason, what)
 
     def _stop(self, sig: signal.Signals) -> None:
         if self.state is State.STOPPING:
@@ -323,6 +362,8 @@ class Supervisor:
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
+        if self.workers.busy() and self.haproxy.ready():
+            self.workers.tick(now)
         for child in self.children:
             if child.restart_due(now):
                 child.restarts += 1
