@@ -41,7 +41,6 @@ def render_options(settings: Settings) -> RenderOptions:
         run_dir=settings.run_dir,
         log_stdout=settings.log_sink is LogSink.STDOUT,
         drain_seconds=settings.drain_seconds,
-        max_old_workers=settings.max_old_workers,
         # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores.
         threads=settings.threads or default_threads(),
     )

@@ -79,7 +79,6 @@ class RenderOptions:
     log_stdout: bool = False
     drain_seconds: float = 30.0
     threads: int = 0
-    max_old_workers: int = 8  # the supervisor's bound; haproxy's backstop is one above
 
     @property
     def run(self) -> RunDir:
@@ -151,7 +150,6 @@ def render(
         version=__version__,
         paths=options.run,
         log_stdout=options.log_stdout,
-        max_reloads=options.max_old_workers + 1,
         # With explicit nameservers the libc resolver (other servers, other answers) is not
         # consulted at start-up either.
         init_addr="last,none" if config.resolvers.nameservers else "last,libc,none",

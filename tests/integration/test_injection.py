@@ -171,7 +171,6 @@ DIRECTIVES = {
         "pidfile",
         "stats",
         "log",
-        "mworker-max-reloads",
         "nbthread",
         "server-state-file",
     },

@@ -34,7 +34,6 @@ OPTIONS = {
         log_stdout=True,
         drain_seconds=12.5,
         threads=2,
-        max_old_workers=3,
     ),
 }
 DEFAULT_OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
@@ -165,13 +164,12 @@ def test_render_options() -> None:
     text = render_case("stats-page")
     assert "    log stdout len 8192 format raw local0 info\n" in text
     assert "    nbthread 2\n" in text
-    # No fixed timer ends old workers; haproxy's count backstop trails the supervisor's by one.
+    # No timer and no reload count ends old workers: the supervisor bounds them.
     assert "hard-stop-after" not in text
-    assert "    mworker-max-reloads 4\n" in text
+    assert "\n    mworker-max-reloads" not in text
     default = render_case("seed-env")
     assert "    log unix@/run/haproxy-egress/log.sock " in default
     assert "nbthread" not in default
-    assert "    mworker-max-reloads 9\n" in default
 
 
 def test_write_atomic(tmp_path: Path) -> None:
