@@ -20,7 +20,17 @@ from haproxy_egress.config.model import Config, Route
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-__all__ = ["Deny", "Kind", "Plan", "Server", "Session", "Version", "parse_sessions", "plan"]
+__all__ = [
+    "Deny",
+    "Kind",
+    "Plan",
+    "Server",
+    "Session",
+    "Version",
+    "parse_sessions",
+    "plan",
+    "servers",
+]
 
 
 class Kind(enum.Enum):
@@ -159,6 +169,11 @@ def _sections(text: str) -> dict[str, _Section]:
         else:
             body.append(stripped)
     return {h: _Section(tuple(b), s) for h, (b, s) in sections.items()}
+
+
+def servers(text: str) -> dict[str, Server]:
+    """Every server a haproxy.cfg text defines with a `server` line, by backend/server ref."""
+    return {s.ref: s for sec in _sections(text).values() for s in sec.servers.values()}
 
 
 def _structural(

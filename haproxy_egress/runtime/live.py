@@ -84,7 +84,13 @@ def _swap_file(command: Command, path: Path, content: str) -> None:
 def apply(command: Command, plan: Plan, maps_dir: Path) -> None:
     """Make the worker run `plan`; raises LiveChangeFailed (the caller then reloads)."""
     # Added before removed: a route whose every destination changes always has one.
+    states = {b: _server_states(command, b) for b in sorted({s.backend for s in plan.add})}
     for server in plan.add:
+        got = states[server.backend].get(server.name)
+        if got is not None and got[2] & FMAINT and (got[0], got[1]) == server.host_port:
+            # Removed by an earlier edit and still draining: the same server, back in service.
+            _expect(command, f"set server {server.ref} state ready")
+            continue
         _add_server(command, server)
     for server in plan.remove:
         _expect(command, f"set server {server.ref} state maint")

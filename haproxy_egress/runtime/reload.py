@@ -130,7 +130,7 @@ def restore_last_good(settings: Settings, maps: Mapping[str, str] | None = None)
         write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
 
-def save_server_state(settings: Settings) -> None:
+def save_server_state(settings: Settings, text: str) -> None:
     """Write `show servers state` where the template's server-state-file points.
 
     Best effort: without it the new worker merely starts every destination as up.
@@ -139,9 +139,32 @@ def save_server_state(settings: Settings) -> None:
         state = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0).command(
             "show servers state"
         )
-        write_atomic(settings.run.server_state, state, mode=0o600)
+        write_atomic(settings.run.server_state, state_for(state, text), mode=0o600)
     except (HaproxyError, OSError) as exc:
         log.warning("could not save server state before the reload: %s", exc)
+
+
+def state_for(state: str, text: str) -> str:
+    """The lines of `show servers state` the new config `text` may start from.
+
+    A fixed-address server (a `server` line) keeps its health only if the new config has it
+    at the same address and it is not in maintenance: a destination a runtime edit removed
+    (maintenance, deleted after the drain) or a decoy added by hand must not come back in
+    that state, or at that address, when an edit lists the name again. Resolved servers
+    (server-template slots) keep everything: that is what the file is for.
+    """
+    fixed = changes.servers(text)
+    out = []
+    for line in state.splitlines():
+        fields = line.split()
+        if len(fields) > 18 and fields[0].isdigit():
+            server = fixed.get(f"{fields[1]}/{fields[3]}")
+            if server is not None and (
+                int(fields[6]) & live.FMAINT or (fields[4], int(fields[18])) != server.host_port
+            ):
+                continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
@@ -151,7 +174,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
     success is a worker pid that was not there before.
     """
-    save_server_state(settings)
+    save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
     master = haproxy.CliSocket(settings.run.master_socket, timeout=5.0, master=True)
     before = haproxy.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}

@@ -25,7 +25,7 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
-from haproxy_egress.runtime.changes import Kind
+from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
@@ -305,6 +305,8 @@ class Supervisor:
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
         now = time.monotonic()
+        # Destinations this edit has (again) are no longer due to end, wherever they run.
+        self.workers.keep(frozenset(servers(self.current.text)))
         if kind is Kind.RELOAD:
             self.reloads_total += 1
             why = plan.why if plan is not None and plan.why else "forced"

@@ -16,7 +16,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.runtime import haproxy
@@ -97,6 +97,12 @@ class Workers:
         pids = tuple(p.pid for p in self._old()) + ((worker,) if worker else ())
         refs = tuple(s.ref for s in plan.remove)
         self.jobs.append(DrainJob(now + self.drain_seconds, plan.denies, pids, worker, refs))
+
+    def keep(self, servers: frozenset[str]) -> None:
+        """An edit brought these backend/server refs (back): pending jobs leave them alone."""
+        for job in self.jobs:
+            job.delete = tuple(ref for ref in job.delete if ref not in servers)
+            job.denies = tuple(_without(d, servers) for d in job.denies)
 
     # --- every tick -----------------------------------------------------------------------
 
@@ -185,6 +191,8 @@ class Workers:
         if job.worker is None or not job.delete:
             return
         worker = job.worker
+        if worker != self._current():
+            return  # a reload or restart since: that worker and its servers are gone or old
         busy = delete_servers(lambda line: self.master(f"@!{worker} {line}"), job.delete)
         if busy and job.tries < DELETE_TRIES:
             job.tries += 1
@@ -231,3 +239,9 @@ class Workers:
             ended,
             "".join(f"; {s}" for s in sessions[:5]),
         )
+
+
+def _without(deny: Deny, servers: frozenset[str]) -> Deny:
+    """`deny` minus the destinations an edit brought back."""
+    kept = frozenset(n for n in deny.servers if f"{deny.route}/{n}" not in servers)
+    return replace(deny, servers=kept)
