@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -109,3 +109,22 @@ def changes(router: Router) -> dict[str, float]:
     samples = scrape(router)
     name = "haproxy_egress_config_changes_total"
     return {k: value(samples, name, kind=k) for k in ("noop", "runtime", "reload")}
+
+
+def recovery_time(probe: Callable[[], bool], window: float = 3.0, step: float = 0.005) -> float:
+    """Seconds from now until the end of the first good probe after the last bad one, probing
+    for `window` seconds at least (and until a good one): crash-to-serving as a client sees it,
+    including a connection queued while haproxy restarts."""
+    start = time.monotonic()
+    results: list[tuple[float, bool]] = []
+    while True:
+        ok = probe()
+        now = time.monotonic()
+        results.append((now, ok))
+        if now - start >= window and ok:
+            break
+        if now - start > window + 30:
+            raise AssertionError("never served again")
+        time.sleep(step)
+    last_bad = max((i for i, (_, ok) in enumerate(results) if not ok), default=-1)
+    return results[last_bad + 1][0] - start

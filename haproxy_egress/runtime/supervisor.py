@@ -287,6 +287,8 @@ class Supervisor:
             )
             return
         if not outcome.changed:
+            if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
+                self.config_changes[Kind.NOOP.value] += 1
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
