@@ -67,7 +67,10 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
-        self.config_changes: Counter[str] = Counter()  # by changes.Kind value
+        # By changes.Kind value. The metrics thread reads `changes_view`, a copy replaced
+        # whole after each count, so it never iterates a dict the loop is changing.
+        self.config_changes: Counter[str] = Counter()
+        self.changes_view: dict[str, int] = {}
         self._stop_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
@@ -129,12 +132,12 @@ class Supervisor:
             config_routes=len(self.current.config.routes),
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
-            config_changes=dict(self.config_changes),
+            config_changes=self.changes_view,
             old_workers=self.workers.snapshot.count,
             old_worker_connections=self.workers.snapshot.connections,
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
-            old_workers_ended=dict(self.workers.workers_ended),
-            connections_ended=dict(self.workers.connections_ended),
+            old_workers_ended=self.workers.ended_view[0],
+            connections_ended=self.workers.ended_view[1],
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -289,6 +292,7 @@ class Supervisor:
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
                 self.config_changes[Kind.NOOP.value] += 1
+                self.changes_view = dict(self.config_changes)
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
@@ -302,6 +306,7 @@ class Supervisor:
         self.current = outcome.compiled
         kind = outcome.kind
         self.config_changes[kind.value] += 1
+        self.changes_view = dict(self.config_changes)
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan

@@ -76,6 +76,8 @@ class Workers:
     connections_ended: Counter[str] = field(default_factory=Counter)  # reason → count
     workers_ended: Counter[str] = field(default_factory=Counter)  # count | age | memory
     snapshot: OldWorkers = OldWorkers()
+    # (workers_ended, connections_ended) copies for the metrics thread, replaced whole.
+    ended_view: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
     # --- after an edit --------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class Workers:
             rss += haproxy.rss_bytes(pid)
             conns += self._curr_conns(pid)
         self.snapshot = OldWorkers(len(alive), conns, rss)
+        self.ended_view = (dict(self.workers_ended), dict(self.connections_ended))
 
     # --- the pieces -----------------------------------------------------------------------
 
@@ -175,6 +178,12 @@ class Workers:
         return True
 
     def _run(self, job: DrainJob, now: float) -> None:
+        try:
+            self._end_denied(job, now)
+        finally:
+            self.ended_view = (dict(self.workers_ended), dict(self.connections_ended))
+
+    def _end_denied(self, job: DrainJob, now: float) -> None:
         if job.tries == 0:
             for pid in job.pids:
                 for session in self._sessions(pid):
