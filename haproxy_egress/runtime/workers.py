@@ -78,6 +78,8 @@ class Workers:
     snapshot: OldWorkers = OldWorkers()
     # (workers_ended, connections_ended) copies for the metrics thread, replaced whole.
     ended_view: tuple[dict[str, int], dict[str, int]] = ({}, {})
+    refresh_every: float = 1.0  # old workers are re-read at most this often
+    _refresh_at: float = 0.0
 
     # --- after an edit --------------------------------------------------------------------
 
@@ -117,11 +119,12 @@ class Workers:
         for job in [j for j in self.jobs if now >= j.due]:
             self.jobs.remove(job)
             self._run(job, now)
-        if self.retired:
+        if self.retired and now >= self._refresh_at:
             self.refresh(now)
 
     def refresh(self, now: float) -> None:
         """Re-read the old workers, enforce the bounds and update the metrics snapshot."""
+        self._refresh_at = now + self.refresh_every
         old = self._old()
         alive = {p.pid for p in old}
         self.retired = {pid: t for pid, t in self.retired.items() if pid in alive}
