@@ -84,6 +84,17 @@ class Settings:
     web_config_file: Path | None = None
     # Raw route-bearing variables (seed template + legacy dialects), handed to sources as data.
     route_env: Mapping[str, str] = field(default_factory=dict)
+    # --- live changes and old workers (docs/operations.md "Live changes") ---
+    # Destination and allow_from edits go through the runtime API (no new worker); off, every
+    # change reloads as before.
+    runtime_changes: bool = True
+    # Old workers (left by a reload, serving connections of routes the reload did not touch)
+    # are bounded: at most this many (the oldest is ended first), none older than
+    # old_worker_max_age seconds, none larger than old_worker_max_rss bytes (0: no bound).
+    max_old_workers: int = 8
+    old_worker_max_age: float = 86400.0
+    old_worker_max_rss: int = 0
+    # --- end live changes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +155,15 @@ class Settings:
             if (web := env.get("EGRESS_WEB_CONFIG_FILE", "").strip())
             else None,
             route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
+            runtime_changes=env.get("EGRESS_RUNTIME_CHANGES", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
+            max_old_workers=int(number("EGRESS_MAX_OLD_WORKERS", cls.max_old_workers, 1, 100)),
+            old_worker_max_age=number(
+                "EGRESS_OLD_WORKER_MAX_AGE", cls.old_worker_max_age, 1, 30 * 86400
+            ),
+            old_worker_max_rss=int(
+                number("EGRESS_OLD_WORKER_MAX_RSS_MB", 0, 0, 1 << 20) * 1024 * 1024
+            ),
         )
         if problems:
             raise ConfigError(problems)

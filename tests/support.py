@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -321,3 +322,21 @@ def started(*things: HttpOrigin | DnsServer | HaproxyProcess) -> Iterator[None]:
     finally:
         for thing in reversed(done):
             thing.stop()
+
+
+# --- the pattern files a rendered config loads --------------------------------------------
+
+_PATTERN_FILE = re.compile(r" -f (/\S+)")
+
+
+def with_pattern_files(text: str, directory: Path) -> str:
+    """`text` with the ACL files it loads (`-f <file>`) moved into `directory` and created
+    there (empty): `haproxy -c` opens every file a config names, and a test checking a
+    rendering has no run dir. A test that serves traffic writes the real files instead
+    (staging.write_maps with render_acls)."""
+    for path in sorted(set(_PATTERN_FILE.findall(text))):
+        local = directory / "pattern-files" / Path(path).name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.touch()
+        text = text.replace(f" -f {path}", f" -f {local}")
+    return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import threading
+from collections.abc import Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -166,5 +167,55 @@ def router_families(status: RouterStatus | None, haproxy_version: str) -> list[M
             "Unix time the router started.",
             value=status.start_time,
         ),
+        *_live_change_families(status),
         *log_families(status.log),
+    ]
+
+
+def _labelled(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, count in sorted(values.items()):
+        family.add_metric([key], count)
+    return family
+
+
+def _live_change_families(status: RouterStatus) -> list[Metric]:
+    """How edits were applied, and the old workers reloads leave (docs/operations.md)."""
+    changes = {"noop": 0, "runtime": 0, "reload": 0, **status.config_changes}
+    return [
+        _labelled(
+            "haproxy_egress_config_changes_total",
+            "ConfigMap edits by how they reached haproxy: noop, runtime (runtime API, same "
+            "worker) or reload (a new worker).",
+            "kind",
+            changes,
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_old_workers",
+            "haproxy workers left by reloads, still serving connections of earlier configs.",
+            value=status.old_workers,
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_old_worker_connections",
+            "Connections the old workers still carry.",
+            value=status.old_worker_connections,
+        ),
+        GaugeMetricFamily(
+            "haproxy_egress_old_worker_rss_bytes",
+            "Resident memory of all old workers together.",
+            value=status.old_worker_rss_bytes,
+        ),
+        _labelled(
+            "haproxy_egress_old_workers_ended_total",
+            "Old workers the router ended because of a bound (count, age, memory).",
+            "reason",
+            status.old_workers_ended,
+        ),
+        _labelled(
+            "haproxy_egress_connections_ended_total",
+            "Connections the router ended: denied (an edit refuses them, after the drain "
+            "time) or an old-worker bound (count, age, memory).",
+            "reason",
+            status.connections_ended,
+        ),
     ]

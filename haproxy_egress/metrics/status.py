@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from haproxy_egress.metrics.logs import LogLoss
 
@@ -26,6 +26,15 @@ class RouterStatus:
     child_restarts: Mapping[str, int]  # {"haproxy": n, "socklog": n}
     start_time: float
     log: LogLoss | None = None  # the log path's loss counters (metrics/logs.py)
+    # Live changes: edits by how they were applied {"noop": n, "runtime": n, "reload": n};
+    # old workers left by reloads; connections the router ended, by reason
+    # ("denied": an edit refused them; "count" / "age" / "memory": an old-worker bound).
+    config_changes: Mapping[str, int] = field(default_factory=dict)
+    old_workers: int = 0
+    old_worker_connections: int = 0
+    old_worker_rss_bytes: int = 0
+    old_workers_ended: Mapping[str, int] = field(default_factory=dict)
+    connections_ended: Mapping[str, int] = field(default_factory=dict)
 
 
 def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:

@@ -14,6 +14,7 @@ import jinja2
 from haproxy_egress import __version__
 from haproxy_egress.config.model import Config, Route, format_duration
 from haproxy_egress.config.policy import GUARDED, rule_indices
+from haproxy_egress.render.acls import allow_from_file
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.resources import template_dir
 from haproxy_egress.rundir import RunDir
@@ -30,7 +31,6 @@ class Tables:
 
 
 TABLES = Tables()
-HARD_STOP_MARGIN = 5  # seconds haproxy's own hard-stop-after trails the supervisor's deadline
 # Policy routes: TCP-mode frontends, so the log line is built from variables; it names
 # the destination, the address it resolved to, the rule and the verdict.
 POLICY_LOG_FORMAT = (
@@ -124,6 +124,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
+    env.globals["allow_from_file"] = allow_from_file
     return env
 
 
@@ -143,14 +144,12 @@ def render(
         hooks = resolve(config)
     # Every Lua file the config loads, each once (lua-load-per-thread), connect.lua included.
     lua_files = lua_paths(hooks, options.run.lua)
-    hard_stop = int(options.drain_seconds + 0.999) + HARD_STOP_MARGIN
     return template.render(
         config=config,
         origins=dict(config.origins),
         version=__version__,
         paths=options.run,
         log_stdout=options.log_stdout,
-        hard_stop_after=f"{hard_stop}s",
         # With explicit nameservers the libc resolver (other servers, other answers) is not
         # consulted at start-up either.
         init_addr="last,none" if config.resolvers.nameservers else "last,libc,none",

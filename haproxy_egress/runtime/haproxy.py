@@ -149,3 +149,31 @@ def parse_show_proc(text: str) -> list[Proc]:
             failed = int(line.split("[failed:")[1].split("]")[0].strip())
         procs.append(Proc(kind, pid, int(reloads) if reloads.isdigit() else 0, failed))
     return procs
+
+
+def parse_old_workers(text: str) -> list[Proc]:
+    """The old workers of `show proc` (left by reloads, still serving their connections),
+    oldest first: the one that survived the most reloads."""
+    procs: list[Proc] = []
+    old = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            old = "old worker" in line.lower()
+            continue
+        fields = line.split()
+        if old and len(fields) >= 3 and fields[0].isdigit() and fields[1] == "worker":
+            reloads = int(fields[2]) if fields[2].isdigit() else 0
+            procs.append(Proc("worker", int(fields[0]), reloads))
+    return sorted(procs, key=lambda p: -p.reloads)
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0

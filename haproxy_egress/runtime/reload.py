@@ -11,14 +11,16 @@ import hashlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.render import hooks
+from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
-from haproxy_egress.runtime import haproxy, staging
+from haproxy_egress.runtime import changes, haproxy, live, staging
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class Compiled:
     text: str
     digest: str  # of the config directory snapshot (what the watcher compares)
     hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
+    # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs.
+    maps: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def text_digest(self) -> str:
@@ -58,7 +62,8 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
     hook_set = hooks.resolve(config, snapshot.files)
-    return Compiled(config, render(config, options, hooks=hook_set), snapshot.digest, hook_set)
+    text = render(config, options, hooks=hook_set)
+    return Compiled(config, text, snapshot.digest, hook_set, render_acls(config))
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -85,6 +90,13 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
+    # `haproxy -c` opens every pattern file the candidate names. A new one is written now (no
+    # running config loads it yet); an existing one keeps the running content until the
+    # candidate is installed, so a rejected candidate changes nothing a worker uses.
+    maps_dir = settings.run.maps
+    for name, content in compiled.maps.items():
+        if not (maps_dir / name).exists():
+            write_atomic(maps_dir / name, content, mode=0o600)
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
@@ -94,26 +106,31 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
         raise
 
 
-def install(settings: Settings, text: str) -> None:
-    """Make `text` the live config, keeping the previous one as last-good."""
-    live = settings.run.config
+def install(settings: Settings, text: str, maps: Mapping[str, str] | None = None) -> None:
+    """Make `text` (and its pattern files) the live config, keeping the previous one as
+    last-good; from here on the files on disk describe what haproxy is to run."""
+    config = settings.run.config
     last_good = settings.run.last_good
-    if live.exists():
-        shutil.copyfile(live, last_good)
-    write_atomic(live, text, mode=0o600)
+    if config.exists():
+        shutil.copyfile(config, last_good)
+    if maps is not None:
+        staging.write_maps(settings.run.maps, maps)
+    write_atomic(config, text, mode=0o600)
     # Staged Lua files that neither the live nor the last-good config loads are garbage now.
     keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
     staging.prune(settings.run.lua, keep)
 
 
-def restore_last_good(settings: Settings) -> None:
-    """Put the last good config back in place after a reload that did not take."""
+def restore_last_good(settings: Settings, maps: Mapping[str, str] | None = None) -> None:
+    """Put the last good config (and its pattern files) back after a reload that did not take."""
     last_good = settings.run.last_good
+    if maps is not None:
+        staging.write_maps(settings.run.maps, maps)
     if last_good.exists():
         write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
 
-def save_server_state(settings: Settings) -> None:
+def save_server_state(settings: Settings, text: str) -> None:
     """Write `show servers state` where the template's server-state-file points.
 
     Best effort: without it the new worker merely starts every destination as up.
@@ -122,9 +139,32 @@ def save_server_state(settings: Settings) -> None:
         state = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0).command(
             "show servers state"
         )
-        write_atomic(settings.run.server_state, state, mode=0o600)
+        write_atomic(settings.run.server_state, state_for(state, text), mode=0o600)
     except (HaproxyError, OSError) as exc:
         log.warning("could not save server state before the reload: %s", exc)
+
+
+def state_for(state: str, text: str) -> str:
+    """The lines of `show servers state` the new config `text` may start from.
+
+    A fixed-address server (a `server` line) keeps its health only if the new config has it
+    at the same address and it is not in maintenance: a destination a runtime edit removed
+    (maintenance, deleted after the drain) or a decoy added by hand must not come back in
+    that state, or at that address, when an edit lists the name again. Resolved servers
+    (server-template slots) keep everything: that is what the file is for.
+    """
+    fixed = changes.servers(text)
+    out = []
+    for line in state.splitlines():
+        fields = line.split()
+        if len(fields) > 18 and fields[0].isdigit():
+            server = fixed.get(f"{fields[1]}/{fields[3]}")
+            if server is not None and (
+                int(fields[6]) & live.FMAINT or (fields[4], int(fields[18])) != server.host_port
+            ):
+                continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
@@ -134,7 +174,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
     success is a worker pid that was not there before.
     """
-    save_server_state(settings)
+    save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
     master = haproxy.CliSocket(settings.run.master_socket, timeout=5.0, master=True)
     before = haproxy.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}
@@ -171,18 +211,28 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a reload attempt did."""
+    """What a change attempt did."""
 
     changed: bool  # False: nothing to do (same digest or same rendered text)
     compiled: Compiled
-    worker_pid: int | None = None
+    worker_pid: int | None = None  # the new worker, when it reloaded
+    plan: changes.Plan | None = None
+    fallback: str = ""  # why a runtime change fell back to a reload
+
+    @property
+    def kind(self) -> changes.Kind:
+        """How the change reached haproxy (a runtime change that fell back is a reload)."""
+        if not self.changed or self.plan is None:
+            return changes.Kind.NOOP
+        return changes.Kind.RELOAD if self.worker_pid is not None else self.plan.kind
 
 
 def transaction(
     settings: Settings, options: RenderOptions, current: Compiled, force: bool = False
 ) -> Outcome:
-    """One reload transaction. Raises ConfigError / HaproxyCheckError / ReloadFailed with the
-    live router untouched; returns Outcome(changed=False) when there is nothing to do."""
+    """One change transaction: noop, runtime API, or reload. Raises ConfigError /
+    HaproxyCheckError / ReloadFailed with the live router untouched; returns
+    Outcome(changed=False) when there is nothing to do."""
     snapshot = read_snapshot(settings.config_dir)
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
@@ -190,13 +240,28 @@ def transaction(
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
     compiled = compile_snapshot(settings, options, snapshot)
-    if compiled.text == current.text:
+    if compiled.text == current.text and compiled.maps == current.maps:
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
+    plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
+    # Validated exactly as for a reload, whatever the path: a runtime change must never
+    # install something a later reload or restart would refuse.
     check_compiled(settings, compiled)
-    install(settings, compiled.text)
+    install(settings, compiled.text, compiled.maps)
+    if plan.kind is changes.Kind.NOOP:
+        return Outcome(True, compiled, None, plan)
+    fallback = ""
+    if plan.kind is changes.Kind.RUNTIME:
+        stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
+        try:
+            live.apply(stats.command, plan, settings.run.maps)
+            return Outcome(True, compiled, None, plan)
+        except live.LiveChangeFailed as exc:
+            # The files on disk already hold the new configuration: a reload lands on it.
+            fallback = str(exc)
+            log.warning("runtime change failed, reloading instead: %s", fallback)
     try:
         pid = master_reload(settings)
     except (ReloadFailed, HaproxyError):
-        restore_last_good(settings)
+        restore_last_good(settings, current.maps)
         raise
-    return Outcome(True, compiled, pid)
+    return Outcome(True, compiled, pid, plan, fallback)

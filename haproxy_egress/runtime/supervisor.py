@@ -16,6 +16,7 @@ import queue
 import signal
 import sys
 import time
+from collections import Counter
 
 from haproxy_egress import __version__
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
@@ -24,11 +25,13 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
+from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
-from haproxy_egress.runtime.reload import Compiled, install, transaction
+from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
+from haproxy_egress.runtime.workers import Bounds, Workers
 from haproxy_egress.settings import LogSink, Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        # By changes.Kind value. The metrics thread reads `changes_view`, a copy replaced
+        # whole after each count, so it never iterates a dict the loop is changing.
+        self.config_changes: Counter[str] = Counter()
+        self.changes_view: dict[str, int] = {}
         self._stop_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
@@ -100,6 +107,13 @@ class Supervisor:
                 # A socket left by the previous socklog would pass the probe at once.
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
+        self.workers = Workers(
+            haproxy.CliSocket(run.master_socket, timeout=5.0, master=True).command,
+            settings.drain_seconds,
+            Bounds(
+                settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
+            ),
+        )
         # In start order: logs must flow before haproxy has anything to say.
         self.log_child = self.socklog or self.logrelay
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
@@ -140,6 +154,12 @@ class Supervisor:
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
             log=self.log_loss.snapshot(),
+            config_changes=self.changes_view,
+            old_workers=self.workers.snapshot.count,
+            old_worker_connections=self.workers.snapshot.connections,
+            old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
+            old_workers_ended=self.workers.ended_view[0],
+            connections_ended=self.workers.ended_view[1],
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -156,7 +176,7 @@ class Supervisor:
             stale.unlink(missing_ok=True)
         # A relay state left by a previous container of this pod would be counted as ours.
         self.settings.run.log_relay_state.unlink(missing_ok=True)
-        install(self.settings, self.current.text)
+        install(self.settings, self.current.text, self.current.maps)
 
     def _install_signal_handlers(self) -> None:
         def enqueue(signum: int, _frame: object) -> None:
@@ -295,24 +315,52 @@ class Supervisor:
             )
             return
         if not outcome.changed:
+            if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
+                self.config_changes[Kind.NOOP.value] += 1
+                self.changes_view = dict(self.config_changes)
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
+        self._changed(outcome, reason, time.monotonic() - started)
+
+    def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
+        """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
-        self.reloads_total += 1
+        kind = outcome.kind
+        self.config_changes[kind.value] += 1
+        self.changes_view = dict(self.config_changes)
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
-        log.info(
-            "reloaded (%s): config %s, %d route(s), new worker pid:%s in %.2fs",
-            reason,
-            self.current.text_digest[:12],
-            len(self.current.config.routes),
-            outcome.worker_pid,
-            time.monotonic() - started,
-        )
+        plan = outcome.plan
+        what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
+        now = time.monotonic()
+        # Destinations this edit has (again) are no longer due to end, wherever they run.
+        self.workers.keep(frozenset(servers(self.current.text)))
+        if kind is Kind.RELOAD:
+            self.reloads_total += 1
+            why = plan.why if plan is not None and plan.why else "forced"
+            if outcome.fallback:
+                why = f"the runtime change failed: {outcome.fallback}"
+            log.info(
+                "reloaded (%s): %s; reload (%s); config %s, %d route(s), new worker pid:%s "
+                "in %.2fs",
+                reason,
+                what,
+                why,
+                self.current.text_digest[:12],
+                len(self.current.config.routes),
+                outcome.worker_pid,
+                took,
+            )
+            self.workers.after_reload(now, plan)
+        elif kind is Kind.RUNTIME and plan is not None:
+            log.info("changed (%s): %s in %.0f ms", reason, plan.summary(), took * 1000)
+            self.workers.after_runtime(now, plan)
+        else:
+            log.info("changed (%s): %s; nothing for haproxy to do", reason, what)
 
     def _stop(self, sig: signal.Signals) -> None:
         if self.state is State.STOPPING:
@@ -349,6 +397,8 @@ class Supervisor:
             self._tick_stopping(now)
             return
         self.log_loss.poll(now)
+        if self.workers.busy() and self.haproxy.ready():
+            self.workers.tick(now)
         for child in self.children:
             if child.restart_due(now):
                 child.restarts += 1

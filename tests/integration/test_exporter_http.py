@@ -27,6 +27,7 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import read_snapshot
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render import hooks
+from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
@@ -62,6 +63,7 @@ def running_haproxy(
     config = load_snapshot(snapshot, env or {})
     path = run_dir / "haproxy.cfg"
     path.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True)))
+    staging.write_maps(RunDir(run_dir).maps, render_acls(config))
     haproxy = HaproxyProcess(path).start()
     proc = haproxy.proc
     sock = run_dir / "haproxy.sock"

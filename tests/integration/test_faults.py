@@ -33,7 +33,15 @@ from tests.integration.test_injection import OPTIONS
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router
 from tests.router import http_route as _route
-from tests.support import DnsServer, HttpOrigin, TcpOrigin, free_port, http_get, wait_for
+from tests.support import (
+    DnsServer,
+    HttpOrigin,
+    TcpOrigin,
+    free_port,
+    http_get,
+    wait_for,
+    with_pattern_files,
+)
 
 RECOVERY_BOUND = 10.0  # seconds from a kill to a served request (back-off is 0.5 s doubling)
 
@@ -568,7 +576,7 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
     compile_s = time.monotonic() - started
     assert len(config.routes) == N_ROUTES
     candidate = tmp_path / "candidate.cfg"
-    candidate.write_text(rendered)
+    candidate.write_text(with_pattern_files(rendered, tmp_path))
     started = time.monotonic()
     check = subprocess.run(
         ["haproxy", "-c", "-f", str(candidate)],

@@ -34,7 +34,7 @@ from haproxy_egress.render.compiler import RenderOptions, audit_log_format, rend
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS
-from tests.support import HAPROXY
+from tests.support import HAPROXY, with_pattern_files
 
 # The profiles are registered in tests/conftest.py.
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
@@ -158,7 +158,13 @@ def strings(valid: list[str]) -> st.SearchStrategy[str]:
 # --- what a rendered config may contain ---------------------------------------------------
 
 DIRECTIVES = {
-    "global": {"pidfile", "stats", "log", "hard-stop-after", "nbthread", "server-state-file"},
+    "global": {
+        "pidfile",
+        "stats",
+        "log",
+        "nbthread",
+        "server-state-file",
+    },
     "defaults": {
         "log",
         "mode",
@@ -188,7 +194,16 @@ DIRECTIVES = {
         "no",
         "stats",
     },
-    "backend": {"mode", "balance", "timeout", "source", "option", "server", "server-template"},
+    "backend": {
+        "mode",
+        "balance",
+        "hash-type",
+        "timeout",
+        "source",
+        "option",
+        "server",
+        "server-template",
+    },
 }
 SERVER_LINE = re.compile(
     r"^    (server [^\s#]+|server-template [^\s#]+ [0-9]+) [^\s#]+"
@@ -261,7 +276,7 @@ def haproxy_check(text: str, directory: Path | None = None) -> None:
             haproxy_check(text, Path(tmp))
         return
     path = directory / "haproxy.cfg"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(with_pattern_files(text, directory), encoding="utf-8")
     proc = subprocess.run(
         [HAPROXY, "-c", "-f", str(path)],
         capture_output=True,
@@ -282,8 +297,17 @@ def comments_of(text: str) -> set[str]:
 BASE_CONFIG = load_snapshot(
     Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(BASE_DOC).encode()),)), BASE_ENV
 )
+# `balance source` adds its own comment (consistent hashing for runtime destinations).
+_SOURCE_DOC = copy.deepcopy(BASE_DOC)
+_SOURCE_DOC["routes"][0]["balance"] = "source"
+_SOURCE_CONFIG = load_snapshot(
+    Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(_SOURCE_DOC).encode()),)), BASE_ENV
+)
 TEMPLATE_COMMENTS = {
-    c for c in comments_of(render(BASE_CONFIG, OPTIONS)) if not c.startswith("# route ")
+    c
+    for config in (BASE_CONFIG, _SOURCE_CONFIG)
+    for c in comments_of(render(config, OPTIONS))
+    if not c.startswith("# route ")
 }
 
 

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check
 from tests.netns import (
     ROUTER_CLIENT_IP,
@@ -74,6 +77,7 @@ def _router(
     run_dir.mkdir(mode=0o700, exist_ok=True)
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True)))
+    staging.write_maps(RunDir(run_dir).maps, render_acls(config))
     check(cfg, HAPROXY)
     haproxy = bed.start(bed.router, [HAPROXY, "-db", "-f", str(cfg)], name="haproxy")
     for port in ports:

@@ -19,7 +19,8 @@ import pytest
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
-from haproxy_egress.render.compiler import HARD_STOP_MARGIN, RenderOptions, render, write_atomic
+from haproxy_egress.render.acls import render_acls
+from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.hooks import resolve
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
@@ -29,7 +30,10 @@ GOLDEN = Path(__file__).parent.parent.parent / "data" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
 OPTIONS = {
     "stats-page": RenderOptions(
-        run_dir=Path("/run/haproxy-egress"), log_stdout=True, drain_seconds=12.5, threads=2
+        run_dir=Path("/run/haproxy-egress"),
+        log_stdout=True,
+        drain_seconds=12.5,
+        threads=2,
     ),
 }
 DEFAULT_OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
@@ -90,6 +94,7 @@ def test_golden(name: str, tmp_path: Path) -> None:
     case = GOLDEN / name
     config = load_snapshot(read_snapshot(case / "configmap"), read_env(case))
     staging.stage(resolve(config), run.lua)
+    staging.write_maps(run.maps, render_acls(config))
     candidate = tmp_path / "haproxy.cfg"
     candidate.write_text(text.replace(f"{DEFAULT_OPTIONS.run_dir}/", f"{run.root}/"))
     proc = haproxy_check(candidate)
@@ -159,12 +164,12 @@ def test_render_options() -> None:
     text = render_case("stats-page")
     assert "    log stdout len 8192 format raw local0 info\n" in text
     assert "    nbthread 2\n" in text
-    # 12.5 s of drain, rounded up, plus the margin by which haproxy trails the supervisor.
-    assert f"    hard-stop-after {13 + HARD_STOP_MARGIN}s\n" in text
+    # No timer and no reload count ends old workers: the supervisor bounds them.
+    assert "hard-stop-after" not in text
+    assert "\n    mworker-max-reloads" not in text
     default = render_case("seed-env")
     assert "    log unix@/run/haproxy-egress/log.sock " in default
     assert "nbthread" not in default
-    assert f"hard-stop-after {30 + HARD_STOP_MARGIN}s" in default
 
 
 def test_write_atomic(tmp_path: Path) -> None:

@@ -1,0 +1,309 @@
+"""What an edit changes and how it can be applied: not at all, at runtime, or by a reload.
+
+Pure: two compiled configurations in (their model, haproxy.cfg text and pattern files), a
+`Plan` out. The text decides *how* (whatever differs beyond `server` lines of existing
+backends and the contents of existing map/ACL files needs a new worker); the model says
+*what* in words for the log line, and which established connections the new configuration
+no longer admits (`Deny`), so that they, and only they, are ended after the drain time.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from haproxy_egress.config.model import Config, Route
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+__all__ = [
+    "Deny",
+    "Kind",
+    "Plan",
+    "Server",
+    "Session",
+    "Version",
+    "parse_sessions",
+    "plan",
+    "servers",
+]
+
+
+class Kind(enum.Enum):
+    """How an edit reaches haproxy (the `kind` label of config_changes_total)."""
+
+    NOOP = "noop"  # nothing haproxy would notice (comments, route origins, same text)
+    RUNTIME = "runtime"  # runtime API: servers added/removed, pattern files swapped
+    RELOAD = "reload"  # a new worker: listeners, modes, globals, hooks, options...
+
+
+@dataclass(frozen=True)
+class Server:
+    """One `server` line of a backend: name, address and the options after it."""
+
+    backend: str
+    name: str
+    address: str  # host:port as in the cfg ([v6]:port)
+    options: str  # e.g. " check inter 2s rise 2 fall 3"
+
+    @property
+    def ref(self) -> str:
+        """backend/server, as the runtime API names it."""
+        return f"{self.backend}/{self.name}"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The address split into host (no brackets) and port."""
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One established session, from a worker's `show sess`."""
+
+    ptr: str  # 0x55b244ffee50: what `shutdown session` takes
+    frontend: str
+    server: str  # "<none>" before a server was chosen
+    client: str  # the client's IP address
+
+    def __str__(self) -> str:
+        return f"{self.client} via route {self.frontend} (server {self.server})"
+
+
+_SESSION = re.compile(r"^(0x[0-9a-f]+): proto=(tcpv4|tcpv6)\s+src=(\S+)\s+fe=(\S+).*?srv=(\S+)")
+
+
+def parse_sessions(text: str) -> list[Session]:
+    """Client sessions of `show sess` (the CLI's own `sockpair` session left out)."""
+    out = []
+    for line in text.splitlines():
+        m = _SESSION.match(line.strip())
+        if m:
+            client = m.group(3).rpartition(":")[0].strip("[]")
+            out.append(Session(m.group(1), m.group(4), m.group(5), client))
+    return out
+
+
+@dataclass(frozen=True)
+class Deny:
+    """The established connections of one route that the new configuration refuses."""
+
+    route: str
+    reason: str  # in words, for the log line of each ended connection
+    everything: bool = False  # route removed, listener/mode/policy/hooks changed
+    servers: frozenset[str] = frozenset()  # destinations removed (server names or prefixes)
+    allowed: tuple[IPNetwork, ...] | None = None  # clients outside these are refused now
+
+    def covers(self, session: Session) -> bool:
+        """True if the new configuration would not admit this session."""
+        if session.frontend != self.route:
+            return False
+        if self.everything:
+            return True
+        if any(session.server == s or session.server.startswith(f"{s}-") for s in self.servers):
+            return True
+        if self.allowed is not None:
+            try:
+                ip = ipaddress.ip_address(session.client)
+            except ValueError:
+                return False
+            return not any(ip.version == n.version and ip in n for n in self.allowed)
+        return False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do for one edit, and the words for it."""
+
+    kind: Kind
+    notes: tuple[str, ...] = ()  # "route db: destinations 2 → 3"
+    why: str = ""  # for RELOAD: the first thing the runtime API cannot do
+    add: tuple[Server, ...] = ()
+    remove: tuple[Server, ...] = ()  # set to maintenance now, deleted after the drain
+    files: tuple[tuple[str, str], ...] = ()  # pattern files whose content changes
+    denies: tuple[Deny, ...] = ()
+
+    def summary(self) -> str:
+        """One line: what changed and how it was applied."""
+        what = "; ".join(self.notes) or "no route changed"
+        if self.kind is Kind.RUNTIME:
+            return f"{what}, applied at runtime; no reload"
+        if self.kind is Kind.NOOP:
+            return f"{what}; nothing for haproxy to do"
+        return f"{what}; reload ({self.why})"
+
+
+# --- the text: sections, with the server lines of backends taken apart --------------------
+
+_SERVER = re.compile(r"^\s+server (\S+) (\S+)(.*)$")
+
+
+@dataclass(frozen=True)
+class _Section:
+    body: tuple[str, ...]  # directives without comments and without `server` lines
+    servers: Mapping[str, Server]
+
+
+def _sections(text: str) -> dict[str, _Section]:
+    sections: dict[str, tuple[list[str], dict[str, Server]]] = {}
+    header = ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not line[0].isspace():
+            header = stripped
+            sections.setdefault(header, ([], {}))
+            continue
+        body, servers = sections.setdefault(header, ([], {}))
+        m = _SERVER.match(line) if header.startswith("backend ") else None
+        if m:
+            backend = header.split()[1]
+            servers[m.group(1)] = Server(backend, m.group(1), m.group(2), m.group(3))
+        else:
+            body.append(stripped)
+    return {h: _Section(tuple(b), s) for h, (b, s) in sections.items()}
+
+
+def servers(text: str) -> dict[str, Server]:
+    """Every server a haproxy.cfg text defines with a `server` line, by backend/server ref."""
+    return {s.ref: s for sec in _sections(text).values() for s in sec.servers.values()}
+
+
+def _structural(
+    old: dict[str, _Section], new: dict[str, _Section]
+) -> tuple[str, list[Server], list[Server]]:
+    """Why the text needs a reload ("" if it does not), and the servers to add and remove."""
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    if added or removed:
+        return f"{(added or removed)[0]} {'added' if added else 'removed'}", [], []
+    add: list[Server] = []
+    remove: list[Server] = []
+    for header, section in new.items():
+        before = old[header]
+        if section.body != before.body:
+            return f"{header} changed beyond its servers", [], []
+        for name, server in section.servers.items():
+            was = before.servers.get(name)
+            if was is None:
+                add.append(server)
+            elif was != server:
+                return f"server {server.ref} changed its options", [], []
+        remove += [s for n, s in before.servers.items() if n not in section.servers]
+    return "", add, remove
+
+
+# --- the model: words and denies ----------------------------------------------------------
+
+
+def _count_change(label: str, old: tuple[object, ...], new: tuple[object, ...]) -> str:
+    if len(old) != len(new):
+        return f"{label} {len(old)} → {len(new)}"
+    return f"{label} changed"
+
+
+def _route_change(old: Route, new: Route) -> tuple[list[str], Deny | None]:
+    """The words for one changed route and what the change denies."""
+    words: list[str] = []
+    everything: list[str] = []
+    servers: set[str] = set()
+    allowed: tuple[IPNetwork, ...] | None = None
+    for name in sorted(type(new).model_fields):
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if name == "destinations":
+            words.append(_count_change("destinations", before, after))
+            servers = {d.server_name for d in before if d not in after}
+        elif name == "allow_from":
+            words.append(_count_change("allow_from", before, after))
+            # An empty list admits everyone; otherwise a client that only an old entry
+            # admitted is refused now (checked per connection against the new list).
+            if after and (not before or not set(before) <= set(after)):
+                allowed = tuple(after)
+        elif name == "policy":
+            words.append(_count_change("policy", before, after))
+            everything.append("policy changed")
+        elif name in ("listen", "mode", "hooks", "destination_port"):
+            words.append(f"{name} changed")
+            everything.append(f"{name} changed")
+        else:
+            words.append(f"{name} changed")
+    deny = None
+    if everything or servers or allowed is not None:
+        reasons = everything + (["destination removed"] if servers else [])
+        reasons += ["client no longer in allow_from"] if allowed is not None else []
+        deny = Deny(
+            new.name,
+            ", ".join(reasons),
+            everything=bool(everything),
+            servers=frozenset(servers),
+            allowed=allowed,
+        )
+    return words, deny
+
+
+def _model_changes(old: Config, new: Config) -> tuple[list[str], list[Deny]]:
+    notes: list[str] = []
+    denies: list[Deny] = []
+    before = {r.name: r for r in old.routes}
+    after = {r.name: r for r in new.routes}
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            notes.append(f"route {name} removed")
+            denies.append(Deny(name, "route removed", everything=True))
+        elif name not in before:
+            notes.append(f"route {name} added")
+        elif before[name] != after[name]:
+            words, deny = _route_change(before[name], after[name])
+            notes.append(f"route {name}: {', '.join(words)}")
+            if deny is not None:
+                denies.append(deny)
+    if old.resolvers != new.resolvers:
+        notes.append("resolvers changed")
+    if old.stats != new.stats:
+        notes.append("stats page changed")
+    return notes, denies
+
+
+class Version(Protocol):
+    """A compiled configuration as the diff sees it (reload.Compiled is one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def maps(self) -> Mapping[str, str]: ...
+
+
+def plan(old: Version, new: Version, *, runtime: bool = True) -> Plan:
+    """Diff two compiled configurations; `runtime=False` turns every change into a reload."""
+    notes, denies = _model_changes(old.config, new.config)
+    files = tuple(sorted((n, c) for n, c in new.maps.items() if old.maps.get(n) != c))
+    why, add, remove = _structural(_sections(old.text), _sections(new.text))
+    if not why and set(old.maps) != set(new.maps):
+        why = "pattern files added or removed"
+    if not why and not runtime:
+        why = "runtime changes are turned off (EGRESS_RUNTIME_CHANGES)"
+    if why:
+        return Plan(Kind.RELOAD, tuple(notes), why, denies=tuple(denies))
+    if not add and not remove and not files:
+        return Plan(Kind.NOOP, tuple(notes))
+    return Plan(
+        Kind.RUNTIME,
+        tuple(notes),
+        add=tuple(add),
+        remove=tuple(remove),
+        files=files,
+        denies=tuple(denies),
+    )

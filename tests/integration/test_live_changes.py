@@ -1,0 +1,253 @@
+"""Destination and allow_from edits through the runtime API: the same worker, no failed
+request under load, the files on disk describing what runs, and a validated reload whenever
+a runtime command fails, or haproxy dies halfway. Real router, real haproxy, kubelet swaps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haproxy_egress.runtime.haproxy import CliSocket, parse_old_workers, parse_show_proc
+from tests.kubelet import ConfigMapVolume
+from tests.load import LoadGen
+from tests.longlived import changes, recovery_time
+from tests.router import Router
+from tests.support import HttpOrigin, free_port, http_get, wait_for
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> ConfigMapVolume:
+    return ConfigMapVolume(tmp_path / "configmap")
+
+
+@pytest.fixture
+def origin_c() -> Iterator[HttpOrigin]:
+    o = HttpOrigin("origin-c").start()
+    yield o
+    o.stop()
+
+
+def _web(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "name": "web",
+        "listen": f"127.0.0.1:{port}",
+        "mode": "http",
+        "destinations": [f"127.0.0.1:{o.port}" for o in origins],
+    }
+    if allow:
+        route["allow_from"] = allow
+    return route
+
+
+def _publish(volume: ConfigMapVolume, *routes: dict[str, Any]) -> None:
+    volume.write({"routes.yaml": {"version": 1, "routes": list(routes)}})
+
+
+def _applied(router: Router, before: float, timeout: float = 15.0) -> None:
+    wait_for(lambda: sum(changes(router).values()) > before, timeout=timeout)
+
+
+def _edit(router: Router, volume: ConfigMapVolume, *routes: dict[str, Any]) -> None:
+    before = sum(changes(router).values())
+    _publish(volume, *routes)
+    _applied(router, before)
+
+
+def _servers(router: Router, backend: str = "web") -> dict[str, str]:
+    """name → addr:port of the servers of a backend that are not in maintenance."""
+    text = CliSocket(router.run_dir / "haproxy.sock").command(f"show servers state {backend}")
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 18 and f[0].isdigit() and not int(f[6]) & 1:
+            out[f[3]] = f"{f[4]}:{f[18]}"
+    return out
+
+
+def _cfg_servers(router: Router, backend: str = "web") -> dict[str, str]:
+    """The same, as the haproxy.cfg on disk has them."""
+    out, inside = {}, False
+    for line in (router.run_dir / "haproxy.cfg").read_text().splitlines():
+        if not line.startswith(" "):
+            inside = line.strip() == f"backend {backend}"
+        elif inside and line.strip().startswith("server "):
+            _, name, addr, *_ = line.split()
+            out[name] = addr
+    return out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("keepalive", [False, True], ids=["new-connections", "keep-alive"])
+def test_destination_and_allow_from_edits_keep_the_worker_and_every_request(
+    tmp_path: Path,
+    volume: ConfigMapVolume,
+    *,
+    origin: HttpOrigin,
+    origin_b: HttpOrigin,
+    keepalive: bool,
+) -> None:
+    port = free_port()
+    wide = ["127.0.0.0/8", "10.0.0.0/8"]
+    _publish(volume, _web(port, origin, allow=["127.0.0.0/8"]))
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    try:
+        router.start()
+        worker = router.worker_pid()
+        load = LoadGen(port, keepalive=keepalive, clients=4, max_seconds=120).start()
+        try:
+            for i in range(20):
+                dests = (origin, origin_b) if i % 2 == 0 else (origin_b,)
+                allow = wide if i % 4 < 2 else ["127.0.0.0/8"]
+                _edit(router, volume, _web(port, *dests, allow=allow))
+                assert _servers(router) == _cfg_servers(router)
+                time.sleep(0.1)
+        finally:
+            result = load.stop()
+        assert result.failed == 0, result.errors
+        assert result.ok > 100
+        assert router.worker_pid() == worker
+        procs = CliSocket(router.run_dir / "master.sock", master=True).command("show proc")
+        assert [p.kind for p in parse_show_proc(procs)] == ["master", "worker"]
+        assert parse_old_workers(procs) == []  # no reload left an old worker behind
+        kinds = changes(router)
+        assert kinds["runtime"] == 20
+        assert kinds["reload"] == 0
+        assert router.metric("haproxy_egress_reloads_total") == 0
+        assert "applied at runtime; no reload" in router.stderr()
+        # The ACL file on disk is what the worker runs.
+        acl = router.run_dir / "maps" / "allow-from.web.acl"
+        entries = CliSocket(router.run_dir / "haproxy.sock").command(f"show acl {acl}")
+        assert sorted(ln.split()[1] for ln in entries.splitlines() if ln.startswith("0x")) == (
+            sorted(acl.read_text().split())
+        )
+    finally:
+        router.stop()
+
+
+@pytest.mark.timeout(60)
+def test_allow_from_edit_refuses_new_clients_at_once(
+    tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin
+) -> None:
+    port = free_port()
+    _publish(volume, _web(port, origin, allow=["127.0.0.0/8"]))
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    try:
+        router.start()
+        worker = router.worker_pid()
+        assert http_get(port) == "origin-a"
+        _edit(router, volume, _web(port, origin, allow=["10.0.0.0/8"]))
+        with pytest.raises(ConnectionError):
+            http_get(port, timeout=2)
+        _edit(router, volume, _web(port, origin, allow=["127.0.0.1/32"]))
+        assert http_get(port) == "origin-a"
+        assert router.worker_pid() == worker
+    finally:
+        router.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_runtime_command_falls_back_to_a_validated_reload(
+    tmp_path: Path,
+    volume: ConfigMapVolume,
+    *,
+    origin: HttpOrigin,
+    origin_b: HttpOrigin,
+) -> None:
+    """The failure is real: a server of the same name already exists in the worker (added
+    behind the router's back), so `add server` is refused."""
+    port = free_port()
+    _publish(volume, _web(port, origin))
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    try:
+        router.start()
+        worker = router.worker_pid()
+        stats = CliSocket(router.run_dir / "haproxy.sock")
+        name = f"127.0.0.1_{origin_b.port}"
+        # A decoy at origin a's address: if it survived, origin b would never answer.
+        assert stats.command(f"add server web/{name} 127.0.0.1:{origin.port}").startswith("New")
+        _edit(router, volume, _web(port, origin, origin_b))
+        assert "runtime change failed, reloading instead" in router.stderr()
+        assert "was refused: Already exists a server" in router.stderr()
+        assert router.worker_pid() != worker
+        kinds = changes(router)
+        assert kinds == {"noop": 0.0, "runtime": 0.0, "reload": 1.0}
+        wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-a", "origin-b"}, 10)
+        assert _servers(router) == _cfg_servers(router)
+        # The next destination edit goes live again, in the new worker.
+        worker = router.worker_pid()
+        _edit(router, volume, _web(port, origin_b))
+        assert router.worker_pid() == worker
+        assert changes(router)["runtime"] == 1
+        wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-b"}, 10)
+    finally:
+        router.stop()
+
+
+@pytest.mark.timeout(120)
+def test_haproxy_killed_during_runtime_changes_comes_back_consistent(
+    tmp_path: Path,
+    volume: ConfigMapVolume,
+    *,
+    origin: HttpOrigin,
+    origin_b: HttpOrigin,
+    origin_c: HttpOrigin,
+) -> None:
+    """Kill the worker at various moments of a runtime change: the router restarts haproxy
+    from the files on disk, which already describe the edit, so it serves exactly that."""
+    port = free_port()
+    sets = [(origin,), (origin, origin_b), (origin_b, origin_c), (origin_c,)]
+    _publish(volume, _web(port, *sets[0]))
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    try:
+        router.start()
+        for i, delay in enumerate((0.0, 0.15, 0.25, 0.35, 0.5)):
+            dests = sets[(i + 1) % len(sets)]
+            worker = router.worker_pid()
+            _publish(volume, _web(port, *dests))
+            time.sleep(delay)
+            os.kill(worker, signal.SIGKILL)
+            want = {o.name for o in dests}
+            wait_for(lambda w=want: {http_get(port, timeout=1) for _ in range(6)} == w, 20)
+            wait_for(lambda: _servers(router) == _cfg_servers(router), 10)
+            assert set(_cfg_servers(router)) == {f"127.0.0.1_{o.port}" for o in dests}
+        assert router.proc is not None
+        assert router.proc.poll() is None
+    finally:
+        router.stop()
+
+
+def _serving(port: int) -> bool:
+    try:
+        return http_get(port, timeout=0.5) == "origin-a"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("victim", ["worker", "master"])
+def test_crash_to_serving_in_under_a_second(
+    tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin, victim: str
+) -> None:
+    """SIGKILL haproxy's worker or master: serving again p50 <= 1 s (first crash: no back-off;
+    crashes here are 11 s apart, so each is a first one)."""
+    port = free_port()
+    _publish(volume, _web(port, origin))
+    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    outages = []
+    try:
+        router.start()
+        for _ in range(3):
+            pid = router.worker_pid() if victim == "worker" else router.master_pid()
+            os.kill(pid, signal.SIGKILL)
+            outages.append(recovery_time(lambda: _serving(port)))
+            time.sleep(11)  # past Backoff.stable_after: the next crash is a first crash
+        assert statistics.median(outages) <= 1.0, outages
+    finally:
+        router.stop()

@@ -1,0 +1,148 @@
+"""The diff of two compiled configurations: noop, runtime or reload, and what an edit denies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from haproxy_egress.config.model import Config
+from haproxy_egress.config.sources import load_snapshot
+from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.render.acls import render_acls
+from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.runtime.changes import Kind, Plan, Session, parse_sessions, plan
+
+OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
+
+
+@dataclass(frozen=True)
+class Version:
+    config: Config
+    text: str
+    maps: dict[str, str]
+
+
+def compiled(*routes: dict[str, Any], **doc: Any) -> Version:
+    data = {"version": 1, "routes": list(routes), **doc}
+    snapshot = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(data).encode()),))
+    config = load_snapshot(snapshot, {})
+    return Version(config, render(config, OPTIONS), render_acls(config))
+
+
+def db(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "db",
+        "listen": "127.0.0.1:15432",
+        "destinations": ["10.0.0.1:5432", "10.0.0.2:5432"],
+        **extra,
+    }
+
+
+def web(**extra: Any) -> dict[str, Any]:
+    return {"name": "web", "listen": 18080, "mode": "http", "destinations": ["10.1.0.1:80"]} | extra
+
+
+def diff(old: Version, new: Version) -> Plan:
+    return plan(old, new)
+
+
+def test_added_destination_is_a_runtime_change_with_its_words() -> None:
+    old = compiled(db(), web())
+    new = compiled(db(destinations=["10.0.0.1:5432", "10.0.0.2:5432", "10.0.0.3:5432"]), web())
+    p = diff(old, new)
+    assert p.kind is Kind.RUNTIME
+    assert [s.ref for s in p.add] == ["db/10.0.0.3_5432"]
+    assert p.add[0].address == "10.0.0.3:5432"
+    assert p.add[0].options == " check inter 2s rise 2 fall 3"
+    assert p.remove == ()
+    assert p.denies == ()
+    assert p.summary() == "route db: destinations 2 → 3, applied at runtime; no reload"
+
+
+def test_removed_destination_denies_only_its_sessions() -> None:
+    p = diff(compiled(db()), compiled(db(destinations=["10.0.0.2:5432"])))
+    assert p.kind is Kind.RUNTIME
+    assert [s.ref for s in p.remove] == ["db/10.0.0.1_5432"]
+    (deny,) = p.denies
+    assert deny.covers(Session("0x1", "db", "10.0.0.1_5432", "127.0.0.1"))
+    assert not deny.covers(Session("0x2", "db", "10.0.0.2_5432", "127.0.0.1"))
+    assert not deny.covers(Session("0x3", "web", "10.0.0.1_5432", "127.0.0.1"))
+
+
+def test_allow_from_edit_swaps_its_file_and_denies_clients_outside() -> None:
+    old = compiled(db(allow_from=["127.0.0.0/8", "10.0.0.0/8"]))
+    new = compiled(db(allow_from=["10.0.0.0/8"]))
+    assert old.text == new.text  # only the ACL file differs
+    p = diff(old, new)
+    assert p.kind is Kind.RUNTIME
+    assert p.files == (("allow-from.db.acl", "10.0.0.0/8\n"),)
+    (deny,) = p.denies
+    assert deny.covers(Session("0x1", "db", "s", "127.0.0.1"))
+    assert not deny.covers(Session("0x1", "db", "s", "10.2.3.4"))
+    assert deny.covers(Session("0x1", "db", "s", "::1"))  # v6 is outside a v4 list too
+    # Widening a list denies nobody.
+    assert diff(new, old).denies == ()
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        ({"listen": "127.0.0.1:15433"}, "frontend db changed beyond its servers"),
+        ({"connect_timeout": "1s"}, "backend db changed beyond its servers"),
+        ({"check": {"interval": "5s"}}, "server db/10.0.0.1_5432 changed its options"),
+        ({"destinations": ["db.example.test:5432"]}, "resolvers dns added"),
+    ],
+)
+def test_structural_edits_reload(edit: dict[str, Any], why: str) -> None:
+    p = diff(compiled(db()), compiled(db(**edit)))
+    assert p.kind is Kind.RELOAD
+    assert p.why == why
+    assert p.summary().endswith(f"; reload ({why})")
+
+
+def test_added_and_removed_routes_reload_and_removal_denies_everything() -> None:
+    both = compiled(db(), web())
+    p = diff(both, compiled(db()))
+    assert p.kind is Kind.RELOAD
+    assert p.notes == ("route web removed",)
+    (deny,) = p.denies
+    assert deny.everything
+    assert deny.covers(Session("0x1", "web", "<none>", "1.2.3.4"))
+    added = diff(compiled(db()), both)
+    assert added.kind is Kind.RELOAD
+    assert added.denies == ()
+    assert added.notes == ("route web added",)
+
+
+def test_an_untouched_route_is_never_denied() -> None:
+    p = diff(compiled(db(), web()), compiled(db(listen=15999), web()))
+    assert [d.route for d in p.denies] == ["db"]
+
+
+def test_comment_only_difference_is_a_noop() -> None:
+    old = compiled(db(), web())
+    new = Version(old.config, old.text.replace("# route db", "# route db (moved)"), old.maps)
+    assert plan(old, new).kind is Kind.NOOP
+
+
+def test_runtime_changes_off_reload() -> None:
+    p = plan(compiled(db()), compiled(db(destinations=["10.0.0.9:1"])), runtime=False)
+    assert p.kind is Kind.RELOAD
+    assert "EGRESS_RUNTIME_CHANGES" in p.why
+
+
+def test_parse_sessions() -> None:
+    text = (
+        "0x55b244ffee50: proto=tcpv4 src=127.0.0.1:37892 fe=db be=db srv=10.0.0.1_5432 ts=00 "
+        "epoch=0 age=18s calls=3 rate=0 cpu=0 lat=0 rq[f=848000h,i=0,an=00h,rx=59m,wx=,ax=]\n"
+        "0x55b244ff0000: proto=tcpv6 src=::1:4000 fe=web be=web srv=<none> ts=00 age=1s\n"
+        "0x55b2450e1a80: proto=sockpair src=unix:2 fe=GLOBAL be=<NONE> srv=<none> ts=00\n"
+    )
+    assert parse_sessions(text) == [
+        Session("0x55b244ffee50", "db", "10.0.0.1_5432", "127.0.0.1"),
+        Session("0x55b244ff0000", "web", "<none>", "::1"),
+    ]
