@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.errors import Problem
 
@@ -307,6 +309,7 @@ class HookUse(Frozen):
 # --- egress policy rules (issue 7): each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
+DEFAULT_GROUP = "default"
 
 
 def _policy_rule(value: str) -> str:
@@ -319,6 +322,25 @@ PolicyRuleText = Annotated[
     str,
     AfterValidator(_policy_rule),
     WithJsonSchema({"type": "string", "examples": ["*.example.com", "!10.0.0.0/8", "*"]}),
+]
+
+
+def _guard_classes(value: tuple[str, ...]) -> tuple[str, ...]:
+    """`default`, class names and `-name`; kept as written, checked by classes.expand."""
+    egress_classes.expand(value)
+    return value
+
+
+GuardList = Annotated[
+    tuple[Annotated[str, Field(pattern=r"^-?[a-z0-9-]{1,32}$")], ...],
+    AfterValidator(_guard_classes),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "enum": ["default", *egress_classes.BY_NAME]},
+            "examples": [["default", "private"], ["default", "-cgnat"]],
+        }
+    ),
 ]
 
 
@@ -337,6 +359,8 @@ class RouteSettings(Frozen):
     resolve_prefer: Literal["ipv4", "ipv6"] = "ipv4"
     dns_slots: int = Field(4, ge=1, le=64)
     hooks: tuple[HookUse, ...] = ()  # Lua hooks, in order (docs/lua.md)
+    # Policy routes: the address classes refused after DNS (classes.py, docs/policy.md).
+    guard: GuardList = ("default",)
 
 
 class Route(RouteSettings):
@@ -374,10 +398,20 @@ class Route(RouteSettings):
         egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
         return value
 
-    @property
+    @cached_property
     def rules(self) -> tuple[egress_policy.Rule, ...]:
         """The parsed policy rules, in order (first match wins)."""
         return tuple(egress_policy.parse_rule(text) for text in self.policy)
+
+    @cached_property
+    def groups(self) -> tuple[egress_policy.Group, ...]:
+        """The client groups, in order; the route's own `policy` is the last, for everyone."""
+        return (egress_policy.Group(DEFAULT_GROUP, self.rules),)
+
+    @cached_property
+    def guard_classes(self) -> tuple[str, ...]:
+        """The refused address classes (`guard` expanded)."""
+        return egress_classes.expand(self.guard)
 
     @property
     def upstream_port(self) -> int:
@@ -494,6 +528,23 @@ class Config:
     def policy_routes(self) -> tuple[Route, ...]:
         """The proxy and tls routes (issue 7): they share the policy's stick tables."""
         return tuple(r for r in self.routes if r.mode in POLICY_MODES)
+
+    def guard(self, route: Route) -> egress_policy.Guard:
+        """A policy route's guard: its classes, and every listener of this router (a
+        destination on one of them would loop back into the router)."""
+        own_ports, own_networks = self._own_listeners
+        return egress_policy.Guard(route.guard_classes, own_ports, own_networks)
+
+    @cached_property
+    def _own_listeners(self) -> tuple[tuple[int, ...], tuple[egress_policy.Network, ...]]:
+        ports = {r.listen.port for r in self.routes}
+        if self.stats is not None:
+            ports.add(self.stats.port)
+        own = list(egress_policy.OWN_NETWORKS)
+        for r in self.routes:
+            if not r.listen.is_wildcard and r.listen.address is not None:
+                own.append(ipaddress.ip_network(r.listen.address))
+        return tuple(sorted(ports)), tuple(dict.fromkeys(own))
 
     def origin_of(self, route_name: str) -> str:
         """Where a route was defined, for messages."""

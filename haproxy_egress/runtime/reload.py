@@ -18,6 +18,7 @@ from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
+from haproxy_egress.render.maps import render_maps
 from haproxy_egress.runtime import haproxy, staging
 from haproxy_egress.settings import Settings
 
@@ -85,6 +86,8 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
+    # The policy lists the candidate loads with `-f` (render/maps.py); `haproxy -c` reads them.
+    staging.write_maps(settings.run.maps, render_maps(compiled.config))
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
