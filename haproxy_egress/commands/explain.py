@@ -147,7 +147,6 @@ def _route_verdict(
     locations: Sequence[str],
     looked_up: bool,
     client: netaddr.IPAddress | None = None,
-    user: str | None = None,
 ) -> RouteVerdict | None:
     """One route's decision, or None when the route cannot carry this kind of destination."""
     if route.mode == "tls":
@@ -163,8 +162,8 @@ def _route_verdict(
     version = 6 if route.resolve_prefer == "ipv6" else 4
     preferred = [a for a in addresses if a.version == version] or list(addresses)
     address = preferred[0] if preferred else None
-    group = policy.select_group(route.groups, client, user)
-    if group is None:  # the route's own list admits everyone: only a refused login ends here
+    group = policy.select_group(route.groups, client)
+    if group is None:  # cannot happen: the route's own list admits everyone
         return RouteVerdict(route.name, route.mode, False, "no client group admits it", None)
     # A tls route connects to its upstream port: port rules see that one, as in haproxy.
     port = dest.port if dest.port is not None or route.mode != "tls" else route.upstream_port
@@ -206,14 +205,13 @@ def explain(
     addresses: Sequence[str] | None = None,
     resolve: Resolve | None = None,
     client: str | None = None,
-    user: str | None = None,
 ) -> Verdict:
     """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
 
     `locations` is `rule_locations(snapshot, env)`; `addresses` overrides resolution (the
     `--address` option); `resolve` looks a name up (only called for names); `client` is
-    the client's address (`--from`) and `user` its proxy user (`--user`), which choose the
-    client group of a policy route.
+    the client's address (`--from`), which chooses the client group of a policy route
+    (without it, the route's own list decides).
     """
     dest = parse_destination(destination)
     found: tuple[netaddr.IPAddress, ...]
@@ -239,7 +237,6 @@ def explain(
             locations=locs,
             looked_up=looked_up,
             client=source,
-            user=user,
         )
         if v is not None:
             verdicts.append(v)

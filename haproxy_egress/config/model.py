@@ -344,6 +344,48 @@ GuardList = Annotated[
 ]
 
 
+GROUP_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class ClientGroup(Frozen):
+    """A client group of a policy route: its clients (source networks) and their own ordered
+    rule list (docs/policy.md)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, populate_by_name=True
+    )
+
+    name: Annotated[str, Field(pattern=GROUP_NAME)]
+    sources: tuple[ClientNetwork, ...] = Field(alias="from", min_length=1)
+    policy: tuple[PolicyRuleText, ...]
+    enforce: bool | None = None  # None: the route's `enforce`
+
+    @field_validator("name")
+    @classmethod
+    def _not_default(cls, value: str) -> str:
+        if value == DEFAULT_GROUP:
+            raise ValueError(f"{DEFAULT_GROUP!r} is the route's own list (its `policy`)")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a client group needs a policy")
+        egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
+        return value
+
+
+class Limits(Frozen):
+    """Bounds of a policy route: concurrent CONNECT tunnels, and per client address a
+    connection and a request rate (over `period`)."""
+
+    tunnels: int | None = Field(None, ge=1, le=1_000_000)
+    connection_rate: int | None = Field(None, ge=1, le=1_000_000)
+    request_rate: int | None = Field(None, ge=1, le=1_000_000)
+    period: Duration = 10_000
+
+
 class RouteSettings(Frozen):
     """The per-route knobs; also the shape of `defaults:`, which sets them for every route."""
 
@@ -375,6 +417,12 @@ class Route(RouteSettings):
     # --- egress policy (issue 7; semantics in policy.py, docs/policy.md) ---
     policy: tuple[PolicyRuleText, ...] = ()
     destination_port: int | None = Field(None, ge=1, le=65535)  # tls: default = listen port
+    clients: tuple[ClientGroup, ...] = ()  # client groups, before the route's own `policy`
+    enforce: bool = True  # false: report only (would-deny is logged and counted, not refused)
+    limits: Limits = Limits()
+    # match: a CONNECT's TLS ClientHello must name the CONNECT host (or a name its rule allows)
+    connect_sni: Literal["off", "match"] = "off"
+    connect_sni_ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = (443,)  # TLS ports
 
     @field_validator("destinations")
     @classmethod
@@ -406,7 +454,17 @@ class Route(RouteSettings):
     @cached_property
     def groups(self) -> tuple[egress_policy.Group, ...]:
         """The client groups, in order; the route's own `policy` is the last, for everyone."""
-        return (egress_policy.Group(DEFAULT_GROUP, self.rules),)
+        groups = [
+            egress_policy.Group(
+                g.name,
+                tuple(egress_policy.parse_rule(t) for t in g.policy),
+                tuple(g.sources),
+                self.enforce if g.enforce is None else g.enforce,
+            )
+            for g in self.clients
+        ]
+        groups.append(egress_policy.Group(DEFAULT_GROUP, self.rules, enforce=self.enforce))
+        return tuple(groups)
 
     @cached_property
     def guard_classes(self) -> tuple[str, ...]:
@@ -447,6 +505,14 @@ class Route(RouteSettings):
             raise ValueError("policy needs mode: proxy or mode: tls")
         if self.destination_port is not None and self.mode != "tls":
             raise ValueError("destination_port needs mode: tls")
+        if self.mode != "proxy":
+            for key in ("clients", "limits", "connect_sni", "connect_sni_ports", "enforce"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} needs mode: proxy")
+        names = [g.name for g in self.clients]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"client group {name!r} is listed twice")
 
     @property
     def named_destinations(self) -> tuple[Endpoint, ...]:

@@ -389,27 +389,22 @@ def decide(
 class Group:
     """One client group of a policy route: who it is for, and its own ordered rule list.
 
-    A group applies to a client whose source address is in `sources` (any, when empty) and,
-    when `users` is not empty, who authenticated as one of them. `enforce` false: report only.
+    A group applies to a client whose source address is in `sources` (any, when empty).
+    `enforce` false: report only.
     """
 
     name: str
     rules: tuple[Rule, ...]
     sources: tuple[Network, ...] = ()
-    users: tuple[str, ...] = ()
     enforce: bool = True
 
-    def admits(self, client: netaddr.IPAddress | None, user: str | None) -> bool:
-        """Whether this group is the one for `client` (None: any) and `user`."""
-        if self.sources and (
-            client is None or not any(classes.in_network(client, n) for n in self.sources)
-        ):
-            return False
-        return not self.users or user in self.users
+    def admits(self, client: netaddr.IPAddress | None) -> bool:
+        """Whether this group is the one for `client` (None: unknown, only the default)."""
+        if not self.sources:
+            return True
+        return client is not None and any(classes.in_network(client, n) for n in self.sources)
 
 
-def select_group(
-    groups: Sequence[Group], client: netaddr.IPAddress | None, user: str | None
-) -> Group | None:
+def select_group(groups: Sequence[Group], client: netaddr.IPAddress | None) -> Group | None:
     """The first group that admits the client (the route's default group is last)."""
-    return next((g for g in groups if g.admits(client, user)), None)
+    return next((g for g in groups if g.admits(client)), None)
