@@ -365,12 +365,15 @@ def decide(
             guard_class=classes.SELF,
         )
     denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
+    found = guard.classify(address) if address is not None else None
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue
         if rule.action == "deny":
+            if denied == REPORT and found is not None:
+                # Report mode lets a denied request through, but never into a refused class.
+                return _guarded(address, found, index, rule, "a report-only deny")
             return Decision(denied, index, rule, f"denied by rule {index} ({rule.text})")
-        found = guard.classify(address) if address is not None else None
         if found is not None and not rule.is_address_rule:
             what = classes.BY_NAME[found].what
             return Decision(
@@ -382,7 +385,22 @@ def decide(
                 guard_class=found,
             )
         return Decision("allow", index, rule, f"allowed by rule {index} ({rule.text})")
+    if denied == REPORT and found is not None:
+        return _guarded(address, found, None, None, "the report-only default")
     return Decision(denied, None, None, "no rule allows it (everything not allowed is denied)")
+
+
+def _guarded(
+    address: netaddr.IPAddress | None, found: str, index: int | None, rule: Rule | None, by: str
+) -> Decision:
+    what = classes.BY_NAME[found].what
+    return Decision(
+        "deny",
+        index,
+        rule,
+        f"{address} is {what} (class {found}): {by} may not let it through",
+        guard_class=found,
+    )
 
 
 @dataclass(frozen=True)
