@@ -233,11 +233,19 @@ def _read_reply(sock: socket.socket) -> Reply:
 
 
 def proxy_get(
-    ns: Netns, proxy: tuple[str, int], url: str, host_header: str, timeout: float = 8.0
+    ns: Netns,
+    proxy: tuple[str, int],
+    url: str,
+    host_header: str,
+    *,
+    timeout: float = 8.0,
+    source: str | None = None,
 ) -> Reply:
-    """One `GET <absolute url>` through the proxy, as curl with HTTP_PROXY sends it."""
+    """One `GET <absolute url>` through the proxy, as curl with HTTP_PROXY sends it (from
+    `source`, one of the client namespace's addresses, when given)."""
     with ns.entered():
-        sock = socket.create_connection(proxy, timeout=timeout)
+        bind = (source, 0) if source else None
+        sock = socket.create_connection(proxy, timeout=timeout, source_address=bind)
     with sock:
         sock.sendall(
             f"GET {url} HTTP/1.1\r\nHost: {host_header}\r\nProxy-Connection: close\r\n"
