@@ -79,10 +79,6 @@ def _index_entries(
     return out
 
 
-def _indexed(rules: Sequence[p.Rule], kind: str) -> list[tuple[int, p.Rule]]:
-    return [(i, r) for i, r in enumerate(rules, start=1) if r.kind == kind]
-
-
 def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
     """The map files of one policy route, with its guard (Config.guard)."""
     groups = route.groups
@@ -97,23 +93,49 @@ def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
     index: list[tuple[str, str]] = []
     actions: list[tuple[str, str]] = []
     reasons: list[tuple[str, str]] = []
+    # Who holds each pattern: pattern → group → rule indices. A destination's matching rules
+    # are found by walking up from its most specific key (label suffixes of a name, supernets
+    # of a network), so compiling costs keys x depth, not keys x rules.
+    hosts_of: dict[str, dict[str, list[int]]] = {}
+    domains_of: dict[str, dict[str, list[int]]] = {}
+    nets_of: dict[tuple[int, int, int], dict[str, list[int]]] = {}
+    by_name = {g.name: g for g in groups}
+    for g in groups:
+        for i, r in enumerate(g.rules, start=1):
+            if r.kind == "host":
+                hosts_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
+            elif r.kind == "domain":
+                domains_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
+            elif isinstance(r, p.NetworkRule):
+                net = r.network
+                key = (net.version, int(net.network_address), net.prefixlen)
+                nets_of.setdefault(key, {}).setdefault(g.name, []).append(i)
+
+    def emit(key: str, found: dict[str, list[int]]) -> None:
+        for name, matching in found.items():
+            index.extend(_index_entries(f"{key}/{name}", by_name[name].rules, matching))
+
+    for host in hosts:
+        found = {name: list(idx) for name, idx in hosts_of[host].items()}
+        for suffix in _suffixes(host):
+            for name, idx in domains_of.get(suffix, {}).items():
+                if name in found:  # else the domain lookup answers the same
+                    found[name] += idx
+        emit(f"={host}", found)
+    for domain in domains:
+        found = {}
+        for suffix in _suffixes(domain):
+            for name, idx in domains_of.get(suffix, {}).items():
+                found.setdefault(name, []).extend(idx)
+        emit(f".{domain}", found)
+    for k in keys:
+        found = {}
+        for supernet in _supernets(k.inner if k.inner is not None else k.prefix):
+            for name, idx in nets_of.get(supernet, {}).items():
+                found.setdefault(name, []).extend(idx)
+        emit(str(k.prefix), found)
     for g in groups:
         rules = g.rules
-        domain_rules = _indexed(rules, "domain")
-        for host in hosts:
-            matching = [i for i, r in _indexed(rules, "host") if r.value == host]
-            if matching:  # else the domain lookup answers the same
-                matching += [i for i, r in domain_rules if r.matches_target(host, None)]
-                index += _index_entries(f"={host}/{g.name}", rules, matching)
-        for domain in domains:
-            matching = [i for i, r in domain_rules if r.matches_target(domain, None)]
-            index += _index_entries(f".{domain}/{g.name}", rules, matching)
-        network_rules = [
-            (i, r) for i, r in enumerate(rules, start=1) if isinstance(r, p.NetworkRule)
-        ]
-        for k in keys:
-            matching = [i for i, r in network_rules if k.covered_by(r.network)]
-            index += _index_entries(f"{k.prefix}/{g.name}", rules, matching)
         wildcard = [i for i, r in enumerate(rules, start=1) if r.kind == "any"]
         if wildcard:
             index.append((f"*/{g.name}", str(wildcard[0])))
@@ -141,6 +163,21 @@ def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
         ),
         file_name(route, "ports"): "".join(f"{port}\n" for port in guard.own_ports),
     }
+
+
+def _suffixes(name: str) -> Iterable[str]:
+    """`a.b.c` → `a.b.c`, `b.c`, `c`: the domains a name is in (DomainRule.matches_target)."""
+    labels = name.split(".")
+    return (".".join(labels[i:]) for i in range(len(labels)))
+
+
+def _supernets(network: classes.Network) -> Iterable[tuple[int, int, int]]:
+    """The network and every shorter prefix containing it, as (version, address, length)."""
+    bits = network.max_prefixlen
+    address = int(network.network_address)
+    for length in range(network.prefixlen, -1, -1):
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+        yield network.version, address & mask, length
 
 
 def _group_entries(groups: Sequence[p.Group]) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """The live proxy and `explain` make the same decision: same verdict, same rule, every case.
 
 A seeded generator writes rule lists (names, wildcards, networks v4/v6, denies, ports, `*`,
-address classes switched on and off) and destinations (names that resolve, through a test DNS
+address classes switched on and off, report-only lists, client groups chosen by loopback
+source addresses) and destinations (names that resolve, through a test DNS
 server, into every class and none; names that do not resolve; IP literals in every spelling,
 IPv4 embedded in IPv6 forms; the router's own ports). Each rule list is one proxy route of a
 single haproxy; each case is one request, plain HTTP on keep-alive connections or CONNECT.
@@ -114,6 +115,9 @@ NETWORKS = (
     "[::ffff:127.0.0.0/104]",
     "[fc00::/7]",
 )
+# Client addresses (all loopback) and the networks client groups are made of.
+SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9")
+GROUP_SOURCES = ("127.0.0.2/32", "127.0.0.2/31", "127.0.0.4/32", "127.0.0.0/29", "::1/128")
 GUARDS = (["default"], ["default", "private"], ["default", "-loopback"], ["default", "-cgnat"])
 
 
@@ -126,6 +130,7 @@ class Case:
     host: str  # as written in the request (IPv6 without brackets)
     dport: int
     connect: bool
+    source: str  # the client address: it picks the client group
 
     @property
     def authority(self) -> str:
@@ -133,9 +138,10 @@ class Case:
         return f"{host}:{self.dport}"
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        """What the decision log line names: route, destination host (lower case), port."""
-        return self.route, self.host.lower(), self.dport
+    def key(self) -> tuple[str, str, int, str]:
+        """What the decision log line names: route, destination host (lower case), port,
+        client address."""
+        return self.route, self.host.lower(), self.dport, self.source
 
 
 def _name(rng: random.Random) -> str:
@@ -188,7 +194,7 @@ def _records(rng: random.Random) -> dict[str, list[str]]:
 
 def _cases(rng: random.Random, routes: list[tuple[str, int]]) -> list[Case]:
     own_ports = [p for _, p in routes]
-    cases: dict[tuple[str, str, int], Case] = {}
+    cases: dict[tuple[str, str, int, str], Case] = {}
     for name, port in routes:
         while sum(1 for c in cases.values() if c.route == name) < CASES_PER_ROUTE:
             pick = rng.random()
@@ -201,7 +207,8 @@ def _cases(rng: random.Random, routes: list[tuple[str, int]]) -> list[Case]:
             dport = rng.choice(PORTS)
             if rng.random() < 0.05:  # back into the router itself
                 host, dport = rng.choice(("127.0.0.1", "127.0.0.5", "::1")), rng.choice(own_ports)
-            case = Case(name, port, host, dport, connect=rng.random() < 0.25)
+            source = rng.choice(SOURCES)
+            case = Case(name, port, host, dport, connect=rng.random() < 0.25, source=source)
             cases.setdefault(case.key, case)
     return list(cases.values())
 
@@ -229,6 +236,15 @@ def _config(tmp_path: Path, dns_port: int) -> tuple[Config, list[Case], dict[str
                 "connect_timeout": "2s",
                 "guard": rng.choice(GUARDS),
                 "enforce": rng.random() > 0.2,  # some lists are report-only
+                "clients": [
+                    {
+                        "name": f"g{g}",
+                        "from": rng.sample(GROUP_SOURCES, rng.randint(1, 2)),
+                        "policy": _rules(rng),
+                        **({"enforce": False} if rng.random() < 0.2 else {}),
+                    }
+                    for g in range(rng.choice((0, 0, 1, 2, 3)))
+                ],
                 "policy": _rules(rng),
             }
             for name, port in routes
@@ -277,12 +293,15 @@ def _open(port: int) -> bool:
 
 
 def _send_http(cases: list[Case]) -> None:
-    """All HTTP cases of one route over keep-alive connections (a new one when closed)."""
+    """HTTP cases of one route and client address over keep-alive connections (a new one
+    when the proxy closed the last)."""
     conn: http.client.HTTPConnection | None = None
     for case in cases:
         for _attempt in range(2):
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", case.port, timeout=10)
+                conn = http.client.HTTPConnection(
+                    "127.0.0.1", case.port, timeout=10, source_address=(case.source, 0)
+                )
             try:
                 conn.request("GET", f"http://{case.authority}/", headers={"Host": case.authority})
                 response = conn.getresponse()
@@ -299,7 +318,9 @@ def _send_http(cases: list[Case]) -> None:
 
 
 def _send_connect(case: Case) -> None:
-    with socket.create_connection(("127.0.0.1", case.port), timeout=10) as s:
+    with socket.create_connection(
+        ("127.0.0.1", case.port), timeout=10, source_address=(case.source, 0)
+    ) as s:
         s.sendall(f"CONNECT {case.authority} HTTP/1.1\r\nHost: {case.authority}\r\n\r\n".encode())
         s.settimeout(3)
         try:
@@ -309,16 +330,17 @@ def _send_connect(case: Case) -> None:
             pass  # reset: the upstream connect failed, the proxy closed
 
 
-def _decisions(log: Path) -> dict[tuple[str, str, int], set[tuple[str, str]]]:
-    """The proxy's decision log → (route, host, port) → {(verdict, rule)}."""
-    out: dict[tuple[str, str, int], set[tuple[str, str]]] = {}
+def _decisions(log: Path) -> dict[tuple[str, str, int, str], set[tuple[str, str, str]]]:
+    """The proxy's decision log → (route, host, port, client) → {(verdict, rule, group)}."""
+    out: dict[tuple[str, str, int, str], set[tuple[str, str, str]]] = {}
     for line in log.read_text(errors="replace").splitlines():
         if " egress route=" not in line:
             continue
         fields = dict(f.split("=", 1) for f in line.split(" egress ", 1)[1].split() if "=" in f)
         host, port = fields["dst"].rsplit(":", 1)
-        key = (fields["route"], host, int(port))
-        out.setdefault(key, set()).add((fields["verdict"], fields["rule"]))
+        client = line.split(" ", 1)[0].rsplit(":", 1)[0]
+        key = (fields["route"], host, int(port), client)
+        out.setdefault(key, set()).add((fields["verdict"], fields["rule"], fields["group"]))
     return out
 
 
@@ -337,7 +359,8 @@ def test_live_proxy_and_explain_agree_on_every_case(
         for case in route_cases:
             if case.connect:
                 _send_connect(case)
-        _send_http([c for c in route_cases if not c.connect])
+        for source in SOURCES:
+            _send_http([c for c in route_cases if not c.connect and c.source == source])
 
     # One client thread per route: the order of cases does not matter, the log names each.
     with ThreadPoolExecutor(max_workers=len(by_route)) as pool:
@@ -355,23 +378,25 @@ def test_live_proxy_and_explain_agree_on_every_case(
 
     mismatches = []
     for case in cases:
-        verdict = explain(config, case.authority, resolve=resolve)
+        verdict = explain(config, case.authority, resolve=resolve, client=case.source)
         (expected,) = [r for r in verdict.routes if r.route == case.route]
-        want = (expected.verdict, expected.rule_id)
+        want = (expected.verdict, expected.rule_id, expected.group)
         got = live.get(case.key)
         if got != {want}:
             route = next(r for r in config.routes if r.name == case.route)
             mismatches.append(
                 f"{case.route} {'CONNECT' if case.connect else 'GET'} {case.authority}"
-                f" ({records.get(case.host.lower())}): proxy {got}, explain {want};"
-                f" guard {list(route.guard)}, policy {list(route.policy)}"
+                f" from {case.source} ({records.get(case.host.lower())}): proxy {got},"
+                f" explain {want}; guard {list(route.guard)}, policy {list(route.policy)},"
+                f" clients {[(g.name, list(map(str, g.sources)), g.policy) for g in route.clients]}"
             )
-    kinds = {v for got in live.values() for v, _ in got}
+    kinds = {v for got in live.values() for v, _, _ in got}
     assert not mismatches, f"{len(mismatches)} of {len(cases)} differ:\n" + "\n".join(
         mismatches[:30]
     )
     # The corpus reaches every verdict and the guard, or it would prove little.
     assert {"allow", "deny", "unresolved", "would-deny"} <= kinds, kinds
-    rules = {r for got in live.values() for _, r in got}
+    rules = {r for got in live.values() for _, r, _ in got}
     assert {"default", "guard-self", "guard-loopback"} <= rules, sorted(rules)
+    assert len({g for got in live.values() for _, _, g in got}) > 2  # groups were chosen
     assert time.monotonic() - started < 90
