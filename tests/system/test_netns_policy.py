@@ -411,3 +411,14 @@ def test_client_groups_by_source_address(world: World, source: str | None, allow
     group = {CI_CLIENT: "ci", OPS_CLIENT: "ops", None: "default"}[source]
     counts = show_table(world.run_dir, "_egress_policy")
     assert any(key.startswith(f"groups/{group}/") for key in counts), counts
+
+
+def test_the_router_own_address_and_port_is_refused(world: World) -> None:
+    """`self`: the address the client reached the router on, with one of its listen ports,
+    even through a route whose `*` would allow anything else."""
+    for port in (OPEN, STRICT, GROUPS):
+        status, body = world.get(f"http://{ROUTER_CLIENT_IP}:{port}/", port=OPEN)
+        assert status == 403, (port, body)
+        assert b"is the router itself" in body
+    counters = show_table(world.run_dir, "_egress_policy")
+    assert counters.get("open/default/guard-self/deny") == 3
