@@ -20,28 +20,20 @@ import http.client
 import ipaddress
 import random
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from haproxy_egress.commands.explain import explain
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config.model import Config
-from haproxy_egress.config.sources import load_snapshot
-from haproxy_egress.config.sources.configdir import Snapshot
-from haproxy_egress.render import hooks
-from haproxy_egress.render.compiler import RenderOptions, render
-from haproxy_egress.render.maps import render_maps
-from haproxy_egress.rundir import RunDir
-from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import check
-from tests.support import HAPROXY, DnsServer, free_port, wait_for
+from tests.policy_proxy import PolicyProxy
+from tests.support import DnsServer, free_port, wait_for
 
 SEED = 20261201
 ROUTES = 40
@@ -213,7 +205,7 @@ def _cases(rng: random.Random, routes: list[tuple[str, int]]) -> list[Case]:
     return list(cases.values())
 
 
-def _config(tmp_path: Path, dns_port: int) -> tuple[Config, list[Case], dict[str, list[str]]]:
+def _config(dns_port: int) -> tuple[dict[str, Any], list[Case], dict[str, list[str]]]:
     rng = random.Random(SEED)
     records = _records(rng)
     ports: set[int] = set()
@@ -250,46 +242,22 @@ def _config(tmp_path: Path, dns_port: int) -> tuple[Config, list[Case], dict[str
             for name, port in routes
         ],
     }
-    (tmp_path / "routes.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    snapshot = Snapshot(tmp_path, (("routes.yaml", yaml.safe_dump(doc).encode()),))
-    return load_snapshot(snapshot, {}), _cases(rng, routes), records
+    return doc, _cases(rng, routes), records
 
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[Config, list[Case], dict[str, list[str]], Path]]:
     dns = DnsServer().start()
-    proc: subprocess.Popen[bytes] | None = None
+    doc, cases, records = _config(dns.port)
+    dns.records.update(records)
+    running = PolicyProxy(tmp_path, doc)
     try:
-        config, cases, records = _config(tmp_path, dns.port)
-        dns.records.update(records)
-        run = RunDir(tmp_path / "run")
-        run.root.mkdir()
-        hook_set = hooks.resolve(config).including(hooks.shipped_lua("connect"))
-        staging.stage(hook_set, run.lua)
-        staging.write_maps(run.maps, render_maps(config))
-        cfg = run.config
-        cfg.write_text(render(config, RenderOptions(run.root, log_stdout=True), hooks=hook_set))
-        run.server_state.write_text("")
-        check(cfg, HAPROXY)
-        log = tmp_path / "haproxy.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=out, stderr=out)
-        last = cases[-1].port
-        wait_for(lambda: _open(last), timeout=10)
-        yield config, cases, records, log
+        running.start()
+        assert running.config is not None
+        yield running.config, cases, records, running.log
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+        running.stop()
         dns.stop()
-
-
-def _open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _send_http(cases: list[Case]) -> None:
@@ -366,6 +334,16 @@ def test_live_proxy_and_explain_agree_on_every_case(
     with ThreadPoolExecutor(max_workers=len(by_route)) as pool:
         list(pool.map(send, by_route.values()))
     keys = {c.key for c in cases}
+    try:
+        wait_for(lambda: keys <= set(_decisions(log)), timeout=5)
+    except AssertionError:
+        # A keep-alive request can meet a connection the proxy is just closing, twice: such a
+        # request never reached the proxy; send it once more on a connection of its own.
+        for case in (c for c in cases if c.key not in _decisions(log)):
+            if case.connect:
+                _send_connect(case)
+            else:
+                _send_http([case])
     try:
         wait_for(lambda: keys <= set(_decisions(log)), timeout=10)
     except AssertionError:
