@@ -6,6 +6,12 @@ connection per request (wrk), and CONNECT + one request per tunnel (Python threa
 requests/s and haproxy/squid ratios. Needs root (ip netns), wrk, squid. Bounded: ~4x DURATION.
 
     .venv/bin/python -m bench.policy_proxy [--duration 5] [--rounds 3]
+    .venv/bin/python -m bench.policy_proxy --groups [--duration 5] [--rounds 3]
+
+With --groups, the peers are two routes of one haproxy-egress router: today's single list
+(RULES) and a route with 100 client groups of 50 rules each, the client's own group last and
+its matching rule last in it (the worst case for a rule-by-rule chain; the map lookups of
+render/maps.py cost the same for any list). Same process, so only requests/s are compared.
 
 The load generator, the origin and the proxy share this machine's 2 cores, and with haproxy
 the machine is saturated (squid, single-threaded, is not): so besides requests/s the bench
@@ -33,7 +39,7 @@ from bench.bed import (
     proxy_script,
 )
 from haproxy_egress.config import policy
-from tests.netns import ROUTER_CLIENT_IP, Started, TestBed, start_in, wait_port
+from tests.netns import CLIENT_IP, ROUTER_CLIENT_IP, Started, TestBed, start_in, wait_port
 from tests.netns_policy import start_router
 from tests.squid import Squid
 from tests.support import HAPROXY, DnsServer
@@ -58,7 +64,15 @@ def main() -> None:
         help="experiment: drop haproxy's per-request log line (squid, as Red Hat configured it, "
         "logs nothing) to show what the decision log costs",
     )
+    parser.add_argument(
+        "--groups",
+        action="store_true",
+        help="compare today's single list with 100 client groups x 50 rules (no squid)",
+    )
     args = parser.parse_args()
+    if args.groups:
+        main_groups(args)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-policy.") as tmp, TestBed(Path(tmp)) as bed:
         workdir = Path(tmp)
         host = bed.add_external_host()
@@ -123,6 +137,88 @@ def main() -> None:
                     f"| {label} | {hm:,.0f} | {qm:,.0f} | {hm / qm:.1f}x "
                     f"| {hcm:,.0f} | {qcm:,.0f} | {hcm / qcm:.1f}x |"
                 )
+        finally:
+            dns.stop()
+
+
+GROUPS_PORT = 8082
+
+
+def group_rules(n: int, last: str) -> list[str]:
+    """50 rules of every kind that do not match the bench's destination, then `last`."""
+    rules: list[str] = []
+    for i in range(49):
+        kind = i % 4
+        if kind == 0:
+            rules.append(f"host{n}-{i}.other.test")
+        elif kind == 1:
+            rules.append(f"*.d{n}-{i}.other.test:443")
+        elif kind == 2:
+            rules.append(f"!10.{n}.{i}.0/24")
+        else:
+            rules.append(f"[2001:db8:{n:x}:{i:x}::/64]:443")
+    return [*rules, last]
+
+
+def groups_route() -> dict[str, object]:
+    """100 client groups x 50 rules; only the last group holds the bench client."""
+    clients = [
+        {"name": f"g{n}", "from": [f"10.{n}.0.0/16"], "policy": group_rules(n, "*.good.test")}
+        for n in range(99)
+    ]
+    clients.append(
+        {"name": "bench", "from": [f"{CLIENT_IP}/32"], "policy": group_rules(99, "*.good.test")}
+    )
+    return {
+        "name": "groups",
+        "listen": GROUPS_PORT,
+        "mode": "proxy",
+        "clients": clients,
+        "policy": ["exact.test"],
+    }
+
+
+def main_groups(args: argparse.Namespace) -> None:
+    """Single list vs 100 groups x 50 rules, interleaved, in one router."""
+    with tempfile.TemporaryDirectory(prefix="bench-groups.") as tmp, TestBed(Path(tmp)) as bed:
+        workdir = Path(tmp)
+        host = bed.add_external_host()
+        origin_cfg = workdir / "origin.cfg"
+        origin_cfg.write_text(ORIGIN_CFG.format(host=host))
+        origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
+        wait_port(bed.router, host, 80, proc=origin)
+        dns = start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
+        try:
+            keys = {
+                "r.yaml": {
+                    "resolvers": {"nameservers": ["127.0.0.1:53"]},
+                    "routes": [
+                        {"name": "web", "listen": HAPROXY_PORT, "mode": "proxy", "policy": RULES},
+                        groups_route(),
+                    ],
+                }
+            }
+            start_router(bed, workdir, keys, {}, [HAPROXY_PORT, GROUPS_PORT])
+            cases: tuple[tuple[str, Callable[[int], float]], ...] = (
+                ("HTTP keep-alive", lambda p: wrk(bed, p, args.duration, False, workdir)),
+                ("HTTP new connection", lambda p: wrk(bed, p, args.duration, True, workdir)),
+                ("CONNECT + 1 request", lambda p: connect_rate(bed, p, args.duration)),
+            )
+            samples: dict[tuple[str, int], list[float]] = {}
+            for round_ in range(args.rounds):
+                order = (
+                    (HAPROXY_PORT, GROUPS_PORT) if round_ % 2 == 0 else (GROUPS_PORT, HAPROXY_PORT)
+                )
+                for label, run in cases:
+                    for port in order:
+                        samples.setdefault((label, port), []).append(run(port))
+            print(f"{args.rounds} rounds x {args.duration}s per case and route; medians")
+            print("| case | single list req/s | 100 groups x 50 rules req/s | ratio |")
+            print("|---|---:|---:|---:|")
+            for label, _ in cases:
+                single = statistics.median(samples[(label, HAPROXY_PORT)])
+                grouped = statistics.median(samples[(label, GROUPS_PORT)])
+                print(f"| {label} | {single:,.0f} | {grouped:,.0f} | {grouped / single:.2f}x |")
         finally:
             dns.stop()
 

@@ -154,6 +154,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             locations=rule_locations(snapshot, settings.route_env),
             addresses=args.address or None,
             resolve=None if args.no_resolve else ConfiguredResolver(config.resolvers),
+            client=args.client,
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -222,7 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resolve",
         action="store_true",
         help="do not look names up (no DNS query leaves the machine); address and CIDR rules "
-        "and the loopback/metadata guard then cannot apply to a name",
+        "and the address classes then cannot apply to a name",
+    )
+    p.add_argument(
+        "--from",
+        dest="client",
+        metavar="IP",
+        help="the client's address: picks the client group of a policy route (default: the "
+        "route's own list)",
     )
     p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")

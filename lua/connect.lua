@@ -68,6 +68,13 @@ core.register_action("egress_established", { "tcp-res" }, function(txn)
     txn.res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
 end)
 
+-- connect_sni: match. The client sends its TLS ClientHello only after "200 Connection
+-- established", and haproxy must read it before it connects upstream: so for these CONNECTs
+-- the 200 comes first (the documented trade-off), from here, before the SNI is checked.
+core.register_action("egress_early_established", { "tcp-req" }, function(txn)
+    txn.res:send("HTTP/1.1 200 Connection established\r\n\r\n")
+end)
+
 -- The answer to a refused CONNECT (or a malformed head): an HTTP response naming the reason,
 -- then close. Denials are rare, so a Lua applet here costs nothing on the allowed path.
 core.register_service("egress_refuse", "tcp", function(applet)

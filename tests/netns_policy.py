@@ -23,6 +23,7 @@ from pathlib import Path
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check
@@ -186,6 +187,7 @@ def start_router(
     if any(r.mode == "proxy" for r in config.routes):
         hook_set = hook_set.including(hooks.shipped_lua("connect"))
     staging.stage(hook_set, RunDir(run_dir).lua)
+    staging.write_maps(RunDir(run_dir).maps, render_maps(config))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
     check(cfg, HAPROXY)
@@ -231,11 +233,19 @@ def _read_reply(sock: socket.socket) -> Reply:
 
 
 def proxy_get(
-    ns: Netns, proxy: tuple[str, int], url: str, host_header: str, timeout: float = 8.0
+    ns: Netns,
+    proxy: tuple[str, int],
+    url: str,
+    host_header: str,
+    *,
+    timeout: float = 8.0,
+    source: str | None = None,
 ) -> Reply:
-    """One `GET <absolute url>` through the proxy, as curl with HTTP_PROXY sends it."""
+    """One `GET <absolute url>` through the proxy, as curl with HTTP_PROXY sends it (from
+    `source`, one of the client namespace's addresses, when given)."""
     with ns.entered():
-        sock = socket.create_connection(proxy, timeout=timeout)
+        bind = (source, 0) if source else None
+        sock = socket.create_connection(proxy, timeout=timeout, source_address=bind)
     with sock:
         sock.sendall(
             f"GET {url} HTTP/1.1\r\nHost: {host_header}\r\nProxy-Connection: close\r\n"

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
@@ -41,7 +41,13 @@ class Destination:
 
 @dataclass(frozen=True)
 class RouteVerdict:
-    """One route's answer: allowed or not, the rule (with its location), and why."""
+    """One route's answer: allowed or not, the rule (with its location), and why.
+
+    `verdict` and `rule_id` are what the live proxy logs and counts for the same request
+    (`verdict=`, `rule=`): allow, deny, would-deny (report-only) or unresolved; a rule
+    index, `default` or `guard-CLASS`. tests/integration/test_policy_differential.py holds
+    the proxy to them.
+    """
 
     route: str
     mode: str
@@ -49,6 +55,9 @@ class RouteVerdict:
     reason: str
     rule: str | None = None  # the rule as written
     location: str | None = None  # "routes.yaml:12" / "EGRESS_HTTP_PROXY_DESTINATION:3"
+    verdict: str = ""
+    rule_id: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,11 +135,14 @@ def rule_locations(snapshot: Snapshot, env: Mapping[str, str]) -> dict[str, tupl
 
 
 def _route_verdict(
+    config: Config,
     route: Route,
     dest: Destination,
     addresses: Sequence[netaddr.IPAddress],
+    *,
     locations: Sequence[str],
     looked_up: bool,
+    client: netaddr.IPAddress | None = None,
 ) -> RouteVerdict | None:
     """One route's decision, or None when the route cannot carry this kind of destination."""
     if route.mode == "tls":
@@ -146,14 +158,28 @@ def _route_verdict(
     version = 6 if route.resolve_prefer == "ipv6" else 4
     preferred = [a for a in addresses if a.version == version] or list(addresses)
     address = preferred[0] if preferred else None
-    decision = policy.decide(route.rules, dest.host, address, dest.port)
+    group = policy.select_group(route.groups, client)
+    if group is None:  # cannot happen: the route's own list admits everyone
+        return RouteVerdict(route.name, route.mode, False, "no client group admits it", None)
+    # A tls route connects to its upstream port: port rules see that one, as in haproxy.
+    port = dest.port if dest.port is not None or route.mode != "tls" else route.upstream_port
+    decision = policy.decide(
+        group.rules, dest.host, address, port, guard=config.guard(route), enforce=group.enforce
+    )
     location = None
-    if decision.index is not None and decision.index - 1 < len(locations):
-        location = locations[decision.index - 1]
-    allowed = decision.verdict == "allow"
+    index = decision.index
+    if group.name == DEFAULT_GROUP and index is not None and index - 1 < len(locations):
+        location = locations[index - 1]
+    allowed = decision.allowed
     reason = decision.reason
+    verdict: str = decision.verdict
+    if group.name != DEFAULT_GROUP:
+        reason = f"client group {group.name}: {reason}"
+    if verdict == policy.REPORT:
+        reason = f"{reason} (report only: allowed, logged as would-deny)"
     if allowed and address is None and looked_up:
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
+        verdict = "unresolved"
     return RouteVerdict(
         route.name,
         route.mode,
@@ -161,6 +187,9 @@ def _route_verdict(
         reason,
         decision.rule.text if decision.rule else None,
         location,
+        verdict,
+        decision.rule_id,
+        group.name,
     )
 
 
@@ -171,11 +200,14 @@ def explain(
     locations: Mapping[str, Sequence[str]] | None = None,
     addresses: Sequence[str] | None = None,
     resolve: Resolve | None = None,
+    client: str | None = None,
 ) -> Verdict:
     """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
 
     `locations` is `rule_locations(snapshot, env)`; `addresses` overrides resolution (the
-    `--address` option); `resolve` looks a name up (only called for names).
+    `--address` option); `resolve` looks a name up (only called for names); `client` is
+    the client's address (`--from`), which chooses the client group of a policy route
+    (without it, the route's own list decides).
     """
     dest = parse_destination(destination)
     found: tuple[netaddr.IPAddress, ...]
@@ -188,10 +220,20 @@ def explain(
         found = tuple(resolve(dest.host))
     else:
         found = ()
+    source = netaddr.parse_ip(client) if client is not None else None
     verdicts = []
     for route in config.routes:
         locs = (locations or {}).get(route.name, ())
-        v = _route_verdict(route, dest, found, locs, looked_up=resolve is not None and not found)
+        looked_up = resolve is not None and not found
+        v = _route_verdict(
+            config,
+            route,
+            dest,
+            found,
+            locations=locs,
+            looked_up=looked_up,
+            client=source,
+        )
         if v is not None:
             verdicts.append(v)
     return Verdict(dest, found, tuple(verdicts))

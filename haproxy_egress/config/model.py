@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.errors import Problem
 
@@ -341,6 +342,7 @@ class HookUse(Frozen):
 # --- egress policy rules: each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
+DEFAULT_GROUP = "default"
 
 
 def _policy_rule(value: str) -> str:
@@ -354,6 +356,67 @@ PolicyRuleText = Annotated[
     AfterValidator(_policy_rule),
     WithJsonSchema({"type": "string", "examples": ["*.example.com", "!10.0.0.0/8", "*"]}),
 ]
+
+
+def _guard_classes(value: tuple[str, ...]) -> tuple[str, ...]:
+    """`default`, class names and `-name`; kept as written, checked by classes.expand."""
+    egress_classes.expand(value)
+    return value
+
+
+GuardList = Annotated[
+    tuple[Annotated[str, Field(pattern=r"^-?[a-z0-9-]{1,32}$")], ...],
+    AfterValidator(_guard_classes),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "enum": ["default", *egress_classes.BY_NAME]},
+            "examples": [["default", "private"], ["default", "-cgnat"]],
+        }
+    ),
+]
+
+
+GROUP_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class ClientGroup(Frozen):
+    """A client group of a policy route: its clients (source networks) and their own ordered
+    rule list (docs/policy.md)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, populate_by_name=True
+    )
+
+    name: Annotated[str, Field(pattern=GROUP_NAME)]
+    sources: tuple[ClientNetwork, ...] = Field(alias="from", min_length=1)
+    policy: tuple[PolicyRuleText, ...]
+    enforce: bool | None = None  # None: the route's `enforce`
+
+    @field_validator("name")
+    @classmethod
+    def _not_default(cls, value: str) -> str:
+        if value == DEFAULT_GROUP:
+            raise ValueError(f"{DEFAULT_GROUP!r} is the route's own list (its `policy`)")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a client group needs a policy")
+        egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
+        return value
+
+
+class Limits(Frozen):
+    """Bounds of a policy route: concurrent CONNECT tunnels, and per client address a
+    connection and a request rate (over `period`)."""
+
+    tunnels: int | None = Field(None, ge=1, le=1_000_000)
+    connection_rate: int | None = Field(None, ge=1, le=1_000_000)
+    request_rate: int | None = Field(None, ge=1, le=1_000_000)
+    period: Duration = 10_000
 
 
 class RouteSettings(Frozen):
@@ -378,6 +441,8 @@ class RouteSettings(Frozen):
     # false: no log line per connection (tcp) or request (http), for busy routes whose
     # connections need no record; tcp and http routes only, and not with the audit hook.
     log: bool = True
+    # Policy routes: the address classes refused after DNS (classes.py, docs/policy.md).
+    guard: GuardList = ("default",)
 
 
 class Route(RouteSettings):
@@ -392,6 +457,12 @@ class Route(RouteSettings):
     # --- egress policy (semantics in policy.py, docs/policy.md) ---
     policy: tuple[PolicyRuleText, ...] = ()
     destination_port: int | None = Field(None, ge=1, le=65535)  # tls: default = listen port
+    clients: tuple[ClientGroup, ...] = ()  # client groups, before the route's own `policy`
+    enforce: bool = True  # false: report only (would-deny is logged and counted, not refused)
+    limits: Limits = Limits()
+    # match: a CONNECT's TLS ClientHello must name the CONNECT host (or a name its rule allows)
+    connect_sni: Literal["off", "match"] = "off"
+    connect_sni_ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = (443,)  # TLS ports
 
     @field_validator("destinations")
     @classmethod
@@ -415,10 +486,30 @@ class Route(RouteSettings):
         egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
         return value
 
-    @property
+    @cached_property
     def rules(self) -> tuple[egress_policy.Rule, ...]:
         """The parsed policy rules, in order (first match wins)."""
         return tuple(egress_policy.parse_rule(text) for text in self.policy)
+
+    @cached_property
+    def groups(self) -> tuple[egress_policy.Group, ...]:
+        """The client groups, in order; the route's own `policy` is the last, for everyone."""
+        groups = [
+            egress_policy.Group(
+                g.name,
+                tuple(egress_policy.parse_rule(t) for t in g.policy),
+                tuple(g.sources),
+                self.enforce if g.enforce is None else g.enforce,
+            )
+            for g in self.clients
+        ]
+        groups.append(egress_policy.Group(DEFAULT_GROUP, self.rules, enforce=self.enforce))
+        return tuple(groups)
+
+    @cached_property
+    def guard_classes(self) -> tuple[str, ...]:
+        """The refused address classes (`guard` expanded)."""
+        return egress_classes.expand(self.guard)
 
     @property
     def upstream_port(self) -> int:
@@ -466,6 +557,14 @@ class Route(RouteSettings):
             raise ValueError("policy needs mode: proxy or mode: tls")
         if self.destination_port is not None and self.mode != "tls":
             raise ValueError("destination_port needs mode: tls")
+        if self.mode != "proxy":
+            for key in ("clients", "limits", "connect_sni", "connect_sni_ports", "enforce"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key} needs mode: proxy")
+        names = [g.name for g in self.clients]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"client group {name!r} is listed twice")
 
     @property
     def is_policy(self) -> bool:
@@ -552,6 +651,23 @@ class Config:
     def policy_routes(self) -> tuple[Route, ...]:
         """The proxy and tls routes: they share the policy's stick tables."""
         return tuple(r for r in self.routes if r.is_policy)
+
+    def guard(self, route: Route) -> egress_policy.Guard:
+        """A policy route's guard: its classes, and every listener of this router (a
+        destination on one of them would loop back into the router)."""
+        own_ports, own_networks = self._own_listeners
+        return egress_policy.Guard(route.guard_classes, own_ports, own_networks)
+
+    @cached_property
+    def _own_listeners(self) -> tuple[tuple[int, ...], tuple[egress_policy.Network, ...]]:
+        ports = {r.listen.port for r in self.routes}
+        if self.stats is not None:
+            ports.add(self.stats.port)
+        own = list(egress_policy.OWN_NETWORKS)
+        for r in self.routes:
+            if not r.listen.is_wildcard and r.listen.address is not None:
+                own.append(ipaddress.ip_network(r.listen.address))
+        return tuple(sorted(ports)), tuple(dict.fromkeys(own))
 
     def origin_of(self, route_name: str) -> str:
         """Where a route was defined, for messages."""

@@ -15,9 +15,15 @@ which its egress router compiled into squid ACLs:
 Extension: a port list after a rule (`*.github.com:443`, `10.0.0.0/8:22,443`,
 `[2001:db8::/32]:443`) limits it to those destination ports (squid `port` ACL).
 
-One deliberate difference from squid: a destination whose address is loopback, link-local or
-a cloud metadata address (`GUARDED`) is denied unless an address rule allows it explicitly,
-so a name that rebinds to 127.0.0.1 cannot reach the router's own ports.
+Deliberate differences from squid: a destination whose address is in a refused address class
+(classes.py: loopback, link-local, metadata, CGNAT, ...) is denied unless an address rule
+allows it explicitly, so a name that rebinds to 127.0.0.1 cannot reach the router's own
+ports; the router's own listeners are refused always.
+
+Each rule kind is a type that knows both how `explain` decides it (`matches`) and where its
+pattern goes in haproxy's lookup tables (`table`, `patterns`); render/maps.py builds the
+tables from exactly these, and tests/integration/test_policy_differential.py runs a generated
+corpus through the live proxy and `decide` to prove they agree.
 """
 
 from __future__ import annotations
@@ -26,29 +32,15 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config import classes
 
 Action = Literal["allow", "deny"]
 Kind = Literal["host", "domain", "network", "any"]
 Verdict = Literal["allow", "deny"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Addresses no name may lead to unless an address rule names them: the router's own loopback,
-# link-local (cloud metadata at 169.254.169.254 lives there) and AWS's IPv6 metadata address.
-GUARDED: tuple[Network, ...] = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "::/128",
-        "::1/128",
-        "fe80::/10",
-        "fd00:ec2::254/128",
-    )
-)
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -56,44 +48,134 @@ _PORTS = re.compile(r"^[0-9]{1,5}(,[0-9]{1,5})*$")
 _ADDRESSISH = re.compile(r"^[0-9a-fA-F.:]*[.:][0-9a-fA-F.:]+(/[0-9]+)?$")
 WILDCARD_LAST = "Wildcard must be last rule, if present"
 
+# The lookup tables of haproxy's side of the policy (render/maps.py writes one file of each per
+# route). Each rule kind names the table its pattern goes in, and the pattern itself, right
+# beside the `matches` that `explain` decides with: the two are one definition.
+HOSTS, DOMAINS, NETWORKS = "hosts", "domains", "networks"
+
 
 @dataclass(frozen=True)
 class Rule:
     """One parsed rule: allow or deny, what it matches, and the text as written."""
 
+    kind: ClassVar[Kind]
+    table: ClassVar[str | None]  # the haproxy lookup table of its pattern (None: no pattern)
     action: Action
-    kind: Kind
     value: str  # host name, domain (no '*.'), network in CIDR form, or '*'
     ports: tuple[int, ...] = ()
     text: str = ""
 
     @property
+    def is_address_rule(self) -> bool:
+        """True for rules that name addresses: only these may open a guarded address."""
+        return False
+
+    def applies_to_port(self, port: int | None) -> bool:
+        """A rule with a port list applies to those ports only."""
+        return not self.ports or port in self.ports
+
+    def matches(self, host: str, address: netaddr.IPAddress | None, port: int | None) -> bool:
+        """Whether this rule applies to `host` (lower case, no brackets) at `address`:`port`."""
+        return self.applies_to_port(port) and self.matches_target(host, address)
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        """Whether the name or address part matches (ports aside)."""
+        raise NotImplementedError
+
+    def patterns(self) -> tuple[str, ...]:
+        """The keys this rule's target occupies in its haproxy table (`table`)."""
+        return ()
+
+    def squid(self) -> str:
+        """The squid ACL value this rule stands for (`dstdomain`/`dst` argument)."""
+        return self.value
+
+
+@dataclass(frozen=True)
+class HostRule(Rule):
+    """`host.example.com`: that name only. haproxy: `var(txn.dsthost),map_str(hosts)`."""
+
+    kind: ClassVar[Kind] = "host"
+    table: ClassVar[str | None] = HOSTS
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return host == self.value
+
+    def patterns(self) -> tuple[str, ...]:
+        return (self.value,)
+
+
+@dataclass(frozen=True)
+class DomainRule(Rule):
+    """`*.example.com`: the domain and every name below it.
+
+    haproxy: `.` + the destination name, `map_end(domains)` against `.example.com`: a suffix
+    match on a label boundary, which is exactly "equal, or ends with .example.com".
+    """
+
+    kind: ClassVar[Kind] = "domain"
+    table: ClassVar[str | None] = DOMAINS
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return ("." + host).endswith("." + self.value)
+
+    def patterns(self) -> tuple[str, ...]:
+        return ("." + self.value,)
+
+    def squid(self) -> str:
+        return "." + self.value
+
+
+@dataclass(frozen=True)
+class NetworkRule(Rule):
+    """`198.51.100.0/24`: a destination whose address is in it (judged as classes.canonical).
+
+    haproxy: `var(txn.dstip),map_ip(networks)` on the network's IPv6 key networks.
+    """
+
+    kind: ClassVar[Kind] = "network"
+    table: ClassVar[str | None] = NETWORKS
+
+    @property
     def network(self) -> Network:
-        """The network of a `network` rule."""
+        """The network of the rule."""
         return ipaddress.ip_network(self.value)
 
     @property
     def is_address_rule(self) -> bool:
-        """True for rules that name addresses: only these may open a GUARDED address."""
-        return self.kind == "network"
+        return True
 
-    def matches(self, host: str, address: netaddr.IPAddress | None, port: int | None) -> bool:
-        """Whether this rule applies to `host` (lower case, no brackets) at `address`:`port`."""
-        if self.ports and port not in self.ports:
-            return False
-        if self.kind == "any":
-            return True
-        if self.kind == "host":
-            return host == self.value
-        if self.kind == "domain":
-            return host == self.value or host.endswith("." + self.value)
-        return address is not None and address in self.network
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return address is not None and classes.in_network(address, self.network)
 
-    def squid(self) -> str:
-        """The squid ACL value this rule stands for (`dstdomain`/`dst` argument)."""
-        if self.kind == "domain":
-            return "." + self.value
-        return self.value
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(str(n) for n in classes.key_networks(self.network))
+
+
+@dataclass(frozen=True)
+class AnyRule(Rule):
+    """`*`: everything (the last rule). haproxy: no lookup, its index stands alone."""
+
+    kind: ClassVar[Kind] = "any"
+    table: ClassVar[str | None] = None
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return True
+
+
+RULE_TYPES: dict[Kind, type[Rule]] = {
+    "host": HostRule,
+    "domain": DomainRule,
+    "network": NetworkRule,
+    "any": AnyRule,
+}
+
+
+def make_rule(
+    action: Action, kind: Kind, value: str, ports: tuple[int, ...] = (), text: str = ""
+) -> Rule:
+    """A rule of the type for `kind`."""
+    return RULE_TYPES[kind](action, value, ports, text)
 
 
 def _split_ports(text: str) -> tuple[str, tuple[int, ...]]:
@@ -140,7 +222,7 @@ def parse_rule(line: str) -> Rule:
             raise ValueError(
                 "Bad destination '!*': leave out '*' instead (everything not allowed is denied)"
             )
-        return Rule("allow", "any", "*", (), text)
+        return AnyRule("allow", "*", (), text)
     try:
         pattern, ports = _split_ports(body)
     except ValueError as exc:
@@ -155,7 +237,7 @@ def parse_rule(line: str) -> Rule:
             network = ipaddress.ip_network(pattern, strict=False)
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
-        return Rule(action, "network", str(network), ports, text)
+        return NetworkRule(action, str(_judged_network(network)), ports, text)
     name = pattern.lower().rstrip(".")
     kind: Kind = "host"
     if name.startswith("*."):
@@ -165,7 +247,18 @@ def parse_rule(line: str) -> Rule:
             f"Bad destination {_shown(text)}: expected a host name, *.domain, an IP address or "
             "CIDR, optionally with :PORTS, '!' to deny, or '*' as the last rule"
         )
-    return Rule(action, kind, name, ports, text)
+    return make_rule(action, kind, name, ports, text)
+
+
+def _judged_network(network: Network) -> Network:
+    """`::ffff:10.0.0.0/104` is written as the IPv4 network it means (10.0.0.0/8): addresses of
+    an embedding form are judged as IPv4 (classes.canonical), by rules too."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = classes.EMBEDDINGS[0]
+        if network.subnet_of(mapped.prefix):
+            inner = mapped.inner(network.network_address)
+            return ipaddress.IPv4Network((int(inner), network.prefixlen - 96))
+    return network
 
 
 def check_order(rules: Sequence[Rule]) -> None:
@@ -182,65 +275,154 @@ def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
     return rules
 
 
-def guarded(address: netaddr.IPAddress) -> bool:
-    """True when `address` is one a name must not lead to without an explicit address rule.
+@dataclass(frozen=True)
+class Guard:
+    """The address classes a route refuses, and the router's own listeners.
 
-    IPv4-mapped IPv6 addresses count as their IPv4 address, as haproxy's `-m ip` sees them.
+    A class refuses an address that a name rule (or `*`) allowed; an address rule that
+    matches still allows it. `self` (an own listen port on an own address) refuses always:
+    no rule may turn the router into a loop back into itself.
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in GUARDED if net.version == address.version)
+
+    classes: tuple[str, ...] = classes.DEFAULT
+    own_ports: tuple[int, ...] = ()
+    own_networks: tuple[Network, ...] = ()  # explicit listen addresses, loopback, unspecified
+
+    def is_self(self, address: netaddr.IPAddress, port: int | None) -> bool:
+        """A connection to one of the router's own listeners."""
+        return port in self.own_ports and any(
+            classes.in_network(address, n) for n in self.own_networks
+        )
+
+    def classify(self, address: netaddr.IPAddress) -> str | None:
+        """The most specific refused class of `address`, or None."""
+        return classes.classify(address, self.classes)
+
+
+# Where a name may always loop back to the router, whatever it listens on.
+OWN_NETWORKS: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128")
+)
+DEFAULT_GUARD = Guard()
+REPORT: Literal["would-deny"] = "would-deny"
 
 
 @dataclass(frozen=True)
 class Decision:
     """The outcome for one destination: the verdict, the rule that decided (1-based index, or
-    None for the implicit final deny) and a short reason for logs, 403 bodies and `explain`."""
+    None for the implicit final deny) and a short reason for logs, 403 bodies and `explain`.
 
-    verdict: Verdict
+    `verdict` is `would-deny` when a report-only list (`enforce: false`) would have denied:
+    the request is allowed, logged and counted as such.
+    """
+
+    verdict: Literal["allow", "deny", "would-deny"]
     index: int | None
     rule: Rule | None
     reason: str
-    guarded: bool = False
+    guard_class: str | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """True when an address class (or `self`) refused what a rule allowed."""
+        return self.guard_class is not None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the request goes through (report mode lets would-deny through)."""
+        return self.verdict != "deny"
 
     @property
     def rule_id(self) -> str:
-        """The rule's label in metrics and logs: its index, 'default' or 'guard'."""
-        if self.guarded:
-            return "guard"
+        """The rule's label in metrics and logs: its index, 'default' or 'guard-CLASS'."""
+        if self.guard_class is not None:
+            return f"guard-{self.guard_class}"
         return str(self.index) if self.index is not None else "default"
 
 
 def decide(
-    rules: Sequence[Rule], host: str, address: netaddr.IPAddress | None, port: int | None
+    rules: Sequence[Rule],
+    host: str,
+    address: netaddr.IPAddress | None,
+    port: int | None,
+    *,
+    guard: Guard = DEFAULT_GUARD,
+    enforce: bool = True,
 ) -> Decision:
-    """First match wins; then the GUARDED check; no match denies (as `http_access deny all`).
+    """`self` first; then first match wins, and an address class refuses what a name rule
+    allowed; no match denies (as squid's `http_access deny all`).
 
     `address` is the address the connection would go to (None when the name does not
-    resolve: address rules then do not match, as squid's `dst` does not).
+    resolve: address rules then do not match, as squid's `dst` does not). With `enforce`
+    false a rule's or the default's deny becomes `would-deny`; the guard still refuses.
     """
+    if address is not None and guard.is_self(address, port):
+        return Decision(
+            "deny",
+            None,
+            None,
+            f"{address} port {port} is the router itself: no rule may allow it",
+            guard_class=classes.SELF,
+        )
+    denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
+    found = guard.classify(address) if address is not None else None
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue
         if rule.action == "deny":
-            return Decision("deny", index, rule, f"denied by rule {index} ({rule.text})")
-        if address is not None and guarded(address) and not rule.is_address_rule:
+            if denied == REPORT and found is not None:
+                # Report mode lets a denied request through, but never into a refused class.
+                return _guarded(address, found, index, rule, "a report-only deny")
+            return Decision(denied, index, rule, f"denied by rule {index} ({rule.text})")
+        if found is not None and not rule.is_address_rule:
+            what = classes.BY_NAME[found].what
             return Decision(
                 "deny",
                 index,
                 rule,
-                f"{address} is loopback, link-local or metadata: only an address rule can "
-                f"allow it (rule {index} ({rule.text}) matched the name)",
-                guarded=True,
+                f"{address} is {what} (class {found}): only an address rule can allow it "
+                f"(rule {index} ({rule.text}) matched the name)",
+                guard_class=found,
             )
         return Decision("allow", index, rule, f"allowed by rule {index} ({rule.text})")
-    return Decision("deny", None, None, "no rule allows it (everything not allowed is denied)")
+    if denied == REPORT and found is not None:
+        return _guarded(address, found, None, None, "the report-only default")
+    return Decision(denied, None, None, "no rule allows it (everything not allowed is denied)")
 
 
-def rule_indices(rules: Sequence[Rule], action: Action, kind: Kind | None = None) -> list[int]:
-    """1-based indices of the rules with `action` (and `kind`): the verdict ACLs' patterns."""
-    return [
-        i
-        for i, rule in enumerate(rules, start=1)
-        if rule.action == action and (kind is None or rule.kind == kind)
-    ]
+def _guarded(
+    address: netaddr.IPAddress | None, found: str, index: int | None, rule: Rule | None, by: str
+) -> Decision:
+    what = classes.BY_NAME[found].what
+    return Decision(
+        "deny",
+        index,
+        rule,
+        f"{address} is {what} (class {found}): {by} may not let it through",
+        guard_class=found,
+    )
+
+
+@dataclass(frozen=True)
+class Group:
+    """One client group of a policy route: who it is for, and its own ordered rule list.
+
+    A group applies to a client whose source address is in `sources` (any, when empty).
+    `enforce` false: report only.
+    """
+
+    name: str
+    rules: tuple[Rule, ...]
+    sources: tuple[Network, ...] = ()
+    enforce: bool = True
+
+    def admits(self, client: netaddr.IPAddress | None) -> bool:
+        """Whether this group is the one for `client` (None: unknown, only the default)."""
+        if not self.sources:
+            return True
+        return client is not None and any(classes.in_network(client, n) for n in self.sources)
+
+
+def select_group(groups: Sequence[Group], client: netaddr.IPAddress | None) -> Group | None:
+    """The first group that admits the client (the route's default group is last)."""
+    return next((g for g in groups if g.admits(client)), None)

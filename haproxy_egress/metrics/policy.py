@@ -1,10 +1,12 @@
 """Policy decision counters: `show table _egress_policy` → Prometheus families.
 
 haproxy counts each decision of a proxy/tls route in the stick table `_egress_policy`, keyed
-`ROUTE/RULE/VERDICT` (RULE: 1-based rule index, `default`, `guard` or `no-sni`; VERDICT:
-allow, deny or unresolved), value gpc0. The collector keeps no state between scrapes and
-reads one snapshot per scrape through the callable it is given (the exporter passes one that
-asks the stats socket); a failing socket yields no samples, never an exception.
+`ROUTE/GROUP/RULE/VERDICT` (GROUP: the client group, `default` for the route's own list;
+RULE: 1-based rule index within the group, `default`, `guard-CLASS`, `no-sni`,
+`sni-mismatch` or a limit; VERDICT: allow, deny, would-deny or unresolved), value gpc0.
+The collector keeps no state between scrapes and reads one snapshot per scrape through the
+callable it is given (the exporter passes one that asks the stats socket); a failing socket
+yields no samples, never an exception.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ log = logging.getLogger(__name__)
 
 TABLE = TABLES.policy
 COMMAND = f"show table {TABLE}"
-_ENTRY = re.compile(r"\bkey=([a-z0-9._-]+)/([a-z0-9-]+)/(allow|deny|unresolved)\b.*\bgpc0=(\d+)")
+_ENTRY = re.compile(
+    r"\bkey=([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/(allow|deny|would-deny|unresolved)\s"
+    r".*\bgpc0=(\d+)"
+)
 
 
-def parse_table(text: str) -> dict[tuple[str, str, str], int]:
-    """`show table _egress_policy` output → (route, rule, verdict) → count."""
-    out: dict[tuple[str, str, str], int] = {}
+def parse_table(text: str) -> dict[tuple[str, str, str, str], int]:
+    """`show table _egress_policy` output → (route, group, rule, verdict) → count."""
+    out: dict[tuple[str, str, str, str], int] = {}
     for line in text.splitlines():
         m = _ENTRY.search(line)
         if m:
-            out[(m.group(1), m.group(2), m.group(3))] = int(m.group(4))
+            out[(m.group(1), m.group(2), m.group(3), m.group(4))] = int(m.group(5))
     return out
 
 
@@ -63,7 +68,7 @@ class MultiCollector(Collector):
 
 
 class PolicyCollector(Collector):
-    """`haproxy_egress_policy_decisions_total{route,rule,verdict}` from one table snapshot."""
+    """`haproxy_egress_policy_decisions_total{route,group,rule,verdict}` from one snapshot."""
 
     def __init__(self, show_table: Callable[[], str]) -> None:
         self._show_table = show_table
@@ -71,14 +76,15 @@ class PolicyCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "haproxy_egress_policy_decisions",
-            "Egress policy decisions of proxy/tls routes, by route, rule and verdict.",
-            labels=["route", "rule", "verdict"],
+            "Egress policy decisions of proxy/tls routes, by route, client group, rule and "
+            "verdict.",
+            labels=["route", "group", "rule", "verdict"],
         )
         try:
             counts = parse_table(self._show_table())
         except OSError as exc:
             log.debug("policy counters unavailable: %s", exc)
             counts = {}
-        for (route, rule, verdict), value in sorted(counts.items()):
-            family.add_metric([route, rule, verdict], value)
+        for (route, group, rule, verdict), value in sorted(counts.items()):
+            family.add_metric([route, group, rule, verdict], value)
         yield family

@@ -12,10 +12,10 @@ from pathlib import Path
 import jinja2
 
 from haproxy_egress import __version__
-from haproxy_egress.config.model import Config, Route, format_duration
-from haproxy_egress.config.policy import GUARDED, rule_indices
+from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.render.acls import allow_from_file
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
+from haproxy_egress.render.maps import NONE, route_files
 from haproxy_egress.render.resources import template_dir
 from haproxy_egress.rundir import RunDir
 
@@ -36,7 +36,8 @@ TABLES = Tables()
 POLICY_LOG_FORMAT = (
     "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
     " egress route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]:%[var(txn.dstport)]"
-    " addr=%[var(txn.dstip)] rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]"
+    " addr=%[var(txn.dstip)] group=%[var(txn.egress_group)] rule=%[var(txn.egress_rule)]"
+    " verdict=%[var(txn.egress_verdict)]"
 )
 
 # The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
@@ -118,9 +119,10 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
     env.globals["server_options"] = _server_options
-    # policy routes: templates/policy.cfg.j2
-    env.globals["policy_ids"] = rule_indices
-    env.globals["guarded"] = [str(n) for n in GUARDED]
+    # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
+    env.globals["policy_maps"] = route_files
+    env.globals["default_group"] = DEFAULT_GROUP
+    env.globals["no_class"] = NONE
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format

@@ -18,8 +18,8 @@ from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.render import hooks
-from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.runtime import changes, haproxy, live, staging
 from haproxy_egress.settings import Settings
 
@@ -36,7 +36,8 @@ class Compiled:
     text: str
     digest: str  # of the config directory snapshot (what the watcher compares)
     hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
-    # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs.
+    # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
+    # (render/acls.py) and the policy routes' lists (render/maps.py).
     maps: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -63,7 +64,7 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
         )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, render_acls(config))
+    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config))
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:

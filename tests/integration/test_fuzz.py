@@ -43,6 +43,7 @@ from haproxy_egress.config.sources.legacy import DNS_PROXY, GATEWAY, REDIRECT, S
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import render
+from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.settings import SEED_VARS, Settings
@@ -704,6 +705,7 @@ def _accepted_extended(
         if any(r.mode in POLICY_MODES for r in config.routes):
             hook_set = hook_set.including(hooks.shipped_lua("connect"))
         staging.stage(hook_set, RunDir(Path(run)).lua)
+        staging.write_maps(RunDir(Path(run)).maps, render_maps(config))  # the policy lists
         _haproxy_accepts(text, tally, run_dir=Path(run))
 
 

@@ -33,7 +33,9 @@ from tests.support import DnsServer
 pytestmark = pytest.mark.netns
 
 _why_not = available()
-STRICT, OPEN, TLS = 8080, 8081, 8443
+STRICT, OPEN, TLS, GROUPS = 8080, 8081, 8443, 8082
+# More addresses of the client namespace: each is a client of its own client group.
+CI_CLIENT, OPS_CLIENT = "198.18.1.3", "198.18.1.4"
 
 
 @dataclass
@@ -115,6 +117,24 @@ def world(tmp_path: Path) -> Iterator[World]:
                     "resolvers": {"nameservers": ["127.0.0.1:53"], "hold_valid": "10s"},
                     "routes": [
                         {
+                            "name": "groups",
+                            "listen": GROUPS,
+                            "mode": "proxy",
+                            "clients": [
+                                {
+                                    "name": "ci",
+                                    "from": [f"{CI_CLIENT}/32"],
+                                    "policy": ["*.good.test"],
+                                },
+                                {
+                                    "name": "ops",
+                                    "from": [f"{OPS_CLIENT}/32"],
+                                    "policy": ["exact.test"],
+                                },
+                            ],
+                            "policy": ["cidr.test"],
+                        },
+                        {
                             "name": "strict",
                             "listen": STRICT,
                             "mode": "proxy",
@@ -143,7 +163,9 @@ def world(tmp_path: Path) -> Iterator[World]:
                     ],
                 }
             }
-            _, run_dir = start_router(bed, tmp_path, keys, {}, [STRICT, OPEN, TLS])
+            for client in (CI_CLIENT, OPS_CLIENT):
+                bed.client.run("ip", "addr", "add", f"{client}/24", "dev", "to-router")
+            _, run_dir = start_router(bed, tmp_path, keys, {}, [STRICT, OPEN, TLS, GROUPS])
             w.run_dir = run_dir
             yield w
         finally:
@@ -197,7 +219,7 @@ def test_rebinding_to_loopback_or_metadata_is_denied(world: World) -> None:
     for url in ("http://rebind.good.test/", "http://meta.good.test/", "http://127.0.0.1/"):
         status, body = world.get(url, port=OPEN)
         assert status == 403, (url, body)
-    assert b"loopback, link-local or metadata" in body or b"no rule" in body
+    assert b"in address class loopback" in body or b"no rule" in body
     assert world.loopback.accepted == 0
 
 
@@ -258,9 +280,9 @@ def test_sni_passthrough(world: World) -> None:
         assert raw.recv(100) == b""
     assert world.denied_tls.accepted == 0
     counters = show_table(world.run_dir, "_egress_policy")
-    assert counters.get("sni/1/allow") == 1
-    assert counters.get("sni/default/deny") == 1
-    assert counters.get("sni/no-sni/deny", 0) >= 2
+    assert counters.get("sni/default/1/allow") == 1
+    assert counters.get("sni/default/default/deny") == 1
+    assert counters.get("sni/default/no-sni/deny", 0) >= 2
 
 
 def test_counters_and_dns_cache(world: World) -> None:
@@ -268,8 +290,8 @@ def test_counters_and_dns_cache(world: World) -> None:
         assert world.get("http://www.good.test/")[0] == 200
     assert world.get("http://notlisted.test/")[0] == 403
     counters = show_table(world.run_dir, "_egress_policy")
-    assert counters["strict/2/allow"] == 5
-    assert counters["strict/default/deny"] == 1
+    assert counters["strict/default/2/allow"] == 5
+    assert counters["strict/default/default/deny"] == 1
     cache = show_table(world.run_dir, "_egress_dns")
     assert "www.good.test" in cache
     queries = world.dns.queries
@@ -359,3 +381,44 @@ def test_an_origin_closing_a_reused_connection_costs_a_get_nothing_and_never_rep
         assert _exchange(sock, post % 1) == b"200"
         assert _exchange(sock, post % 2) in (b"502", b"")
     assert flaky.requests == ["POST /p1", "POST /p2"]
+
+
+@pytest.mark.parametrize(
+    ("source", "allowed"),
+    [
+        (CI_CLIENT, "good.test"),
+        (OPS_CLIENT, "exact.test"),
+        (None, "cidr.test"),  # the bed's own client address: the route's own list
+    ],
+)
+def test_client_groups_by_source_address(world: World, source: str | None, allowed: str) -> None:
+    """Three client addresses, three lists: each gets only its own; denied origins see nothing."""
+    before = {o.name: o.accepted for o in (world.good, world.exact, world.cidr)}
+    for name, origin in (
+        ("good.test", world.good),
+        ("exact.test", world.exact),
+        ("cidr.test", world.cidr),
+    ):
+        reply = proxy_get(
+            world.bed.client, (ROUTER_CLIENT_IP, GROUPS), f"http://{name}/", name, source=source
+        )
+        if name == allowed:
+            assert reply.status == 200, (source, name, reply)
+            assert origin.accepted == before[origin.name] + 1
+        else:
+            assert reply.status == 403, (source, name, reply)
+            assert origin.accepted == before[origin.name]
+    group = {CI_CLIENT: "ci", OPS_CLIENT: "ops", None: "default"}[source]
+    counts = show_table(world.run_dir, "_egress_policy")
+    assert any(key.startswith(f"groups/{group}/") for key in counts), counts
+
+
+def test_the_router_own_address_and_port_is_refused(world: World) -> None:
+    """`self`: the address the client reached the router on, with one of its listen ports,
+    even through a route whose `*` would allow anything else."""
+    for port in (OPEN, STRICT, GROUPS):
+        status, body = world.get(f"http://{ROUTER_CLIENT_IP}:{port}/", port=OPEN)
+        assert status == 403, (port, body)
+        assert b"is the router itself" in body
+    counters = show_table(world.run_dir, "_egress_policy")
+    assert counters.get("open/default/guard-self/deny") == 3

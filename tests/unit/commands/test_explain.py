@@ -120,3 +120,52 @@ def test_lines() -> None:
     text = "\n".join(explain(config, "x.bad.test:443", locations=locs).lines())  # type: ignore[arg-type]
     assert "DENIED" in text
     assert "route web (proxy): deny" in text
+
+
+GROUPS = {
+    "routes": [
+        {
+            "name": "web",
+            "listen": 3128,
+            "mode": "proxy",
+            "clients": [
+                {"name": "ci", "from": ["10.1.0.0/16"], "policy": ["*.github.test"]},
+                {"name": "trial", "from": ["10.2.0.0/16"], "policy": ["a.test"], "enforce": False},
+            ],
+            "policy": ["a.test"],
+        }
+    ]
+}
+
+
+def _groups_config() -> object:
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(GROUPS).encode()),))
+    return load_snapshot(snap, {})
+
+
+@pytest.mark.parametrize(
+    ("client", "dest", "verdict", "rule", "group"),
+    [
+        (None, "a.test:80", "allow", "1", "default"),
+        ("10.1.2.3", "a.test:80", "deny", "default", "ci"),
+        ("10.1.2.3", "api.github.test:443", "allow", "1", "ci"),
+        ("10.2.0.9", "b.test:80", "would-deny", "default", "trial"),
+        ("10.9.0.1", "api.github.test:443", "deny", "default", "default"),
+    ],
+)
+def test_client_groups_and_report_mode(
+    client: str | None, dest: str, verdict: str, rule: str, group: str
+) -> None:
+    v = explain(_groups_config(), dest, addresses=["198.51.100.7"], client=client)  # type: ignore[arg-type]
+    (web,) = v.routes
+    assert (web.verdict, web.rule_id, web.group) == (verdict, rule, group)
+    assert web.allowed == (verdict != "deny")
+
+
+def test_address_classes_and_self() -> None:
+    config = _groups_config()
+    v = explain(config, "a.test:80", addresses=["100.64.0.1"])  # type: ignore[arg-type]
+    assert (v.routes[0].rule_id, v.routes[0].allowed) == ("guard-cgnat", False)
+    assert "carrier-grade NAT" in v.routes[0].reason
+    v = explain(config, "127.0.0.1:3128")  # type: ignore[arg-type]
+    assert v.routes[0].rule_id == "guard-self"

@@ -9,12 +9,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from haproxy_egress.config import policy
+from haproxy_egress.config import classes, policy
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import parse_policy
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.metrics.policy import PolicyCollector, parse_table
+from haproxy_egress.render.maps import NAME, render_maps
 
 
 @pytest.mark.parametrize(
@@ -86,11 +87,13 @@ def test_guard_needs_an_address_rule() -> None:
     ip = ipaddress.ip_address
     rules = policy.parse_rules(["*.corp.test", "127.0.0.1", "*"])
     d = policy.decide(rules, "x.corp.test", ip("127.0.0.1"), 80)
-    assert (d.verdict, d.rule_id) == ("deny", "guard")
+    assert (d.verdict, d.rule_id) == ("deny", "guard-loopback")
     assert policy.decide(rules, "127.0.0.1", ip("127.0.0.1"), 80).verdict == "allow"
     assert policy.decide(rules, "m.test", ip("169.254.169.254"), 80).verdict == "deny"
     assert policy.decide(rules, "m.test", ip("fd00:ec2::254"), 80).verdict == "deny"
-    assert policy.decide(rules, "m.test", ip("::ffff:127.0.0.1"), 80).verdict == "deny"
+    # An embedded IPv4 address is judged as that address: by the address rule too.
+    assert policy.decide(rules, "m.test", ip("::ffff:127.0.0.1"), 80).rule_id == "2"
+    assert policy.decide(rules[:1], "x.corp.test", ip("::ffff:127.0.0.1"), 80).verdict == "deny"
     assert policy.decide(rules, "m.test", ip("198.18.0.1"), 80).verdict == "allow"
 
 
@@ -159,14 +162,24 @@ def test_yaml_policy_problems(route: dict[str, object], message: str) -> None:
 def test_policy_metrics_from_show_table() -> None:
     text = (
         "# table: _egress_policy, type: string, size:65536, used:2\n"
-        "0x1: key=web/2/allow use=0 exp=0 gpc0=5\n"
-        "0x2: key=sni/no-sni/deny use=0 exp=0 gpc0=2\n"
+        "0x1: key=web/default/2/allow use=0 exp=0 gpc0=5\n"
+        "0x2: key=sni/default/no-sni/deny use=0 exp=0 gpc0=2\n"
+        "0x3: key=web/ci/guard-cgnat/deny use=0 exp=0 gpc0=1\n"
+        "0x4: key=web/ci/3/would-deny use=0 exp=0 gpc0=4\n"
     )
-    assert parse_table(text) == {("web", "2", "allow"): 5, ("sni", "no-sni", "deny"): 2}
+    assert parse_table(text) == {
+        ("web", "default", "2", "allow"): 5,
+        ("sni", "default", "no-sni", "deny"): 2,
+        ("web", "ci", "guard-cgnat", "deny"): 1,
+        ("web", "ci", "3", "would-deny"): 4,
+    }
     registry = CollectorRegistry()
     registry.register(PolicyCollector(lambda: text))
     out = generate_latest(registry).decode()
-    assert 'haproxy_egress_policy_decisions_total{route="web",rule="2",verdict="allow"} 5.0' in out
+    assert (
+        'haproxy_egress_policy_decisions_total{group="default",route="web",rule="2",'
+        'verdict="allow"} 5.0'
+    ) in out
 
     def down() -> str:
         raise ConnectionRefusedError
@@ -174,3 +187,51 @@ def test_policy_metrics_from_show_table() -> None:
     registry = CollectorRegistry()
     registry.register(PolicyCollector(down))
     assert "haproxy_egress_policy_decisions_total{" not in generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::127.0.0.1", "loopback"),
+        ("64:ff9b::7f00:1", "loopback"),
+        ("2002:7f00:1::", "loopback"),
+        ("169.254.169.254", "metadata"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("169.254.1.1", "link-local"),
+        ("100.64.0.1", "cgnat"),
+        ("2002:6440:1::", "cgnat"),
+        ("100.100.100.200", "metadata"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.1.2.3", "this-network"),
+        ("::", "unspecified"),
+        ("2001::1", "teredo"),
+        ("64:ff9b:1::1", "nat64-local"),
+        ("10.0.0.1", None),  # private is opt-in
+        ("198.51.100.7", None),
+        ("2001:db8::1", None),
+    ],
+)
+def test_address_classes(address: str, expected: str | None) -> None:
+    assert classes.classify(ipaddress.ip_address(address), classes.DEFAULT) == expected
+
+
+def test_guard_lists() -> None:
+    assert "private" in classes.expand(["default", "private"])
+    assert "cgnat" not in classes.expand(["default", "-cgnat"])
+    with pytest.raises(ValueError, match="unknown address class 'privat'"):
+        classes.expand(["privat"])
+
+
+def test_map_files_keep_lists_out_of_the_config() -> None:
+    doc = {"routes": [{"name": "web", "listen": 8080, "mode": "proxy", "policy": ["a.test"]}]}
+    config = load_snapshot(_snapshot(**{"r.yaml": yaml.safe_dump(doc).encode()}), {})
+    files = render_maps(config)
+    assert all(NAME.match(name) for name in files)
+    assert "=a.test/default/* 1\n" in files["web.index.map"]
+    assert files["web.rules.map"] == "default/1 allow\ndefault/default deny\n"

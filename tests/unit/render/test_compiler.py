@@ -19,9 +19,9 @@ import pytest
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
-from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.hooks import resolve
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from tests.support import HAPROXY
@@ -94,7 +94,7 @@ def test_golden(name: str, tmp_path: Path) -> None:
     case = GOLDEN / name
     config = load_snapshot(read_snapshot(case / "configmap"), read_env(case))
     staging.stage(resolve(config), run.lua)
-    staging.write_maps(run.maps, render_acls(config))
+    staging.write_maps(run.maps, pattern_files(config))
     candidate = tmp_path / "haproxy.cfg"
     candidate.write_text(text.replace(f"{DEFAULT_OPTIONS.run_dir}/", f"{run.root}/"))
     proc = haproxy_check(candidate)

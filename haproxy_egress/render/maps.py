@@ -1,0 +1,223 @@
+"""The policy of each proxy/tls route as haproxy map files: the lists live in files, not in
+haproxy.cfg, so editing a list changes only file contents (the runtime API can swap them).
+
+Pure: `render_maps(config)` → file name → content; runtime/staging.write_maps writes them into
+RunDir.maps, and templates/policy.cfg.j2 loads each as `{{ paths.maps }}/<name>`.
+
+First match over rules of three kinds (names, domains, networks) and a final `*` is turned into
+a handful of lookups whose number does not depend on the rules (or on the client groups):
+
+- `<route>.domains.map` (`map_end`, longest suffix first) names the most specific domain of
+  any rule that the destination is in; `<route>.networks.map` (`map_ip`) the most specific
+  network key (classes.key_prefixes). An exact name is looked up directly.
+- `<route>.index.map` (`map_str_int`) gives, for that name or network, the client group and
+  the port (`<class>/<group>/<port>`, else `<class>/<group>/*`), the lowest index of the
+  group's rules that match: every rule matching a destination covers its most specific
+  match, so that one entry answers for all. `*/<group>` is the group's `*` rule.
+  The template takes the lowest of the three answers: first match.
+- `<route>.rules.map`: `<group>/<index>` → `allow`, `allow-address`, `deny` or `report`
+  (a deny of a report-only group), and `<group>/default` for no match; `<route>.reasons.map`
+  the rule as written, for the 403 body.
+- `<route>.groups.map` (`map_ip` on the client address) → the client group;
+  `<route>.classes.map` (`map_ip`) → the refused address class, `none` where none is;
+  `<route>.self.map` → the router's own addresses; `<route>.ports.acl` its listen ports.
+
+The rule kinds' own `table`/`patterns` (config/policy.py) say which key each rule occupies;
+tests/integration/test_policy_differential.py proves the lookups equal `policy.decide`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+from haproxy_egress.config import classes
+from haproxy_egress.config import policy as p
+from haproxy_egress.config.model import Config, Route
+from haproxy_egress.render.acls import render_acls
+
+TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
+ACLS = ("ports",)
+NAME = re.compile(r"^[a-z0-9._-]+\.(map|acl)$")
+NONE = "none"
+ALL = ("0.0.0.0/0", "::/0")
+
+
+def file_name(route: Route, table: str) -> str:
+    """The map (or ACL) file of one table of one route (route names are file-safe)."""
+    return f"{route.name}.{table}.{'acl' if table in ACLS else 'map'}"
+
+
+def route_files(route: Route) -> dict[str, str]:
+    """Table → file name, for the template."""
+    return {table: file_name(route, table) for table in (*TABLES, *ACLS)}
+
+
+def _lines(entries: Iterable[tuple[str, str]]) -> str:
+    return "".join(f"{key} {value}\n" for key, value in entries)
+
+
+def _first(rules: Sequence[p.Rule], matching: Iterable[int]) -> tuple[int | None, dict[int, int]]:
+    """(lowest port-less index, port → lowest index applying to that port) of `matching`."""
+    indices = sorted(matching)
+    anyport = next((i for i in indices if not rules[i - 1].ports), None)
+    ports: dict[int, int] = {}
+    for i in indices:
+        for port in rules[i - 1].ports:
+            ports.setdefault(port, i)
+    # A port entry is needed only where a port-specific rule comes before the port-less one.
+    return anyport, {port: i for port, i in ports.items() if anyport is None or i < anyport}
+
+
+def _index_entries(
+    key: str, rules: Sequence[p.Rule], matching: Iterable[int]
+) -> list[tuple[str, str]]:
+    anyport, ports = _first(rules, matching)
+    out = [(f"{key}/{port}", str(i)) for port, i in sorted(ports.items())]
+    if anyport is not None:
+        out.append((f"{key}/*", str(anyport)))
+    return out
+
+
+def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
+    """The map files of one policy route, with its guard (Config.guard)."""
+    groups = route.groups
+    hosts = sorted({r.value for g in groups for r in g.rules if r.kind == "host"})
+    domains = sorted(
+        {r.value for g in groups for r in g.rules if r.kind == "domain"},
+        key=lambda d: (-len(d), d),
+    )
+    networks = {r.network for g in groups for r in g.rules if isinstance(r, p.NetworkRule)}
+    keys = classes.key_prefixes(networks)
+
+    index: list[tuple[str, str]] = []
+    actions: list[tuple[str, str]] = []
+    reasons: list[tuple[str, str]] = []
+    # Who holds each pattern: pattern → group → rule indices. A destination's matching rules
+    # are found by walking up from its most specific key (label suffixes of a name, supernets
+    # of a network), so compiling costs keys x depth, not keys x rules.
+    hosts_of: dict[str, dict[str, list[int]]] = {}
+    domains_of: dict[str, dict[str, list[int]]] = {}
+    nets_of: dict[tuple[int, int, int], dict[str, list[int]]] = {}
+    by_name = {g.name: g for g in groups}
+    for g in groups:
+        for i, r in enumerate(g.rules, start=1):
+            if r.kind == "host":
+                hosts_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
+            elif r.kind == "domain":
+                domains_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
+            elif isinstance(r, p.NetworkRule):
+                net = r.network
+                key = (net.version, int(net.network_address), net.prefixlen)
+                nets_of.setdefault(key, {}).setdefault(g.name, []).append(i)
+
+    def emit(key: str, found: dict[str, list[int]]) -> None:
+        for name, matching in found.items():
+            index.extend(_index_entries(f"{key}/{name}", by_name[name].rules, matching))
+
+    for host in hosts:
+        found = {name: list(idx) for name, idx in hosts_of[host].items()}
+        for suffix in _suffixes(host):
+            for name, idx in domains_of.get(suffix, {}).items():
+                if name in found:  # else the domain lookup answers the same
+                    found[name] += idx
+        emit(f"={host}", found)
+    for domain in domains:
+        found = {}
+        for suffix in _suffixes(domain):
+            for name, idx in domains_of.get(suffix, {}).items():
+                found.setdefault(name, []).extend(idx)
+        emit(f".{domain}", found)
+    for k in keys:
+        found = {}
+        for supernet in _supernets(k.inner if k.inner is not None else k.prefix):
+            for name, idx in nets_of.get(supernet, {}).items():
+                found.setdefault(name, []).extend(idx)
+        emit(str(k.prefix), found)
+    for g in groups:
+        rules = g.rules
+        wildcard = [i for i, r in enumerate(rules, start=1) if r.kind == "any"]
+        if wildcard:
+            index.append((f"*/{g.name}", str(wildcard[0])))
+        deny = "deny" if g.enforce else "report"
+        for i, r in enumerate(rules, start=1):
+            action = deny if r.action == "deny" else "allow"
+            if action == "allow" and r.is_address_rule:
+                action = "allow-address"
+            actions.append((f"{g.name}/{i}", action))
+            reasons.append((f"{g.name}/{i}", r.text))
+        actions.append((f"{g.name}/default", deny))
+
+    return {
+        file_name(route, "groups"): _lines(_group_entries(groups)),
+        file_name(route, "domains"): _lines((f".{d}", f".{d}") for d in domains),
+        file_name(route, "networks"): _lines((str(k.prefix), str(k.prefix)) for k in keys),
+        file_name(route, "index"): _lines(index),
+        file_name(route, "rules"): _lines(actions),
+        file_name(route, "reasons"): _lines(reasons),
+        file_name(route, "classes"): _lines(_class_entries(guard)),
+        file_name(route, "self"): _lines(
+            (str(k.prefix), "self")
+            for k in classes.key_prefixes(guard.own_networks)
+            if any(k.covered_by(n) for n in guard.own_networks)
+        ),
+        file_name(route, "ports"): "".join(f"{port}\n" for port in guard.own_ports),
+    }
+
+
+def _suffixes(name: str) -> Iterable[str]:
+    """`a.b.c` → `a.b.c`, `b.c`, `c`: the domains a name is in (DomainRule.matches_target)."""
+    labels = name.split(".")
+    return (".".join(labels[i:]) for i in range(len(labels)))
+
+
+def _supernets(network: classes.Network) -> Iterable[tuple[int, int, int]]:
+    """The network and every shorter prefix containing it, as (version, address, length)."""
+    bits = network.max_prefixlen
+    address = int(network.network_address)
+    for length in range(network.prefixlen, -1, -1):
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+        yield network.version, address & mask, length
+
+
+def _group_entries(groups: Sequence[p.Group]) -> list[tuple[str, str]]:
+    """Client address → the first group whose sources hold it (a group without sources
+    holds every address)."""
+
+    def sources(g: p.Group) -> tuple[classes.Network, ...]:
+        return g.sources or tuple(ipaddress.ip_network(n) for n in ALL)
+
+    nets = {n for g in groups for n in sources(g)}
+    out = []
+    for k in classes.key_prefixes(nets):
+        first = next((g for g in groups if any(k.covered_by(n) for n in sources(g))), None)
+        out.append((str(k.prefix), first.name if first else NONE))
+    return out
+
+
+def _class_entries(guard: p.Guard) -> list[tuple[str, str]]:
+    """Address → the most specific refused class (the longest covering network wins)."""
+    nets = [(n, c) for c in guard.classes for n in classes.BY_NAME[c].networks]
+    out = []
+    for k in classes.key_prefixes(n for n, _ in nets):
+        covering = [(n.prefixlen, c) for n, c in nets if k.covered_by(n)]
+        out.append((str(k.prefix), max(covering)[1] if covering else NONE))
+    return out
+
+
+def render_maps(config: Config) -> dict[str, str]:
+    """Every map file the config's policy routes load: file name → content."""
+    files: dict[str, str] = {}
+    for route in config.policy_routes:
+        files.update(route_maps(route, config.guard(route)))
+    for name in files:
+        if not NAME.match(name):  # route names are validated; this keeps the contract honest
+            raise ValueError(f"map file name {name!r} does not match {NAME.pattern}")
+    return files
+
+
+def pattern_files(config: Config) -> dict[str, str]:
+    """Every pattern file the config loads with `-f` (under RunDir.maps): the allow_from ACLs
+    and the policy routes' maps. A list edit changes only these, never haproxy.cfg."""
+    return {**render_acls(config), **render_maps(config)}
