@@ -150,6 +150,7 @@ class Tuned:
 # small keep-alive exchanges; threads, splicing both ways and 64 kB buffers for bulk.
 TUNED = {
     "t1": Tuned(threads=1),
+    "tN": Tuned(threads=None),  # one thread per CPU like haproxy-egress: isolates thread count
     "splice": Tuned(None, ("splice-request", "splice-response"), 65536),
 }
 
