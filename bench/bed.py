@@ -25,11 +25,22 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.netns import EXTERNAL_IP, ROUTER_CLIENT_IP, Netns, Started, TestBed, wait_port
+from tests.netns import (
+    EXTERNAL_IP,
+    ROUTER_CLIENT_IP,
+    Netns,
+    Started,
+    TestBed,
+    available,
+    wait_port,
+)
 from tests.support import HAPROXY
+
+T = TypeVar("T")
 
 SMALL_PORT = 8000  # haproxy origin: tiny responses from memory
 PROXY_ORIGIN_PORT = 80  # the same haproxy origin, where forward proxies send www.good.test
@@ -59,13 +70,12 @@ size = os.path.getsize(path)
 head = (f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: application/octet-stream"
         f"\r\nConnection: close\r\n\r\n").encode()
 def serve(conn):
-    with conn, open(path, "rb") as fh:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+    with conn, open(path, "rb") as fh, conn.makefile("rb") as request:
+        for line in iter(request.readline, b""):  # the request head, up to its blank line
+            if line == b"\r\n":
+                break
+        else:
+            return
         conn.sendall(head)
         offset = 0
         while offset < size:
@@ -147,6 +157,33 @@ def dnat(bed: TestBed, workdir: Path, ports: Iterable[int], snat: str) -> Iterat
         yield
     finally:
         bed.router.run("nft", "delete", "table", "ip", "egress_bench")
+
+
+def cannot_run(bench: str, chosen: Sequence[str], known: Iterable[str], what: str) -> bool:
+    """Say why a bench cannot run here (no network namespaces, unknown `what`), if it cannot."""
+    why = available()
+    if why:
+        print(f"{bench} bench: {why}", file=sys.stderr)
+        return True
+    names = list(known)
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        print(f"unknown {what}: {unknown}; known: {', '.join(names)}", file=sys.stderr)
+        return True
+    return False
+
+
+def rotated(items: Sequence[T], round_: int) -> list[T]:
+    """The candidates in this round's order: rounds rotate it, so a burst of load from elsewhere
+    on the machine hits every candidate alike instead of one."""
+    shift = round_ % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+def progress(round_: int, candidate: str, workload: str, value: float, unit: str) -> None:
+    """One measurement on stderr as it comes (stdout is kept for the tables)."""
+    line = f"  round {round_ + 1} {candidate:26} {workload:28} {value:10.2f} {unit}"
+    print(line, file=sys.stderr, flush=True)
 
 
 # --- load generators (client namespace) -------------------------------------------------------

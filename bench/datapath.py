@@ -34,7 +34,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bed import FILE_PORT, IPERF_PORT, SMALL_PORT, Origins, Wrk, dnat, download, iperf
+from bench.bed import (
+    FILE_PORT,
+    IPERF_PORT,
+    SMALL_PORT,
+    Origins,
+    Wrk,
+    cannot_run,
+    dnat,
+    download,
+    iperf,
+    progress,
+    rotated,
+)
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.runtime.haproxy import check
@@ -43,7 +55,6 @@ from tests.netns import (
     ROUTER_CLIENT_IP,
     Netns,
     TestBed,
-    available,
     wait_port,
 )
 from tests.support import HAPROXY, write_configmap
@@ -249,14 +260,8 @@ class Bench:
 
 
 def run(args: argparse.Namespace) -> int:
-    why = available()
-    if why:
-        print(f"datapath bench: {why}", file=sys.stderr)
-        return 2
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        print(f"unknown variants: {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+    if cannot_run("datapath", variants, VARIANTS, "variants"):
         return 2
     workloads = [w for w in WORKLOADS if not args.only or any(o in w.name for o in args.only)]
     samples: dict[tuple[str, str], list[float]] = {}
@@ -272,20 +277,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             bench.start_origins()
             columns += [bench.start_router(i, v) for i, v in enumerate(variants)]
-            # Rounds interleave the columns, so a burst of load from elsewhere on the machine
-            # hits every column alike instead of one; each cell is the median of its rounds.
+            # Each cell is the median of its rounds; rounds rotate the order (bed.rotated).
             for round_ in range(args.repeat):
                 for w in workloads:
-                    order = columns[round_ % len(columns) :] + columns[: round_ % len(columns)]
-                    for column in order:
+                    for column in rotated(columns, round_):
                         value = bench.measure(w, column, args.duration)
                         samples.setdefault((w.name, column.name), []).append(value)
-                        print(
-                            f"  round {round_ + 1} {column.name:26} {w.name:28} "
-                            f"{value:10.2f} {w.unit}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                        progress(round_, column.name, w.name, value, w.unit)
         finally:
             bench.close()
     results = {

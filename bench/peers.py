@@ -53,11 +53,14 @@ from bench.bed import (
     Costs,
     Origins,
     Wrk,
+    cannot_run,
     connect_rate,
     dnat,
     download,
     iperf,
+    progress,
     proxy_script,
+    rotated,
 )
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
@@ -66,7 +69,6 @@ from tests.netns import (
     ROUTER_CLIENT_IP,
     Started,
     TestBed,
-    available,
     start_in,
     wait_port,
 )
@@ -148,6 +150,7 @@ class Tuned:
 # small keep-alive exchanges; threads, splicing both ways and 64 kB buffers for bulk.
 TUNED = {
     "t1": Tuned(threads=1),
+    "tN": Tuned(threads=None),  # one thread per CPU like haproxy-egress: isolates thread count
     "splice": Tuned(None, ("splice-request", "splice-response"), 65536),
 }
 
@@ -547,14 +550,8 @@ Samples = dict[tuple[str, str], list[Sample]]
 
 
 def run(args: argparse.Namespace) -> int:
-    why = available()
-    if why:
-        print(f"peers bench: {why}", file=sys.stderr)
-        return 2
     tuned = args.tuned.split(",")
-    unknown = [t for t in tuned if t not in TUNED]
-    if unknown:
-        print(f"unknown tuned variants {unknown}; known: {', '.join(TUNED)}", file=sys.stderr)
+    if cannot_run("peers", tuned, TUNED, "tuned variants"):
         return 2
     if args.pin:
         if len(os.sched_getaffinity(0)) < 2:
@@ -582,20 +579,13 @@ def run(args: argparse.Namespace) -> int:
                     print(f"  --max-seconds reached after {round_} rounds", file=sys.stderr)
                     break
                 rounds += 1
-                shift = round_ % len(candidates)
-                order = candidates[shift:] + candidates[:shift]
                 for w in workloads:
-                    for c in order:
+                    for c in rotated(candidates, round_):
                         if w.route not in c.ports:
                             continue
                         sample = bench.measure(w, c)
                         samples.setdefault((w.name, c.name), []).append(sample)
-                        print(
-                            f"  round {round_ + 1} {c.name:16} {w.name:24} "
-                            f"{sample.value:10.2f} {w.unit}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                        progress(round_, c.name, w.name, sample.value, w.unit)
         finally:
             bench.close()
             origins.close()

@@ -178,8 +178,11 @@ def scale(sizes: list[int], tmp: Path) -> None:
                 volume.write(scale_keys(n, a, moved=b))
                 moved = answered(SCALE_FIRST_PORT, "origin-b", 120)
                 keys = scale_keys(n, a, moved=b)
-                extra = {"name": "added", "listen": f"{SCALE_HOST}:{SCALE_FIRST_PORT + n}"}
-                extra["destinations"] = [f"127.0.0.1:{a.port}"]
+                extra = {
+                    "name": "added",
+                    "listen": f"{SCALE_HOST}:{SCALE_FIRST_PORT + n}",
+                    "destinations": [f"127.0.0.1:{a.port}"],
+                }
                 keys["routes-added.yaml"] = {"routes": [extra]}
                 volume.write(keys)
                 added = answered(SCALE_FIRST_PORT + n, "origin-a", 120)

@@ -110,11 +110,32 @@ class Endpoint(Frozen):
         return f"{self.host.replace(':', '-')}_{self.port}"
 
 
+def _ipv4_endpoint(text: str) -> dict[str, object] | None:
+    """'a.b.c.d:port' with a canonical IPv4 literal, without the general parser, or None.
+
+    inet_pton takes exactly the canonical dotted quad (no blanks, leading zeros or short
+    forms), so whatever it accepts, parse_endpoint would have returned unchanged; everything
+    else goes the long way. Destinations are mostly such literals, and parsing each through
+    ipaddress was a third of validating 10,000 routes.
+    """
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit():
+        return None
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return None
+    return {"host": host, "port": netaddr.parse_port(port)}
+
+
 def _endpoint(value: object) -> object:
     """Accept 'host:port' strings as well as {host, port} mappings."""
     if isinstance(value, bool | int | float):
         raise ValueError(f"must be 'HOST:PORT' or {{host: ..., port: ...}} (got {value!r})")
     if isinstance(value, str):
+        fast = _ipv4_endpoint(value)
+        if fast is not None:
+            return fast
         host, port = netaddr.parse_endpoint(value, default_port=None)
         return {"host": host, "port": port}
     if isinstance(value, Mapping):

@@ -7,6 +7,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config.model import (
     Document,
     Endpoint,
@@ -109,6 +110,41 @@ def test_check_shorthand_and_http_path() -> None:
     assert r.check.http_path == "/healthz?x=1"
     (line,) = problems(route(check={"http_path": "/healthz"}))
     assert line == "routes.yaml: routes[0]: check.http_path needs mode: http"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "192.0.2.1:443",
+        "10.0.0.1:1",
+        "255.255.255.255:65535",
+        "192.0.2.1:0",
+        "192.0.2.1:65536",
+        "192.0.2.1:0443",
+        "192.0.2.01:443",
+        "192.0.2.1 :443",
+        " 192.0.2.1:443",
+        "192.0.2:443",
+        "1.2.3.4.5:443",
+        "192.0.2.1%eth0:443",
+        "192.0.2.1:",
+        "192.0.2.1",
+        "[::1]:443",
+        "host.test:443",
+    ],
+)
+def test_endpoint_fast_path_agrees_with_the_parser(text: str) -> None:
+    """The IPv4 shortcut of `Endpoint` gives what parse_endpoint gives, or the same error."""
+    try:
+        host, port = netaddr.parse_endpoint(text, default_port=None)
+        expected: object = Endpoint(host=host, port=port)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: object = validate(Route, route(destinations=[text]), "r.yaml").destinations[0]
+    except ProblemList as exc:
+        got = exc.problems[0].message
+    assert got == expected
 
 
 def test_datapath_knobs_belong_to_tcp_and_http_routes() -> None:
