@@ -42,14 +42,20 @@ def _refuse_zone(text: str) -> None:
         raise ValueError(f"IPv6 zone ids ('%...') are not supported: {text!r}")
 
 
+def canonical_ipv4(text: str) -> bool:
+    """A canonical dotted quad: what inet_pton takes. It is as strict as ipaddress for IPv4
+    (no blanks, leading zeros or short forms) and ten times faster."""
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
+
+
 def ip_or_none(text: str) -> IPAddress | None:
     """`text` as an IP address when it is an IP literal, else None (a name to resolve)."""
-    try:
-        # inet_pton is as strict as ipaddress for IPv4 (no leading zeros, no short forms) and
-        # ten times faster; every other text takes ipaddress's own parser.
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
-    except OSError:
-        pass
+    if canonical_ipv4(text):  # the common case, without ipaddress's general parser
+        return ipaddress.IPv4Address(text)
     try:
         return ipaddress.ip_address(text)
     except ValueError:

@@ -121,9 +121,7 @@ def _ipv4_endpoint(text: str) -> dict[str, object] | None:
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit():
         return None
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-    except OSError:
+    if not netaddr.canonical_ipv4(host):
         return None
     return {"host": host, "port": netaddr.parse_port(port)}
 
