@@ -1,4 +1,4 @@
-"""PID 1: runs socklog and haproxy (master-worker), reaps, reloads, drains.
+"""PID 1: runs socklog and haproxy (master-worker), reaps, applies changes, drains.
 
 One event loop owns every process and every state change. Signal handlers, the config
 watcher and nothing else only post events into its inbox; the metrics thread only reads a
@@ -264,7 +264,7 @@ class Supervisor:
         """SIGCHLD: only wakes the loop; the reaper has already run."""
 
     def _reload(self, reason: str, force: bool) -> None:
-        """Run the reload transaction; a failure keeps the running config and says why."""
+        """Run the change transaction; a failure keeps the running config and says why."""
         if self.state is State.STOPPING:
             return
         if not self.haproxy.ready():
