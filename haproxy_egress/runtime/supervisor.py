@@ -312,8 +312,11 @@ class Supervisor:
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
         now = time.monotonic()
-        # Destinations this edit has (again) are no longer due to end, wherever they run.
-        self.workers.keep(frozenset(servers(self.current.text)))
+        # What this edit admits (again) is no longer due to end, wherever it runs.
+        self.workers.keep(
+            frozenset(servers(self.current.text)),
+            {r.name: tuple(r.allow_from) for r in self.current.config.routes},
+        )
         if kind is Kind.RELOAD:
             self.reloads_total += 1
             why = plan.why if plan is not None and plan.why else "forced"
