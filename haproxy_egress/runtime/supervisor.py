@@ -19,6 +19,7 @@ import time
 from collections import Counter
 
 from haproxy_egress import __version__
+from haproxy_egress.config.sources import read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
@@ -288,6 +289,10 @@ class Supervisor:
                 self.current.text_digest[:12],
                 detail.replace("\n", " | "),
             )
+            if not self.haproxy.ready():
+                # haproxy died during the change (not the edit's fault): it restarts from the
+                # last good files; apply the edit again once it is back, or it would be lost.
+                self.pending_reload = True
             return
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
@@ -392,9 +397,17 @@ class Supervisor:
             self.haproxy.pid,
             len(self.current.config.routes),
         )
-        if self.pending_reload:
+        if self.pending_reload or self._inputs_moved_on():
             self.pending_reload = False
             self._reload("deferred while haproxy restarted", force=True)
+
+    def _inputs_moved_on(self) -> bool:
+        """The config directory holds something other than what runs: an edit that a crash
+        interrupted (the watcher posts a digest once, so it would not come again)."""
+        try:
+            return read_snapshot(self.settings.config_dir).digest != self.current.digest
+        except OSError:
+            return False
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:

@@ -248,6 +248,7 @@ class Workers:
         self.ending[pid] = now
         self.workers_ended[reason] += 1
         self.connections_ended[reason] += ended
+        self.ended_view = (dict(self.workers_ended), dict(self.connections_ended))
         log.warning(
             "ended old worker pid:%d (%s): %d connection(s) closed%s",
             pid,
