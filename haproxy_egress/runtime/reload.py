@@ -1,8 +1,10 @@
-"""The reload transaction: load → validate → render → `haproxy -c` → swap → reload → confirm.
+"""The change transaction: load → validate → render → diff → `haproxy -c` → install → apply.
 
-Any failure leaves the running router untouched and the live haproxy.cfg equal to the last
-good one. Only the supervisor calls this, from its single event loop, so there is never more
-than one transaction at a time.
+Apply is the runtime API on the running worker when the diff allows it (runtime/changes.py,
+runtime/live.py), else — or when a runtime command fails — a reload via the master, confirmed
+in `show proc`. Any failure leaves the running router untouched and the live haproxy.cfg equal
+to the last good one. Only the supervisor calls this, from its single event loop, so there is
+never more than one transaction at a time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PID 1: runs socklog and haproxy (master-worker), reaps, reloads, drains.
+"""PID 1: runs socklog and haproxy (master-worker), reaps, applies changes, drains.
 
 One event loop owns every process and every state change. Signal handlers, the config
 watcher and nothing else only post events into its inbox; the metrics thread only reads a
@@ -19,6 +19,7 @@ import time
 from collections import Counter
 
 from haproxy_egress import __version__
+from haproxy_egress.config.sources import read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
@@ -289,7 +290,7 @@ class Supervisor:
         """SIGCHLD: only wakes the loop; the reaper has already run."""
 
     def _reload(self, reason: str, force: bool) -> None:
-        """Run the reload transaction; a failure keeps the running config and says why."""
+        """Run the change transaction; a failure keeps the running config and says why."""
         if self.state is State.STOPPING:
             return
         if not self.haproxy.ready():
@@ -313,6 +314,10 @@ class Supervisor:
                 self.current.text_digest[:12],
                 detail.replace("\n", " | "),
             )
+            if not self.haproxy.ready():
+                # haproxy died during the change (not the edit's fault): it restarts from the
+                # last good files; apply the edit again once it is back, or it would be lost.
+                self.pending_reload = True
             return
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
@@ -337,8 +342,11 @@ class Supervisor:
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
         now = time.monotonic()
-        # Destinations this edit has (again) are no longer due to end, wherever they run.
-        self.workers.keep(frozenset(servers(self.current.text)))
+        # What this edit admits (again) is no longer due to end, wherever it runs.
+        self.workers.keep(
+            frozenset(servers(self.current.text)),
+            {r.name: tuple(r.allow_from) for r in self.current.config.routes},
+        )
         if kind is Kind.RELOAD:
             self.reloads_total += 1
             why = plan.why if plan is not None and plan.why else "forced"
@@ -415,9 +423,17 @@ class Supervisor:
             self.haproxy.pid,
             len(self.current.config.routes),
         )
-        if self.pending_reload:
+        if self.pending_reload or self._inputs_moved_on():
             self.pending_reload = False
             self._reload("deferred while haproxy restarted", force=True)
+
+    def _inputs_moved_on(self) -> bool:
+        """The config directory holds something other than what runs: an edit that a crash
+        interrupted (the watcher posts a digest once, so it would not come again)."""
+        try:
+            return read_snapshot(self.settings.config_dir).digest != self.current.digest
+        except OSError:
+            return False
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:

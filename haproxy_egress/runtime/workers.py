@@ -15,12 +15,12 @@ import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.runtime import haproxy
-from haproxy_egress.runtime.changes import Deny, Plan, Session, parse_sessions
+from haproxy_egress.runtime.changes import Deny, IPNetwork, Plan, Session, parse_sessions
 from haproxy_egress.runtime.live import delete_servers
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Bounds", "DrainJob", "OldWorkers", "Workers"]
 
 Command = Callable[[str], str]  # one master CLI command → its answer
+AllowFrom = Mapping[str, tuple[IPNetwork, ...]]  # route → its allow_from (empty: everyone)
 TERM_AFTER = 5.0  # an old worker whose sessions were all ended and that still runs gets SIGTERM
 DELETE_RETRY = 0.5  # servers still busy after `shutdown sessions server` are tried again
 DELETE_TRIES = 20
@@ -102,11 +103,14 @@ class Workers:
         refs = tuple(s.ref for s in plan.remove)
         self.jobs.append(DrainJob(now + self.drain_seconds, plan.denies, pids, worker, refs))
 
-    def keep(self, servers: frozenset[str]) -> None:
-        """An edit brought these backend/server refs (back): pending jobs leave them alone."""
+    def keep(
+        self, servers: frozenset[str], allow_from: Mapping[str, tuple[IPNetwork, ...]]
+    ) -> None:
+        """A newer edit admits these again: pending jobs leave them alone. `servers`: the
+        backend/server refs it defines; `allow_from`: each route's list (empty: everyone)."""
         for job in self.jobs:
             job.delete = tuple(ref for ref in job.delete if ref not in servers)
-            job.denies = tuple(_without(d, servers) for d in job.denies)
+            job.denies = tuple(_without(d, servers, allow_from) for d in job.denies)
 
     # --- every tick -----------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class Workers:
         self.ending[pid] = now
         self.workers_ended[reason] += 1
         self.connections_ended[reason] += ended
+        self.ended_view = (dict(self.workers_ended), dict(self.connections_ended))
         log.warning(
             "ended old worker pid:%d (%s): %d connection(s) closed%s",
             pid,
@@ -253,7 +258,12 @@ class Workers:
         )
 
 
-def _without(deny: Deny, servers: frozenset[str]) -> Deny:
-    """`deny` minus the destinations an edit brought back."""
+def _without(deny: Deny, servers: frozenset[str], allow_from: AllowFrom) -> Deny:
+    """`deny` minus what a newer edit admits again: destinations brought back, clients in
+    the route's current allow_from (a session ends only if no list since admits it)."""
     kept = frozenset(n for n in deny.servers if f"{deny.route}/{n}" not in servers)
-    return replace(deny, servers=kept)
+    allowed = deny.allowed
+    if allowed is not None and deny.route in allow_from:
+        current = allow_from[deny.route]
+        allowed = (*allowed, *current) if current else None
+    return replace(deny, servers=kept, allowed=allowed)

@@ -213,9 +213,9 @@ def test_denied_connections_end_after_the_drain(
 
         survivors = kept + on_a
         assert [h.label for h in survivors if not h.ping("after")] == []
-        samples = scrape(router)
-        ended = value(samples, "haproxy_egress_connections_ended_total", reason="denied")
-        assert ended == len(narrowed) + len(on_b) + len(gone_conns) + len(tunnels)
+        want = len(narrowed) + len(on_b) + len(gone_conns) + len(tunnels)
+        name = "haproxy_egress_connections_ended_total"
+        wait_for(lambda: value(scrape(router), name, reason="denied") == want, timeout=5)
         log = router.stderr()
         assert "client no longer in allow_from" in log
         assert "destination removed" in log
@@ -235,9 +235,9 @@ def test_old_worker_count_bound_ends_the_oldest(
     extra = [free_port() for _ in range(3)]
     _publish(volume, None, [_tcp("keep", keep, echo_a)])
     router = _router(tmp_path, volume, EGRESS_MAX_OLD_WORKERS="2")
+    held: list[Held] = []
     try:
         router.start()
-        held = []
         for i in range(3):
             held.append(Held(keep, f"conn#{i}"))
             assert held[-1].ping()
@@ -251,14 +251,15 @@ def test_old_worker_count_bound_ends_the_oldest(
         wait_for(held[0].ended, timeout=10)
         assert held[1].ping()
         assert held[2].ping()
+        ended = "haproxy_egress_old_workers_ended_total"
+        wait_for(lambda: value(scrape(router), ended, reason="count") == 1, timeout=5)
         samples = scrape(router)
-        assert value(samples, "haproxy_egress_old_workers_ended_total", reason="count") == 1
         assert value(samples, "haproxy_egress_connections_ended_total", reason="count") == 1
         wait_for(lambda: value(scrape(router), "haproxy_egress_old_workers") == 2, timeout=10)
         assert "more than 2 old workers" in router.stderr()
+    finally:
         for h in held:
             h.close()
-    finally:
         router.stop()
 
 
@@ -283,20 +284,23 @@ def test_old_worker_age_and_memory_bounds(
     keep, other = free_port(), free_port()
     _publish(volume, None, [_tcp("keep", keep, echo_a)])
     router = _router(tmp_path, volume, **env)
+    held: list[Held] = []
     try:
         router.start()
         conn = Held(keep, "conn")
+        held.append(conn)
         assert conn.ping()
         before = sum(changes(router).values())
         _publish(volume, None, [_tcp("keep", keep, echo_a), _tcp("other", other, echo_a)])
         _applied(router, before)
         wait_for(conn.ended, timeout=10)
-        samples = scrape(router)
-        assert value(samples, "haproxy_egress_old_workers_ended_total", reason=reason) == 1
+        name = "haproxy_egress_old_workers_ended_total"
+        wait_for(lambda: value(scrape(router), name, reason=reason) == 1, timeout=5)
         assert words in router.stderr()
         fresh = Held(keep, "fresh")  # the route itself serves on, in the new worker
+        held.append(fresh)
         assert fresh.ping()
-        conn.close()
-        fresh.close()
     finally:
+        for h in held:
+            h.close()
         router.stop()

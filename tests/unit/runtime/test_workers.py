@@ -6,6 +6,7 @@ runs the same against a real haproxy); it records every command it is sent.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from haproxy_egress.runtime.changes import Deny, Kind, Plan
@@ -90,6 +91,18 @@ def test_a_destination_listed_again_is_not_ended() -> None:
     workers = Workers(master, drain_seconds=5)
     deny = Deny("db", "destination removed", servers=frozenset({"10.0.0.1_5432"}))
     workers.after_runtime(0.0, Plan(Kind.RUNTIME, denies=(deny,)))
-    workers.keep(frozenset({"db/10.0.0.1_5432"}))
+    workers.keep(frozenset({"db/10.0.0.1_5432"}), {"db": ()})
     workers.tick(10.0)
     assert not any("shutdown session" in c for c in master.sent)
+
+
+def test_a_client_admitted_again_by_a_newer_edit_is_not_ended() -> None:
+    master = Master({400: sess(("0x1", "127.0.0.1", "db", "s"), ("0x2", "127.0.0.2", "db", "s"))})
+    workers = Workers(master, drain_seconds=5)
+    narrowed = ipaddress.ip_network("10.0.0.0/8")
+    deny = Deny("db", "client no longer in allow_from", allowed=(narrowed,))
+    workers.after_runtime(0.0, Plan(Kind.RUNTIME, denies=(deny,)))
+    # A newer edit lets 127.0.0.1 in again (but not 127.0.0.2).
+    workers.keep(frozenset(), {"db": (narrowed, ipaddress.ip_network("127.0.0.1/32"))})
+    workers.tick(10.0)
+    assert [c for c in master.sent if "shutdown session" in c] == ["@!400 shutdown session 0x2"]
