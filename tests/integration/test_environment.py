@@ -144,10 +144,13 @@ def test_run_with_a_missing_binary_names_the_setting(
     world: Path, variable: str, expected: str
 ) -> None:
     run_dir = world / "run"
-    run_dir.mkdir(mode=0o777)
+    run_dir.mkdir()
+    run_dir.chmod(0o777)  # writable for the arbitrary UID (mkdir's mode is cut by the umask)
     env = {
         "EGRESS_CONFIG_DIR": str(world / "config"),
         "EGRESS_RUN_DIR": str(run_dir),
+        # socklog is needed only as the sink it is (the default is the log relay).
+        "EGRESS_LOG": "socklog",
         variable: "/nonexistent/" + variable.split("_")[1].lower(),
     }
     line = one_clear_line(cli(["run"], env))
