@@ -333,7 +333,7 @@ def with_pattern_files(text: str, directory: Path) -> str:
     """`text` with the ACL files it loads (`-f <file>`) moved into `directory` and created
     there (empty): `haproxy -c` opens every file a config names, and a test checking a
     rendering has no run dir. A test that serves traffic writes the real files instead
-    (staging.write_maps with render_acls)."""
+    (staging.write_maps with render.maps.pattern_files)."""
     for path in sorted(set(_PATTERN_FILE.findall(text))):
         local = directory / "pattern-files" / Path(path).name
         local.parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from haproxy_egress.background import Background
 
 __all__ = ["FileWatcher", "signature"]
 
@@ -34,7 +35,7 @@ def signature(files: Sequence[Path]) -> Signature:
     return tuple(out)
 
 
-class FileWatcher:
+class FileWatcher(Background):
     """A daemon thread calling `changed()` when the files `files()` names have changed."""
 
     def __init__(
@@ -46,21 +47,10 @@ class FileWatcher:
         self._files = files
         self._changed = changed
         self._interval = max(0.02, interval)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="web-config-watcher", daemon=True)
+        super().__init__("web-config-watcher")
         # The baseline is taken now, right after the caller loaded the files: a change made
         # before start() is still seen.
         self._baseline = signature(self._files())
-
-    def start(self) -> None:
-        """Start polling."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling and wait briefly for the thread."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
 
     def _run(self) -> None:
         seen = self._baseline

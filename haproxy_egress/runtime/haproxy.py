@@ -119,14 +119,12 @@ class Proc:
     pid: int
     reloads: int
     failed_reloads: int = 0
+    old: bool = False  # under "# old workers": left by a reload, still serving connections
 
 
-def parse_show_proc(text: str) -> list[Proc]:
-    """Parse `show proc` (2.6 and 3.x layouts): the master's and the current workers' pids.
-
-    Old workers still draining are listed under "# old workers" and are left out, so the
-    result's worker is the one that serves the newest configuration.
-    """
+def parse_proc_table(text: str) -> list[Proc]:
+    """Every master and worker line of `show proc` (2.6 and 3.x layouts), old workers marked;
+    programs are left out."""
     procs: list[Proc] = []
     section = "current"
     for raw in text.splitlines():
@@ -137,35 +135,31 @@ def parse_show_proc(text: str) -> list[Proc]:
                 section = "old"
             elif "program" in lowered:
                 section = "program"
+            elif "worker" in lowered:
+                section = "current"
             continue
         fields = line.split()
-        if len(fields) < 4 or not fields[0].isdigit():
-            continue
-        if section != "current":
+        if len(fields) < 3 or not fields[0].isdigit() or section == "program":
             continue
         pid, kind, reloads = int(fields[0]), fields[1], fields[2]
         failed = 0
         if "[failed:" in line:
             failed = int(line.split("[failed:")[1].split("]")[0].strip())
-        procs.append(Proc(kind, pid, int(reloads) if reloads.isdigit() else 0, failed))
+        count = int(reloads) if reloads.isdigit() else 0
+        procs.append(Proc(kind, pid, count, failed, old=section == "old"))
     return procs
+
+
+def parse_show_proc(text: str) -> list[Proc]:
+    """The master and the current worker: the one that serves the newest configuration."""
+    return [p for p in parse_proc_table(text) if not p.old]
 
 
 def parse_old_workers(text: str) -> list[Proc]:
     """The old workers of `show proc` (left by reloads, still serving their connections),
     oldest first: the one that survived the most reloads."""
-    procs: list[Proc] = []
-    old = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#"):
-            old = "old worker" in line.lower()
-            continue
-        fields = line.split()
-        if old and len(fields) >= 3 and fields[0].isdigit() and fields[1] == "worker":
-            reloads = int(fields[2]) if fields[2].isdigit() else 0
-            procs.append(Proc("worker", int(fields[0]), reloads))
-    return sorted(procs, key=lambda p: -p.reloads)
+    old = [p for p in parse_proc_table(text) if p.old and p.kind == "worker"]
+    return sorted(old, key=lambda p: -p.reloads)
 
 
 def rss_bytes(pid: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from haproxy_egress.errors import EgressError
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
-from haproxy_egress.runtime.haproxy import CliSocket
+from haproxy_egress.runtime.haproxy import CliSocket, parse_proc_table
 from haproxy_egress.runtime.logrelay import read_counters
 
 log = logging.getLogger(__name__)
@@ -20,25 +20,12 @@ _DROPPED = re.compile(r"^DroppedLogs:\s*(\d+)", re.M)
 
 
 def worker_pids(show_proc: str) -> list[tuple[int, str]]:
-    """(pid, "current" | "old") of every worker in the master's `show proc` (2.6 and 3.x)."""
-    out: list[tuple[int, str]] = []
-    section = "current"
-    for raw in show_proc.splitlines():
-        line = raw.strip()
-        if line.startswith("#"):
-            lowered = line.lower()
-            if "old worker" in lowered:
-                section = "old"
-            elif "program" in lowered:
-                section = "program"
-            elif "worker" in lowered:
-                section = "current"
-            continue
-        fields = line.split()
-        is_worker = len(fields) >= 2 and fields[0].isdigit() and fields[1] == "worker"
-        if is_worker and section in ("current", "old"):
-            out.append((int(fields[0]), section))
-    return out
+    """(pid, "current" | "old") of every worker in the master's `show proc`."""
+    return [
+        (p.pid, "old" if p.old else "current")
+        for p in parse_proc_table(show_proc)
+        if p.kind == "worker"
+    ]
 
 
 class LogLossWatch:

@@ -9,7 +9,6 @@ a ConfigMap mount can be replaced wholesale).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import watchfiles
 
+from haproxy_egress.background import Background
 from haproxy_egress.config.sources import read_snapshot
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class ConfigChanged:
     digest: str
 
 
-class Watcher:
+class Watcher(Background):
     """Watches one directory in a daemon thread and calls `post` on real content changes."""
 
     def __init__(
@@ -45,18 +45,7 @@ class Watcher:
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
         self._poll = poll
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
-
-    def start(self) -> None:
-        """Start watching."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching and wait briefly for the thread (a no-op if it never started)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+        super().__init__("config-watcher")
 
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""

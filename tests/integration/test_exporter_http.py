@@ -27,8 +27,8 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import read_snapshot
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render import hooks
-from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import CliSocket
@@ -63,7 +63,7 @@ def running_haproxy(
     config = load_snapshot(snapshot, env or {})
     path = run_dir / "haproxy.cfg"
     path.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True)))
-    staging.write_maps(RunDir(run_dir).maps, render_acls(config))
+    staging.write_maps(RunDir(run_dir).maps, pattern_files(config))
     haproxy = HaproxyProcess(path).start()
     proc = haproxy.proc
     sock = run_dir / "haproxy.sock"
@@ -507,6 +507,7 @@ def test_policy_decisions_are_counted_per_rule(run_dir: Path, dns: DnsServer) ->
                 text,
                 "haproxy_egress_policy_decisions_total",
                 route="pxy",
+                group="default",
                 rule="default",
                 verdict="deny",
             )

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
-from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from tests.support import (
@@ -81,7 +81,7 @@ def router(
     text = render(config, RenderOptions(run_dir=run_dir, log_stdout=True, drain_seconds=1))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(text)
-    staging.write_maps(RunDir(run_dir).maps, render_acls(config))
+    staging.write_maps(RunDir(run_dir).maps, pattern_files(config))
     process = HaproxyProcess(cfg).start()
     try:
         for r in config.routes:

@@ -12,8 +12,8 @@ import yaml
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
-from haproxy_egress.render.acls import render_acls
 from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.runtime.changes import Kind, Plan, Session, parse_sessions, plan
 
 OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
@@ -30,7 +30,7 @@ def compiled(*routes: dict[str, Any], **doc: Any) -> Version:
     data = {"version": 1, "routes": list(routes), **doc}
     snapshot = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(data).encode()),))
     config = load_snapshot(snapshot, {})
-    return Version(config, render(config, OPTIONS), render_acls(config))
+    return Version(config, render(config, OPTIONS), pattern_files(config))
 
 
 def db(**extra: Any) -> dict[str, Any]:
