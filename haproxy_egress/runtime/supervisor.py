@@ -70,6 +70,9 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        # The inputs of the last edit haproxy or the checks refused: a restart must not retry
+        # them behind the user's back (the last good config keeps running until a new edit).
+        self._rejected_digest: str | None = None
         # By changes.Kind value. The metrics thread reads `changes_view`, a copy replaced
         # whole after each count, so it never iterates a dict the loop is changing.
         self.config_changes: Counter[str] = Counter()
@@ -318,6 +321,8 @@ class Supervisor:
                 # haproxy died during the change (not the edit's fault): it restarts from the
                 # last good files; apply the edit again once it is back, or it would be lost.
                 self.pending_reload = True
+            else:
+                self._rejected_digest = self._inputs_digest()
             return
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
@@ -427,13 +432,18 @@ class Supervisor:
             self.pending_reload = False
             self._reload("deferred while haproxy restarted", force=True)
 
-    def _inputs_moved_on(self) -> bool:
-        """The config directory holds something other than what runs: an edit that a crash
-        interrupted (the watcher posts a digest once, so it would not come again)."""
+    def _inputs_digest(self) -> str | None:
         try:
-            return read_snapshot(self.settings.config_dir).digest != self.current.digest
+            return read_snapshot(self.settings.config_dir).digest
         except OSError:
-            return False
+            return None
+
+    def _inputs_moved_on(self) -> bool:
+        """The config directory holds something other than what runs, and not an edit that
+        was refused: an edit a crash interrupted (the watcher posts a digest once, so it would
+        not come again)."""
+        digest = self._inputs_digest()
+        return digest is not None and digest not in (self.current.digest, self._rejected_digest)
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:
