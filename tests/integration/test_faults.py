@@ -630,7 +630,8 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
 @pytest.mark.timeout(120)
 def test_many_addresses_on_one_port_load_in_linear_time() -> None:
     """Routes sharing a port on many addresses once validated in O(n²). A ratio, not a time:
-    4x the routes must cost well under the 16x a quadratic check would (linear is 4x)."""
+    8x the routes must cost well under the 64x a quadratic check would (linear is 8x; the
+    bound leaves room for a loaded machine and the allocator)."""
 
     def load_time(n: int) -> float:
         lines = ["routes:"] + [
@@ -646,5 +647,5 @@ def test_many_addresses_on_one_port_load_in_linear_time() -> None:
             best = min(best, time.perf_counter() - started)
         return best
 
-    ratio = load_time(2000) / load_time(500)
-    assert ratio < 9, f"4x the routes took {ratio:.1f}x as long: not linear"
+    ratio = load_time(4000) / load_time(500)
+    assert ratio < 24, f"8x the routes took {ratio:.1f}x as long: not linear"
