@@ -214,25 +214,40 @@ def dns_keys(dns: DnsServer, route: dict[str, Any]) -> dict[str, object]:
     }
 
 
-def test_dns_name_follows_record_changes(tmp_path: Path, dns: DnsServer) -> None:
-    port, origins = origins_on(["127.0.0.2", "127.0.0.3"], ["old", "new"])
-    dns.records["svc.test"] = ["127.0.0.2"]
+def _dns_route(name: str, port: int) -> tuple[int, dict[str, object]]:
+    """A route to `<name>.test:<port>` with fast checks, and the port it listens on."""
     lp = free_port()
     route = {
-        "name": "svc",
+        "name": name,
         "listen": listen(lp),
-        "destinations": [f"svc.test:{port}"],
+        "destinations": [f"{name}.test:{port}"],
         "check": FAST_CHECK,
     }
+    return lp, route
+
+
+@contextlib.contextmanager
+def _routed(
+    tmp_path: Path, dns: DnsServer, route: dict[str, object], origins: list[HttpOrigin]
+) -> Iterator[Router]:
+    """The origins started, and a router serving `route` with `dns` as its nameserver."""
     with contextlib.ExitStack() as stack:
         for o in origins:
             stack.enter_context(started(o))
         with router(tmp_path, dns_keys(dns, route)) as r:
-            assert "init-addr last,none" in r.config_text
-            wait_for(lambda: bodies(lp, 3) == ["old"] * 3, timeout=15)
-            dns.records["svc.test"] = ["127.0.0.3"]
-            # Traffic follows the new record, and the old address leaves the rotation.
-            wait_for(lambda: bodies(lp, 6) == ["new"] * 6, timeout=20)
+            yield r
+
+
+def test_dns_name_follows_record_changes(tmp_path: Path, dns: DnsServer) -> None:
+    port, origins = origins_on(["127.0.0.2", "127.0.0.3"], ["old", "new"])
+    dns.records["svc.test"] = ["127.0.0.2"]
+    lp, route = _dns_route("svc", port)
+    with _routed(tmp_path, dns, route, origins) as r:
+        assert "init-addr last,none" in r.config_text
+        wait_for(lambda: bodies(lp, 3) == ["old"] * 3, timeout=15)
+        dns.records["svc.test"] = ["127.0.0.3"]
+        # Traffic follows the new record, and the old address leaves the rotation.
+        wait_for(lambda: bodies(lp, 6) == ["new"] * 6, timeout=20)
     assert dns.queries >= 2
 
 
@@ -240,31 +255,16 @@ def test_every_a_record_gets_a_slot(tmp_path: Path, dns: DnsServer) -> None:
     hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     port, origins = origins_on(hosts, ["o2", "o3", "o4"])
     dns.records["pool.test"] = hosts
-    lp = free_port()
-    route = {
-        "name": "pool",
-        "listen": listen(lp),
-        "destinations": [f"pool.test:{port}"],
-        "check": FAST_CHECK,
-    }
-    with contextlib.ExitStack() as stack:
-        for o in origins:
-            stack.enter_context(started(o))
-        with router(tmp_path, dns_keys(dns, route)) as r:
-            assert "server-template pool.test_" in r.config_text
-            wait_for(lambda: set(bodies(lp, 9)) == {"o2", "o3", "o4"}, timeout=15)
+    lp, route = _dns_route("pool", port)
+    with _routed(tmp_path, dns, route, origins) as r:
+        assert "server-template pool.test_" in r.config_text
+        wait_for(lambda: set(bodies(lp, 9)) == {"o2", "o3", "o4"}, timeout=15)
 
 
 def test_starts_before_the_name_resolves(
     tmp_path: Path, dns: DnsServer, origin: HttpOrigin
 ) -> None:
-    lp = free_port()
-    route = {
-        "name": "later",
-        "listen": listen(lp),
-        "destinations": [f"later.test:{origin.port}"],
-        "check": FAST_CHECK,
-    }
+    lp, route = _dns_route("later", origin.port)
     with router(tmp_path, dns_keys(dns, route)) as r:  # NXDOMAIN for now
         with pytest.raises((ConnectionError, OSError)):
             http_get(lp, timeout=3)
