@@ -324,20 +324,15 @@ def connect_from(source: str, port: int) -> bytes:
         return data
 
 
+def _one_route(name: str, lp: int, dest_port: int, **fields: object) -> dict[str, object]:
+    """A ConfigMap with one route listening on `lp`, to 127.0.0.1:`dest_port`."""
+    route = {"name": name, "listen": listen(lp), "destinations": [f"127.0.0.1:{dest_port}"]}
+    return {"routes.yaml": {"routes": [{**route, **fields}]}}
+
+
 def test_allow_from_refuses_other_clients(tmp_path: Path, origin: HttpOrigin) -> None:
     lp = free_port()
-    keys = {
-        "routes.yaml": {
-            "routes": [
-                {
-                    "name": "guarded",
-                    "listen": listen(lp),
-                    "destinations": [f"127.0.0.1:{origin.port}"],
-                    "allow_from": ["127.0.0.1/32", "127.0.0.8/29"],
-                }
-            ]
-        }
-    }
+    keys = _one_route("guarded", lp, origin.port, allow_from=["127.0.0.1/32", "127.0.0.8/29"])
     with router(tmp_path, keys):
         assert connect_from("127.0.0.1", lp).endswith(b"origin-a")
         assert connect_from("127.0.0.9", lp).endswith(b"origin-a")
@@ -430,19 +425,7 @@ def test_proxy_protocol_v2_reaches_the_destination(tmp_path: Path) -> None:
     sink = ProxyV2Sink().start()
     try:
         lp = free_port()
-        keys = {
-            "routes.yaml": {
-                "routes": [
-                    {
-                        "name": "pp",
-                        "listen": listen(lp),
-                        "destinations": [f"127.0.0.1:{sink.port}"],
-                        "proxy_protocol": "v2",
-                        "check": FAST_CHECK,
-                    }
-                ]
-            }
-        }
+        keys = _one_route("pp", lp, sink.port, proxy_protocol="v2", check=FAST_CHECK)
         with router(tmp_path, keys), socket.socket() as client:
             client.settimeout(5)
             client.bind(("127.0.0.1", 0))
