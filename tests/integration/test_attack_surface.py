@@ -129,9 +129,10 @@ def test_no_port_but_the_routes_and_stats_page_off_by_default(
     assert _listening_ports(router.proc.pid) == {router.metrics_port}
 
 
-def test_stats_page_when_asked_for_is_authenticated(
+def _with_stats_page(
     tmp_path: Path, origin: HttpOrigin, routers: list[Router]
-) -> None:
+) -> tuple[Router, int]:
+    """A started seed router with the stats page on (user admin, PASSWORD), and its port."""
     stats_port = free_port()
     router = _seed(
         tmp_path,
@@ -141,6 +142,13 @@ def test_stats_page_when_asked_for_is_authenticated(
         STATS_PASSWORD=PASSWORD,
     )
     routers.append(router.start())
+    return router, stats_port
+
+
+def test_stats_page_when_asked_for_is_authenticated(
+    tmp_path: Path, origin: HttpOrigin, routers: list[Router]
+) -> None:
+    _, stats_port = _with_stats_page(tmp_path, origin, routers)
     url = f"http://127.0.0.1:{stats_port}/"
     assert requests.get(url, timeout=5).status_code == 401
     assert requests.get(url, auth=("admin", "wrong"), timeout=5).status_code == 401
@@ -160,15 +168,7 @@ def test_stats_page_without_credentials_is_refused() -> None:
 def test_metrics_and_logs_leak_no_secrets(
     tmp_path: Path, origin: HttpOrigin, routers: list[Router]
 ) -> None:
-    stats_port = free_port()
-    router = _seed(
-        tmp_path,
-        origin,
-        STATS_PORT=str(stats_port),
-        STATS_USER="admin",
-        STATS_PASSWORD=PASSWORD,
-    )
-    routers.append(router.start())
+    router, stats_port = _with_stats_page(tmp_path, origin, routers)
     requests.get(f"http://127.0.0.1:{stats_port}/", auth=("admin", PASSWORD), timeout=5)
     bodies = []
     for path, accept in [
