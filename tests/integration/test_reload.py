@@ -70,14 +70,21 @@ def test_route_added_changed_and_removed(
     assert "route a: destinations changed, applied at runtime; no reload" in router.stderr()
 
 
+def _serving_route_a(
+    router: Router, volume: ConfigMapVolume, origin: HttpOrigin
+) -> tuple[int, dict[str, object], int]:
+    """The router started with one route `a` to the origin: its port, keys and worker pid."""
+    port = free_port()
+    keys: dict[str, object] = {"routes.yaml": {"version": 1, "routes": [_route("a", port, origin)]}}
+    volume.write(keys)
+    router.start()
+    return port, keys, router.worker_pid()
+
+
 def test_unchanged_content_does_not_reload(
     router: Router, volume: ConfigMapVolume, origin: HttpOrigin
 ) -> None:
-    a = free_port()
-    keys = {"routes.yaml": {"version": 1, "routes": [_route("a", a, origin)]}}
-    volume.write(keys)
-    router.start()
-    worker = router.worker_pid()
+    _, keys, worker = _serving_route_a(router, volume, origin)
     for _ in range(3):
         volume.write(keys)  # kubelet re-sync: new version directory, same content
         time.sleep(0.4)
@@ -122,11 +129,7 @@ def test_sighup_rereads_the_config_now(
 def test_bad_config_keeps_serving_and_says_why(
     router: Router, volume: ConfigMapVolume, origin: HttpOrigin, bad_key: str, expected: str
 ) -> None:
-    a = free_port()
-    good = {"routes.yaml": {"version": 1, "routes": [_route("a", a, origin)]}}
-    volume.write(good)
-    router.start()
-    worker = router.worker_pid()
+    a, good, worker = _serving_route_a(router, volume, origin)
     live_before = (router.run_dir / "haproxy.cfg").read_text()
     volume.write({"routes.yaml": bad_key})
     wait_for(lambda: router.metric("haproxy_egress_config_last_reload_successful") == 0.0, 5)
