@@ -56,6 +56,27 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # --- origins -------------------------------------------------------------------------------
 
 
+def recv_head(sock: socket.socket, size: int = 65536) -> bytes:
+    """Read until the end of a message head (blank line) or EOF; returns what arrived."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(size)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of a message head (0 when it has none)."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return length
+
+
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
