@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 from dnslib import AAAA, QTYPE, RR, A
@@ -54,6 +55,21 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 # --- origins -------------------------------------------------------------------------------
+
+
+class _Exiting(Protocol):
+    def start(self, wait_ready: bool = True) -> object: ...
+    def wait(self, timeout: float) -> int: ...
+    def stop(self) -> None: ...
+
+
+def exit_code(process: _Exiting, timeout: float) -> int:
+    """Start `process` without waiting for readiness and return its exit code; always stopped."""
+    process.start(wait_ready=False)
+    try:
+        return process.wait(timeout)
+    finally:
+        process.stop()
 
 
 def recv_head(sock: socket.socket, size: int = 65536) -> bytes:

@@ -32,6 +32,7 @@ from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import CliSocket
+from tests.router import http_route
 from tests.support import DnsServer, HaproxyProcess, HttpOrigin, free_port, http_get, wait_for
 
 ALL = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
@@ -151,16 +152,7 @@ def value(text: str, name: str, **labels: str) -> float | None:
 def web_route(run_dir: Path, origin: HttpOrigin) -> Iterator[tuple[Path, int]]:
     """haproxy with one http route to the origin; yields (stats socket, route port)."""
     port = free_port()
-    doc = {
-        "routes": [
-            {
-                "name": "web",
-                "listen": f"127.0.0.1:{port}",
-                "mode": "http",
-                "destinations": [f"127.0.0.1:{origin.port}"],
-            }
-        ]
-    }
+    doc = {"routes": [http_route("web", port, origin)]}
     with running_haproxy(run_dir, doc) as sock:
         yield sock, port
 
