@@ -23,7 +23,7 @@ from pathlib import Path
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
-from haproxy_egress.render.maps import render_maps
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check
@@ -184,7 +184,8 @@ def start_router(
     if any(r.mode == "proxy" for r in config.routes):
         hook_set = hook_set.including(hooks.shipped_lua("connect"))
     staging.stage(hook_set, RunDir(run_dir).lua)
-    staging.write_maps(RunDir(run_dir).maps, render_maps(config))
+    # Every pattern file, as the reload does: allow_from ACLs as well as the policy maps.
+    staging.write_maps(RunDir(run_dir).maps, pattern_files(config))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
     check(cfg, HAPROXY)

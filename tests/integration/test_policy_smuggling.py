@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.policy_proxy import exchange
+from tests.policy_proxy import exchange, proxy_configmap
 from tests.router import Router
 from tests.support import DnsServer, TcpOrigin, free_port, recv_head
 
@@ -51,16 +51,9 @@ def proxy(
     allowed, _ = origins
     port = free_port()
     dns.records["origin.test"] = ["127.0.0.1"]
-    config = tmp_path / "configmap"
-    config.mkdir()
-    (config / "proxy.yaml").write_text(
-        f"resolvers: {{nameservers: ['127.0.0.1:{dns.port}']}}\n"
-        "routes:\n"
-        "  - name: pxy\n"
-        f"    listen: '127.0.0.1:{port}'\n"
-        "    mode: proxy\n"
-        f"    policy: ['127.0.0.1/32:{allowed.port}']\n"  # that one port only
-    )
+    # That one port only.
+    policy = f" ['127.0.0.1/32:{allowed.port}']\n"
+    config = proxy_configmap(tmp_path / "configmap", dns.port, port, policy)
     router = Router(tmp_path / "router", config_dir=config)
     try:
         router.start()
