@@ -23,12 +23,12 @@ from pathlib import Path
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
-from haproxy_egress.render.maps import render_maps
+from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import check
 from tests.netns import ROUTER_CLIENT_IP, Netns, Started, TestBed, wait_port
-from tests.support import HAPROXY, write_configmap
+from tests.support import HAPROXY, content_length, recv_head, write_configmap
 
 V6_CLIENT = "2001:2:0:1::2"
 V6_ROUTER_CLIENT = "2001:2:0:1::1"
@@ -114,12 +114,9 @@ class CountingOrigin:
         """Answer requests on one connection until the peer closes it."""
         answered = 0
         while True:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = stream.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = recv_head(stream, 4096)
+            if b"\r\n\r\n" not in head:
+                return
             method, path = head.split(b" ")[:2]
             self.requests.append(f"{method.decode()} {path.decode()}")
             if self.requests_per_connection and answered >= self.requests_per_connection:
@@ -187,7 +184,8 @@ def start_router(
     if any(r.mode == "proxy" for r in config.routes):
         hook_set = hook_set.including(hooks.shipped_lua("connect"))
     staging.stage(hook_set, RunDir(run_dir).lua)
-    staging.write_maps(RunDir(run_dir).maps, render_maps(config))
+    # Every pattern file, as the reload does: allow_from ACLs as well as the policy maps.
+    staging.write_maps(RunDir(run_dir).maps, pattern_files(config))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
     check(cfg, HAPROXY)
@@ -218,11 +216,7 @@ def _read_reply(sock: socket.socket) -> Reply:
     if not head.startswith(b"HTTP/1."):
         return Reply(0, head, rest)
     status = int(head.split(b" ")[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+    length = content_length(head)
     with contextlib.suppress(TimeoutError, OSError):
         while len(rest) < length:
             chunk = sock.recv(65536)
@@ -284,11 +278,7 @@ def connect_tunnel(
 def _read_reply_after_head(sock: socket.socket, head: bytes) -> Reply:
     """The rest of a refusal: its body (Content-Length bytes), for the test to read the reason."""
     status = int(head.split(b" ")[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+    length = content_length(head)
     body = b""
     with contextlib.suppress(TimeoutError, OSError):
         while len(body) < length and (chunk := sock.recv(65536)):

@@ -92,6 +92,21 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def proxy_configmap(directory: Path, dns_port: int, port: int, policy: str) -> Path:
+    """A ConfigMap dir with one proxy route `pxy` on 127.0.0.1:`port`, resolving through the
+    loopback DNS server; `policy` is the YAML after `policy:` (inline list or block lines)."""
+    directory.mkdir()
+    (directory / "proxy.yaml").write_text(
+        f"resolvers: {{nameservers: ['127.0.0.1:{dns_port}']}}\n"
+        "routes:\n"
+        "  - name: pxy\n"
+        f"    listen: '127.0.0.1:{port}'\n"
+        "    mode: proxy\n"
+        f"    policy:{policy}"
+    )
+    return directory
+
+
 def exchange(port: int, request: bytes, source: str = "127.0.0.1", timeout: float = 5) -> bytes:
     """Send one request from `source` to the proxy and read until it closes."""
     with socket.create_connection(

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 from dnslib import AAAA, QTYPE, RR, A
@@ -54,6 +55,42 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 # --- origins -------------------------------------------------------------------------------
+
+
+class _Exiting(Protocol):
+    def start(self, wait_ready: bool = True) -> object: ...
+    def wait(self, timeout: float) -> int: ...
+    def stop(self) -> None: ...
+
+
+def exit_code(process: _Exiting, timeout: float) -> int:
+    """Start `process` without waiting for readiness and return its exit code; always stopped."""
+    process.start(wait_ready=False)
+    try:
+        return process.wait(timeout)
+    finally:
+        process.stop()
+
+
+def recv_head(sock: socket.socket, size: int = 65536) -> bytes:
+    """Read until the end of a message head (blank line) or EOF; returns what arrived."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(size)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of a message head (0 when it has none)."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return length
 
 
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):

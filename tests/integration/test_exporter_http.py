@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -32,21 +33,14 @@ from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import CliSocket
+from tests.router import http_route
 from tests.support import DnsServer, HaproxyProcess, HttpOrigin, free_port, http_get, wait_for
+from tests.unit.metrics.test_exporter import ALL
+from tests.unit.metrics.test_exporter import STATUS as UNIT_STATUS
 
-ALL = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
-STATUS = RouterStatus(
-    alive=True,
-    ready=True,
-    reloads_total=0,
-    reload_failures_total=0,
-    last_reload_successful=True,
-    last_reload_success_timestamp=1_795_700_000.0,
-    config_digest="cd" * 32,
-    config_routes=1,
-    child_restarts={"haproxy": 0, "socklog": 0},
-    start_time=1_795_600_000.0,
-)
+# The unit tests' router status, with the single route every haproxy here is started with.
+STATUS = replace(UNIT_STATUS, config_routes=1)
+T = TypeVar("T")
 PROMETHEUS_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -151,16 +145,7 @@ def value(text: str, name: str, **labels: str) -> float | None:
 def web_route(run_dir: Path, origin: HttpOrigin) -> Iterator[tuple[Path, int]]:
     """haproxy with one http route to the origin; yields (stats socket, route port)."""
     port = free_port()
-    doc = {
-        "routes": [
-            {
-                "name": "web",
-                "listen": f"127.0.0.1:{port}",
-                "mode": "http",
-                "destinations": [f"127.0.0.1:{origin.port}"],
-            }
-        ]
-    }
+    doc = {"routes": [http_route("web", port, origin)]}
     with running_haproxy(run_dir, doc) as sock:
         yield sock, port
 
@@ -300,16 +285,23 @@ def test_wedged_socket_read_is_bounded_by_the_timeout(
     assert 0.4 < elapsed < 2.0
 
 
+def _in_threads(count: int, call: Callable[[], T]) -> tuple[list[threading.Thread], list[T]]:
+    """Start `count` threads each running `call`; their results are appended as they finish."""
+    results: list[T] = []
+    threads = [threading.Thread(target=lambda: results.append(call())) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
 def test_wedged_socket_neither_blocks_health_nor_hangs_the_scrape(
     wedged_socket: tuple[Path, list[socket.socket]],
 ) -> None:
     path, _ = wedged_socket
     options = replace(ALL, scrape_timeout=1.5)
     with serving(path, options=options) as server:
-        result: list[Reply] = []
-        scrape = threading.Thread(target=lambda: result.append(get(server.port)))
         start = time.monotonic()
-        scrape.start()
+        (scrape,), result = _in_threads(1, lambda: get(server.port))
         time.sleep(0.2)
         health_start = time.monotonic()
         assert get(server.port, "/healthz").status == 200
@@ -327,13 +319,7 @@ def test_too_many_concurrent_scrapes_are_turned_away(
     path, held = wedged_socket
     options = replace(ALL, scrape_timeout=2.0)
     with serving(path, options=options) as server:
-        results: list[int] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(get(server.port).status))
-            for _ in range(4)
-        ]
-        for t in threads:
-            t.start()
+        threads, results = _in_threads(4, lambda: get(server.port).status)
         wait_for(lambda: len(held) >= 4, timeout=5)
         extra = get(server.port)
         for t in threads:

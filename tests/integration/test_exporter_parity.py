@@ -32,6 +32,7 @@ from tests.integration.test_exporter_http import (
     running_haproxy,
     serving,
 )
+from tests.netns import stop_process
 from tests.support import HttpOrigin, free_port, http_get, port_open, wait_for
 
 EXPORTER = "prometheus-haproxy-exporter"
@@ -78,12 +79,7 @@ def real_exporter(scrape_uri: str, *flags: str) -> Iterator[int]:
         wait_for(lambda: port_open(port))
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 5)
 
 
 @pytest.fixture(scope="module")

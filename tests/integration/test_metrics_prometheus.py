@@ -23,6 +23,7 @@ import yaml
 from tests.integration.test_exporter_http import running_haproxy
 from tests.integration.test_exporter_parity import real_exporter
 from tests.integration.test_metrics_tls import serving, write_config
+from tests.netns import stop_process
 from tests.support import HttpOrigin, free_port, port_open, wait_for
 from tests.tlscerts import make_pki
 
@@ -53,12 +54,7 @@ def prometheus(config: dict[str, Any], workdir: Path) -> Iterator[int]:
         wait_for(lambda: port_open(port), timeout=30)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
         log.close()
 
 

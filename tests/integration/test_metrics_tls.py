@@ -32,7 +32,7 @@ from tests.integration.test_cli import run as run_cli
 from tests.integration.test_exporter_http import ALL, STATUS, running_haproxy
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router, http_route
-from tests.support import HttpOrigin, free_port, http_get, wait_for
+from tests.support import HttpOrigin, exit_code, free_port, http_get, wait_for
 from tests.tlscerts import Pki, make_pki
 
 PASSWORD = "s3cret-scrape"
@@ -415,16 +415,7 @@ def test_mtls_scrape_of_a_real_haproxy(
     run_dir: Path, origin: HttpOrigin, pki: Pki, tmp_path: Path
 ) -> None:
     port = free_port()
-    doc = {
-        "routes": [
-            {
-                "name": "web",
-                "listen": f"127.0.0.1:{port}",
-                "mode": "http",
-                "destinations": [f"127.0.0.1:{origin.port}"],
-            }
-        ]
-    }
+    doc = {"routes": [http_route("web", port, origin)]}
     config = mtls_config(tmp_path, pki)
     with running_haproxy(run_dir, doc) as sock, serving(config, sock) as server:
         assert http_get(port, "/") == "origin-a"
@@ -513,11 +504,7 @@ def test_run_refuses_to_start_with_an_unusable_web_config(
         env={"EGRESS_WEB_CONFIG_FILE": str(web), "EGRESS_LOG": "stdout"},
         config_dir=configmap.directory,
     )
-    router.start(wait_ready=False)
-    try:
-        code = router.wait(30)
-    finally:
-        router.stop()
+    code = exit_code(router, 30)
     assert code == 2
     assert f"{web}:1: tls_server_config: missing one of key or key_file" in router.stderr()
     assert "Traceback" not in router.stderr()

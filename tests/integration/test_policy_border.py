@@ -203,11 +203,19 @@ def _status(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.") else 0
 
 
-def test_every_class_and_spelling_is_refused_and_never_reached(border: dict[str, object]) -> None:
+def _route(border: dict[str, object], name: str) -> tuple[PolicyProxy, int, CountingOrigin]:
+    """The shared proxy, the listen port of route `name`, and the counting origin."""
     proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
     assert isinstance(proxy, PolicyProxy)
     assert isinstance(origin, CountingOrigin)
-    port = ports["guard"]  # type: ignore[index]
+    assert isinstance(ports, dict)
+    port = ports[name]
+    assert isinstance(port, int)
+    return proxy, port, origin
+
+
+def test_every_class_and_spelling_is_refused_and_never_reached(border: dict[str, object]) -> None:
+    proxy, port, origin = _route(border, "guard")
     before = origin.accepted
     for host, klass in {**NAMES, **LITERALS}.items():
         authority = f"{host}:{origin.port}"
@@ -228,10 +236,7 @@ def test_every_class_and_spelling_is_refused_and_never_reached(border: dict[str,
 def test_an_address_rule_opens_a_class_but_never_the_router_itself(
     border: dict[str, object],
 ) -> None:
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    port = ports["opened"]  # type: ignore[index]
+    proxy, port, origin = _route(border, "opened")
     before = origin.accepted
     assert _status(get(port, f"127.0.0.1:{origin.port}")) == 200
     # Judged as IPv4, so rule 1 allows it (the connect then fails: the source is IPv4).
@@ -240,7 +245,8 @@ def test_an_address_rule_opens_a_class_but_never_the_router_itself(
     wait_for(lambda: mapped <= _logged(proxy, "opened", "dst", "rule", "verdict"), 5)
     assert origin.accepted == before + 1
     # The address rule names 127.0.0.0/8, but never the router's own listeners.
-    for own in (port, ports["guard"]):  # type: ignore[index]
+    _, guard, _ = _route(border, "guard")
+    for own in (port, guard):
         reply = get(port, f"127.0.0.1:{own}")
         assert _status(reply) == 403, reply
         assert b"is the router itself" in reply, reply
@@ -257,10 +263,8 @@ def test_private_is_opt_in(border: dict[str, object]) -> None:
 
 
 def test_client_groups_by_source_address(border: dict[str, object]) -> None:
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    port, target = ports["groups"], f"127.0.0.1:{origin.port}"  # type: ignore[index]
+    proxy, port, origin = _route(border, "groups")
+    target = f"127.0.0.1:{origin.port}"
     before = origin.accepted
     assert _status(get(port, target, source="127.0.0.2")) == 200  # group ci
     assert _status(get(port, target, source="127.0.0.3")) == 403  # the route's own list
@@ -278,10 +282,7 @@ def test_client_groups_by_source_address(border: dict[str, object]) -> None:
 def test_report_mode_allows_logs_and_counts_but_keeps_the_guard(
     border: dict[str, object],
 ) -> None:
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    port = ports["report"]  # type: ignore[index]
+    proxy, port, origin = _route(border, "report")
     before = origin.accepted
     assert _status(get(port, f"127.0.0.1:{origin.port}")) == 200  # rule 1 would deny
     assert _status(connect_reply(port, f"127.0.0.1:{origin.port}")) == 200
@@ -295,10 +296,7 @@ def test_report_mode_allows_logs_and_counts_but_keeps_the_guard(
 
 
 def test_tunnel_limit(border: dict[str, object]) -> None:
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    port = ports["tunnels"]  # type: ignore[index]
+    proxy, port, origin = _route(border, "tunnels")
     held = []
     try:
         for _ in range(2):
@@ -318,10 +316,8 @@ def test_tunnel_limit(border: dict[str, object]) -> None:
 
 
 def test_connection_and_request_rate_limits(border: dict[str, object]) -> None:
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    port, target = ports["rate"], f"127.0.0.1:{origin.port}"  # type: ignore[index]
+    proxy, port, origin = _route(border, "rate")
+    target = f"127.0.0.1:{origin.port}"
     replies = [get(port, target, source="127.0.0.5") for _ in range(4)]
     assert [_status(r) for r in replies] == [200, 200, 200, 429]
     assert b"at most 3 connections per 30s from 127.0.0.5" in replies[3]

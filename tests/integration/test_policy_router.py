@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.policy_proxy import proxy_configmap
 from tests.router import Router
 from tests.support import DnsServer, HttpOrigin, free_port, wait_for
 
@@ -29,18 +30,9 @@ def proxy_router(
     port = free_port()
     dns.records["allowed.test"] = ["127.0.0.1"]
     dns.records["other.test"] = ["198.18.0.1"]  # denied before any connection is tried
-    config = tmp_path / "configmap"
-    config.mkdir()
-    (config / "proxy.yaml").write_text(
-        f"resolvers: {{nameservers: ['127.0.0.1:{dns.port}']}}\n"
-        "routes:\n"
-        "  - name: pxy\n"
-        f"    listen: '127.0.0.1:{port}'\n"
-        "    mode: proxy\n"
-        "    policy:\n"
-        # Only an address rule may allow a loopback target (the guard denies it otherwise).
-        "      - 127.0.0.1/32\n"
-    )
+    # Only an address rule may allow a loopback target (the guard denies it otherwise).
+    policy = "\n      - 127.0.0.1/32\n"
+    config = proxy_configmap(tmp_path / "configmap", dns.port, port, policy)
     router = Router(tmp_path / "router", config_dir=config)
     try:
         router.start()

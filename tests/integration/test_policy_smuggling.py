@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.policy_proxy import exchange, proxy_configmap
 from tests.router import Router
-from tests.support import DnsServer, TcpOrigin, free_port
+from tests.support import DnsServer, TcpOrigin, free_port, recv_head
 
 
 class RecordingOrigin(TcpOrigin):
@@ -23,27 +24,16 @@ class RecordingOrigin(TcpOrigin):
 
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(2)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_head(conn)
         if data:
             self.heads.append(data.split(b"\r\n\r\n", 1)[0].lower())
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
 
-def _exchange(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        data = b""
-        try:
-            while chunk := s.recv(65536):
-                data += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return data
+def _post(proxy: int, origin: RecordingOrigin, rest: str) -> bytes:
+    """An absolute-URI POST to `origin` through the proxy; `rest` is the framing and body."""
+    host = f"origin.test:{origin.port}"
+    return exchange(proxy, f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\n{rest}".encode())
 
 
 @pytest.fixture
@@ -61,16 +51,9 @@ def proxy(
     allowed, _ = origins
     port = free_port()
     dns.records["origin.test"] = ["127.0.0.1"]
-    config = tmp_path / "configmap"
-    config.mkdir()
-    (config / "proxy.yaml").write_text(
-        f"resolvers: {{nameservers: ['127.0.0.1:{dns.port}']}}\n"
-        "routes:\n"
-        "  - name: pxy\n"
-        f"    listen: '127.0.0.1:{port}'\n"
-        "    mode: proxy\n"
-        f"    policy: ['127.0.0.1/32:{allowed.port}']\n"  # that one port only
-    )
+    # That one port only.
+    policy = f" ['127.0.0.1/32:{allowed.port}']\n"
+    config = proxy_configmap(tmp_path / "configmap", dns.port, port, policy)
     router = Router(tmp_path / "router", config_dir=config)
     try:
         router.start()
@@ -84,11 +67,11 @@ def test_connect_to_a_port_outside_the_policy_is_refused(
 ) -> None:
     allowed, other = origins
     target = f"origin.test:{other.port}"
-    answer = _exchange(proxy, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    answer = exchange(proxy, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     assert not answer.startswith(b"HTTP/1.1 200"), answer
     assert other.accepted == 0  # denied means no connection
     ok = f"origin.test:{allowed.port}"
-    tunnel = _exchange(
+    tunnel = exchange(
         proxy,
         f"CONNECT {ok} HTTP/1.1\r\nHost: {ok}\r\n\r\nGET / HTTP/1.0\r\n\r\n".encode(),
     )
@@ -100,13 +83,8 @@ def test_conflicting_content_lengths_reach_no_origin(
     proxy: int, origins: tuple[RecordingOrigin, RecordingOrigin]
 ) -> None:
     allowed, _ = origins
-    host = f"origin.test:{allowed.port}"
-    answer = _exchange(
-        proxy,
-        (
-            f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
-            "Content-Length: 5\r\nContent-Length: 7\r\nConnection: close\r\n\r\nhello.."
-        ).encode(),
+    answer = _post(
+        proxy, allowed, "Content-Length: 5\r\nContent-Length: 7\r\nConnection: close\r\n\r\nhello.."
     )
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert allowed.accepted == 0
@@ -116,14 +94,11 @@ def test_content_length_with_chunked_reaches_the_origin_unambiguous(
     proxy: int, origins: tuple[RecordingOrigin, RecordingOrigin]
 ) -> None:
     allowed, _ = origins
-    host = f"origin.test:{allowed.port}"
-    answer = _exchange(
+    answer = _post(
         proxy,
-        (
-            f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\n"
-            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            "5\r\nhello\r\n0\r\n\r\n"
-        ).encode(),
+        allowed,
+        "Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n",
     )
     # Either refused, or forwarded with only one framing header: never both.
     for head in allowed.heads:

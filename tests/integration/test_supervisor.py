@@ -16,7 +16,7 @@ import requests
 
 from haproxy_egress.runtime.children import Child
 from tests.router import Router
-from tests.support import HttpOrigin, TcpOrigin, free_port, http_get, wait_for
+from tests.support import HttpOrigin, TcpOrigin, exit_code, free_port, http_get, wait_for
 
 
 class SlowOrigin(TcpOrigin):
@@ -250,11 +250,7 @@ def test_bad_initial_config_exits_with_every_problem(tmp_path: Path) -> None:
         tmp_path / "router",
         env={"SERVICE_TCP_PORT": "70000", "SERVICE_DEST": "bad..name"},
     )
-    router.start(wait_ready=False)
-    try:
-        code = router.wait(20)
-    finally:
-        router.stop()
+    code = exit_code(router, 20)
     assert code == 2
     err = router.stderr()
     assert "SERVICE_TCP_PORT: port 70000 out of range 1..65535" in err

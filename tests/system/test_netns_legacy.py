@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from haproxy_egress.config.sources import load_snapshot, read_snapshot
-from haproxy_egress.render.acls import render_acls
-from haproxy_egress.render.compiler import RenderOptions, render
-from haproxy_egress.rundir import RunDir
-from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import check
 from tests.netns import (
     ROUTER_CLIENT_IP,
     ROUTER_EXTERNAL_IP,
-    Started,
     TestBed,
     available,
     start_in,
-    wait_port,
 )
-from tests.support import HAPROXY, DnsServer, HttpOrigin, http_get, wait_for, write_configmap
+from tests.netns_policy import start_router
+from tests.support import DnsServer, HttpOrigin, http_get, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -61,30 +54,6 @@ def _origin(bed: TestBed, origins: list[HttpOrigin], name: str, host: str, port:
     return origin
 
 
-def _router(
-    bed: TestBed,
-    tmp_path: Path,
-    keys: Mapping[str, object],
-    env: Mapping[str, str],
-    ports: list[int],
-) -> Started:
-    """Compile the ConfigMap dir + env with the project's loader and template, check it with
-    `haproxy -c`, run haproxy in the router namespace and wait for its listeners."""
-    configmap = tmp_path / "configmap"
-    write_configmap(configmap, keys)
-    config = load_snapshot(read_snapshot(configmap), env)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir(mode=0o700, exist_ok=True)
-    cfg = run_dir / "haproxy.cfg"
-    cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True)))
-    staging.write_maps(RunDir(run_dir).maps, render_acls(config))
-    check(cfg, HAPROXY)
-    haproxy = bed.start(bed.router, [HAPROXY, "-db", "-f", str(cfg)], name="haproxy")
-    for port in ports:
-        wait_port(bed.client, ROUTER_CLIENT_IP, port, proc=haproxy)
-    return haproxy
-
-
 def _get(bed: TestBed, port: int) -> str:
     with bed.client.entered():
         return http_get(port, host=ROUTER_CLIENT_IP)
@@ -108,7 +77,7 @@ def test_redirect_mode_from_egress_source(
     text = f"# egress routes\r\n80 tcp {web}\r\n8080\ttcp {alt} 80   # alt site\r\n"
     keys, env = _split("EGRESS_DESTINATION", text, as_file)
     env |= {"EGRESS_SOURCE": source, "EGRESS_GATEWAY": "198.18.2.254"}
-    _router(bed, tmp_path, keys, env, [80, 8080])
+    start_router(bed, tmp_path, keys, env, [80, 8080])
 
     assert not bed.client.connectable(web, 80), "the router namespace must not forward"
     for _ in range(3):
@@ -125,7 +94,7 @@ def test_without_egress_source_the_peer_is_the_router_interface(
     bed.add_router_source()  # present on the interface, but not configured
     web = bed.add_external_host()
     web_origin = _origin(bed, origins, "web", web, 80)
-    _router(bed, tmp_path, {}, {"EGRESS_DESTINATION": f"80 tcp {web}"}, [80])
+    start_router(bed, tmp_path, {}, {"EGRESS_DESTINATION": f"80 tcp {web}"}, [80])
     assert _get(bed, 80) == "web"
     assert web_origin.peers == [ROUTER_EXTERNAL_IP]
 
@@ -170,7 +139,7 @@ def _dns_proxy_router(
         "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"], "hold_valid": "1s"}
     }
     env["EGRESS_SOURCE"] = source
-    _router(bed, tmp_path, keys, env, [80, 8080, 100, 8443])
+    start_router(bed, tmp_path, keys, env, [80, 8080, 100, 8443])
     return source, hosts
 
 
