@@ -30,6 +30,7 @@ from tests.netns import (
     start_in,
     wait_port,
 )
+from tests.router import stopped_after
 from tests.support import HAPROXY, DnsServer, HttpOrigin, http_get, wait_for, write_configmap
 
 pytestmark = pytest.mark.netns
@@ -49,10 +50,7 @@ def bed(tmp_path: Path) -> Iterator[TestBed]:
 @pytest.fixture
 def origins() -> Iterator[list[HttpOrigin]]:
     """Origins a test starts (inside the external namespace); stopped in teardown."""
-    started: list[HttpOrigin] = []
-    yield started
-    for origin in started:
-        origin.stop()
+    yield from stopped_after(list[HttpOrigin]())
 
 
 def _origin(bed: TestBed, origins: list[HttpOrigin], name: str, host: str, port: int) -> HttpOrigin:
