@@ -35,21 +35,14 @@ sys.path.insert(0, str(ROOT))
 from haproxy_egress.runtime.haproxy import CliSocket, parse_old_workers, rss_bytes  # noqa: E402
 from tests.kubelet import ConfigMapVolume  # noqa: E402
 from tests.longlived import changes, recovery_time  # noqa: E402
-from tests.router import Router  # noqa: E402
+from tests.router import Router, web_route  # noqa: E402
 from tests.support import HttpOrigin, free_port, http_get  # noqa: E402
 
 DEBOUNCE = 0.05  # small, so the measurement is the change, not the wait; subtracted below
 
 
 def _web(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
-    route: dict[str, Any] = {
-        "name": "web",
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{o.port}" for o in origins],
-        "allow_from": allow or ["127.0.0.0/8"],
-    }
-    return route
+    return web_route(port, *origins, allow=allow or ["127.0.0.0/8"])
 
 
 def _publish(volume: ConfigMapVolume, *routes: dict[str, Any]) -> None:

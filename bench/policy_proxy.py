@@ -54,6 +54,16 @@ def wrk(bed: TestBed, port: int, duration: int, close: bool, workdir: Path) -> f
     return tool.rate(bed.client, f"http://{ROUTER_CLIENT_IP}:{port}/", duration, close)
 
 
+def _origin_and_dns(bed: TestBed, workdir: Path, host: str, cfg: str, port: int) -> DnsServer:
+    """A haproxy origin on `host` (config `cfg`, ready on `port`) in the external namespace, and
+    the router's DNS naming www.good.test after it; the bed stops the origin, the caller the DNS."""
+    origin_cfg = workdir / "origin.cfg"
+    origin_cfg.write_text(cfg)
+    origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
+    wait_port(bed.router, host, port, proc=origin)
+    return start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
@@ -77,13 +87,8 @@ def main() -> None:
         workdir = Path(tmp)
         host = bed.add_external_host()
         # A haproxy origin: a Python one would be the bottleneck, not the proxies.
-        origin_cfg = workdir / "origin.cfg"
-        origin_cfg.write_text(
-            ORIGIN_CFG.format(host=host, small=SMALL_PORT, proxied=PROXY_ORIGIN_PORT)
-        )
-        origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
-        wait_port(bed.router, host, PROXY_ORIGIN_PORT, proc=origin)
-        dns = start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
+        cfg = ORIGIN_CFG.format(host=host, small=SMALL_PORT, proxied=PROXY_ORIGIN_PORT)
+        dns = _origin_and_dns(bed, workdir, host, cfg, PROXY_ORIGIN_PORT)
         try:
             keys = {
                 "r.yaml": {
@@ -183,11 +188,7 @@ def main_groups(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-groups.") as tmp, TestBed(Path(tmp)) as bed:
         workdir = Path(tmp)
         host = bed.add_external_host()
-        origin_cfg = workdir / "origin.cfg"
-        origin_cfg.write_text(ORIGIN_CFG.format(host=host))
-        origin = bed.start(bed.external, [HAPROXY, "-db", "-f", str(origin_cfg)], name="origin")
-        wait_port(bed.router, host, 80, proc=origin)
-        dns = start_in(bed.router, DnsServer(records={"www.good.test": [host]}, port=53))
+        dns = _origin_and_dns(bed, workdir, host, ORIGIN_CFG.format(host=host), 80)
         try:
             keys = {
                 "r.yaml": {

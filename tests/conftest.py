@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.router import Router
+from tests.router import Router, stopped_after
 from tests.support import DnsServer, EchoOrigin, HttpOrigin
 
 # Hypothesis profiles, registered once for every test module: `ci` (the default, bounded),
@@ -35,10 +35,7 @@ settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_
 @pytest.fixture
 def routers() -> Iterator[list[Router]]:
     """Routers a test starts (append them); each is stopped, by its pid, afterwards."""
-    started: list[Router] = []
-    yield started
-    for r in started:
-        r.stop()
+    yield from stopped_after(list[Router]())
 
 
 @pytest.fixture

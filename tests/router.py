@@ -8,16 +8,31 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, TypeVar
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.runtime.haproxy import CliSocket, parse_show_proc
 from tests.support import HttpOrigin, free_port, wait_for
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+def stopped_after(started: list[S]) -> Iterator[list[S]]:
+    """The body of a fixture: yields `started`, where the test appends what it starts, then
+    stops each of them (each stops its own process, by its pid)."""
+    yield started
+    for s in started:
+        s.stop()
 
 
 def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
@@ -29,6 +44,19 @@ def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[s
         "destinations": [f"127.0.0.1:{origin.port}"],
         **extra,
     }
+
+
+def web_route(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
+    """The YAML route "web": http on 127.0.0.1:`port` to `origins`, with `allow_from` if given."""
+    route: dict[str, Any] = {
+        "name": "web",
+        "listen": f"127.0.0.1:{port}",
+        "mode": "http",
+        "destinations": [f"127.0.0.1:{o.port}" for o in origins],
+    }
+    if allow:
+        route["allow_from"] = allow
+    return route
 
 
 @dataclass
@@ -60,7 +88,9 @@ class Router:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def start(self, wait_ready: bool = True) -> Router:
+    def start(self, wait_ready: bool = True, stdout: IO[bytes] | None = None) -> Router:
+        """Start it; its stdout goes to `stdout_path`, or to `stdout` (e.g. a pipe a test
+        reads slowly) when given."""
         self.metrics_port = self.metrics_port or free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"),
@@ -75,7 +105,9 @@ class Router:
         if self.config_dir is not None:
             env["EGRESS_CONFIG_DIR"] = str(self.config_dir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+        with contextlib.ExitStack() as files:
+            out = stdout or files.enter_context(open(self.stdout_path, "wb"))
+            err = files.enter_context(open(self.stderr_path, "wb"))
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "haproxy_egress.cli", "run"],
                 env=env,

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
-from haproxy_egress.errors import ConfigError
+from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, audit_log_format, render
 from haproxy_egress.rundir import RunDir
@@ -311,34 +312,59 @@ TEMPLATE_COMMENTS = {
 }
 
 
-def check_outcome(snapshot: Snapshot, env: dict[str, str], where: str) -> None:
-    """The property: a located ConfigError, or a config haproxy accepts with nothing extra."""
+def assert_outcome(
+    snapshot: Snapshot,
+    env: dict[str, str],
+    located: Callable[[Problem], bool],
+    comments: Callable[[str], set[str]] = lambda text: set(),
+    accepts: Callable[[str], None] = haproxy_check,
+) -> bool:
+    """The property: a located ConfigError, or a config haproxy accepts with nothing extra
+    (beyond the template's comments and `comments(text)`). True when it was accepted."""
     try:
         config = load_snapshot(snapshot, env)
     except ConfigError as exc:
         problems = exc.problems
     else:
         text = render(config, OPTIONS)
-        assert_only_expected_content(text, config, TEMPLATE_COMMENTS)
-        haproxy_check(text)
-        return
+        assert_only_expected_content(text, config, TEMPLATE_COMMENTS | comments(text))
+        accepts(text)
+        return True
     assert problems
     for p in problems:
         assert p.source, p
         assert p.message, p
-        assert "\n" not in str(p), repr(str(p))  # one line per problem: output cannot be forged
-        assert "\r" not in str(p), repr(str(p))
+        shown = str(p)
+        assert "\n" not in shown, repr(shown)  # one line per problem: output cannot be forged
+        assert "\r" not in shown, repr(shown)
+        assert located(p), p
+    return False
+
+
+def _located(where: str) -> Callable[[Problem], bool]:
+    def located(p: Problem) -> bool:
         if where == "yaml":  # a field of a YAML key: a path or a line inside it
-            assert p.path or p.line, p
-        elif where == "env":  # the variable itself, or the env route / stats page path
-            assert p.source in SEED_VARS or p.path or p.source.endswith("env"), p
-        # where == "file": the key (file) name is the location
+            return bool(p.path or p.line)
+        if where == "env":  # the variable itself, or the env route / stats page path
+            return bool(p.source in SEED_VARS or p.path or p.source.endswith("env"))
+        return True  # where == "file": the key (file) name is the location
+
+    return located
 
 
-def set_path(doc: Any, path: tuple[str | int, ...], value: object) -> None:
+def check_outcome(snapshot: Snapshot, env: dict[str, str], where: str) -> None:
+    """The property, with the location a problem of a YAML, env or file input must name."""
+    assert_outcome(snapshot, env, _located(where))
+
+
+def with_value(base: Any, path: tuple[str | int, ...], value: object) -> Any:
+    """A deep copy of the document `base` with `value` at `path`."""
+    doc = copy.deepcopy(base)
+    node = doc
     for part in path[:-1]:
-        doc = doc[part]
-    doc[path[-1]] = value
+        node = node[part]
+    node[path[-1]] = value
+    return doc
 
 
 def test_base_inputs_are_valid() -> None:
@@ -355,8 +381,7 @@ def test_yaml_string_fields(path: tuple[str | int, ...]) -> None:
     @settings(settings.get_profile(PROFILE))
     @given(value=strings(YAML_FIELDS[path]))
     def run(value: str) -> None:
-        doc = copy.deepcopy(BASE_DOC)
-        set_path(doc, path, value)
+        doc = with_value(BASE_DOC, path, value)
         data = yaml.safe_dump(doc, allow_unicode=True).encode()
         check_outcome(Snapshot(Path("/cfg"), (("routes.yaml", data),)), BASE_ENV, where="yaml")
 
@@ -530,8 +555,7 @@ def test_hook_string_fields(path: tuple[str | int, ...]) -> None:
     @settings(settings.get_profile(PROFILE))
     @given(value=strings(HOOK_FIELDS[path]))
     def run(value: str) -> None:
-        doc = copy.deepcopy(HOOKS_DOC)
-        set_path(doc, path, value)
+        doc = with_value(HOOKS_DOC, path, value)
         check_hooks_outcome(_hooks_snapshot(doc))
 
     run()

@@ -19,6 +19,7 @@ from tests.kubelet import ConfigMapVolume
 from tests.load import LoadGen
 from tests.longlived import changes, recovery_time
 from tests.router import Router
+from tests.router import web_route as _web
 from tests.support import HttpOrigin, free_port, http_get, wait_for
 
 
@@ -32,18 +33,6 @@ def origin_c() -> Iterator[HttpOrigin]:
     o = HttpOrigin("origin-c").start()
     yield o
     o.stop()
-
-
-def _web(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
-    route: dict[str, Any] = {
-        "name": "web",
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{o.port}" for o in origins],
-    }
-    if allow:
-        route["allow_from"] = allow
-    return route
 
 
 def _publish(volume: ConfigMapVolume, *routes: dict[str, Any]) -> None:

@@ -42,14 +42,6 @@ def origin() -> Iterator[FastOrigin]:
     o.stop()
 
 
-@pytest.fixture
-def routers() -> Iterator[list[Router]]:
-    started: list[Router] = []
-    yield started
-    for r in started:
-        r.stop()
-
-
 def _route(port: int, origin: FastOrigin, **extra: Any) -> dict[str, Any]:
     return {
         "name": "edge",
@@ -65,6 +57,15 @@ def _router(tmp_path: Path, routes: list[dict[str, Any]], **env: str) -> Router:
     config_dir = tmp_path / "configmap"
     write_configmap(config_dir, {"routes.yaml": {"routes": routes}})
     return Router(tmp_path / "router", env=env, config_dir=config_dir, drain_seconds=3)
+
+
+def _started(tmp_path: Path, origin: FastOrigin, routers: list[Router]) -> tuple[Router, int]:
+    """A router with the one edge route on a free port, started and torn down by `routers`."""
+    port = free_port()
+    router = _router(tmp_path, [_route(port, origin)])
+    routers.append(router.start())
+    assert router.config_dir is not None
+    return router, port
 
 
 def _frontend_sessions(router: Router, name: str = "edge") -> int:
@@ -161,9 +162,7 @@ def test_burst_of_thousands_of_connections_in_a_second(
     tmp_path: Path, origin: FastOrigin, routers: list[Router]
 ) -> None:
     """Many clients at once for one second, then quiet: the burst is absorbed, not dropped."""
-    port = free_port()
-    router = _router(tmp_path, [_route(port, origin)])
-    routers.append(router.start())
+    router, port = _started(tmp_path, origin, routers)
     # 256 clients for one second; on a starved machine one burst may carry fewer than a
     # thousand connections: then another (at most three), all of them counted below.
     results = []
@@ -230,10 +229,8 @@ def test_no_line_lost_across_100_reloads_under_load(
     tmp_path: Path, origin: FastOrigin, routers: list[Router]
 ) -> None:
     """Old workers keep writing into the relay's FIFO until they exit: a reload loses no line."""
-    port, side = free_port(), free_port()
-    router = _router(tmp_path, [_route(port, origin)])
-    routers.append(router.start())
-    assert router.config_dir is not None
+    router, port = _started(tmp_path, origin, routers)
+    side = free_port()
     routes_yaml = router.config_dir / "routes.yaml"
     clients = Clients(port, threads=8, deadline=time.monotonic() + 300).start()
     reloads = 100
@@ -265,10 +262,8 @@ def test_a_connection_held_across_a_reload_is_logged_by_its_old_worker(
     tmp_path: Path, origin: FastOrigin, routers: list[Router]
 ) -> None:
     """The case a haproxy ring loses: the old worker logs the connection after the reload."""
-    port, side = free_port(), free_port()
-    router = _router(tmp_path, [_route(port, origin)])
-    routers.append(router.start())
-    assert router.config_dir is not None
+    router, port = _started(tmp_path, origin, routers)
+    side = free_port()
     held = socket.create_connection(("127.0.0.1", port), timeout=5)
     held.sendall(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")  # keep-alive: the connection stays
     assert held.recv(4096).startswith(b"HTTP/1.1 200")
@@ -294,9 +289,7 @@ def test_a_connection_held_across_a_reload_is_logged_by_its_old_worker(
 def test_kill9_of_the_relay_loses_at_most_what_was_in_flight_and_counts_it(
     tmp_path: Path, origin: FastOrigin, routers: list[Router]
 ) -> None:
-    port = free_port()
-    router = _router(tmp_path, [_route(port, origin)])
-    routers.append(router.start())
+    router, port = _started(tmp_path, origin, routers)
     state = router.run_dir / "log-relay.state"
     clients = Clients(port, threads=8, deadline=time.monotonic() + 60).start()
     try:
@@ -360,7 +353,8 @@ def test_slow_stdout_reader_fills_the_buffers_then_haproxy_counts_every_drop(
         [sys.executable, "-c", SLOW_READER, "100000", str(out_path)], stdin=subprocess.PIPE
     )
     try:
-        _start_with_stdout(router, reader.stdin)
+        assert reader.stdin is not None
+        router.start(stdout=reader.stdin)
         result = wrk_close(port, seconds=3)
         sessions = _frontend_sessions(router)
         assert sessions >= result.requests
@@ -398,30 +392,6 @@ def test_slow_stdout_reader_fills_the_buffers_then_haproxy_counts_every_drop(
             reader.stdin.close()
         reader.kill()
         reader.wait(10)
-
-
-def _start_with_stdout(router: Router, stdout: Any) -> None:
-    """Router.start, but with stdout into `stdout` (a pipe the test reads slowly)."""
-    router.metrics_port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"),
-        "EGRESS_RUN_DIR": str(router.run_dir),
-        "SCRAPER_TCP_PORT": str(router.metrics_port),
-        "METRICS_ADDRESS": "127.0.0.1",
-        "EGRESS_DRAIN_SECONDS": str(router.drain_seconds),
-        "EGRESS_CONFIG_DIR": str(router.config_dir),
-        **router.env,
-    }
-    router.workdir.mkdir(parents=True, exist_ok=True)
-    with open(router.stderr_path, "wb") as err:
-        router.proc = subprocess.Popen(
-            [sys.executable, "-m", "haproxy_egress.cli", "run"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=err,
-        )
-    router.wait_ready()
 
 
 # --- long lines ---------------------------------------------------------------------------------

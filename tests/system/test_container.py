@@ -260,6 +260,24 @@ def _cm_port(volume: ConfigMapVolume) -> int:
 # --- the image ---------------------------------------------------------------------------------
 
 
+def _one_off(image: BuiltImage, entrypoint: list[str], command: list[str] | None = None) -> str:
+    """What a one-off run of the image prints: read-only, as the arbitrary UID, host network."""
+    client = _engine()
+    try:
+        out: bytes = client.containers.run(
+            image.tag,
+            entrypoint=entrypoint,
+            command=command,
+            user=ARBITRARY_UID,
+            network_mode="host",
+            read_only=True,
+            remove=True,
+        )
+        return out.decode()
+    finally:
+        client.close()
+
+
 def test_image_shape_and_size(image: BuiltImage, record_property: Any) -> None:
     """Non-root, the run entrypoint, the metrics port, OCI labels, under 150 MB."""
     record_property("image_size_mb", round(image.size_bytes / 1e6, 1))
@@ -278,17 +296,11 @@ def test_image_shape_and_size(image: BuiltImage, record_property: Any) -> None:
 
 def test_image_tools_and_group_writable_paths(image: BuiltImage) -> None:
     """HAProxy 3.x and socklog from trixie; the writable paths belong to group 0."""
-    client = _engine()
-    out = client.containers.run(
-        image.tag,
-        entrypoint=["sh", "-c"],
-        command=[f"haproxy -v; command -v socklog; stat -c '%g %a' {RUN_DIR} {CONFIG_DIR}"],
-        user=ARBITRARY_UID,
-        network_mode="host",
-        read_only=True,
-        remove=True,
-    ).decode()
-    client.close()
+    out = _one_off(
+        image,
+        ["sh", "-c"],
+        [f"haproxy -v; command -v socklog; stat -c '%g %a' {RUN_DIR} {CONFIG_DIR}"],
+    )
     assert "HAProxy version 3." in out
     assert "/socklog" in out
     for line in out.splitlines()[-2:]:
@@ -316,16 +328,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 def test_dependencies_are_debian_packages_satisfying_pyproject(image: BuiltImage) -> None:
     """Every runtime dependency is installed by Debian (not pip) at a version pyproject allows."""
-    client = _engine()
-    out = client.containers.run(
-        image.tag,
-        entrypoint=["python3", "-c", DEPENDENCY_CHECK],
-        user=ARBITRARY_UID,
-        network_mode="host",
-        read_only=True,
-        remove=True,
-    ).decode()
-    client.close()
+    out = _one_off(image, ["python3", "-c", DEPENDENCY_CHECK])
     deps = yaml.safe_load(out)
     assert {name.lower() for name, *_ in deps} >= {"pyyaml", "jinja2", "pydantic", "watchfiles"}
     for name, minimum, installed, location in deps:

@@ -23,6 +23,7 @@ from tests.netns import (
     start_in,
 )
 from tests.netns_policy import start_router
+from tests.router import stopped_after
 from tests.support import DnsServer, HttpOrigin, http_get, wait_for
 
 pytestmark = pytest.mark.netns
@@ -42,10 +43,7 @@ def bed(tmp_path: Path) -> Iterator[TestBed]:
 @pytest.fixture
 def origins() -> Iterator[list[HttpOrigin]]:
     """Origins a test starts (inside the external namespace); stopped in teardown."""
-    started: list[HttpOrigin] = []
-    yield started
-    for origin in started:
-        origin.stop()
+    yield from stopped_after(list[HttpOrigin]())
 
 
 def _origin(bed: TestBed, origins: list[HttpOrigin], name: str, host: str, port: int) -> HttpOrigin:
