@@ -3,7 +3,8 @@
 Lua hooks are content-addressed (`<sha256>.lua`): a candidate config and the live or
 last-good config each find the very files they name, so staging a new one never changes a
 file a running config loads. Map and ACL files keep one name each, so the runtime API can
-update them in place; they are written only once a candidate passed `haproxy -c`.
+update them in place: before `haproxy -c` only files no running config loads yet are written
+(the candidate needs them); a file a worker uses changes only once the candidate passed.
 """
 
 from __future__ import annotations
