@@ -327,9 +327,11 @@ def test_new_connections_share_origin_connections_only_per_destination(world: Wo
     for i in range(20):
         name, origin = ("good", "good.test") if i % 2 else ("exact", "exact.test")
         assert world.get(f"http://{origin}/{i}") == (200, f"{name} /{i}".encode())
-    # 10 requests each, over new client connections, and (nearly) one origin connection each.
-    assert world.good.accepted - good <= 2
-    assert world.exact.accepted - exact <= 2
+    # 10 requests each, over new client connections: without sharing, 10 origin connections
+    # each. Idle connections live per haproxy thread and a new client connection may land on
+    # the other thread before a takeover, so a few more than one is normal; most must be reused.
+    assert world.good.accepted - good <= 4
+    assert world.exact.accepted - exact <= 4
 
 
 def _exchange(sock: _socket.socket, request: bytes) -> bytes:
