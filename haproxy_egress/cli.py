@@ -16,6 +16,7 @@ from haproxy_egress import __version__, logsetup
 from haproxy_egress.commands.explain import explain, rule_locations
 from haproxy_egress.commands.lookup import ConfiguredResolver
 from haproxy_egress.commands.migrate import migrate
+from haproxy_egress.config import users
 from haproxy_egress.config.model import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
@@ -155,6 +156,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             addresses=args.address or None,
             resolve=None if args.no_resolve else ConfiguredResolver(config.resolvers),
             client=args.client,
+            user=args.user,
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -162,6 +164,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for line in verdict.lines():
         print(line)
     return verdict.exit_code
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A proxy user's line for EGRESS_PROXY_USERS_FILE; a new random password unless one
+    comes on stdin (the password goes to stderr, the line to stdout)."""
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("Error: no password on stdin", file=sys.stderr)
+            return ExitCode.CONFIG
+    else:
+        password = users.new_password()
+    try:
+        user = users.hash_password(args.name, password)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    if not args.stdin:
+        print(f"password for {args.name}: {password}", file=sys.stderr)
+    print(user.line)
+    return ExitCode.OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -231,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="the client's address: picks the client group of a policy route (default: the "
         "route's own list)",
+    )
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="an authenticated proxy user (Proxy-Authorization): for client groups that name users",
+    )
+    p = add(
+        "hash-password",
+        cmd_hash_password,
+        "print a proxy user's line for EGRESS_PROXY_USERS_FILE (a new random password on stderr)",
+    )
+    p.add_argument("name", metavar="NAME", help="the user name (letters, digits, . _ @ -)")
+    p.add_argument(
+        "--stdin", action="store_true", help="read the password from stdin instead of making one"
     )
     p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")

@@ -52,6 +52,8 @@ LEGACY_VARS = (
     "EGRESS_SOURCE",
     "EGRESS_GATEWAY",
 )
+# The policy proxy's credentials file (config/users.py): named in its problems too.
+PROXY_USERS_ENV = "EGRESS_PROXY_USERS_FILE"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Settings:
     # An exporter-toolkit web-config file (TLS, client certificates, basic auth) for the
     # metrics port, as official exporters take with --web.config.file; None: plain HTTP.
     web_config_file: Path | None = None
+    # The policy proxy's users (a mounted Secret, config/users.py); None: no proxy users.
+    proxy_users_file: Path | None = None
     # Raw route-bearing variables (seed template + legacy dialects), handed to sources as data.
     route_env: Mapping[str, str] = field(default_factory=dict)
     # --- live changes and old workers (docs/operations.md "Live changes") ---
@@ -153,6 +157,9 @@ class Settings:
             server_exclude_states=env.get("EGRESS_SERVER_EXCLUDE_STATES", "").strip(),
             web_config_file=Path(web)
             if (web := env.get("EGRESS_WEB_CONFIG_FILE", "").strip())
+            else None,
+            proxy_users_file=Path(users)
+            if (users := env.get(PROXY_USERS_ENV, "").strip())
             else None,
             route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
             runtime_changes=env.get("EGRESS_RUNTIME_CHANGES", "1").strip().lower()

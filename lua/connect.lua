@@ -42,8 +42,12 @@ core.register_action("egress_connect", { "tcp-req" }, function(txn)
             return
         end
         offset = offset + #line
+        local credential = line:match("^[Pp][Rr][Oo][Xx][Yy]%-[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:[ \t]*(.-)[ \t]*\r?\n$")
         if first == nil then
             first = line
+        elseif credential ~= nil then
+            -- Checked by the route's ACLs (templates/policy.cfg.j2), never sent on.
+            txn:set_var("txn.egress_pauth", credential)
         elseif line == "\r\n" or line == "\n" then
             local target = first:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
             local host, port = nil, nil
@@ -80,9 +84,17 @@ end)
 core.register_service("egress_refuse", "tcp", function(applet)
     local status = applet:get_var("txn.egress_status") or 403
     local reason = applet:get_var("txn.egress_reason") or "denied by the egress policy"
-    local titles = { [400] = "Bad Request", [403] = "Forbidden", [503] = "Service Unavailable" }
+    local titles = {
+        [400] = "Bad Request", [403] = "Forbidden", [407] = "Proxy Authentication Required",
+        [429] = "Too Many Requests", [503] = "Service Unavailable",
+    }
+    local challenge = ""
+    if status == 407 then
+        challenge = string.format('Proxy-Authenticate: Basic realm="%s"\r\n',
+            applet:get_var("txn.egress_route") or "egress")
+    end
     local body = reason .. "\n"
     applet:send(string.format(
-        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-        status, titles[status] or "Error", #body, body))
+        "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+        status, titles[status] or "Error", challenge, #body, body))
 end)

@@ -22,6 +22,7 @@ from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
 from haproxy_egress.runtime.haproxy import CliSocket, check
+from haproxy_egress.settings import PROXY_USERS_ENV
 from tests.support import HAPROXY, wait_for
 
 
@@ -34,6 +35,7 @@ class PolicyProxy:
     config: Config | None = None
     proc: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=list)
+    users: bytes | None = None  # the proxy users file (EGRESS_PROXY_USERS_FILE), if any
 
     @property
     def run(self) -> RunDir:
@@ -45,7 +47,9 @@ class PolicyProxy:
 
     def start(self) -> PolicyProxy:
         data = yaml.safe_dump(self.doc, sort_keys=False).encode()
-        self.config = load_snapshot(Snapshot(self.directory, (("routes.yaml", data),)), {})
+        users = (f"{PROXY_USERS_ENV} (test)", self.users) if self.users is not None else None
+        snapshot = Snapshot(self.directory, (("routes.yaml", data),), users=users)
+        self.config = load_snapshot(snapshot, {})
         run = self.run
         run.root.mkdir(parents=True, exist_ok=True)
         hook_set = hooks.resolve(self.config).including(hooks.shipped_lua("connect"))

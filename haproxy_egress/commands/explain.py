@@ -23,6 +23,7 @@ from haproxy_egress.config.sources.yamlfile import read_yaml
 
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
+AUTH = "proxy-auth"  # the rule the proxy logs and counts for a 407
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def _route_verdict(
     locations: Sequence[str],
     looked_up: bool,
     client: netaddr.IPAddress | None = None,
+    user: str | None = None,
 ) -> RouteVerdict | None:
     """One route's decision, or None when the route cannot carry this kind of destination."""
     if route.mode == "tls":
@@ -158,7 +160,10 @@ def _route_verdict(
     version = 6 if route.resolve_prefer == "ipv6" else 4
     preferred = [a for a in addresses if a.version == version] or list(addresses)
     address = preferred[0] if preferred else None
-    group = policy.select_group(route.groups, client)
+    refused = _credentials_refused(config, route, user)
+    if refused is not None:
+        return RouteVerdict(route.name, route.mode, False, refused, verdict="deny", rule_id=AUTH)
+    group = policy.select_group(route.groups, client, user if route.asks_credentials else None)
     if group is None:  # cannot happen: the route's own list admits everyone
         return RouteVerdict(route.name, route.mode, False, "no client group admits it", None)
     # A tls route connects to its upstream port: port rules see that one, as in haproxy.
@@ -193,6 +198,18 @@ def _route_verdict(
     )
 
 
+def _credentials_refused(config: Config, route: Route, user: str | None) -> str | None:
+    """Why the proxy answers 407 before any rule (as the route's ACLs do), or None. `user`
+    stands for a correct credential of that user: explain never sees a password."""
+    if not route.asks_credentials:
+        return None
+    if user is not None and user not in {u.name for u in config.proxy_users}:
+        return f"407: {user!r} is not a proxy user (wrong proxy credentials)"
+    if user is None and route.proxy_auth == "required":
+        return "407: proxy authentication required (proxy_auth: required; try --user NAME)"
+    return None
+
+
 def explain(
     config: Config,
     destination: str,
@@ -201,13 +218,15 @@ def explain(
     addresses: Sequence[str] | None = None,
     resolve: Resolve | None = None,
     client: str | None = None,
+    user: str | None = None,
 ) -> Verdict:
     """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
 
     `locations` is `rule_locations(snapshot, env)`; `addresses` overrides resolution (the
     `--address` option); `resolve` looks a name up (only called for names); `client` is
     the client's address (`--from`), which chooses the client group of a policy route
-    (without it, the route's own list decides).
+    (without it, the route's own list decides); `user` an authenticated proxy user (`--user`),
+    which the client groups that name users look at.
     """
     dest = parse_destination(destination)
     found: tuple[netaddr.IPAddress, ...]
@@ -233,6 +252,7 @@ def explain(
             locations=locs,
             looked_up=looked_up,
             client=source,
+            user=user,
         )
         if v is not None:
             verdicts.append(v)

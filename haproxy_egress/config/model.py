@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -408,9 +409,17 @@ class ClientGroup(Frozen):
     )
 
     name: Annotated[str, Field(pattern=GROUP_NAME)]
-    sources: tuple[ClientNetwork, ...] = Field(alias="from", min_length=1)
+    sources: tuple[ClientNetwork, ...] = Field((), alias="from")  # (): any address
+    # Proxy users (Proxy-Authorization: Basic, config/users.py) this group is for; (): anyone.
+    users: tuple[Annotated[str, Field(pattern=USER_NAME)], ...] = ()
     policy: tuple[PolicyRuleText, ...]
     enforce: bool | None = None  # None: the route's `enforce`
+
+    @model_validator(mode="after")
+    def _someone(self) -> ClientGroup:
+        if not self.sources and not self.users:
+            raise ValueError("a client group needs `from` (client networks), `users`, or both")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -482,6 +491,9 @@ class Route(RouteSettings):
     # match: a CONNECT's TLS ClientHello must name the CONNECT host (or a name its rule allows)
     connect_sni: Literal["off", "match"] = "off"
     connect_sni_ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = (443,)  # TLS ports
+    # required: every request needs valid proxy credentials (else 407); optional: a request
+    # without any falls to the groups that name no users (a wrong one still gets 407).
+    proxy_auth: Literal["optional", "required"] = "optional"
 
     @field_validator("destinations")
     @classmethod
@@ -519,6 +531,7 @@ class Route(RouteSettings):
                 tuple(egress_policy.parse_rule(t) for t in g.policy),
                 tuple(g.sources),
                 self.enforce if g.enforce is None else g.enforce,
+                frozenset(g.users),
             )
             for g in self.clients
         ]
@@ -529,6 +542,12 @@ class Route(RouteSettings):
     def guard_classes(self) -> tuple[str, ...]:
         """The refused address classes (`guard` expanded)."""
         return egress_classes.expand(self.guard)
+
+    @property
+    def asks_credentials(self) -> bool:
+        """Whether the proxy reads Proxy-Authorization: some group names users, or every
+        request must authenticate."""
+        return self.proxy_auth == "required" or any(g.users for g in self.clients)
 
     @property
     def upstream_port(self) -> int:
@@ -577,7 +596,14 @@ class Route(RouteSettings):
         if self.destination_port is not None and self.mode != "tls":
             raise ValueError("destination_port needs mode: tls")
         if self.mode != "proxy":
-            for key in ("clients", "limits", "connect_sni", "connect_sni_ports", "enforce"):
+            for key in (
+                "clients",
+                "limits",
+                "connect_sni",
+                "connect_sni_ports",
+                "enforce",
+                "proxy_auth",
+            ):
                 if key in self.model_fields_set:
                     raise ValueError(f"{key} needs mode: proxy")
         names = [g.name for g in self.clients]
@@ -657,6 +683,8 @@ class Config:
     routes: tuple[Route, ...]
     resolvers: Resolvers = field(default_factory=Resolvers)
     stats: StatsPage | None = None
+    # The policy proxy's users (EGRESS_PROXY_USERS_FILE), by name.
+    proxy_users: tuple[ProxyUser, ...] = ()
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
 

@@ -407,22 +407,29 @@ def _guarded(
 class Group:
     """One client group of a policy route: who it is for, and its own ordered rule list.
 
-    A group applies to a client whose source address is in `sources` (any, when empty).
-    `enforce` false: report only.
+    A group applies to a client whose source address is in `sources` (any, when empty) and,
+    when it names `users`, who authenticated as one of them. `enforce` false: report only.
     """
 
     name: str
     rules: tuple[Rule, ...]
     sources: tuple[Network, ...] = ()
     enforce: bool = True
+    users: frozenset[str] = frozenset()
 
-    def admits(self, client: netaddr.IPAddress | None) -> bool:
-        """Whether this group is the one for `client` (None: unknown, only the default)."""
+    def holds(self, client: netaddr.IPAddress | None) -> bool:
+        """Whether `client` is in this group's sources (None: unknown, only `any`)."""
         if not self.sources:
             return True
         return client is not None and any(classes.in_network(client, n) for n in self.sources)
 
+    def admits(self, client: netaddr.IPAddress | None, user: str | None = None) -> bool:
+        """Whether this group is the one for `client`, authenticated as `user` (or not)."""
+        return self.holds(client) and (not self.users or user in self.users)
 
-def select_group(groups: Sequence[Group], client: netaddr.IPAddress | None) -> Group | None:
+
+def select_group(
+    groups: Sequence[Group], client: netaddr.IPAddress | None, user: str | None = None
+) -> Group | None:
     """The first group that admits the client (the route's default group is last)."""
-    return next((g for g in groups if g.admits(client)), None)
+    return next((g for g in groups if g.admits(client, user)), None)

@@ -18,7 +18,10 @@ a handful of lookups whose number does not depend on the rules (or on the client
 - `<route>.rules.map`: `<group>/<index>` → `allow`, `allow-address`, `deny` or `report`
   (a deny of a report-only group), and `<group>/default` for no match; `<route>.reasons.map`
   the rule as written, for the 403 body.
-- `<route>.groups.map` (`map_ip` on the client address) → the client group;
+- `<route>.groups.map` (`map_ip` on the client address) → the client group; on a route that
+  asks for proxy credentials, → a label of the groups whose sources hold the address, and
+  `<route>.members.map` (`<label>/<user>`, `<label>/` for no user) → the first of them that
+  admits the user; `<route>.users.map` → each proxy user's `SALT:DIGEST` (config/users.py);
   `<route>.classes.map` (`map_ip`) → the refused address class, `none` where none is;
   `<route>.self.map` → the router's own addresses; `<route>.ports.acl` its listen ports.
 
@@ -35,9 +38,11 @@ from collections.abc import Iterable, Sequence
 from haproxy_egress.config import classes
 from haproxy_egress.config import policy as p
 from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.users import ProxyUser
 from haproxy_egress.render.acls import render_acls
 
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
+CREDENTIAL_TABLES = ("members", "users")  # only routes that ask for proxy credentials
 ACLS = ("ports",)
 NAME = re.compile(r"^[a-z0-9._-]+\.(map|acl)$")
 NONE = "none"
@@ -51,7 +56,7 @@ def file_name(route: Route, table: str) -> str:
 
 def route_files(route: Route) -> dict[str, str]:
     """Table → file name, for the template."""
-    return {table: file_name(route, table) for table in (*TABLES, *ACLS)}
+    return {table: file_name(route, table) for table in (*TABLES, *CREDENTIAL_TABLES, *ACLS)}
 
 
 def _lines(entries: Iterable[tuple[str, str]]) -> str:
@@ -80,8 +85,9 @@ def _index_entries(
     return out
 
 
-def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
-    """The map files of one policy route, with its guard (Config.guard)."""
+def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) -> dict[str, str]:
+    """The map files of one policy route, with its guard (Config.guard) and, when it asks for
+    credentials, the proxy users."""
     groups = route.groups
     hosts = sorted({r.value for g in groups for r in g.rules if r.kind == "host"})
     domains = sorted(
@@ -149,8 +155,17 @@ def route_maps(route: Route, guard: p.Guard) -> dict[str, str]:
             reasons.append((f"{g.name}/{i}", r.text))
         actions.append((f"{g.name}/default", deny))
 
+    if route.asks_credentials:
+        sources, members = _member_entries(groups)
+        credentials = {
+            file_name(route, "groups"): _lines(sources),
+            file_name(route, "members"): _lines(members),
+            file_name(route, "users"): _lines((u.name, u.entry) for u in users),
+        }
+    else:
+        credentials = {file_name(route, "groups"): _lines(_group_entries(groups))}
     return {
-        file_name(route, "groups"): _lines(_group_entries(groups)),
+        **credentials,
         file_name(route, "domains"): _lines((f".{d}", f".{d}") for d in domains),
         file_name(route, "networks"): _lines((str(k.prefix), str(k.prefix)) for k in keys),
         file_name(route, "index"): _lines(index),
@@ -181,19 +196,43 @@ def _supernets(network: classes.Network) -> Iterable[tuple[int, int, int]]:
         yield network.version, address & mask, length
 
 
-def _group_entries(groups: Sequence[p.Group]) -> list[tuple[str, str]]:
-    """Client address → the first group whose sources hold it (a group without sources
-    holds every address)."""
+def _holding(groups: Sequence[p.Group]) -> Iterable[tuple[str, list[p.Group]]]:
+    """Each client-address key, and the groups whose sources hold it, in order (a group
+    without sources holds every address)."""
 
     def sources(g: p.Group) -> tuple[classes.Network, ...]:
         return g.sources or tuple(ipaddress.ip_network(n) for n in ALL)
 
     nets = {n for g in groups for n in sources(g)}
-    out = []
     for k in classes.key_prefixes(nets):
-        first = next((g for g in groups if any(k.covered_by(n) for n in sources(g))), None)
-        out.append((str(k.prefix), first.name if first else NONE))
-    return out
+        yield str(k.prefix), [g for g in groups if any(k.covered_by(n) for n in sources(g))]
+
+
+def _group_entries(groups: Sequence[p.Group]) -> list[tuple[str, str]]:
+    """Client address → the first group whose sources hold it."""
+    return [(key, held[0].name if held else NONE) for key, held in _holding(groups)]
+
+
+def _member_entries(
+    groups: Sequence[p.Group],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Client address → a label of the groups holding it; and `<label>/<user>` → the first of
+    those that admits the user (policy.select_group), `<label>/` → the first for no user."""
+    labels: dict[tuple[str, ...], str] = {}
+    sources: list[tuple[str, str]] = []
+    members: list[tuple[str, str]] = []
+    for key, held in _holding(groups):
+        names = tuple(g.name for g in held)
+        if names not in labels:
+            label = labels[names] = f"s{len(labels) + 1}"
+            fallback = next((g.name for g in held if not g.users), NONE)
+            members.append((f"{label}/", fallback))
+            for user in sorted({u for g in held for u in g.users}):
+                first = next(g.name for g in held if not g.users or user in g.users)
+                if first != fallback:
+                    members.append((f"{label}/{user}", first))
+        sources.append((key, labels[names]))
+    return sources, members
 
 
 def _class_entries(guard: p.Guard) -> list[tuple[str, str]]:
@@ -210,7 +249,7 @@ def render_maps(config: Config) -> dict[str, str]:
     """Every map file the config's policy routes load: file name → content."""
     files: dict[str, str] = {}
     for route in config.policy_routes:
-        files.update(route_maps(route, config.guard(route)))
+        files.update(route_maps(route, config.guard(route), config.proxy_users))
     for name in files:
         if not NAME.match(name):  # route names are validated; this keeps the contract honest
             raise ValueError(f"map file name {name!r} does not match {NAME.pattern}")

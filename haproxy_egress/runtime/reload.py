@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from haproxy_egress.config.model import Config
-from haproxy_egress.config.sources import Snapshot, load_snapshot, read_snapshot, reserved_listeners
+from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
@@ -71,7 +71,7 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
     """Read the config directory and environment now and render; raises ConfigError."""
-    return compile_snapshot(settings, options, read_snapshot(settings.config_dir))
+    return compile_snapshot(settings, options, read_inputs(settings))
 
 
 def check_candidate(settings: Settings, text: str) -> str:
@@ -236,7 +236,7 @@ def transaction(
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
     Outcome(changed=False) when there is nothing to do."""
-    snapshot = read_snapshot(settings.config_dir)
+    snapshot = read_inputs(settings)
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 
 from haproxy_egress import __version__
-from haproxy_egress.config.sources import read_snapshot
+from haproxy_egress.config.sources import read_inputs
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
@@ -127,6 +127,7 @@ class Supervisor:
             compiled.digest,
             debounce=settings.reload_debounce,
             poll=settings.poll_seconds,
+            users_file=settings.proxy_users_file,
         )
         exporter_options = ExporterOptions.from_settings(settings)
         stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
@@ -434,7 +435,7 @@ class Supervisor:
 
     def _inputs_digest(self) -> str | None:
         try:
-            return read_snapshot(self.settings.config_dir).digest
+            return read_inputs(self.settings).digest
         except OSError:
             return None
 

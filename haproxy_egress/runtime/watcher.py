@@ -30,17 +30,21 @@ class ConfigChanged:
 
 
 class Watcher(Background):
-    """Watches one directory in a daemon thread and calls `post` on real content changes."""
+    """Watches the config directory (and the proxy users file) in a daemon thread and calls
+    `post` on real content changes."""
 
     def __init__(
         self,
         directory: Path,
         post: Callable[[ConfigChanged], None],
         initial_digest: str,
+        *,
         debounce: float = 0.3,
         poll: float = 10.0,
+        users_file: Path | None = None,
     ) -> None:
         self._directory = directory
+        self._users_file = users_file
         self._post = post
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
@@ -50,13 +54,21 @@ class Watcher(Background):
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
         try:
-            digest = read_snapshot(self._directory).digest
+            digest = read_snapshot(self._directory, self._users_file).digest
         except OSError as exc:
             log.warning("cannot read config directory %s: %s", self._directory, exc)
             return
         if digest != self._digest:
             self._digest = digest
             self._post(ConfigChanged(digest))
+
+    def _paths(self) -> list[Path]:
+        """The config directory, and the proxy users' Secret mount (its `..data` swaps happen
+        in the file's directory); a users directory that is missing is left to the poll."""
+        paths = [self._directory]
+        if self._users_file is not None and self._users_file.parent.is_dir():
+            paths.append(self._users_file.parent)
+        return paths
 
     def _run(self) -> None:
         # A change between the start-up compile and this watch raised no event: look once now.
@@ -69,7 +81,7 @@ class Watcher(Background):
                 continue
             try:
                 for _changes in watchfiles.watch(
-                    self._directory,
+                    *self._paths(),
                     debounce=self._debounce_ms,
                     step=min(50, self._debounce_ms),
                     stop_event=self._stop,

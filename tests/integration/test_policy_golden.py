@@ -21,10 +21,11 @@ from tests.support import HAPROXY
 
 CASE = Path(__file__).parent.parent / "data" / "policy-golden"
 RUN_DIR = Path("/run/haproxy-egress")
+USERS = CASE / "secret" / "users"  # the proxy users file (fixed salts), as a Secret mount
 
 
 def _rendered() -> tuple[str, dict[str, str]]:
-    config = load_snapshot(read_snapshot(CASE / "configmap"), {})
+    config = load_snapshot(read_snapshot(CASE / "configmap", USERS), {})
     text = render(config, RenderOptions(run_dir=RUN_DIR))
     return text.replace(f"haproxy-egress {__version__}.", "haproxy-egress VERSION.", 1), (
         render_maps(config)
@@ -42,12 +43,14 @@ def test_policy_golden() -> None:
         str(p.relative_to(CASE)): p.read_text()
         for p in [CASE / "haproxy.cfg", *sorted((CASE / "maps").iterdir())]
     }
+    # Every user's credential is checked against exactly its own golden entry.
+    assert "jenkins 0202020202020202:" in on_disk["maps/staff.users.map"]
     assert on_disk.keys() == expected.keys()
     for name, body in expected.items():
         assert on_disk[name] == body, f"{name} differs from the golden file"
     with tempfile.TemporaryDirectory(prefix="policy-golden.") as tmp:
         run = RunDir(Path(tmp))
-        config = load_snapshot(read_snapshot(CASE / "configmap"), {})
+        config = load_snapshot(read_snapshot(CASE / "configmap", USERS), {})
         staging.stage(hooks.resolve(config).including(hooks.shipped_lua("connect")), run.lua)
         staging.write_maps(run.maps, maps)
         (run.root / "server-state").write_text("")

@@ -3,12 +3,16 @@ its Lua file must be staged by the reload machinery like any hook."""
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from haproxy_egress.config.users import hash_password
+from tests.kubelet import ConfigMapVolume
+from tests.longlived import changes
 from tests.policy_proxy import proxy_configmap
 from tests.router import Router
 from tests.support import DnsServer, HttpOrigin, free_port, wait_for
@@ -92,3 +96,59 @@ def test_supervised_connect_tunnel_and_dead_origin(
         except ConnectionResetError:
             pass
         assert not answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def test_a_rotated_users_secret_applies_without_a_reload(
+    tmp_path: Path, dns: DnsServer, origin: HttpOrigin
+) -> None:
+    """The users file is a Secret mounted apart from the ConfigMap: a kubelet swap of it is
+    an input change like a ConfigMap edit, and only map files change, so it goes through the
+    runtime API (no new worker); a broken new file keeps the last good users."""
+    port = free_port()
+    secret = ConfigMapVolume(tmp_path / "secret")  # Secrets use the same `..data` layout
+    secret.write({"users": hash_password("alice", "old-password").line + "\n"})
+    config = proxy_configmap(
+        tmp_path / "configmap",
+        dns.port,
+        port,
+        "\n      - 127.0.0.1/32\n    proxy_auth: required\n",
+    )
+    router = Router(
+        tmp_path / "router",
+        config_dir=config,
+        env={"EGRESS_PROXY_USERS_FILE": str(secret.directory / "users")},
+    )
+    target = f"127.0.0.1:{origin.port}"
+
+    def status(password: str) -> bytes:
+        credential = base64.b64encode(f"alice:{password}".encode()).decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(
+                f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n"
+                f"Proxy-Authorization: Basic {credential}\r\nConnection: close\r\n\r\n".encode()
+            )
+            return s.recv(12)
+
+    try:
+        router.start()
+        assert status("old-password") == b"HTTP/1.1 200"
+        assert status("new-password") == b"HTTP/1.1 407"
+        worker = router.worker_pid()
+        before = changes(router)
+        secret.write({"users": hash_password("alice", "new-password").line + "\n"})
+        wait_for(lambda: changes(router)["runtime"] > before["runtime"], timeout=15)
+        assert status("new-password") == b"HTTP/1.1 200"
+        assert status("old-password") == b"HTTP/1.1 407"
+        assert changes(router)["reload"] == before["reload"]
+        assert router.worker_pid() == worker, "the same worker serves"
+        # A broken file is refused as a whole, naming the file and line; alice keeps working.
+        failures = router.metric("haproxy_egress_reload_failures_total") or 0.0
+        secret.write({"users": "alice:plain-text-password\n"})
+        wait_for(
+            lambda: (router.metric("haproxy_egress_reload_failures_total") or 0) > failures,
+            timeout=15,
+        )
+        assert "EGRESS_PROXY_USERS_FILE" in router.stdout() + router.stderr()
+        assert status("new-password") == b"HTTP/1.1 200"
+    finally:
+        router.stop()

@@ -31,6 +31,7 @@ import testcontainers.core.container as tc_container
 import testcontainers.core.image as tc_image
 import yaml
 
+from haproxy_egress.config.users import hash_password
 from haproxy_egress.errors import ExitCode
 from tests.kubelet import ConfigMapVolume
 from tests.support import (
@@ -514,6 +515,7 @@ def test_ready_within_goal(
 # --- Lua hooks on the image's HAProxy (3.0, Lua 5.4; the unit tests run Debian 12's 2.6) ----
 
 SECRET_DIR = "/var/run/secrets/parent-proxy"
+USERS_DIR = "/var/run/secrets/proxy-users"
 
 
 def _raw(port: int, request: bytes, until: bytes = b"") -> bytes:
@@ -538,7 +540,13 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
     secret.chmod(0o755)
     for f in secret.iterdir():
         f.chmod(0o644)  # the container's arbitrary UID reads it, as a kubelet-mounted Secret
+    users = tmp_path / "users"  # the proxy users' Secret
+    users.mkdir()
+    (users / "users").write_text(hash_password("bob", "b0b-pw").line + "\n")
+    users.chmod(0o755)
+    (users / "users").chmod(0o644)
     hooked, guarded, hello, proxy = free_port(), free_port(), free_port(), free_port()
+    staff = free_port()
     dest = [f"127.0.0.1:{echo.port}"]
     volume.write(
         {
@@ -576,6 +584,13 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
                         "mode": "proxy",
                         "policy": ["127.0.0.1/32"],
                     },
+                    {
+                        "name": "staff",
+                        "listen": f"127.0.0.1:{staff}",
+                        "mode": "proxy",
+                        "proxy_auth": "required",
+                        "policy": ["127.0.0.1/32"],
+                    },
                 ],
             },
             "hello.lua": HELLO_LUA % "hello",
@@ -584,9 +599,9 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
     with running_router(
         image,
         volume.directory,
-        {"EGRESS_DRAIN_SECONDS": "2"},
+        {"EGRESS_DRAIN_SECONDS": "2", "EGRESS_PROXY_USERS_FILE": f"{USERS_DIR}/users"},
         hooked,
-        mounts={SECRET_DIR: secret},
+        mounts={SECRET_DIR: secret, USERS_DIR: users},
     ) as router:
         code, version = router.exec("haproxy", "-v")
         assert code == 0
@@ -614,6 +629,25 @@ def test_every_shipped_hook_and_a_user_hook_run_on_the_images_haproxy(
         assert plain.startswith(b"HTTP/1.0 200") or plain.startswith(b"HTTP/1.1 200"), plain
         denied = _raw(proxy, f"CONNECT 127.0.0.2:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert b" 403 " in denied.split(b"\r\n")[0], denied
+        # Proxy users: 3.0 computes the same salted SHA-256 (sha2, b64dec, concat, strcmp).
+        ask = f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n"
+        refused = _raw(staff, f"{ask}\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 407"), refused
+        assert b'Basic realm="staff"' in refused
+        good = base64.b64encode(b"bob:b0b-pw").decode()
+        authed = _raw(
+            staff,
+            f"{ask}Proxy-Authorization: Basic {good}\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert authed.startswith(b"HTTP/1.1 200 Connection established"), authed
+        plain = _raw(
+            staff,
+            f"GET http://127.0.0.1:{echo.port}/ HTTP/1.0\r\n"
+            f"Proxy-Authorization: Basic {good}\r\n\r\n".encode(),
+        )
+        assert b" 200 " in plain.split(b"\r\n")[0], plain
+        assert b"proxy-authorization" not in plain.lower()
         # audit: one JSON object per request of the audited routes, in the container's log.
         lines: list[dict[str, Any]] = []
 

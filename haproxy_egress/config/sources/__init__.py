@@ -25,10 +25,11 @@ from haproxy_egress.config.sources.legacy import read_legacy
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.config.sources.seed_env import read_seed_env
 from haproxy_egress.config.sources.yamlfile import read_yaml
+from haproxy_egress.config.users import ProxyUser, parse_users
 from haproxy_egress.errors import ConfigError, Problem
-from haproxy_egress.settings import Settings
+from haproxy_egress.settings import PROXY_USERS_ENV, Settings
 
-__all__ = ["Snapshot", "load", "load_snapshot", "read_snapshot"]
+__all__ = ["Snapshot", "load", "load_snapshot", "read_inputs", "read_snapshot"]
 
 
 def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
@@ -111,7 +112,39 @@ def _each_section_valid(
     return ok
 
 
-def build_config(frags: list[Fragment], reserved: Mapping[str, Listen]) -> Config:
+def _proxy_users(
+    users: tuple[str, bytes] | None, located: Iterable[Located], problems: list[Problem]
+) -> tuple[ProxyUser, ...]:
+    """The users file's entries; a route that asks for credentials needs the file."""
+    found: dict[str, ProxyUser] = {}
+    if users is not None:
+        found, bad = parse_users(users[1], users[0])
+        problems += bad
+    for item in located:
+        route = item.route
+        if (
+            route.asks_credentials
+            and users is None
+            and not any(p.source.startswith(PROXY_USERS_ENV) for p in problems)
+        ):
+            path = f"{item.path}.proxy_auth" if route.proxy_auth == "required" else item.path
+            problems.append(
+                Problem(
+                    item.source,
+                    path,
+                    f"route {route.name!r} asks for proxy credentials: set {PROXY_USERS_ENV} "
+                    "to the users file (a mounted Secret, docs/policy.md)",
+                    item.line,
+                )
+            )
+    return tuple(found[name] for name in sorted(found))
+
+
+def build_config(
+    frags: list[Fragment],
+    reserved: Mapping[str, Listen],
+    users: tuple[str, bytes] | None = None,
+) -> Config:
     """Merge fragments into one Config, or raise ConfigError listing every problem."""
     problems = [p for f in frags for p in f.problems]
     defaults = _merge_section(frags, "defaults", problems)
@@ -143,12 +176,14 @@ def build_config(frags: list[Fragment], reserved: Mapping[str, Listen]) -> Confi
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
     problems += cross_route_problems(located, all_reserved)
+    proxy_users = _proxy_users(users, located, problems)
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))
     return Config(
         routes=tuple(item.route for item in located),
         resolvers=resolvers,
         stats=stats,
+        proxy_users=proxy_users,
         origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
     )
 
@@ -161,7 +196,7 @@ def load_snapshot(
     snapshot: Snapshot, env: Mapping[str, str], reserved: Mapping[str, Listen] | None = None
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars."""
-    return build_config(_fragments(snapshot, env), reserved or {})
+    return build_config(_fragments(snapshot, env), reserved or {}, snapshot.users)
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:
@@ -178,7 +213,12 @@ def reserved_listeners(settings: Settings) -> dict[str, Listen]:
     }
 
 
+def read_inputs(settings: Settings) -> Snapshot:
+    """Everything a compile reads from files: the config directory and the proxy users."""
+    return read_snapshot(settings.config_dir, settings.proxy_users_file)
+
+
 def load(settings: Settings) -> tuple[Snapshot, Config]:
     """Read the config directory once and build the Config from it and the environment."""
-    snapshot = read_snapshot(settings.config_dir)
+    snapshot = read_inputs(settings)
     return snapshot, load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))

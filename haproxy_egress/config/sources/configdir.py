@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from haproxy_egress.errors import Problem
+from haproxy_egress.settings import PROXY_USERS_ENV
 
 MAX_KEY_BYTES = 1 << 20  # a whole ConfigMap is limited to 1 MiB by the API server
 _ATTEMPTS = 3  # a swap can delete the old version mid-read; read the new one instead
@@ -31,12 +32,15 @@ class Snapshot:
     files: tuple[tuple[str, bytes], ...]  # sorted by key name
     exists: bool = True
     problems: tuple[Problem, ...] = ()
+    # The proxy users file (a Secret mounted elsewhere), read in the same pass: a rotated
+    # Secret is a change like an edited key. (source for problems, content)
+    users: tuple[str, bytes] | None = None
 
     @property
     def digest(self) -> str:
         """sha256 over names and contents: equal digests mean nothing to reload."""
         h = hashlib.sha256()
-        for name, data in self.files:
+        for name, data in (*self.files, *((self.users,) if self.users else ())):
             h.update(f"{name}\0{len(data)}\0".encode())
             h.update(data)
         return h.hexdigest()
@@ -71,8 +75,26 @@ def _read_dir(directory: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
     return files, problems
 
 
-def read_snapshot(directory: Path) -> Snapshot:
-    """Read every visible key once, through `..data` when the kubelet layout is present."""
+def read_users(path: Path) -> tuple[tuple[str, bytes] | None, tuple[Problem, ...]]:
+    """The proxy users file: (source, content), or a problem saying why it cannot be read."""
+    source = f"{PROXY_USERS_ENV} ({path})"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        return None, (Problem(source, "", f"cannot be read: {exc.strerror}"),)
+    if len(data) > MAX_KEY_BYTES:
+        return None, (Problem(source, "", "more than a Secret may hold (1 MiB)"),)
+    return (source, data), ()
+
+
+def read_snapshot(directory: Path, users_file: Path | None = None) -> Snapshot:
+    """Read every visible key once, through `..data` when the kubelet layout is present;
+    and the proxy users file, when there is one."""
+    if users_file is not None:
+        users, unreadable = read_users(users_file)
+        snapshot = read_snapshot(directory)
+        return replace(snapshot, users=users, problems=(*snapshot.problems, *unreadable))
     if not directory.is_dir():
         return Snapshot(directory, (), exists=False)
     for attempt in range(_ATTEMPTS):
