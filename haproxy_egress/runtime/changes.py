@@ -266,6 +266,16 @@ def _model_changes(old: Config, new: Config) -> tuple[list[str], list[Deny]]:
             notes.append(f"route {name}: {', '.join(words)}")
             if deny is not None:
                 denies.append(deny)
+    if old.proxy_users != new.proxy_users:
+        notes.append(f"proxy users {len(old.proxy_users)} → {len(new.proxy_users)}")
+        # Sessions do not say who authenticated them: once a credential is revoked or
+        # re-keyed, every tunnel of a route that checks credentials may be the revoked one's.
+        if not set(old.proxy_users) <= set(new.proxy_users):
+            denies += [
+                Deny(r.name, "a proxy user removed or re-keyed", everything=True)
+                for r in new.routes
+                if r.asks_credentials and r.name in before
+            ]
     if old.resolvers != new.resolvers:
         notes.append("resolvers changed")
     if old.stats != new.stats:

@@ -12,6 +12,7 @@ import yaml
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.config.users import hash_password
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.runtime.changes import Kind, Plan, Session, parse_sessions, plan
@@ -146,3 +147,33 @@ def test_parse_sessions() -> None:
         Session("0x55b244ffee50", "db", "10.0.0.1_5432", "127.0.0.1"),
         Session("0x55b244ff0000", "web", "<none>", "::1"),
     ]
+
+
+def _with_users(*lines: str) -> Version:
+    route = {
+        "name": "pxy",
+        "listen": 13128,
+        "mode": "proxy",
+        "proxy_auth": "required",
+        "policy": ["*"],
+    }
+    data = yaml.safe_dump({"version": 1, "routes": [route, db()]}).encode()
+    users = ("EGRESS_PROXY_USERS_FILE (test)", "".join(f"{line}\n" for line in lines).encode())
+    config = load_snapshot(Snapshot(Path("/cfg"), (("routes.yaml", data),), users=users), {})
+    return Version(config, render(config, OPTIONS), pattern_files(config))
+
+
+def test_proxy_users_apply_at_runtime_and_a_revoked_one_ends_the_routes_tunnels() -> None:
+    alice, bob = hash_password("alice", "a", "00" * 8).line, hash_password("bob", "b", "11" * 8)
+    old = _with_users(alice)
+    added = diff(old, _with_users(alice, bob.line))
+    assert added.kind is Kind.RUNTIME
+    assert added.notes == ("proxy users 1 → 2",)
+    assert [name for name, _ in added.files] == ["pxy.users.map"]
+    assert added.denies == ()  # nobody lost access
+    rekeyed = diff(old, _with_users(hash_password("alice", "new", "00" * 8).line))
+    assert rekeyed.kind is Kind.RUNTIME
+    (deny,) = rekeyed.denies
+    assert (deny.route, deny.everything) == ("pxy", True)
+    assert deny.covers(Session("0x1", "pxy", "pxy-tunnel/tunnel", "10.0.0.9"))
+    assert not deny.covers(Session("0x2", "db", "db/10.0.0.1_5432", "10.0.0.9"))
