@@ -117,6 +117,9 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
         stats_env = {"STATS_PORT": str(stats), "STATS_USER": "scraper", "STATS_PASSWORD": "pw"}
         with running_haproxy(run_dir, doc, stats_env) as sock:
             wait_for(lambda: ",DOWN," in read_snapshot(CliSocket(sock, 1.0).command).stat)
+            # Each check duration series appears with its server's first check (the default
+            # interval is 2s): before that the two exporters' readings could differ in series.
+            wait_for(lambda: _checks_done(sock), timeout=10)
             for _ in range(4):
                 assert http_get(web, "/") in ("up", "")
                 assert http_get(tcp, "/") == "other"
@@ -126,6 +129,15 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
     finally:
         up.stop()
         other.stop()
+
+
+def _checks_done(sock: Path) -> bool:
+    """Every server with health checks has completed one (its check_duration is set)."""
+    header, *rows = read_snapshot(CliSocket(sock, 1.0).command).stat.splitlines()
+    names = header.lstrip("# ").split(",")
+    status, duration = names.index("check_status"), names.index("check_duration")
+    servers = [r.split(",") for r in rows if r and r.split(",")[1] not in ("FRONTEND", "BACKEND")]
+    return all(f[duration] != "" for f in servers if f[status] != "")
 
 
 def status_of(sock: Path) -> str:
