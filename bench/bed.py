@@ -205,6 +205,29 @@ wrk.headers["Host"] = "www.good.test"
 """
 
 
+# CONNECT + one GET per connection, from wrk's C event loop (a Python client is the bound at
+# a few thousand tunnels per second). The GET is sent right behind the CONNECT head: the proxy
+# keeps it buffered until the tunnel is up. "200 Connection established" has no length, so
+# wrk reads the GET's answer as that response's body, to the close the GET asks for; a refused
+# CONNECT is a non-2xx answer, which Wrk.rate reports as an error. wrk checks that the first
+# request of its first thread parses as HTTP requests, and a CONNECT does not (the parser stops
+# at the tunnel): so each thread's first request is an absolute-URI GET (for that first thread,
+# only parsed, never sent), and every later one the CONNECT.
+WRK_CONNECT_SCRIPT = """
+local head = "CONNECT www.good.test:80 HTTP/1.1\\r\\nHost: www.good.test:80\\r\\n\\r\\n"
+    .. "GET / HTTP/1.1\\r\\nHost: www.good.test\\r\\nConnection: close\\r\\n\\r\\n"
+local calls = 0
+request = function()
+    calls = calls + 1
+    if calls == 1 then
+        return wrk.format("GET", "http://www.good.test/",
+            { Host = "www.good.test", Connection = "close" })
+    end
+    return head
+end
+"""
+
+
 @dataclass(frozen=True)
 class Wrk:
     """wrk's shape: threads, connections, and an optional Lua script (absolute-URI requests)."""
@@ -236,6 +259,14 @@ def proxy_script(workdir: Path, close: bool) -> Path:
     extra = 'wrk.headers["Connection"] = "close"' if close else ""
     path.write_text(WRK_PROXY_SCRIPT.format(close=extra))
     return path
+
+
+def connect_wrk(ns: Netns, host: str, port: int, seconds: int, workdir: Path) -> float:
+    """CONNECT + one request per connection, per second (wrk -t2 -c32, WRK_CONNECT_SCRIPT)."""
+    script = workdir / "wrk-connect.lua"
+    script.write_text(WRK_CONNECT_SCRIPT)
+    tool = Wrk(threads=2, connections=32, script=script)
+    return tool.rate(ns, f"http://{host}:{port}/", seconds, close=False)
 
 
 def iperf(ns: Netns, host: str, port: int, seconds: int, streams: int) -> float:
