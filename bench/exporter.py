@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from haproxy_egress.config.sources import Snapshot, load_snapshot  # noqa: E402
 from haproxy_egress.render.compiler import RenderOptions, render  # noqa: E402
+from tests.netns import stop_process  # noqa: E402
 from tests.tlscerts import make_pki  # noqa: E402
 
 PROMETHEUS_ACCEPT = (
@@ -234,13 +235,7 @@ def process(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byte
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, grace=10)
 
 
 def tls_targets(

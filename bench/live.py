@@ -209,9 +209,9 @@ def crash_to_serving(tmp: Path, origin: HttpOrigin, victim: str, n: int) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--edits", type=int, default=60)
-    parser.add_argument("--typical", type=int, default=100)
-    parser.add_argument("--crashes", type=int, default=3)
+    parser.add_argument("--edits", type=int, default=60, help="destination edits per peer")
+    parser.add_argument("--typical", type=int, default=100, help="typical edits; reloads counted")
+    parser.add_argument("--crashes", type=int, default=3, help="SIGKILLs of each: worker, master")
     args = parser.parse_args()
     origins = [HttpOrigin(f"origin-{c}").start() for c in "abc"]
     try:

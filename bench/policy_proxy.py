@@ -81,9 +81,11 @@ def main() -> None:
         help="compare today's single list with 100 client groups x 50 rules (no squid)",
     )
     args = parser.parse_args()
-    if args.groups:
-        main_groups(args)
-        return
+    (main_groups if args.groups else main_squid)(args)
+
+
+def main_squid(args: argparse.Namespace) -> None:
+    """haproxy-egress vs squid on the same rules, rounds alternating which proxy goes first."""
     with tempfile.TemporaryDirectory(prefix="bench-policy.") as tmp, TestBed(Path(tmp)) as bed:
         workdir = Path(tmp)
         host = bed.add_external_host()

@@ -17,7 +17,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.runtime.haproxy import CliSocket, parse_show_proc
-from tests.support import HttpOrigin, free_port, wait_for
+from tests.netns import stop_process
+from tests.support import HttpOrigin, free_port, loopback_route, wait_for
 
 
 class _Stoppable(Protocol):
@@ -37,26 +38,13 @@ def stopped_after(started: list[S]) -> Iterator[list[S]]:
 
 def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[str, Any]:
     """A YAML route: an http route on 127.0.0.1:`port` in front of one test origin."""
-    return {
-        "name": name,
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{origin.port}"],
-        **extra,
-    }
+    return loopback_route(name, port, origin.port, **extra)
 
 
 def web_route(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
     """The YAML route "web": http on 127.0.0.1:`port` to `origins`, with `allow_from` if given."""
-    route: dict[str, Any] = {
-        "name": "web",
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{o.port}" for o in origins],
-    }
-    if allow:
-        route["allow_from"] = allow
-    return route
+    extra = {"allow_from": allow} if allow else {}
+    return loopback_route("web", port, *(o.port for o in origins), **extra)
 
 
 @dataclass
@@ -174,13 +162,7 @@ class Router:
         """Teardown: SIGTERM, then SIGKILL of the whole tree if it does not go."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(self.drain_seconds + 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=self.drain_seconds + 10)
         _kill_leftovers(self.run_dir)
         self.proc = None
 

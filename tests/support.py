@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 from dnslib import AAAA, QTYPE, RR, A
@@ -106,6 +106,21 @@ class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A keep-alive (HTTP/1.1) handler that logs nothing; `reply` answers 200 with a body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no access log: a test's stderr is for its failures
+
+
 def _serve_http(
     address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]
 ) -> _ThreadingHTTPServer:
@@ -135,8 +150,7 @@ class HttpOrigin:
     def start(self) -> HttpOrigin:
         origin = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(_QuietHandler):
             # Head and body in one segment: otherwise Nagle and delayed ACKs cap every
             # keep-alive connection at ~25 requests/s and benchmarks measure that, not us.
             wbufsize = 1 << 16
@@ -147,14 +161,7 @@ class HttpOrigin:
                 size = 0
                 if self.path.startswith("/bytes/"):
                     size = int(self.path.split("/")[2])
-                body = origin.name.encode() if not size else b"x" * size
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+                self.reply(origin.name.encode() if not size else b"x" * size)
 
         self._server = _serve_http((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
@@ -172,18 +179,9 @@ class EchoOrigin:
     _server: _ThreadingHTTPServer | None = None
 
     def start(self) -> EchoOrigin:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(_QuietHandler):
             def do_GET(self) -> None:
-                body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+                self.reply(json.dumps({k.lower(): v for k, v in self.headers.items()}).encode())
 
         self._server = _serve_http(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
@@ -333,6 +331,20 @@ class HaproxyProcess:
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
+
+
+def loopback_route(
+    name: str, port: int, *dest_ports: int, mode: str = "http", **extra: Any
+) -> dict[str, Any]:
+    """A YAML route: `mode` (http unless told) on 127.0.0.1:`port`, to destinations on
+    127.0.0.1 at `dest_ports`, with any other route fields in `extra`."""
+    return {
+        "name": name,
+        "listen": f"127.0.0.1:{port}",
+        "mode": mode,
+        "destinations": [f"127.0.0.1:{p}" for p in dest_ports],
+        **extra,
+    }
 
 
 def write_configmap(directory: Path, keys: Mapping[str, object]) -> None:

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.kubelet import ConfigMapVolume  # noqa: E402
+from tests.netns import stop_process  # noqa: E402
 from tests.router import Router  # noqa: E402
 from tests.support import HttpOrigin, free_port, http_get, wait_for  # noqa: E402
 
@@ -203,13 +203,8 @@ class Prometheus:
         return [(r["name"], r["health"]) for g in groups for r in g["rules"]]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, grace=15)
 
 
 def routes(

@@ -243,9 +243,17 @@ def test_health_and_readiness_follow_the_router_status(tmp_path: Path) -> None:
 # --- a wedged stats socket ---------------------------------------------------------------
 
 
-@pytest.fixture
-def wedged_socket(tmp_path: Path) -> Iterator[tuple[Path, list[socket.socket]]]:
+@dataclass(frozen=True)
+class Wedged:
     """A unix socket that accepts connections and never answers (a wedged haproxy)."""
+
+    path: Path
+    held: list[socket.socket]  # the connections it accepted, in order
+
+
+@pytest.fixture
+def wedged(tmp_path: Path) -> Iterator[Wedged]:
+    """A wedged stats socket, closed with every connection it holds afterwards."""
     path = tmp_path / "wedged.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -265,7 +273,7 @@ def wedged_socket(tmp_path: Path) -> Iterator[tuple[Path, list[socket.socket]]]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield path, held
+    yield Wedged(path, held)
     stop.set()
     thread.join(5)
     for conn in held:
@@ -273,12 +281,9 @@ def wedged_socket(tmp_path: Path) -> Iterator[tuple[Path, list[socket.socket]]]:
     server.close()
 
 
-def test_wedged_socket_read_is_bounded_by_the_timeout(
-    wedged_socket: tuple[Path, list[socket.socket]],
-) -> None:
-    path, _ = wedged_socket
+def test_wedged_socket_read_is_bounded_by_the_timeout(wedged: Wedged) -> None:
     start = time.monotonic()
-    snapshot = read_snapshot(CliSocket(path, 0.5).command)
+    snapshot = read_snapshot(CliSocket(wedged.path, 0.5).command)
     elapsed = time.monotonic() - start
     assert not snapshot.up
     assert "timed out" in snapshot.error
@@ -294,12 +299,9 @@ def _in_threads(count: int, call: Callable[[], T]) -> tuple[list[threading.Threa
     return threads, results
 
 
-def test_wedged_socket_neither_blocks_health_nor_hangs_the_scrape(
-    wedged_socket: tuple[Path, list[socket.socket]],
-) -> None:
-    path, _ = wedged_socket
+def test_wedged_socket_neither_blocks_health_nor_hangs_the_scrape(wedged: Wedged) -> None:
     options = replace(ALL, scrape_timeout=1.5)
-    with serving(path, options=options) as server:
+    with serving(wedged.path, options=options) as server:
         start = time.monotonic()
         (scrape,), result = _in_threads(1, lambda: get(server.port))
         time.sleep(0.2)
@@ -313,14 +315,11 @@ def test_wedged_socket_neither_blocks_health_nor_hangs_the_scrape(
     assert value(result[0].text, "haproxy_up") == 0
 
 
-def test_too_many_concurrent_scrapes_are_turned_away(
-    wedged_socket: tuple[Path, list[socket.socket]],
-) -> None:
-    path, held = wedged_socket
+def test_too_many_concurrent_scrapes_are_turned_away(wedged: Wedged) -> None:
     options = replace(ALL, scrape_timeout=2.0)
-    with serving(path, options=options) as server:
+    with serving(wedged.path, options=options) as server:
         threads, results = _in_threads(4, lambda: get(server.port).status)
-        wait_for(lambda: len(held) >= 4, timeout=5)
+        wait_for(lambda: len(wedged.held) >= 4, timeout=5)
         extra = get(server.port)
         for t in threads:
             t.join(10)
@@ -366,34 +365,13 @@ def test_denied_egress_is_counted_per_route(run_dir: Path, origin: HttpOrigin) -
 # --- server-template slots ---------------------------------------------------------------
 
 
-@pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    """Like conftest's `dns`, but also closes the UDP socket dnslib's stop() leaves open."""
-    server = DnsServer().start()
-    inner = server._server
-    yield server
-    server.stop()
-    inner.server.server_close()  # type: ignore[attr-defined]
-
-
-def test_unused_template_slots_are_left_out_unless_asked(
-    run_dir: Path, dns_server: DnsServer
-) -> None:
-    dns = dns_server
+def test_unused_template_slots_are_left_out_unless_asked(run_dir: Path, dns: DnsServer) -> None:
     origin = HttpOrigin("slot").start()
     dns.records["api.test"] = ["127.0.0.1"]
-    doc = {
-        "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]},
-        "routes": [
-            {
-                "name": "api",
-                "listen": f"127.0.0.1:{free_port()}",
-                "mode": "http",
-                "destinations": [f"api.test:{origin.port}"],
-                "dns_slots": 3,
-            }
-        ],
-    }
+    slots = http_route(
+        "api", free_port(), origin, destinations=[f"api.test:{origin.port}"], dns_slots=3
+    )
+    doc = {"resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]}, "routes": [slots]}
     name = f"api.test_{origin.port}"
     try:
         with running_haproxy(run_dir, doc) as sock:

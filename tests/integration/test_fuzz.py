@@ -116,6 +116,20 @@ def outcome(
     tally.counts["refused"] += 1
 
 
+def fuzz(
+    figure: str,
+    cases: int,
+    minimum: int,
+    prop: Callable[..., None],
+    **strategies: st.SearchStrategy[Any],
+) -> None:
+    """`prop(**drawn, tally=...)` on `cases` examples of `strategies`, then the tally's
+    figures recorded as `figure` and at least `minimum` cases decided (both times SCALE)."""
+    tally = Tally()
+    budget(cases)(given(**strategies)(prop))(tally=tally)
+    tally.done(figure, minimum * SCALE)
+
+
 def _haproxy_accepts(text: str, tally: Tally, run_dir: Path | None = None) -> None:
     """`haproxy -c` on each distinct rendering once (many cases normalise to the same text)."""
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -248,16 +262,11 @@ def _yaml_located(p: Problem) -> bool:
 
 @pytest.mark.timeout(600)
 def test_yaml_documents_any_value_anywhere() -> None:
-    tally = Tally()
-
-    @budget(2000)
-    @given(doc=mutated_documents())
-    def run(doc: dict[str, Any]) -> None:
+    def prop(doc: dict[str, Any], tally: Tally) -> None:
         data = yaml.safe_dump(doc, allow_unicode=True).encode()
         outcome(snapshot_of(("routes.yaml", data)), {}, _yaml_located, tally)
 
-    run()
-    tally.done("fuzz: YAML documents (any value anywhere)", 1600 * SCALE)
+    fuzz("fuzz: YAML documents (any value anywhere)", 2000, 1600, prop, doc=mutated_documents())
 
 
 # --- the bytes of a key file: damaged, half-written, YAML's own features ------------------
@@ -328,11 +337,7 @@ def damaged_keys(draw: st.DrawFn) -> bytes:
 
 @pytest.mark.timeout(600)
 def test_key_file_bytes_damaged_or_half_written() -> None:
-    tally = Tally()
-
-    @budget(2000)
-    @given(data=damaged_keys())
-    def run(data: bytes) -> None:
+    def prop(data: bytes, tally: Tally) -> None:
         # The file itself is the location: a byte offset, a line, or a field path inside it.
         outcome(
             snapshot_of(("routes.yaml", data)),
@@ -341,8 +346,7 @@ def test_key_file_bytes_damaged_or_half_written() -> None:
             tally,
         )
 
-    run()
-    tally.done("fuzz: key file bytes (damaged, half-written)", 1600 * SCALE)
+    fuzz("fuzz: key file bytes (damaged, half-written)", 2000, 1600, prop, data=damaged_keys())
 
 
 # --- the seed env vars, all of them at once ------------------------------------------------
@@ -381,15 +385,10 @@ DNS_KEY = ("dns.yaml", yaml.safe_dump({"resolvers": {"nameservers": [NAMESERVER]
 
 @pytest.mark.timeout(600)
 def test_seed_env_vars_all_at_once() -> None:
-    tally = Tally()
-
-    @budget(1200)
-    @given(env=seed_envs())
-    def run(env: dict[str, str]) -> None:
+    def prop(env: dict[str, str], tally: Tally) -> None:
         outcome(snapshot_of(DNS_KEY), env, _env_located, tally)
 
-    run()
-    tally.done("fuzz: seed env vars (all at once)", 1000 * SCALE)
+    fuzz("fuzz: seed env vars (all at once)", 1200, 1000, prop, env=seed_envs())
 
 
 # --- the legacy dialects: lines from their grammar, then damaged ---------------------------
@@ -502,16 +501,11 @@ def _legacy_located(p: Problem) -> bool:
 
 @pytest.mark.timeout(600)
 def test_legacy_dialect_lines() -> None:
-    tally = Tally()
-
-    @budget(2000)
-    @given(inputs=legacy_inputs())
-    def run(inputs: tuple[dict[str, str], list[tuple[str, bytes]]]) -> None:
+    def prop(inputs: tuple[dict[str, str], list[tuple[str, bytes]]], tally: Tally) -> None:
         env, files = inputs
         outcome(snapshot_of(DNS_KEY, *files), env, _legacy_located, tally)
 
-    run()
-    tally.done("fuzz: legacy EGRESS_* lines (env and keys)", 1600 * SCALE)
+    fuzz("fuzz: legacy EGRESS_* lines (env and keys)", 2000, 1600, prop, inputs=legacy_inputs())
 
 
 # --- the process settings -------------------------------------------------------------------
@@ -535,19 +529,8 @@ NUMBERS = st.sampled_from(["nan", "inf", "-inf", "1e400", "-0", "1_0", " 5 ", "0
 @pytest.mark.timeout(300)
 def test_process_settings_env() -> None:
     """Settings.from_env: a Settings, or a ConfigError naming the variable; nothing else."""
-    tally = Tally()
 
-    @budget(1000)
-    @given(
-        env=st.fixed_dictionaries(
-            {},
-            optional={
-                var: st.one_of(strings(valid), NUMBERS).filter(lambda v: NO_NUL not in v)
-                for var, valid in SETTING_VARS.items()
-            },
-        )
-    )
-    def run(env: dict[str, str]) -> None:
+    def prop(env: dict[str, str], tally: Tally) -> None:
         try:
             got = Settings.from_env(env)
         except ConfigError as exc:
@@ -564,8 +547,19 @@ def test_process_settings_env() -> None:
             assert "\n" not in str(p), p
         tally.counts["refused"] += 1
 
-    run()
-    tally.done("fuzz: process settings env", 800 * SCALE)
+    fuzz(
+        "fuzz: process settings env",
+        1000,
+        800,
+        prop,
+        env=st.fixed_dictionaries(
+            {},
+            optional={
+                var: st.one_of(strings(valid), NUMBERS).filter(lambda v: NO_NUL not in v)
+                for var, valid in SETTING_VARS.items()
+            },
+        ),
+    )
 
 
 # --- YAML's alias expansion -------------------------------------------------------------------
@@ -749,14 +743,8 @@ def test_policy_lines() -> None:
         (snapshot_of(DNS_KEY, ("policy.yaml", _policy_yaml(POLICY_BASE.split()))), {}),
         (snapshot_of(DNS_KEY, ("policy.yaml", _policy_yaml(["a.test"]))), {}),
     )
-    tally = Tally()
 
-    @budget(1200)
-    @given(
-        text=st.one_of(POLICY_TEXT, spliced([POLICY_BASE]), TEXT),
-        where=st.sampled_from(["env", "file", "yaml"]),
-    )
-    def run(text: str, where: str) -> None:
+    def prop(text: str, where: str, tally: Tally) -> None:
         if where == "env":
             snap, env = snapshot_of(DNS_KEY), {POLICY_KEY: text.replace(NO_NUL, "")}
         elif where == "file":
@@ -765,8 +753,14 @@ def test_policy_lines() -> None:
             snap, env = snapshot_of(DNS_KEY, ("policy.yaml", _policy_yaml(text.split("\n")))), {}
         extended_outcome(snap, env, _policy_located, reference, tally)
 
-    run()
-    tally.done("fuzz: policy rules (env, key, YAML policy)", 900 * SCALE)
+    fuzz(
+        "fuzz: policy rules (env, key, YAML policy)",
+        1200,
+        900,
+        prop,
+        text=st.one_of(POLICY_TEXT, spliced([POLICY_BASE]), TEXT),
+        where=st.sampled_from(["env", "file", "yaml"]),
+    )
 
 
 def _hook_doc(hooks_value: object) -> bytes:
@@ -806,11 +800,8 @@ def test_hook_arguments() -> None:
         ],
     ]
     reference = _reference(*((snapshot_of(("hooks.yaml", _hook_doc(r))), {}) for r in references))
-    tally = Tally()
 
-    @budget(1000)
-    @given(entries=st.lists(st.one_of(HOOK_ENTRY, VALUE), min_size=1, max_size=3))
-    def run(entries: list[object]) -> None:
+    def prop(entries: list[object], tally: Tally) -> None:
         extended_outcome(
             snapshot_of(("hooks.yaml", _hook_doc(entries))),
             {},
@@ -819,20 +810,22 @@ def test_hook_arguments() -> None:
             tally,
         )
 
-    run()
-    tally.done("fuzz: Lua hook names, phases and arguments", 800 * SCALE)
+    fuzz(
+        "fuzz: Lua hook names, phases and arguments",
+        1000,
+        800,
+        prop,
+        entries=st.lists(st.one_of(HOOK_ENTRY, VALUE), min_size=1, max_size=3),
+    )
 
 
 @pytest.mark.timeout(300)
 def test_explain_argument() -> None:
     """`explain DEST`: a verdict (exit 0/1) or a ValueError the CLI turns into exit 2."""
     config = load_snapshot(snapshot_of(DNS_KEY), {POLICY_KEY: POLICY_BASE})
-    tally = Tally()
     valid = ["https://api.github.test", "http://[2001:db8::1]:8080/x", "198.18.0.5:22", "a.test"]
 
-    @budget(1500)
-    @given(dest=st.one_of(strings(valid), st.sampled_from(PAYLOADS)))
-    def run(dest: str) -> None:
+    def prop(dest: str, tally: Tally) -> None:
         try:
             verdict = explain(config, dest, addresses=None, resolve=None)
         except ValueError as exc:
@@ -846,5 +839,10 @@ def test_explain_argument() -> None:
         assert "\n" not in message or "\n" in dest  # a quoted argument, as given
         tally.counts["refused"] += 1
 
-    run()
-    tally.done("fuzz: explain argument", 1200 * SCALE)
+    fuzz(
+        "fuzz: explain argument",
+        1500,
+        1200,
+        prop,
+        dest=st.one_of(strings(valid), st.sampled_from(PAYLOADS)),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,21 @@ def audit_lines(router: Router) -> list[dict[str, Any]]:
     return out
 
 
+def wait_for_audit(
+    router: Router, enough: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """The audit lines on the router's stdout once `enough` holds for them (within 10 s):
+    haproxy logs a connection when it closes, a moment after the client saw it end."""
+    lines: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        lines[:] = audit_lines(router)
+        return enough(lines)
+
+    wait_for(arrived, timeout=10)
+    return lines
+
+
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[Router]:
     r = Router(tmp_path / "router", config_dir=tmp_path / "configmap", drain_seconds=2)
@@ -80,13 +95,7 @@ def test_audit_lines_reach_the_router_stdout(router: Router, origin: HttpOrigin)
     with socket.create_connection(("127.0.0.1", denied_port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\r\nHost: blocked.test\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.0 403 Forbidden")
-    lines: list[dict[str, Any]] = []
-
-    def three() -> bool:
-        lines[:] = audit_lines(router)
-        return len(lines) >= 3
-
-    wait_for(three, timeout=10)
+    lines = wait_for_audit(router, lambda lines: len(lines) >= 3)
     by_route = {line["route"]: line for line in lines}
     api, raw, partners = by_route["api"], by_route["raw"], by_route["partners"]
     for line in (api, raw, partners):
@@ -168,15 +177,13 @@ def test_audit_names_dns_ipv6_and_failed_destinations(
         with socket.create_connection(("127.0.0.1", nowhere), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(100).startswith(b"HTTP/1.1 503")
-        lines: list[dict[str, Any]] = []
 
-        def all_routes() -> bool:
-            lines[:] = audit_lines(router)
+        def all_routes(lines: list[dict[str, Any]]) -> bool:
             return {"v6", "refused", "nowhere"} <= {ln["route"] for ln in lines} and sum(
                 ln["route"] == "named" for ln in lines
             ) >= 2
 
-        wait_for(all_routes, timeout=10)
+        lines = wait_for_audit(router, all_routes)
     finally:
         listener.stop()
     hosts = {ln["host"]: ln for ln in lines if ln["route"] == "named"}
@@ -231,14 +238,7 @@ def test_audit_records_allow_from_refusals_on_tcp_routes(
     ):
         assert s.recv(100) == b""
     assert origin.peers == []
-    lines: list[dict[str, Any]] = []
-
-    def refused() -> bool:
-        lines[:] = audit_lines(router)
-        return len(lines) >= 1
-
-    wait_for(refused, timeout=10)
-    (line,) = lines
+    (line,) = wait_for_audit(router, lambda lines: len(lines) >= 1)
     assert line["route"] == "tcp-partners"
     assert (line["verdict"], line["rule"]) == ("denied", "allow_from")
     assert line["destination"] == {"name": "", "address": "", "port": ""}
@@ -273,13 +273,8 @@ def test_audit_lines_stay_json_for_whatever_a_client_sends(
             with contextlib.suppress(ConnectionResetError):
                 while s.recv(65536):
                     pass
-    lines: list[dict[str, Any]] = []
-
-    def all_logged() -> bool:
-        lines[:] = audit_lines(router)  # json.loads: a broken or cut line fails here
-        return len(lines) >= len(sends)
-
-    wait_for(all_logged, timeout=10)
+    # audit_lines json.loads every line: a broken or cut one fails here.
+    lines = wait_for_audit(router, lambda lines: len(lines) >= len(sends))
     assert {ln["verdict"] for ln in lines} <= {"allowed", ""}
     hosts = {ln["host"] for ln in lines}
     assert any(h.startswith('é\u2028"\\') for h in hosts), hosts

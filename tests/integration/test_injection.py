@@ -367,25 +367,34 @@ def with_value(base: Any, path: tuple[str | int, ...], value: object) -> Any:
     return doc
 
 
+def check_strings_at(
+    base: Any, path: tuple[str | int, ...], valid: list[str], check: Callable[[Any], None]
+) -> None:
+    """`check` copies of the document `base` with a string at `path`: one of `valid`, one
+    with a payload spliced in, or any text (`strings`)."""
+
+    @settings(settings.get_profile(PROFILE))
+    @given(value=strings(valid))
+    def run(value: str) -> None:
+        check(with_value(base, path, value))
+
+    run()
+
+
+def check_routes_yaml(doc: Any) -> None:
+    """`doc` as the routes.yaml key, beside the base env."""
+    data = yaml.safe_dump(doc, allow_unicode=True).encode()
+    check_outcome(Snapshot(Path("/cfg"), (("routes.yaml", data),)), BASE_ENV, where="yaml")
+
+
 def test_base_inputs_are_valid() -> None:
     assert [r.name for r in BASE_CONFIG.routes] == ["tcp-route", "http-route", "seed"]
-    check_outcome(
-        Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(BASE_DOC).encode()),)),
-        BASE_ENV,
-        where="yaml",
-    )
+    check_routes_yaml(BASE_DOC)
 
 
 @pytest.mark.parametrize("path", list(YAML_FIELDS), ids=lambda p: ".".join(map(str, p)))
 def test_yaml_string_fields(path: tuple[str | int, ...]) -> None:
-    @settings(settings.get_profile(PROFILE))
-    @given(value=strings(YAML_FIELDS[path]))
-    def run(value: str) -> None:
-        doc = with_value(BASE_DOC, path, value)
-        data = yaml.safe_dump(doc, allow_unicode=True).encode()
-        check_outcome(Snapshot(Path("/cfg"), (("routes.yaml", data),)), BASE_ENV, where="yaml")
-
-    run()
+    check_strings_at(BASE_DOC, path, YAML_FIELDS[path], check_routes_yaml)
 
 
 @pytest.mark.parametrize("place", ["route key", "top-level key"])
@@ -398,8 +407,7 @@ def test_yaml_key_names(place: str) -> None:
         doc = copy.deepcopy(BASE_DOC)
         target = doc["routes"][0] if place == "route key" else doc
         target[key] = "x"
-        data = yaml.safe_dump(doc, allow_unicode=True).encode()
-        check_outcome(Snapshot(Path("/cfg"), (("routes.yaml", data),)), BASE_ENV, where="yaml")
+        check_routes_yaml(doc)
 
     run()
 
@@ -552,13 +560,9 @@ def test_hook_base_inputs_are_valid() -> None:
 
 @pytest.mark.parametrize("path", list(HOOK_FIELDS), ids=lambda p: ".".join(map(str, p)))
 def test_hook_string_fields(path: tuple[str | int, ...]) -> None:
-    @settings(settings.get_profile(PROFILE))
-    @given(value=strings(HOOK_FIELDS[path]))
-    def run(value: str) -> None:
-        doc = with_value(HOOKS_DOC, path, value)
-        check_hooks_outcome(_hooks_snapshot(doc))
-
-    run()
+    check_strings_at(
+        HOOKS_DOC, path, HOOK_FIELDS[path], lambda doc: check_hooks_outcome(_hooks_snapshot(doc))
+    )
 
 
 def test_hook_argument_names() -> None:

@@ -72,144 +72,137 @@ def _cfg_servers(router: Router, backend: str = "web") -> dict[str, str]:
     return out
 
 
+@pytest.fixture
+def router(tmp_path: Path, volume: ConfigMapVolume) -> Iterator[Router]:
+    """The router on the volume, started by each test once it has published its routes;
+    stopped afterwards. Requested last, so it stops before the origins do."""
+    r = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    yield r
+    r.stop()
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("keepalive", [False, True], ids=["new-connections", "keep-alive"])
 def test_destination_and_allow_from_edits_keep_the_worker_and_every_request(
-    tmp_path: Path,
     volume: ConfigMapVolume,
     *,
     origin: HttpOrigin,
     origin_b: HttpOrigin,
     keepalive: bool,
+    router: Router,
 ) -> None:
     port = free_port()
     wide = ["127.0.0.0/8", "10.0.0.0/8"]
     _publish(volume, _web(port, origin, allow=["127.0.0.0/8"]))
-    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
+    router.start()
+    worker = router.worker_pid()
+    load = LoadGen(port, keepalive=keepalive, clients=4, max_seconds=120).start()
     try:
-        router.start()
-        worker = router.worker_pid()
-        load = LoadGen(port, keepalive=keepalive, clients=4, max_seconds=120).start()
-        try:
-            for i in range(20):
-                dests = (origin, origin_b) if i % 2 == 0 else (origin_b,)
-                allow = wide if i % 4 < 2 else ["127.0.0.0/8"]
-                _edit(router, volume, _web(port, *dests, allow=allow))
-                assert _servers(router) == _cfg_servers(router)
-                time.sleep(0.1)
-        finally:
-            result = load.stop()
-        assert result.failed == 0, result.errors
-        assert result.ok > 100
-        assert router.worker_pid() == worker
-        procs = CliSocket(router.run_dir / "master.sock", master=True).command("show proc")
-        assert [p.kind for p in parse_show_proc(procs)] == ["master", "worker"]
-        assert parse_old_workers(procs) == []  # no reload left an old worker behind
-        kinds = changes(router)
-        assert kinds["runtime"] == 20
-        assert kinds["reload"] == 0
-        assert router.metric("haproxy_egress_reloads_total") == 0
-        assert "applied at runtime; no reload" in router.stderr()
-        # The ACL file on disk is what the worker runs.
-        acl = router.run_dir / "maps" / "allow-from.web.acl"
-        entries = CliSocket(router.run_dir / "haproxy.sock").command(f"show acl {acl}")
-        assert sorted(ln.split()[1] for ln in entries.splitlines() if ln.startswith("0x")) == (
-            sorted(acl.read_text().split())
-        )
+        for i in range(20):
+            dests = (origin, origin_b) if i % 2 == 0 else (origin_b,)
+            allow = wide if i % 4 < 2 else ["127.0.0.0/8"]
+            _edit(router, volume, _web(port, *dests, allow=allow))
+            assert _servers(router) == _cfg_servers(router)
+            time.sleep(0.1)
     finally:
-        router.stop()
+        result = load.stop()
+    assert result.failed == 0, result.errors
+    assert result.ok > 100
+    assert router.worker_pid() == worker
+    procs = CliSocket(router.run_dir / "master.sock", master=True).command("show proc")
+    assert [p.kind for p in parse_show_proc(procs)] == ["master", "worker"]
+    assert parse_old_workers(procs) == []  # no reload left an old worker behind
+    kinds = changes(router)
+    assert kinds["runtime"] == 20
+    assert kinds["reload"] == 0
+    assert router.metric("haproxy_egress_reloads_total") == 0
+    assert "applied at runtime; no reload" in router.stderr()
+    # The ACL file on disk is what the worker runs.
+    acl = router.run_dir / "maps" / "allow-from.web.acl"
+    entries = CliSocket(router.run_dir / "haproxy.sock").command(f"show acl {acl}")
+    assert sorted(ln.split()[1] for ln in entries.splitlines() if ln.startswith("0x")) == (
+        sorted(acl.read_text().split())
+    )
 
 
 @pytest.mark.timeout(60)
 def test_allow_from_edit_refuses_new_clients_at_once(
-    tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin
+    volume: ConfigMapVolume, origin: HttpOrigin, router: Router
 ) -> None:
     port = free_port()
     _publish(volume, _web(port, origin, allow=["127.0.0.0/8"]))
-    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
-    try:
-        router.start()
-        worker = router.worker_pid()
-        assert http_get(port) == "origin-a"
-        _edit(router, volume, _web(port, origin, allow=["10.0.0.0/8"]))
-        with pytest.raises(ConnectionError):
-            http_get(port, timeout=2)
-        _edit(router, volume, _web(port, origin, allow=["127.0.0.1/32"]))
-        assert http_get(port) == "origin-a"
-        assert router.worker_pid() == worker
-    finally:
-        router.stop()
+    router.start()
+    worker = router.worker_pid()
+    assert http_get(port) == "origin-a"
+    _edit(router, volume, _web(port, origin, allow=["10.0.0.0/8"]))
+    with pytest.raises(ConnectionError):
+        http_get(port, timeout=2)
+    _edit(router, volume, _web(port, origin, allow=["127.0.0.1/32"]))
+    assert http_get(port) == "origin-a"
+    assert router.worker_pid() == worker
 
 
 @pytest.mark.timeout(60)
 def test_a_failing_runtime_command_falls_back_to_a_validated_reload(
-    tmp_path: Path,
     volume: ConfigMapVolume,
     *,
     origin: HttpOrigin,
     origin_b: HttpOrigin,
+    router: Router,
 ) -> None:
     """The failure is real: a server of the same name already exists in the worker (added
     behind the router's back), so `add server` is refused."""
     port = free_port()
     _publish(volume, _web(port, origin))
-    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
-    try:
-        router.start()
-        worker = router.worker_pid()
-        stats = CliSocket(router.run_dir / "haproxy.sock")
-        name = f"127.0.0.1_{origin_b.port}"
-        # A decoy at origin a's address: if it survived, origin b would never answer.
-        assert stats.command(f"add server web/{name} 127.0.0.1:{origin.port}").startswith("New")
-        _edit(router, volume, _web(port, origin, origin_b))
-        assert "runtime change failed, reloading instead" in router.stderr()
-        assert "was refused: Already exists a server" in router.stderr()
-        assert router.worker_pid() != worker
-        kinds = changes(router)
-        assert kinds == {"noop": 0.0, "runtime": 0.0, "reload": 1.0}
-        wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-a", "origin-b"}, 10)
-        assert _servers(router) == _cfg_servers(router)
-        # The next destination edit goes live again, in the new worker.
-        worker = router.worker_pid()
-        _edit(router, volume, _web(port, origin_b))
-        assert router.worker_pid() == worker
-        assert changes(router)["runtime"] == 1
-        wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-b"}, 10)
-    finally:
-        router.stop()
+    router.start()
+    worker = router.worker_pid()
+    stats = CliSocket(router.run_dir / "haproxy.sock")
+    name = f"127.0.0.1_{origin_b.port}"
+    # A decoy at origin a's address: if it survived, origin b would never answer.
+    assert stats.command(f"add server web/{name} 127.0.0.1:{origin.port}").startswith("New")
+    _edit(router, volume, _web(port, origin, origin_b))
+    assert "runtime change failed, reloading instead" in router.stderr()
+    assert "was refused: Already exists a server" in router.stderr()
+    assert router.worker_pid() != worker
+    kinds = changes(router)
+    assert kinds == {"noop": 0.0, "runtime": 0.0, "reload": 1.0}
+    wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-a", "origin-b"}, 10)
+    assert _servers(router) == _cfg_servers(router)
+    # The next destination edit goes live again, in the new worker.
+    worker = router.worker_pid()
+    _edit(router, volume, _web(port, origin_b))
+    assert router.worker_pid() == worker
+    assert changes(router)["runtime"] == 1
+    wait_for(lambda: {http_get(port) for _ in range(4)} == {"origin-b"}, 10)
 
 
 @pytest.mark.timeout(120)
 def test_haproxy_killed_during_runtime_changes_comes_back_consistent(
-    tmp_path: Path,
     volume: ConfigMapVolume,
     *,
     origin: HttpOrigin,
     origin_b: HttpOrigin,
     origin_c: HttpOrigin,
+    router: Router,
 ) -> None:
     """Kill the worker at various moments of a runtime change: the router restarts haproxy
     from the files on disk, which already describe the edit, so it serves exactly that."""
     port = free_port()
     sets = [(origin,), (origin, origin_b), (origin_b, origin_c), (origin_c,)]
     _publish(volume, _web(port, *sets[0]))
-    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
-    try:
-        router.start()
-        for i, delay in enumerate((0.0, 0.15, 0.25, 0.35, 0.5)):
-            dests = sets[(i + 1) % len(sets)]
-            worker = router.worker_pid()
-            _publish(volume, _web(port, *dests))
-            time.sleep(delay)
-            os.kill(worker, signal.SIGKILL)
-            want = {o.name for o in dests}
-            wait_for(lambda w=want: {http_get(port, timeout=1) for _ in range(6)} == w, 20)
-            wait_for(lambda: _servers(router) == _cfg_servers(router), 10)
-            assert set(_cfg_servers(router)) == {f"127.0.0.1_{o.port}" for o in dests}
-        assert router.proc is not None
-        assert router.proc.poll() is None
-    finally:
-        router.stop()
+    router.start()
+    for i, delay in enumerate((0.0, 0.15, 0.25, 0.35, 0.5)):
+        dests = sets[(i + 1) % len(sets)]
+        worker = router.worker_pid()
+        _publish(volume, _web(port, *dests))
+        time.sleep(delay)
+        os.kill(worker, signal.SIGKILL)
+        want = {o.name for o in dests}
+        wait_for(lambda w=want: {http_get(port, timeout=1) for _ in range(6)} == w, 20)
+        wait_for(lambda: _servers(router) == _cfg_servers(router), 10)
+        assert set(_cfg_servers(router)) == {f"127.0.0.1_{o.port}" for o in dests}
+    assert router.proc is not None
+    assert router.proc.poll() is None
 
 
 def _serving(port: int) -> bool:
@@ -222,21 +215,17 @@ def _serving(port: int) -> bool:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("victim", ["worker", "master"])
 def test_crash_to_serving_in_under_a_second(
-    tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin, victim: str
+    volume: ConfigMapVolume, origin: HttpOrigin, victim: str, router: Router
 ) -> None:
     """SIGKILL haproxy's worker or master: serving again p50 <= 1 s (first crash: no back-off;
     crashes here are 11 s apart, so each is a first one)."""
     port = free_port()
     _publish(volume, _web(port, origin))
-    router = Router(tmp_path / "router", config_dir=volume.directory, drain_seconds=1)
     outages = []
-    try:
-        router.start()
-        for _ in range(3):
-            pid = router.worker_pid() if victim == "worker" else router.master_pid()
-            os.kill(pid, signal.SIGKILL)
-            outages.append(recovery_time(lambda: _serving(port)))
-            time.sleep(11)  # past Backoff.stable_after: the next crash is a first crash
-        assert statistics.median(outages) <= 1.0, outages
-    finally:
-        router.stop()
+    router.start()
+    for _ in range(3):
+        pid = router.worker_pid() if victim == "worker" else router.master_pid()
+        os.kill(pid, signal.SIGKILL)
+        outages.append(recovery_time(lambda: _serving(port)))
+        time.sleep(11)  # past Backoff.stable_after: the next crash is a first crash
+    assert statistics.median(outages) <= 1.0, outages

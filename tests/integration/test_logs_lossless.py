@@ -68,6 +68,21 @@ def _started(tmp_path: Path, origin: FastOrigin, routers: list[Router]) -> tuple
     return router, port
 
 
+def _side_route(origin: FastOrigin) -> dict[str, Any]:
+    """A second route on a port of its own: adding or removing it is a structural change,
+    so haproxy really reloads (an edit of the edge route would be applied at runtime)."""
+    return _route(free_port(), origin, name="side")
+
+
+def _publish(router: Router, routes: list[dict[str, Any]]) -> None:
+    """Replace routes.yaml in one rename, as the kubelet swaps a ConfigMap: the watcher never
+    reads half a file."""
+    assert router.config_dir is not None
+    tmp = router.config_dir / ".routes.yaml.tmp"
+    tmp.write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
+    tmp.replace(router.config_dir / "routes.yaml")
+
+
 def _frontend_sessions(router: Router, name: str = "edge") -> int:
     """The current worker's cumulated sessions of a frontend (`show stat` stot), once no
     session of it is open any more (the load's last connections have been logged)."""
@@ -230,19 +245,12 @@ def test_no_line_lost_across_100_reloads_under_load(
 ) -> None:
     """Old workers keep writing into the relay's FIFO until they exit: a reload loses no line."""
     router, port = _started(tmp_path, origin, routers)
-    side = free_port()
-    routes_yaml = router.config_dir / "routes.yaml"
+    side = _side_route(origin)
     clients = Clients(port, threads=8, deadline=time.monotonic() + 300).start()
     reloads = 100
     try:
         for n in range(1, reloads + 1):
-            # A second route comes and goes: a structural change, so haproxy really reloads.
-            routes = [_route(port, origin)]
-            if n % 2:
-                routes.append({**_route(side, origin), "name": "side"})
-            tmp = routes_yaml.with_name(".routes.yaml.tmp")
-            tmp.write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
-            tmp.replace(routes_yaml)
+            _publish(router, [_route(port, origin), side] if n % 2 else [_route(port, origin)])
             wait_for(lambda n=n: router.metric("haproxy_egress_reloads_total") == n, 30)
     finally:
         clients.stop()
@@ -263,13 +271,11 @@ def test_a_connection_held_across_a_reload_is_logged_by_its_old_worker(
 ) -> None:
     """The case a haproxy ring loses: the old worker logs the connection after the reload."""
     router, port = _started(tmp_path, origin, routers)
-    side = free_port()
     held = socket.create_connection(("127.0.0.1", port), timeout=5)
     held.sendall(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")  # keep-alive: the connection stays
     assert held.recv(4096).startswith(b"HTTP/1.1 200")
     old = router.worker_pid()
-    routes = [_route(port, origin), {**_route(side, origin), "name": "side"}]
-    write_configmap(router.config_dir, {"routes.yaml": {"routes": routes}})
+    _publish(router, [_route(port, origin), _side_route(origin)])
     wait_for(lambda: router.metric("haproxy_egress_reloads_total") == 1.0, 30)
     wait_for(
         lambda: router.metric("haproxy_egress_log_worker_dropped", {"pid": str(old)}) == 0.0, 10

@@ -244,6 +244,32 @@ def by_key(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
 # Written from the route.openshift.io/v1, template.openshift.io/v1 and monitoring.coreos.com/v1
 # API definitions: the fields these manifests use, their types, and what the API requires.
 
+
+def closed_object(properties: dict[str, Any], *required: str, **more: Any) -> dict[str, Any]:
+    """An object schema with these properties and no others, `required` among them."""
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, **more}
+    if required:
+        schema["required"] = list(required)
+    schema["properties"] = properties
+    return schema
+
+
+def kind_schema(api_version: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A whole object of one kind: its apiVersion, kind, metadata and spec, all required."""
+    return closed_object(
+        {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": name},
+            "metadata": META,
+            "spec": spec,
+        },
+        "apiVersion",
+        "kind",
+        "metadata",
+        "spec",
+    )
+
+
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 META = {
     "type": "object",
@@ -256,78 +282,56 @@ META = {
     },
 }
 INT_OR_STRING = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
-ROUTE_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "route.openshift.io/v1"},
-        "kind": {"const": "Route"},
-        "metadata": META,
-        "spec": {
-            "type": "object",
-            "required": ["to"],
-            "additionalProperties": False,
-            "properties": {
-                "host": {"type": "string"},
-                "path": {"type": "string"},
-                "to": {
-                    "type": "object",
-                    "required": ["kind", "name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "kind": {"const": "Service"},
-                        "name": {"type": "string", "pattern": DNS_LABEL},
-                        "weight": {"type": "integer", "minimum": 0, "maximum": 256},
-                    },
+ROUTE_SCHEMA = kind_schema(
+    "route.openshift.io/v1",
+    "Route",
+    closed_object(
+        {
+            "host": {"type": "string"},
+            "path": {"type": "string"},
+            "to": closed_object(
+                {
+                    "kind": {"const": "Service"},
+                    "name": {"type": "string", "pattern": DNS_LABEL},
+                    "weight": {"type": "integer", "minimum": 0, "maximum": 256},
                 },
-                "port": {
-                    "type": "object",
-                    "required": ["targetPort"],
-                    "additionalProperties": False,
-                    "properties": {"targetPort": INT_OR_STRING},
+                "kind",
+                "name",
+            ),
+            "port": closed_object({"targetPort": INT_OR_STRING}, "targetPort"),
+            "tls": closed_object(
+                {
+                    "termination": {"enum": ["edge", "passthrough", "reencrypt"]},
+                    "insecureEdgeTerminationPolicy": {"enum": ["Allow", "None", "Redirect"]},
+                    "certificate": {"type": "string"},
+                    "key": {"type": "string"},
+                    "caCertificate": {"type": "string"},
                 },
-                "tls": {
-                    "type": "object",
-                    "required": ["termination"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "termination": {"enum": ["edge", "passthrough", "reencrypt"]},
-                        "insecureEdgeTerminationPolicy": {"enum": ["Allow", "None", "Redirect"]},
-                        "certificate": {"type": "string"},
-                        "key": {"type": "string"},
-                        "caCertificate": {"type": "string"},
-                    },
-                },
-                "wildcardPolicy": {"enum": ["None", "Subdomain"]},
-            },
+                "termination",
+            ),
+            "wildcardPolicy": {"enum": ["None", "Subdomain"]},
         },
-    },
-}
+        "to",
+    ),
+)
 # monitoring.coreos.com/v1 SecretKeySelector, ConfigMapKeySelector, SecretOrConfigMap and
 # TLSConfig (the endpoint's tlsConfig): what the operator reads from each.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SECRET_KEY_SELECTOR = {
-    "type": "object",
-    "required": ["key"],
-    "additionalProperties": False,
-    "properties": {
+SECRET_KEY_SELECTOR = closed_object(
+    {
         "name": {"type": "string", "pattern": DNS_SUBDOMAIN, "maxLength": 253},
         "key": {"type": "string", "pattern": r"^[-._a-zA-Z0-9]+$"},
         "optional": {"type": "boolean"},
     },
-}
-SECRET_OR_CONFIG_MAP = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "maxProperties": 1,
-    "properties": {"secret": SECRET_KEY_SELECTOR, "configMap": SECRET_KEY_SELECTOR},
-}
-TLS_CONFIG = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
+    "key",
+)
+SECRET_OR_CONFIG_MAP = closed_object(
+    {"secret": SECRET_KEY_SELECTOR, "configMap": SECRET_KEY_SELECTOR},
+    minProperties=1,
+    maxProperties=1,
+)
+TLS_CONFIG = closed_object(
+    {
         "ca": SECRET_OR_CONFIG_MAP,
         "cert": SECRET_OR_CONFIG_MAP,
         "keySecret": SECRET_KEY_SELECTOR,
@@ -336,65 +340,42 @@ TLS_CONFIG = {
         "caFile": {"type": "string"},
         "certFile": {"type": "string"},
         "keyFile": {"type": "string"},
-    },
-}
-SERVICE_MONITOR_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": META,
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "matchLabels": {
-                            "type": "object",
-                            "additionalProperties": {"type": "string"},
-                        }
-                    },
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-                            "scrapeTimeout": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                            "tlsConfig": TLS_CONFIG,
-                            "basicAuth": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "username": SECRET_KEY_SELECTOR,
-                                    "password": SECRET_KEY_SELECTOR,
-                                },
-                            },
-                        },
-                    },
-                },
+    }
+)
+DURATION = {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"}
+SERVICE_MONITOR_SCHEMA = kind_schema(
+    "monitoring.coreos.com/v1",
+    "ServiceMonitor",
+    closed_object(
+        {
+            "jobLabel": {"type": "string"},
+            "selector": closed_object(
+                {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}
+            ),
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": closed_object(
+                    {
+                        "port": {"type": "string"},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "interval": DURATION,
+                        "scrapeTimeout": DURATION,
+                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                        "tlsConfig": TLS_CONFIG,
+                        "basicAuth": closed_object(
+                            {"username": SECRET_KEY_SELECTOR, "password": SECRET_KEY_SELECTOR}
+                        ),
+                    }
+                ),
             },
         },
-    },
-}
-TEMPLATE_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "objects", "parameters"],
-    "additionalProperties": False,
-    "properties": {
+        "selector",
+        "endpoints",
+    ),
+)
+TEMPLATE_SCHEMA = closed_object(
+    {
         "apiVersion": {"const": "template.openshift.io/v1"},
         "kind": {"const": "Template"},
         "metadata": META,
@@ -406,11 +387,8 @@ TEMPLATE_SCHEMA = {
         },
         "parameters": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name"],
-                "additionalProperties": False,
-                "properties": {
+            "items": closed_object(
+                {
                     "name": {"type": "string", "pattern": "^[a-zA-Z0-9_]+$"},
                     "displayName": {"type": "string"},
                     "description": {"type": "string"},
@@ -419,10 +397,16 @@ TEMPLATE_SCHEMA = {
                     "from": {"type": "string"},
                     "required": {"type": "boolean"},
                 },
-            },
+                "name",
+            ),
         },
     },
-}
+    "apiVersion",
+    "kind",
+    "metadata",
+    "objects",
+    "parameters",
+)
 CUSTOM_SCHEMAS = {"Route": ROUTE_SCHEMA, "ServiceMonitor": SERVICE_MONITOR_SCHEMA}
 
 

@@ -13,9 +13,8 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.support import (
     DnsServer,
     HaproxyProcess,
     HttpOrigin,
+    TcpOrigin,
     free_port,
     http_get,
     port_open,
@@ -357,35 +357,14 @@ def test_fixed_source_address(tmp_path: Path, origin: HttpOrigin) -> None:
         assert origin.peers == ["127.0.0.6"]
 
 
-@dataclass
-class ProxyV2Sink:
+class ProxyV2Sink(TcpOrigin):
     """A TCP destination that records each connection's PROXY v2 header and payload."""
-
-    port: int = 0
-    seen: list[tuple[int, tuple[str, int, str, int] | None, bytes]] = field(default_factory=list)
-    _sock: socket.socket | None = None
 
     SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
-    def start(self) -> ProxyV2Sink:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        return self
-
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                self._handle(conn)
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, tuple[str, int, str, int] | None, bytes]] = []
+        super().__init__()
 
     def _read(self, conn: socket.socket, n: int) -> bytes:
         data = b""
@@ -396,33 +375,27 @@ class ProxyV2Sink:
             data += chunk
         return data
 
-    def _handle(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            head = self._read(conn, 16)
-            if head[:12] != self.SIGNATURE:
-                self.seen.append((-1, None, head))
-                return
-            command, family, length = head[12] & 0x0F, head[13], struct.unpack("!H", head[14:16])[0]
-            body = self._read(conn, length)
-            addresses = None
-            if family == 0x11:  # TCP over IPv4
-                src, dst, sport, dport = struct.unpack("!4s4sHH", body[:12])
-                addresses = (socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport)
-            payload = b""
-            if command == 1:  # PROXY (relayed traffic); LOCAL (0) is haproxy's health check
-                payload = conn.recv(100)
-                conn.sendall(b"pong:" + payload)
-            self.seen.append((command, addresses, payload))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        if self._sock is not None:
-            self._sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2)
+        head = self._read(conn, 16)
+        if head[:12] != self.SIGNATURE:
+            self.seen.append((-1, None, head))
+            return
+        command, family, length = head[12] & 0x0F, head[13], struct.unpack("!H", head[14:16])[0]
+        body = self._read(conn, length)
+        addresses = None
+        if family == 0x11:  # TCP over IPv4
+            src, dst, sport, dport = struct.unpack("!4s4sHH", body[:12])
+            addresses = (socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport)
+        payload = b""
+        if command == 1:  # PROXY (relayed traffic); LOCAL (0) is haproxy's health check
+            payload = conn.recv(100)
+            conn.sendall(b"pong:" + payload)
+        self.seen.append((command, addresses, payload))
 
 
 def test_proxy_protocol_v2_reaches_the_destination(tmp_path: Path) -> None:
-    sink = ProxyV2Sink().start()
+    sink = ProxyV2Sink()
     try:
         lp = free_port()
         keys = _one_route("pp", lp, sink.port, proxy_protocol="v2", check=FAST_CHECK)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,72 +164,92 @@ def _route(dialect: str, listen: int, host: str, port: int) -> dict[str, Any]:
     }
 
 
+# What one line of a dialect yields: its (local port, host, destination port), or why it is
+# refused. `last` says whether it is the value's last line (where a fallback IP used to go).
+_LineParser = Callable[[Line, bool], tuple[int, str, int] | Rejected]
+
+# The originals' words for a local port a previous line already took.
+_TAKEN = {
+    REDIRECT: "localport {listen} is already used",
+    DNS_PROXY: "Proxy port {listen} already used",
+}
+
+
+def _parse(text: str, source: str, dialect: str, parse_line: _LineParser) -> Parsed:
+    """The lines of one dialect into routes and refused lines; a local port is taken by the
+    first line that is carried (a refused line takes none)."""
+    parsed = Parsed(source, dialect)
+    lines = read_lines(text)
+    used: dict[int, int] = {}  # local port → line that took it
+    for index, line in enumerate(lines):
+        result = parse_line(line, index + 1 == len(lines))
+        if isinstance(result, Rejected):
+            parsed.rejected.append(result)
+            continue
+        listen, host, dest_port = result
+        first = used.get(listen)
+        if first is not None:
+            taken = _TAKEN[dialect].format(listen=listen)
+            parsed.rejected.append(
+                Rejected(line, f"{taken}, must be unique for each destination (line {first})")
+            )
+            continue
+        used[listen] = line.number
+        parsed.routes.append((line, _route(dialect, listen, host, dest_port)))
+    return parsed
+
+
+def _ports(line: Line, listen: str, dest: list[str]) -> tuple[int, int] | Rejected:
+    """The local and destination ports (the local one when none is given), or the refusal of
+    the first one out of range."""
+    bad_ports = [f for f in (listen, *dest) if _port(f) is None]
+    if bad_ports:
+        return Rejected(line, _invalid_port(bad_ports[0]))
+    return int(listen), int(dest[0]) if dest else int(listen)
+
+
+def _redirect_line(line: Line, last: bool) -> tuple[int, str, int] | Rejected:
+    """One `PORT tcp IP [DESTPORT]` line."""
+    fields = line.fields
+    if len(fields) == 1:
+        try:
+            _ip_literal(fields[0])
+        except ValueError as exc:
+            return _bad(line, REDIRECT_FORM, f"{exc}; {REDIRECT_FORM}")
+        if not last:
+            return Rejected(line, f"fallback IP must be the last line; besides, {FALLBACK_ADVICE}")
+        return Rejected(line, f"fallback IP {fields[0]}: {FALLBACK_ADVICE}")
+    if len(fields) not in (3, 4) or not _DIGITS.match(fields[0]):
+        return _bad(line, REDIRECT_FORM)
+    proto = fields[1].lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        return _bad(line, REDIRECT_FORM, f"unknown protocol {fields[1]!r}")
+    if len(fields) == 4 and not _DIGITS.match(fields[3]):
+        return _bad(line, REDIRECT_FORM)
+    try:
+        host = _ip_literal(fields[2])
+    except ValueError as exc:
+        hint = REDIRECT_FORM
+        if not netaddr.looks_like_ipv4(fields[2]) and ":" not in fields[2]:
+            hint = "redirect mode takes IP addresses; put DNS names in " + DNS_PROXY
+        return _bad(line, REDIRECT_FORM, f"{exc}; {hint}")
+    ports = _ports(line, fields[0], fields[3:])
+    if isinstance(ports, Rejected):
+        return ports
+    if proto != "tcp":
+        # Refused before it can take its port: `80 udp` next to `80 tcp` is no conflict.
+        return Rejected(
+            line,
+            f"{proto} cannot be carried: haproxy proxies TCP only. Remove this line and "
+            f"give {proto} traffic to {host} a kernel path (an egress IP for the "
+            f"namespace, or a CNI egress router)",
+        )
+    return ports[0], host, ports[1]
+
+
 def parse_redirect(text: str, source: str = REDIRECT) -> Parsed:
     """Redirect-mode lines (`PORT tcp IP [DESTPORT]`) into routes and refused lines."""
-    parsed = Parsed(source, REDIRECT)
-    lines = read_lines(text)
-    used: dict[tuple[str, int], int] = {}  # (protocol, local port) → line that took it
-    for index, line in enumerate(lines):
-        fields = line.fields
-        if len(fields) == 1:
-            try:
-                _ip_literal(fields[0])
-            except ValueError as exc:
-                parsed.rejected.append(_bad(line, REDIRECT_FORM, f"{exc}; {REDIRECT_FORM}"))
-                continue
-            if index + 1 < len(lines):
-                message = f"fallback IP must be the last line; besides, {FALLBACK_ADVICE}"
-            else:
-                message = f"fallback IP {fields[0]}: {FALLBACK_ADVICE}"
-            parsed.rejected.append(Rejected(line, message))
-            continue
-        if len(fields) not in (3, 4) or not _DIGITS.match(fields[0]):
-            parsed.rejected.append(_bad(line, REDIRECT_FORM))
-            continue
-        proto = fields[1].lower()
-        if proto not in ("tcp", "udp", "sctp"):
-            parsed.rejected.append(_bad(line, REDIRECT_FORM, f"unknown protocol {fields[1]!r}"))
-            continue
-        if len(fields) == 4 and not _DIGITS.match(fields[3]):
-            parsed.rejected.append(_bad(line, REDIRECT_FORM))
-            continue
-        try:
-            host = _ip_literal(fields[2])
-        except ValueError as exc:
-            hint = REDIRECT_FORM
-            if not netaddr.looks_like_ipv4(fields[2]) and ":" not in fields[2]:
-                hint = "redirect mode takes IP addresses; put DNS names in " + DNS_PROXY
-            parsed.rejected.append(_bad(line, REDIRECT_FORM, f"{exc}; {hint}"))
-            continue
-        bad_ports = [f for f in (fields[0], *fields[3:]) if _port(f) is None]
-        if bad_ports:
-            parsed.rejected.append(Rejected(line, _invalid_port(bad_ports[0])))
-            continue
-        listen = int(fields[0])
-        dest_port = int(fields[3]) if len(fields) == 4 else listen
-        if proto != "tcp":
-            parsed.rejected.append(
-                Rejected(
-                    line,
-                    f"{proto} cannot be carried: haproxy proxies TCP only. Remove this line and "
-                    f"give {proto} traffic to {host} a kernel path (an egress IP for the "
-                    f"namespace, or a CNI egress router)",
-                )
-            )
-            continue
-        first = used.get((proto, listen))
-        if first is not None:
-            parsed.rejected.append(
-                Rejected(
-                    line,
-                    f"localport {listen} is already used, must be unique for each destination "
-                    f"(line {first})",
-                )
-            )
-            continue
-        used[(proto, listen)] = line.number
-        parsed.routes.append((line, _route(REDIRECT, listen, host, dest_port)))
-    return parsed
+    return _parse(text, source, REDIRECT, _redirect_line)
 
 
 def _dns_host(text: str) -> str:
@@ -246,39 +266,24 @@ def _dns_host(text: str) -> str:
     return host
 
 
+def _dns_proxy_line(line: Line, last: bool) -> tuple[int, str, int] | Rejected:
+    """One `PORT HOST [DESTPORT]` line (`last` does not matter: this dialect had no fallback)."""
+    fields = line.fields
+    if len(fields) not in (2, 3) or not all(_DIGITS.match(f) for f in fields[0:1] + fields[2:]):
+        return _bad(line, DNS_PROXY_FORM)
+    try:
+        host = _dns_host(fields[1])
+    except ValueError as exc:
+        return _bad(line, DNS_PROXY_FORM, str(exc))
+    ports = _ports(line, fields[0], fields[2:])
+    if isinstance(ports, Rejected):
+        return ports
+    return ports[0], host, ports[1]
+
+
 def parse_dns_proxy(text: str, source: str = DNS_PROXY) -> Parsed:
     """DNS-proxy-mode lines (`PORT HOST [DESTPORT]`) into routes and refused lines."""
-    parsed = Parsed(source, DNS_PROXY)
-    used: dict[int, int] = {}
-    for line in read_lines(text):
-        fields = line.fields
-        if len(fields) not in (2, 3) or not all(_DIGITS.match(f) for f in fields[0:1] + fields[2:]):
-            parsed.rejected.append(_bad(line, DNS_PROXY_FORM))
-            continue
-        try:
-            host = _dns_host(fields[1])
-        except ValueError as exc:
-            parsed.rejected.append(_bad(line, DNS_PROXY_FORM, str(exc)))
-            continue
-        bad_ports = [f for f in (fields[0], *fields[2:]) if _port(f) is None]
-        if bad_ports:
-            parsed.rejected.append(Rejected(line, _invalid_port(bad_ports[0])))
-            continue
-        listen = int(fields[0])
-        dest_port = int(fields[2]) if len(fields) == 3 else listen
-        first = used.get(listen)
-        if first is not None:
-            parsed.rejected.append(
-                Rejected(
-                    line,
-                    f"Proxy port {listen} already used, must be unique for each destination "
-                    f"(line {first})",
-                )
-            )
-            continue
-        used[listen] = line.number
-        parsed.routes.append((line, _route(DNS_PROXY, listen, host, dest_port)))
-    return parsed
+    return _parse(text, source, DNS_PROXY, _dns_proxy_line)
 
 
 PARSERS = {REDIRECT: parse_redirect, DNS_PROXY: parse_dns_proxy}

@@ -13,8 +13,10 @@ from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.config.sources.legacy import (
+    DNS_PROXY,
     FALLBACK_ADVICE,
-    parse_dns_proxy,
+    PARSERS,
+    REDIRECT,
     parse_redirect,
     parse_source,
     read_lines,
@@ -53,7 +55,7 @@ def test_read_lines_keeps_the_raw_line() -> None:
     assert line.where == "line 1"
 
 
-# --- redirect mode: EGRESS_DESTINATION ------------------------------------------------------
+# --- both line dialects: EGRESS_DESTINATION and EGRESS_DNS_PROXY_DESTINATION ---------------
 
 
 def _route(prefix: str, listen: int, host: str, port: int) -> dict[str, Any]:
@@ -64,69 +66,119 @@ def _route(prefix: str, listen: int, host: str, port: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    ("line", "route"),
-    [
-        ("80 tcp 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
-        ("8080 tcp 203.0.113.26 80", ("redirect", 8080, "203.0.113.26", 80)),
-        ("8080\ttcp\t203.0.113.26\t80", ("redirect", 8080, "203.0.113.26", 80)),  # tabs
-        ("8080 tcp 203.0.113.26 80\r", ("redirect", 8080, "203.0.113.26", 80)),  # CRLF
-        ("  80   tcp   203.0.113.25  ", ("redirect", 80, "203.0.113.25", 80)),
-        ("80 tcp 203.0.113.25 # web", ("redirect", 80, "203.0.113.25", 80)),  # inline comment
-        ("80 TCP 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
-        ("443 tcp 2001:db8::1", ("redirect", 443, "2001:db8::1", 443)),  # IPv6
-        ("443 tcp [2001:db8::1] 8443", ("redirect", 443, "2001:db8::1", 8443)),
-        ("443 tcp 2001:DB8:0::1", ("redirect", 443, "2001:db8::1", 443)),  # canonical form
-        ("1 tcp 203.0.113.25 65535", ("redirect", 1, "203.0.113.25", 65535)),
-        ("65535 tcp 203.0.113.25", ("redirect", 65535, "203.0.113.25", 65535)),
-        ("080 tcp 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
-    ],
-)
-def test_redirect_accepts(line: str, route: tuple[str, int, str, int]) -> None:
-    parsed = parse_redirect(line)
+# Lines of either dialect and the route each one is.
+ACCEPTS = [
+    # redirect mode
+    (REDIRECT, "80 tcp 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
+    (REDIRECT, "8080 tcp 203.0.113.26 80", ("redirect", 8080, "203.0.113.26", 80)),
+    (REDIRECT, "8080\ttcp\t203.0.113.26\t80", ("redirect", 8080, "203.0.113.26", 80)),  # tabs
+    (REDIRECT, "8080 tcp 203.0.113.26 80\r", ("redirect", 8080, "203.0.113.26", 80)),  # CRLF
+    (REDIRECT, "  80   tcp   203.0.113.25  ", ("redirect", 80, "203.0.113.25", 80)),
+    (REDIRECT, "80 tcp 203.0.113.25 # web", ("redirect", 80, "203.0.113.25", 80)),  # inline comment
+    (REDIRECT, "80 TCP 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
+    (REDIRECT, "443 tcp 2001:db8::1", ("redirect", 443, "2001:db8::1", 443)),  # IPv6
+    (REDIRECT, "443 tcp [2001:db8::1] 8443", ("redirect", 443, "2001:db8::1", 8443)),
+    (REDIRECT, "443 tcp 2001:DB8:0::1", ("redirect", 443, "2001:db8::1", 443)),  # canonical form
+    (REDIRECT, "1 tcp 203.0.113.25 65535", ("redirect", 1, "203.0.113.25", 65535)),
+    (REDIRECT, "65535 tcp 203.0.113.25", ("redirect", 65535, "203.0.113.25", 65535)),
+    (REDIRECT, "080 tcp 203.0.113.25", ("redirect", 80, "203.0.113.25", 80)),
+    # DNS proxy mode
+    (DNS_PROXY, "80 203.0.113.25", ("dns-proxy", 80, "203.0.113.25", 80)),
+    (DNS_PROXY, "8080 203.0.113.26 80", ("dns-proxy", 8080, "203.0.113.26", 80)),
+    (DNS_PROXY, "100 example.com", ("dns-proxy", 100, "example.com", 100)),
+    (DNS_PROXY, "8443 foobar.com 443", ("dns-proxy", 8443, "foobar.com", 443)),
+    (DNS_PROXY, "8443\tFooBar.COM.\t443 # comment", ("dns-proxy", 8443, "foobar.com", 443)),
+    (DNS_PROXY, "443 2001:db8::1", ("dns-proxy", 443, "2001:db8::1", 443)),
+    (DNS_PROXY, "443 [2001:db8::1] 8443", ("dns-proxy", 443, "2001:db8::1", 8443)),
+    (
+        DNS_PROXY,
+        "443 a-b.c-d.svc.cluster.local 443\r",
+        ("dns-proxy", 443, "a-b.c-d.svc.cluster.local", 443),
+    ),
+]
+
+
+@pytest.mark.parametrize(("dialect", "line", "route"), ACCEPTS)
+def test_accepts(dialect: str, line: str, route: tuple[str, int, str, int]) -> None:
+    parsed = PARSERS[dialect](line)
     assert parsed.all_problems() == []
     assert [data for _, data in parsed.routes] == [_route(*route)]
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "message"),
-    [
-        ("invalid", 1, "Bad destination 'invalid': not a valid IP address"),
-        ("80 tcp", 1, "Bad destination '80 tcp': expected 'PORT tcp IP'"),
-        ("80 tcp 203.0.113.25 80 90", 1, "Bad destination"),
-        ("http tcp 203.0.113.25", 1, "Bad destination 'http tcp 203.0.113.25'"),
-        ("80 tcp 203.0.113.25 http", 1, "Bad destination"),
-        ("80 icmp 203.0.113.25", 1, "unknown protocol 'icmp'"),
-        ("80 tcp example.com", 1, "put DNS names in EGRESS_DNS_PROXY_DESTINATION"),
-        # The originals accepted any digits as an IPv4 octet.
-        ("80 tcp 300.1.2.3", 1, "Bad destination '80 tcp 300.1.2.3': not a valid IP address"),
-        ("80 tcp 10.0.0.256 80", 1, "not a valid IP address: '10.0.0.256'"),
-        ("256.1.1.1", 1, "Bad destination '256.1.1.1': not a valid IP address"),
-        ("80 tcp 2001:db8::zz", 1, "not a valid IP address"),
-        ("80 tcp 203.0.113.25#x", 1, "not a valid IP address: '203.0.113.25#x'"),
-        ("0 tcp 203.0.113.25", 1, "Invalid port: 0, must be in the range 1 to 65535"),
-        ("800000 tcp 10.4.5.6", 1, "Invalid port: 800000, must be in the range 1 to 65535"),
-        ("80 tcp 10.4.5.6 65536", 1, "Invalid port: 65536, must be in the range 1 to 65535"),
-        ("9" * 5000 + " tcp 10.4.5.6", 1, "Bad destination"),
-        ("80 udp 10.4.5.6", 1, "udp cannot be carried: haproxy proxies TCP only"),
-        ("80 sctp 10.4.5.6 90", 1, "sctp cannot be carried: haproxy proxies TCP only"),
-        ("80 tcp 10.4.5.6\n10.1.2.3", 2, f"fallback IP 10.1.2.3: {FALLBACK_ADVICE}"),
-        ("2001:db8::9", 1, f"fallback IP 2001:db8::9: {FALLBACK_ADVICE}"),
-        ("10.1.2.3\n80 tcp 10.4.5.6", 1, "fallback IP must be the last line"),
-        ("80 tcp 10.4.5.6\n10.1.2.3\n8080 tcp 10.7.8.9 80", 2, "fallback IP must be the last line"),
-        (
-            "80 tcp 10.4.5.6\n8080 tcp 10.7.8.9 80\n80 tcp 10.7.8.9 900",
-            3,
-            "localport 80 is already used, must be unique for each destination (line 1)",
-        ),
-        ("# c\n\n80 tcp 10.4.5.6 # a\n80 tcp 10.4.5.7 # b", 4, "localport 80 is already used"),
-    ],
-)
-def test_redirect_refuses(text: str, line: int, message: str) -> None:
-    problems = parse_redirect(text).all_problems()
+# Values of either dialect, the line refused and what its message says.
+REFUSES = [
+    # redirect mode
+    (REDIRECT, "invalid", 1, "Bad destination 'invalid': not a valid IP address"),
+    (REDIRECT, "80 tcp", 1, "Bad destination '80 tcp': expected 'PORT tcp IP'"),
+    (REDIRECT, "80 tcp 203.0.113.25 80 90", 1, "Bad destination"),
+    (REDIRECT, "http tcp 203.0.113.25", 1, "Bad destination 'http tcp 203.0.113.25'"),
+    (REDIRECT, "80 tcp 203.0.113.25 http", 1, "Bad destination"),
+    (REDIRECT, "80 icmp 203.0.113.25", 1, "unknown protocol 'icmp'"),
+    (REDIRECT, "80 tcp example.com", 1, "put DNS names in EGRESS_DNS_PROXY_DESTINATION"),
+    # The originals accepted any digits as an IPv4 octet.
+    (REDIRECT, "80 tcp 300.1.2.3", 1, "Bad destination '80 tcp 300.1.2.3': not a valid IP address"),
+    (REDIRECT, "80 tcp 10.0.0.256 80", 1, "not a valid IP address: '10.0.0.256'"),
+    (REDIRECT, "256.1.1.1", 1, "Bad destination '256.1.1.1': not a valid IP address"),
+    (REDIRECT, "80 tcp 2001:db8::zz", 1, "not a valid IP address"),
+    (REDIRECT, "80 tcp 203.0.113.25#x", 1, "not a valid IP address: '203.0.113.25#x'"),
+    (REDIRECT, "0 tcp 203.0.113.25", 1, "Invalid port: 0, must be in the range 1 to 65535"),
+    (REDIRECT, "800000 tcp 10.4.5.6", 1, "Invalid port: 800000, must be in the range 1 to 65535"),
+    (REDIRECT, "80 tcp 10.4.5.6 65536", 1, "Invalid port: 65536, must be in the range 1 to 65535"),
+    (REDIRECT, "9" * 5000 + " tcp 10.4.5.6", 1, "Bad destination"),
+    (REDIRECT, "80 udp 10.4.5.6", 1, "udp cannot be carried: haproxy proxies TCP only"),
+    (REDIRECT, "80 sctp 10.4.5.6 90", 1, "sctp cannot be carried: haproxy proxies TCP only"),
+    (REDIRECT, "80 tcp 10.4.5.6\n10.1.2.3", 2, f"fallback IP 10.1.2.3: {FALLBACK_ADVICE}"),
+    (REDIRECT, "2001:db8::9", 1, f"fallback IP 2001:db8::9: {FALLBACK_ADVICE}"),
+    (REDIRECT, "10.1.2.3\n80 tcp 10.4.5.6", 1, "fallback IP must be the last line"),
+    (
+        REDIRECT,
+        "80 tcp 10.4.5.6\n10.1.2.3\n8080 tcp 10.7.8.9 80",
+        2,
+        "fallback IP must be the last line",
+    ),
+    (
+        REDIRECT,
+        "80 tcp 10.4.5.6\n8080 tcp 10.7.8.9 80\n80 tcp 10.7.8.9 900",
+        3,
+        "localport 80 is already used, must be unique for each destination (line 1)",
+    ),
+    (
+        REDIRECT,
+        "# c\n\n80 tcp 10.4.5.6 # a\n80 tcp 10.4.5.7 # b",
+        4,
+        "localport 80 is already used",
+    ),
+    # DNS proxy mode
+    (DNS_PROXY, "80 11.12.13.14\ninvalid", 2, "Bad destination 'invalid'"),
+    (DNS_PROXY, "80 11.12.13.14\n8080 invalid", 2, "Bad destination '8080 invalid'"),
+    (DNS_PROXY, "80", 1, "Bad destination '80'"),
+    (DNS_PROXY, "80 a.example 90 100", 1, "Bad destination"),
+    (DNS_PROXY, "x a.example", 1, "Bad destination"),
+    (DNS_PROXY, "80 a.example x", 1, "Bad destination"),
+    (DNS_PROXY, "80 -bad-.example", 1, "not a valid host name"),
+    (DNS_PROXY, "80 under_score.example", 1, "not a valid host name"),
+    (DNS_PROXY, "80 300.1.2.3", 1, "Bad destination '80 300.1.2.3': not a valid IP address"),
+    (DNS_PROXY, "99999 11.12.13.14", 1, "Invalid port: 99999, must be in the range 1 to 65535"),
+    (DNS_PROXY, "80 11.12.13.14 88888", 1, "Invalid port: 88888, must be in the range 1 to 65535"),
+    (DNS_PROXY, "80 11.12.13.14 " + "9" * 5000, 1, "Bad destination"),
+    (
+        DNS_PROXY,
+        "80 11.12.13.14\n80 21.22.23.24 100",
+        2,
+        "Proxy port 80 already used, must be unique for each destination (line 1)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("dialect", "text", "line", "message"), REFUSES)
+def test_refuses(dialect: str, text: str, line: int, message: str) -> None:
+    problems = PARSERS[dialect](text).all_problems()
     assert [p.path for p in problems] == [f"line {line}"], problems
     assert message in problems[0].message
-    assert problems[0].source == "EGRESS_DESTINATION"
+    assert problems[0].source == dialect
+
+
+# --- redirect mode: EGRESS_DESTINATION ------------------------------------------------------
 
 
 def test_redirect_fallback_not_last_also_says_what_to_do() -> None:
@@ -153,60 +205,6 @@ def test_redirect_reports_every_bad_line_at_once() -> None:
     parsed = parse_redirect(text)
     assert [p.path for p in parsed.all_problems()] == ["line 2", "line 3", "line 4"]
     assert [d["name"] for _, d in parsed.routes] == ["redirect-80", "redirect-81"]
-
-
-# --- DNS proxy mode: EGRESS_DNS_PROXY_DESTINATION -------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("line", "route"),
-    [
-        ("80 203.0.113.25", ("dns-proxy", 80, "203.0.113.25", 80)),
-        ("8080 203.0.113.26 80", ("dns-proxy", 8080, "203.0.113.26", 80)),
-        ("100 example.com", ("dns-proxy", 100, "example.com", 100)),
-        ("8443 foobar.com 443", ("dns-proxy", 8443, "foobar.com", 443)),
-        ("8443\tFooBar.COM.\t443 # comment", ("dns-proxy", 8443, "foobar.com", 443)),
-        ("443 2001:db8::1", ("dns-proxy", 443, "2001:db8::1", 443)),
-        ("443 [2001:db8::1] 8443", ("dns-proxy", 443, "2001:db8::1", 8443)),
-        (
-            "443 a-b.c-d.svc.cluster.local 443\r",
-            ("dns-proxy", 443, "a-b.c-d.svc.cluster.local", 443),
-        ),
-    ],
-)
-def test_dns_proxy_accepts(line: str, route: tuple[str, int, str, int]) -> None:
-    parsed = parse_dns_proxy(line)
-    assert parsed.all_problems() == []
-    assert [data for _, data in parsed.routes] == [_route(*route)]
-
-
-@pytest.mark.parametrize(
-    ("text", "line", "message"),
-    [
-        ("80 11.12.13.14\ninvalid", 2, "Bad destination 'invalid'"),
-        ("80 11.12.13.14\n8080 invalid", 2, "Bad destination '8080 invalid'"),
-        ("80", 1, "Bad destination '80'"),
-        ("80 a.example 90 100", 1, "Bad destination"),
-        ("x a.example", 1, "Bad destination"),
-        ("80 a.example x", 1, "Bad destination"),
-        ("80 -bad-.example", 1, "not a valid host name"),
-        ("80 under_score.example", 1, "not a valid host name"),
-        ("80 300.1.2.3", 1, "Bad destination '80 300.1.2.3': not a valid IP address"),
-        ("99999 11.12.13.14", 1, "Invalid port: 99999, must be in the range 1 to 65535"),
-        ("80 11.12.13.14 88888", 1, "Invalid port: 88888, must be in the range 1 to 65535"),
-        ("80 11.12.13.14 " + "9" * 5000, 1, "Bad destination"),
-        (
-            "80 11.12.13.14\n80 21.22.23.24 100",
-            2,
-            "Proxy port 80 already used, must be unique for each destination (line 1)",
-        ),
-    ],
-)
-def test_dns_proxy_refuses(text: str, line: int, message: str) -> None:
-    problems = parse_dns_proxy(text).all_problems()
-    assert [p.path for p in problems] == [f"line {line}"], problems
-    assert message in problems[0].message
-    assert problems[0].source == "EGRESS_DNS_PROXY_DESTINATION"
 
 
 # --- EGRESS_SOURCE ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tests.support import (
     EchoOrigin,
     HaproxyProcess,
     free_port,
+    loopback_route,
     port_open,
     wait_for,
     write_configmap,
@@ -93,14 +94,8 @@ def get(port: int, headers: Mapping[str, str] | None = None, timeout: float = 5.
 
 
 def route(name: str, port: int, dest_port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "listen": f"127.0.0.1:{port}",
-        "mode": "http",
-        "destinations": [f"127.0.0.1:{dest_port}"],
-        "check": False,
-        **extra,
-    }
+    """A route to 127.0.0.1:`dest_port` without health checks (most get no traffic at all)."""
+    return loopback_route(name, port, dest_port, check=False, **extra)
 
 
 def compile_keys(tmp_path: Path, keys: Mapping[str, object]) -> tuple[Settings, Compiled]:
