@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
+from haproxy_egress.background import Background
 from haproxy_egress.errors import EgressError
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
 from haproxy_egress.runtime.haproxy import CliSocket, parse_proc_table
@@ -28,8 +30,9 @@ def worker_pids(show_proc: str) -> list[tuple[int, str]]:
     ]
 
 
-class LogLossWatch:
-    """Polls the loss counters from the supervisor's loop; `snapshot()` is for any thread."""
+class LogLossWatch(Background):
+    """Polls the loss counters in its own thread (a master CLI that is slow to answer must not
+    hold up the supervisor's loop); `snapshot()` is for any thread."""
 
     def __init__(
         self,
@@ -48,6 +51,13 @@ class LogLossWatch:
         self._warned_total = 0
         self._warned_at = -1e9
         self._snapshot = LogLoss(relay=relay_state is not None)
+        self._polling = threading.Lock()  # the thread's polls and the final one at exit
+        super().__init__("log-loss")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self._poll_interval)
 
     def snapshot(self) -> LogLoss:
         """The latest counters (an immutable object replaced whole: no lock needed)."""
@@ -55,7 +65,10 @@ class LogLossWatch:
 
     def poll(self, now: float | None = None, force: bool = False) -> LogLoss:
         """Refresh the counters when due; warn (at most once per interval) if lines were lost."""
-        now = time.monotonic() if now is None else now
+        with self._polling:
+            return self._poll(time.monotonic() if now is None else now, force)
+
+    def _poll(self, now: float, force: bool) -> LogLoss:
         if not force and now < self._next_poll:
             return self._snapshot
         self._next_poll = now + self._poll_interval

@@ -93,13 +93,8 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
-    # `haproxy -c` opens every pattern file the candidate names. A new one is written now (no
-    # running config loads it yet); an existing one keeps the running content until the
-    # candidate is installed, so a rejected candidate changes nothing a worker uses.
-    maps_dir = settings.run.maps
-    for name, content in compiled.maps.items():
-        if not (maps_dir / name).exists():
-            write_atomic(maps_dir / name, content, mode=0o600)
+    # `haproxy -c` opens every pattern file the candidate names.
+    staging.write_new_maps(settings.run.maps, compiled.maps)
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:

@@ -55,6 +55,15 @@ def prune(lua_dir: Path, keep_texts: Sequence[str]) -> None:
             entry.unlink(missing_ok=True)
 
 
+def write_new_maps(maps_dir: Path, files: Mapping[str, str]) -> None:
+    """Write the files no running config loads yet, for `haproxy -c` of a candidate; a file
+    that exists keeps the running content until the candidate is installed (`write_maps`),
+    so a rejected candidate changes nothing a worker uses."""
+    for name, content in files.items():
+        if not (maps_dir / name).exists():
+            write_atomic(maps_dir / name, content, mode=0o600)
+
+
 def write_maps(maps_dir: Path, files: Mapping[str, str]) -> None:
     """Make `maps_dir` hold exactly `files` (name → content); each file replaced atomically."""
     maps_dir.mkdir(parents=True, exist_ok=True)

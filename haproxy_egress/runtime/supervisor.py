@@ -237,6 +237,7 @@ class Supervisor:
         self.state = State.RUNNING
         self._haproxy_came_up()
         self.watcher.start()
+        self.log_loss.start()
         try:
             while self.state is not State.EXITED:
                 try:
@@ -249,6 +250,7 @@ class Supervisor:
                 self._tick()
         finally:
             self.watcher.stop()
+            self.log_loss.stop()
             self.metrics.stop()
             self._final_log_count()
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
@@ -410,7 +412,6 @@ class Supervisor:
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
-        self.log_loss.poll(now)
         if self.workers.busy() and self.haproxy.ready():
             self.workers.tick(now)
         for child in self.children:
