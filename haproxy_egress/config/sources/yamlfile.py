@@ -14,35 +14,56 @@ from haproxy_egress.errors import Problem
 TOP_LEVEL = ("version", "defaults", "resolvers", "routes")
 
 
+# Both walks below keep an explicit stack: libyaml parses nesting ~1,000 levels deep, which
+# recursion would not survive (a RecursionError out of the loader instead of a problem). They
+# visit nodes in document order, as the recursive walks they replace did.
+
+
 def _line_index(node: yaml.Node, path: tuple[int | str, ...], out: dict[str, int]) -> None:
     """Record the 1-based line of every mapping value and sequence item, by YAML path."""
-    out[format_loc(path)] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                _line_index(value, (*path, str(key.value)), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*path, i), out)
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]]] = [(node, path)]
+    while stack:
+        node, path = stack.pop()
+        out[format_loc(path)] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            children = [
+                (value, (*path, str(key.value)))
+                for key, value in node.value
+                if isinstance(key, yaml.ScalarNode)
+            ]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, (*path, i)) for i, item in enumerate(node.value)]
+        else:
+            continue
+        stack += reversed(children)
 
 
 def _duplicate_keys(node: yaml.Node, path: tuple[int | str, ...], name: str) -> list[Problem]:
     """PyYAML keeps the last of duplicate keys silently; a ConfigMap edit deserves an error."""
     problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    where = format_loc((*path, str(key.value)))
-                    problems.append(
-                        Problem(name, where, "key appears twice", key.start_mark.line + 1)
-                    )
-                seen.add(key.value)
-                problems += _duplicate_keys(value, (*path, str(key.value)), name)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, (*path, i), name)
+    # A node to walk, or a problem to report once the walk reaches its place in the document.
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]] | Problem] = [(node, path)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Problem):
+            problems.append(item)
+            continue
+        node, path = item
+        todo: list[tuple[yaml.Node, tuple[int | str, ...]] | Problem] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        where = format_loc((*path, str(key.value)))
+                        todo.append(
+                            Problem(name, where, "key appears twice", key.start_mark.line + 1)
+                        )
+                    seen.add(key.value)
+                    todo.append((value, (*path, str(key.value))))
+        elif isinstance(node, yaml.SequenceNode):
+            todo = [(child, (*path, i)) for i, child in enumerate(node.value)]
+        stack += reversed(todo)
     return problems
 
 
@@ -115,6 +136,9 @@ _SCALARS = {
 # alias bomb, and an alias needs an anchor), and the key names format_loc leaves out of a YAML
 # path, with which two nodes could share a path and the line index would keep the later one.
 _FULL_PATH_MARKERS = ("&", "function-", "tagged-union")
+# Deeper nesting (no router config comes near it) goes the full path too: this walk recurses,
+# and the line index built later for a problem must not hit the recursion limit either.
+_MAX_FAST_DEPTH = 100
 
 
 class _Unusual(Exception):
@@ -134,11 +158,11 @@ class _Builder:
         self._loader = loader
         self._count = 0
 
-    def build(self, node: yaml.Node) -> Any:
+    def build(self, node: yaml.Node, depth: int = 0) -> Any:
         """The data for `node`; raises _Unusual (or the constructor's error) otherwise."""
         self._count += 1
-        if self._count > MAX_NODES:
-            raise _Unusual  # the full path reports it, with the line it reports it at
+        if self._count > MAX_NODES or depth > _MAX_FAST_DEPTH:
+            raise _Unusual  # the full path reports it, at the line it reports it at
         tag = node.tag
         kind = type(node)
         if kind is yaml.ScalarNode:
@@ -149,7 +173,7 @@ class _Builder:
                 raise _Unusual
             return construct(self._loader, node)
         if kind is yaml.SequenceNode and tag == _SEQ:
-            return [self.build(item) for item in node.value]
+            return [self.build(item, depth + 1) for item in node.value]
         if kind is yaml.MappingNode and tag == _MAP:
             out: dict[Any, Any] = {}
             raw: set[str] = set()
@@ -157,7 +181,7 @@ class _Builder:
                 if type(key) is not yaml.ScalarNode:
                     raise _Unusual  # a list or mapping as a key: PyYAML's own error
                 raw.add(key.value)
-                out[self.build(key)] = self.build(value)
+                out[self.build(key, depth + 1)] = self.build(value, depth + 1)
             if len(raw) != len(node.value) or len(out) != len(node.value):
                 raise _Unusual  # duplicate keys: the full path names each one
             return out
@@ -191,7 +215,11 @@ class _LazyLines(Mapping[str, int]):
 
     def _index(self) -> dict[str, int]:
         if self._lines is None:
-            node, _ = _parse_full(self._text)
+            loader = _Loader(self._text)
+            try:
+                node = loader.get_single_node()  # it parsed a moment ago: it parses again
+            finally:
+                loader.dispose()
             lines: dict[str, int] = {}
             if node is not None:
                 _line_index(node, (), lines)

@@ -209,3 +209,17 @@ def test_scalars_construct_as_safe_load_does(key: str, value: str) -> None:
     got = yamlfile._parse_fast(text)
     if got is not None:
         assert repr(got[1]) == repr(expected)  # repr: a NaN equals nothing, itself included
+
+
+@pytest.mark.parametrize("depth", [50, 101, 400, 990, 1200])
+@pytest.mark.parametrize("shape", ["seq", "map"])
+def test_deep_nesting_reads_as_the_full_path_reads_it(
+    depth: int, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner = "[" * depth + "]" * depth if shape == "seq" else "{a: " * depth + "1" + "}" * depth
+    text = f"routes:\n  - {{name: a, listen: 1, destinations: ['1.2.3.4:5'], x: {inner}}}\n"
+    if depth < 500:  # deeper still, libyaml itself refuses the document in either path
+        assert (yamlfile._parse_fast(text) is not None) == (depth == 50)
+    fast = _outcome(text)
+    _full_path_only(monkeypatch)
+    assert fast == _outcome(text)
