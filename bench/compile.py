@@ -7,7 +7,10 @@ time). The machine is shared, so besides wall seconds each stage's CPU seconds a
 (this process's for load and render, haproxy's own for `haproxy -c`): they move far less
 when other jobs compete for the cores.
 
-    .venv/bin/python bench/compile.py [--sizes 10,100,1000,10000] [--repeat 3]
+    .venv/bin/python bench/compile.py [--sizes 10,100,1000,10000] [--repeat 3] [--no-allow-from]
+
+`--no-allow-from` leaves the routes' client lists out: haproxy then loads no pattern file,
+whose count `haproxy -c` pays for quadratically (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ FIRST_PORT = 20000
 BASE_IP = ipaddress.IPv4Address("198.18.0.1")  # benchmarking range; never contacted
 
 
-def write_routes(directory: Path, n: int) -> None:
+def write_routes(directory: Path, n: int, allow_from: bool = True) -> None:
     """n routes in 10 ConfigMap keys, two IP destinations each, a mix of tcp and http."""
     per_key = max(1, n // 10)
     for key in range(0, n, per_key):
@@ -43,9 +46,10 @@ def write_routes(directory: Path, n: int) -> None:
                     "listen": FIRST_PORT + i,
                     "mode": "http" if i % 4 == 0 else "tcp",
                     "destinations": [f"{BASE_IP + 2 * i}:443", f"{BASE_IP + 2 * i + 1}:443"],
-                    "allow_from": ["10.128.0.0/14"],
                 }
             )
+            if allow_from:
+                routes[-1]["allow_from"] = ["10.128.0.0/14"]
         text = yaml.safe_dump({"version": 1, "routes": routes}, sort_keys=False)
         (directory / f"routes-{key:05d}.yaml").write_text(text)
 
@@ -55,11 +59,13 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(n: int, work: Path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def measure(
+    n: int, work: Path, allow_from: bool = True
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Wall and CPU seconds for (load, render, haproxy -c) of n routes."""
     cm = work / f"cm-{n}"
     cm.mkdir()
-    write_routes(cm, n)
+    write_routes(cm, n, allow_from)
     t0, c0 = time.perf_counter(), time.process_time()
     config = load_snapshot(read_snapshot(cm), {})
     t1, c1 = time.perf_counter(), time.process_time()
@@ -84,6 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs per size")
+    parser.add_argument("--no-allow-from", action="store_true", help="routes without allow_from")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[tuple[int, tuple[float, float, float], tuple[float, float, float]]] = []
@@ -93,7 +100,7 @@ def main() -> int:
             for r in range(args.repeat):
                 work = Path(tmp) / f"{n}-{r}"
                 work.mkdir()
-                runs.append(measure(n, work))
+                runs.append(measure(n, work, allow_from=not args.no_allow_from))
             wall = min((r[0] for r in runs), key=sum)
             cpu = min((r[1] for r in runs), key=sum)
             rows.append((n, wall, cpu))
