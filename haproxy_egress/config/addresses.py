@@ -42,20 +42,25 @@ def _refuse_zone(text: str) -> None:
         raise ValueError(f"IPv6 zone ids ('%...') are not supported: {text!r}")
 
 
-def canonical_ipv4(text: str) -> bool:
-    """A canonical dotted quad: what inet_pton takes. It is as strict as ipaddress for IPv4
-    (no blanks, leading zeros or short forms) and ten times faster."""
+def _packed_ipv4(text: str) -> bytes | None:
+    """The four bytes of a canonical dotted quad, or None. inet_pton is as strict as
+    ipaddress for IPv4 (no blanks, leading zeros or short forms) and ten times faster."""
     try:
-        socket.inet_pton(socket.AF_INET, text)
+        return socket.inet_pton(socket.AF_INET, text)
     except OSError:
-        return False
-    return True
+        return None
+
+
+def canonical_ipv4(text: str) -> bool:
+    """A canonical dotted quad: what inet_pton takes (and ipaddress would give back as is)."""
+    return _packed_ipv4(text) is not None
 
 
 def ip_or_none(text: str) -> IPAddress | None:
     """`text` as an IP address when it is an IP literal, else None (a name to resolve)."""
-    if canonical_ipv4(text):  # the common case, without ipaddress's general parser
-        return ipaddress.IPv4Address(text)
+    packed = _packed_ipv4(text)
+    if packed is not None:  # the common case: from the bytes, without parsing the text again
+        return ipaddress.IPv4Address(packed)
     try:
         return ipaddress.ip_address(text)
     except ValueError:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -70,6 +70,7 @@ Duration = Annotated[
 ]
 
 
+@lru_cache(maxsize=1024)  # a config has a handful of distinct times, printed for every route
 def format_duration(ms: int) -> str:
     """Milliseconds back into the shortest exact haproxy time string."""
     for unit in ("d", "h", "m", "s"):
@@ -124,7 +125,10 @@ def _ipv4_endpoint(text: str) -> dict[str, object] | None:
         return None
     if not netaddr.canonical_ipv4(host):
         return None
-    return {"host": host, "port": netaddr.parse_port(port)}
+    # parse_port's own rule for a short run of ASCII digits, inline; anything else (such as
+    # 0 or 99999) goes through it for its message.
+    value = int(port) if port.isascii() and len(port) <= 5 else 0
+    return {"host": host, "port": value if 1 <= value <= 65535 else netaddr.parse_port(port)}
 
 
 def _endpoint(value: object) -> object:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from haproxy_egress.config.model import (
@@ -192,11 +194,31 @@ def _problem_order(p: Problem) -> tuple[str, int, str, str]:
     return (p.source, p.line or 0, p.path, p.message)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector for one load.
+
+    Loading 10,000 routes allocates millions of tracked objects (YAML nodes, dicts, models)
+    and none is garbage before the load ends, yet the collector kept walking the growing
+    heap: a third of the load's CPU time. Cycles made meanwhile (a caught exception and its
+    traceback) are only collected later, at the first pass after the load.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def load_snapshot(
     snapshot: Snapshot, env: Mapping[str, str], reserved: Mapping[str, Listen] | None = None
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars."""
-    return build_config(_fragments(snapshot, env), reserved or {}, snapshot.users)
+    with _collector_paused():
+        return build_config(_fragments(snapshot, env), reserved or {}, snapshot.users)
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -13,35 +14,56 @@ from haproxy_egress.errors import Problem
 TOP_LEVEL = ("version", "defaults", "resolvers", "routes")
 
 
+# Both walks below keep an explicit stack: libyaml parses nesting ~1,000 levels deep, which
+# recursion would not survive (a RecursionError out of the loader instead of a problem). They
+# visit nodes in document order, as the recursive walks they replace did.
+
+
 def _line_index(node: yaml.Node, path: tuple[int | str, ...], out: dict[str, int]) -> None:
     """Record the 1-based line of every mapping value and sequence item, by YAML path."""
-    out[format_loc(path)] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                _line_index(value, (*path, str(key.value)), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*path, i), out)
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]]] = [(node, path)]
+    while stack:
+        node, path = stack.pop()
+        out[format_loc(path)] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            children = [
+                (value, (*path, str(key.value)))
+                for key, value in node.value
+                if isinstance(key, yaml.ScalarNode)
+            ]
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, (*path, i)) for i, item in enumerate(node.value)]
+        else:
+            continue
+        stack += reversed(children)
 
 
 def _duplicate_keys(node: yaml.Node, path: tuple[int | str, ...], name: str) -> list[Problem]:
     """PyYAML keeps the last of duplicate keys silently; a ConfigMap edit deserves an error."""
     problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    where = format_loc((*path, str(key.value)))
-                    problems.append(
-                        Problem(name, where, "key appears twice", key.start_mark.line + 1)
-                    )
-                seen.add(key.value)
-                problems += _duplicate_keys(value, (*path, str(key.value)), name)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, (*path, i), name)
+    # A node to walk, or a problem to report once the walk reaches its place in the document.
+    stack: list[tuple[yaml.Node, tuple[int | str, ...]] | Problem] = [(node, path)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Problem):
+            problems.append(item)
+            continue
+        node, path = item
+        todo: list[tuple[yaml.Node, tuple[int | str, ...]] | Problem] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        where = format_loc((*path, str(key.value)))
+                        todo.append(
+                            Problem(name, where, "key appears twice", key.start_mark.line + 1)
+                        )
+                    seen.add(key.value)
+                    todo.append((value, (*path, str(key.value))))
+        elif isinstance(node, yaml.SequenceNode):
+            todo = [(child, (*path, i)) for i, child in enumerate(node.value)]
+        stack += reversed(todo)
     return problems
 
 
@@ -81,7 +103,7 @@ def _check_size(root: yaml.Node) -> None:
             stack += node.value
 
 
-def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+def _parse_full(text: str) -> tuple[yaml.Node | None, Any]:
     """Parse once: the node tree (for line numbers) and the data constructed from it."""
     loader = _Loader(text)
     try:
@@ -101,11 +123,135 @@ def _parse(text: str) -> tuple[yaml.Node | None, Any]:
         loader.dispose()
 
 
+_STR, _SEQ, _MAP = (f"tag:yaml.org,2002:{t}" for t in ("str", "seq", "map"))
+# The scalar tags the fast path constructs itself, with SafeLoader's own functions (so `0755`,
+# `yes`, `1_000` mean what they always meant); any other tag is left to the full path.
+_SCALARS = {
+    f"tag:yaml.org,2002:{t}": yaml.constructor.SafeConstructor.yaml_constructors[
+        f"tag:yaml.org,2002:{t}"
+    ]
+    for t in ("null", "bool", "int", "float")
+}
+# Text that sends a document down the full path: an anchor (only aliases can expand into an
+# alias bomb, and an alias needs an anchor), and the key names format_loc leaves out of a YAML
+# path, with which two nodes could share a path and the line index would keep the later one.
+_FULL_PATH_MARKERS = ("&", "function-", "tagged-union")
+# Deeper nesting (no router config comes near it) goes the full path too: this walk recurses,
+# and the line index built later for a problem must not hit the recursion limit either.
+_MAX_FAST_DEPTH = 100
+
+
+class _Unusual(Exception):
+    """Something the fast path leaves to the full one (which also words any error)."""
+
+
+class _Builder:
+    """Nodes → Python data, as SafeLoader constructs them, for the documents ConfigMaps hold:
+    strings, numbers, booleans, nulls, lists and mappings with unique scalar keys.
+
+    PyYAML's generic constructor (generators, a memo per node, then three more walks for
+    lines, duplicate keys and the alias count) was half of reading 10,000 routes; this is one
+    walk. Whatever it does not handle raises _Unusual, and the full path takes the document.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._count = 0
+
+    def build(self, node: yaml.Node, depth: int = 0) -> Any:
+        """The data for `node`; raises _Unusual (or the constructor's error) otherwise."""
+        self._count += 1
+        if self._count > MAX_NODES or depth > _MAX_FAST_DEPTH:
+            raise _Unusual  # the full path reports it, at the line it reports it at
+        tag = node.tag
+        kind = type(node)
+        if kind is yaml.ScalarNode:
+            if tag == _STR:
+                return node.value
+            construct = _SCALARS.get(tag)
+            if construct is None:
+                raise _Unusual
+            return construct(self._loader, node)
+        if kind is yaml.SequenceNode and tag == _SEQ:
+            return [self.build(item, depth + 1) for item in node.value]
+        if kind is yaml.MappingNode and tag == _MAP:
+            out: dict[Any, Any] = {}
+            raw: set[str] = set()
+            for key, value in node.value:
+                if type(key) is not yaml.ScalarNode:
+                    raise _Unusual  # a list or mapping as a key: PyYAML's own error
+                raw.add(key.value)
+                out[self.build(key, depth + 1)] = self.build(value, depth + 1)
+            if len(raw) != len(node.value) or len(out) != len(node.value):
+                raise _Unusual  # duplicate keys: the full path names each one
+            return out
+        raise _Unusual
+
+
+def _parse_fast(text: str) -> tuple[yaml.Node | None, Any] | None:
+    """Parse with the one-walk builder; None when the document needs the full path."""
+    if any(marker in text for marker in _FULL_PATH_MARKERS):
+        return None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()  # syntax errors: the same parser as the full path
+        if node is None:
+            return None, None
+        try:
+            return node, _Builder(loader).build(node)
+        except Exception:  # _Unusual, or a bad value: the full path words its error
+            return None
+    finally:
+        loader.dispose()
+
+
+class _LazyLines(Mapping[str, int]):
+    """YAML path → line, indexed from the text only when a problem asks for a line: a valid
+    document (the common case by far) never needs one."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._lines: dict[str, int] | None = None
+
+    def _index(self) -> dict[str, int]:
+        if self._lines is None:
+            loader = _Loader(self._text)
+            try:
+                node = loader.get_single_node()  # it parsed a moment ago: it parses again
+            finally:
+                loader.dispose()
+            lines: dict[str, int] = {}
+            if node is not None:
+                _line_index(node, (), lines)
+            self._lines = lines
+        return self._lines
+
+    def __getitem__(self, path: str) -> int:
+        return self._index()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index())
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+
+def _route_lines(root: yaml.Node) -> list[int]:
+    """The line of each item of the top-level `routes` list (what `routes[i]` indexes to)."""
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "routes" and isinstance(value, yaml.SequenceNode):
+                return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
 def read_yaml(name: str, text: bytes) -> Fragment:
     """Parse one YAML key into a fragment; syntax and shape errors become located problems."""
     frag = Fragment(source=name)
     try:
-        node, data = _parse(text.decode("utf-8"))
+        decoded = text.decode("utf-8")
+        fast = _parse_fast(decoded)
+        node, data = fast if fast is not None else _parse_full(decoded)
     except UnicodeDecodeError as exc:
         frag.problems.append(Problem(name, "", f"not UTF-8 text (byte {exc.start})"))
         return frag
@@ -130,11 +276,18 @@ def read_yaml(name: str, text: bytes) -> Fragment:
     if not isinstance(data, dict):
         frag.problems.append(Problem(name, "", "top level must be a mapping (version, routes...)"))
         return frag
-    lines: dict[str, int] = {}
     assert node is not None
-    _line_index(node, (), lines)
+    lines: Mapping[str, int]
+    if fast is not None:
+        # Built in one walk: no duplicate keys (those go the full path); lines on demand.
+        lines = _LazyLines(decoded)
+        route_lines = _route_lines(node)
+    else:
+        full: dict[str, int] = {}
+        _line_index(node, (), full)
+        lines = full
+        frag.problems += _duplicate_keys(node, (), name)
     frag.lines = lines
-    frag.problems += _duplicate_keys(node, (), name)
     for key in data:
         if key not in TOP_LEVEL:
             where = format_loc((str(key),))
@@ -175,5 +328,6 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         if not isinstance(route, dict):
             frag.problems.append(Problem(name, path, "must be a mapping", lines.get(path)))
             continue
-        frag.routes.append(RawRoute(route, name, path, lines.get(path), lines))
+        line = route_lines[i] if fast is not None else lines.get(path)
+        frag.routes.append(RawRoute(route, name, path, line, lines))
     return frag
