@@ -14,7 +14,7 @@ import jinja2
 
 from haproxy_egress import __version__
 from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
-from haproxy_egress.render.acls import allow_from_file
+from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, route_files
 from haproxy_egress.render.resources import template_dir
@@ -140,7 +140,6 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
-    env.globals["allow_from_file"] = allow_from_file
     return env
 
 
@@ -172,6 +171,7 @@ def render(
         threads=options.threads,
         hooks=hooks,
         lua_files=lua_files,
+        allow_from_files=allow_from_files(config),
     )
 
 
