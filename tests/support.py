@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import yaml
 from dnslib import AAAA, QTYPE, RR, A
@@ -34,10 +34,13 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> object:
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, step: float = 0.05) -> T:
     """Poll `predicate` until it returns something truthy; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: object = None
+    last: T | None = None
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             last = predicate()
@@ -168,7 +171,8 @@ class HttpOrigin:
         return self
 
     def stop(self) -> None:
-        self._server = _stop_http(self._server)
+        _stop_http(self._server)
+        self._server = None
 
 
 @dataclass
@@ -188,7 +192,8 @@ class EchoOrigin:
         return self
 
     def stop(self) -> None:
-        self._server = _stop_http(self._server)
+        _stop_http(self._server)
+        self._server = None
 
 
 # A ConfigMap hook: a Lua service answering "<greeting>, <who>" (fill in the greeting with %).
