@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
-from dnslib import AAAA, QTYPE, RR, A
+from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
@@ -272,17 +272,18 @@ class DnsServer:
     port: int = 0
     ttl: int = 1
     queries: int = 0
-    _server: object = None
+    _server: DNSServer | None = None
 
     def start(self) -> DnsServer:
         owner = self
 
+        # dnslib ships no type information: its classes are Any to mypy.
         class Resolver(BaseResolver):  # type: ignore[misc]
-            def resolve(self, request: object, handler: object) -> object:
+            def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
                 owner.queries += 1
-                reply = request.reply()  # type: ignore[attr-defined]
-                qname = str(request.q.qname).rstrip(".").lower()  # type: ignore[attr-defined]
-                qtype = QTYPE[request.q.qtype]  # type: ignore[attr-defined]
+                reply = request.reply()
+                qname = str(request.q.qname).rstrip(".").lower()
+                qtype = QTYPE[request.q.qtype]
                 for ip in owner.records.get(qname, []):
                     if ":" in ip and qtype in ("AAAA", "ANY"):
                         reply.add_answer(RR(qname, QTYPE.AAAA, rdata=AAAA(ip), ttl=owner.ttl))
@@ -301,9 +302,9 @@ class DnsServer:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()  # type: ignore[attr-defined]
+            self._server.stop()
             # dnslib's stop() only shuts the server down; close its UDP socket too.
-            self._server.server.server_close()  # type: ignore[attr-defined]
+            self._server.server.server_close()
             self._server = None
 
 
