@@ -43,7 +43,7 @@ import tempfile
 import textwrap
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,9 +229,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a child for the duration of the block; stopped by its pid afterwards."""
-    proc = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
     try:
         yield proc
     finally:

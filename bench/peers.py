@@ -230,7 +230,7 @@ def tinyproxy_filter(rules: Sequence[policy.Rule]) -> list[str]:
             lines.append(f"^{_ere(rule.value)}$")
         elif rule.kind == "domain":
             lines.append(f"^(.+\\.)?{_ere(rule.value)}$")
-        elif rule.kind == "network":
+        elif isinstance(rule, policy.NetworkRule):
             lines.append(_network_ere(rule.network))
         else:
             lines.append(".*")
@@ -240,8 +240,10 @@ def tinyproxy_filter(rules: Sequence[policy.Rule]) -> list[str]:
 def _overlap(a: policy.Rule, b: policy.Rule) -> bool:
     if "any" in (a.kind, b.kind):
         return True
-    if a.kind == "network" or b.kind == "network":
-        return a.kind == b.kind and a.network.overlaps(b.network)
+    if isinstance(a, policy.NetworkRule) and isinstance(b, policy.NetworkRule):
+        return a.network.overlaps(b.network)
+    if "network" in (a.kind, b.kind):
+        return False
     x, y = a.value, b.value
     return x == y or x.endswith("." + y) or y.endswith("." + x)
 

@@ -4,6 +4,7 @@ project's loader, stage connect.lua and the policy map files as the reload trans
 
 from __future__ import annotations
 
+import functools
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class PolicyProxy:
             )
         for route in self.config.routes:
             port = route.listen.port
-            wait_for(lambda p=port: _accepts(p), timeout=10)  # type: ignore[misc]
+            wait_for(functools.partial(_accepts, port), timeout=10)
         return self
 
     def stop(self) -> None:

@@ -43,8 +43,10 @@ def http_route(name: str, port: int, origin: HttpOrigin, **extra: Any) -> dict[s
 
 def web_route(port: int, *origins: HttpOrigin, allow: list[str] | None = None) -> dict[str, Any]:
     """The YAML route "web": http on 127.0.0.1:`port` to `origins`, with `allow_from` if given."""
-    extra = {"allow_from": allow} if allow else {}
-    return loopback_route("web", port, *(o.port for o in origins), **extra)
+    route = loopback_route("web", port, *(o.port for o in origins))
+    if allow:
+        route["allow_from"] = allow
+    return route
 
 
 @dataclass
@@ -139,7 +141,7 @@ class Router:
             procs = parse_show_proc(master.command("show proc"))
             return next(p.pid for p in procs if p.kind == kind)
 
-        return int(wait_for(ask, timeout=10))  # type: ignore[arg-type]
+        return wait_for(ask, timeout=10)
 
     def master_pid(self) -> int:
         return self._proc_pid("master")

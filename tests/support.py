@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import yaml
-from dnslib import AAAA, QTYPE, RR, A
+from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
@@ -34,10 +34,13 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> object:
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, step: float = 0.05) -> T:
     """Poll `predicate` until it returns something truthy; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: object = None
+    last: T | None = None
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             last = predicate()
@@ -168,7 +171,8 @@ class HttpOrigin:
         return self
 
     def stop(self) -> None:
-        self._server = _stop_http(self._server)
+        _stop_http(self._server)
+        self._server = None
 
 
 @dataclass
@@ -188,7 +192,8 @@ class EchoOrigin:
         return self
 
     def stop(self) -> None:
-        self._server = _stop_http(self._server)
+        _stop_http(self._server)
+        self._server = None
 
 
 # A ConfigMap hook: a Lua service answering "<greeting>, <who>" (fill in the greeting with %).
@@ -267,17 +272,18 @@ class DnsServer:
     port: int = 0
     ttl: int = 1
     queries: int = 0
-    _server: object = None
+    _server: DNSServer | None = None
 
     def start(self) -> DnsServer:
         owner = self
 
+        # dnslib ships no type information: its classes are Any to mypy.
         class Resolver(BaseResolver):  # type: ignore[misc]
-            def resolve(self, request: object, handler: object) -> object:
+            def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
                 owner.queries += 1
-                reply = request.reply()  # type: ignore[attr-defined]
-                qname = str(request.q.qname).rstrip(".").lower()  # type: ignore[attr-defined]
-                qtype = QTYPE[request.q.qtype]  # type: ignore[attr-defined]
+                reply = request.reply()
+                qname = str(request.q.qname).rstrip(".").lower()
+                qtype = QTYPE[request.q.qtype]
                 for ip in owner.records.get(qname, []):
                     if ":" in ip and qtype in ("AAAA", "ANY"):
                         reply.add_answer(RR(qname, QTYPE.AAAA, rdata=AAAA(ip), ttl=owner.ttl))
@@ -296,9 +302,9 @@ class DnsServer:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()  # type: ignore[attr-defined]
+            self._server.stop()
             # dnslib's stop() only shuts the server down; close its UDP socket too.
-            self._server.server.server_close()  # type: ignore[attr-defined]
+            self._server.server.server_close()
             self._server = None
 
 

@@ -12,13 +12,14 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import yaml
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,6 +42,8 @@ from tests.unit.metrics.test_exporter import STATUS as UNIT_STATUS
 # The unit tests' router status, with the single route every haproxy here is started with.
 STATUS = replace(UNIT_STATUS, config_routes=1)
 T = TypeVar("T")
+# prometheus_client's OpenMetrics parser carries no annotations; it has its text parser's type.
+openmetrics_families: Callable[[str], Iterable[Metric]] = om_parser.text_string_to_metric_families
 PROMETHEUS_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -128,9 +131,7 @@ def samples(
     text: str, openmetrics: bool = False
 ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """{(sample name, labels): value} of an exposition body."""
-    parser = (
-        om_parser.text_string_to_metric_families if openmetrics else text_string_to_metric_families
-    )
+    parser = openmetrics_families if openmetrics else text_string_to_metric_families
     return {
         (s.name, frozenset(s.labels.items())): s.value for fam in parser(text) for s in fam.samples
     }

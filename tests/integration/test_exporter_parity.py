@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.metrics.options import ExporterOptions
@@ -26,14 +25,15 @@ from haproxy_egress.metrics.stats import parse_stat, read_snapshot
 from haproxy_egress.runtime.haproxy import CliSocket
 from haproxy_egress.settings import Settings
 from tests.integration.test_exporter_http import (
-    ALL,
     PROMETHEUS_HEADERS,
     get,
+    openmetrics_families,
     running_haproxy,
     serving,
 )
 from tests.netns import stop_process
 from tests.support import HttpOrigin, free_port, http_get, port_open, wait_for
+from tests.unit.metrics.test_exporter import ALL
 
 EXPORTER = "prometheus-haproxy-exporter"
 # Not part of the comparison: the exporter's own build and Go runtime metrics, and ours.
@@ -257,7 +257,7 @@ def test_openmetrics_body_has_haproxy_exporters_families(router: tuple[Path, int
         their_families = families(get(theirs).text, THEIRS_ONLY)
     assert body.endswith("# EOF\n")
     ours_om: Families = {}
-    for fam in om_parser.text_string_to_metric_families(body):
+    for fam in openmetrics_families(body):
         if fam.name.startswith(OURS_ONLY):
             continue
         if fam.type == "info":
@@ -268,9 +268,9 @@ def test_openmetrics_body_has_haproxy_exporters_families(router: tuple[Path, int
         }
         ours_om[fam.name] = (fam.type, fam.documentation, dict.fromkeys(series, 0.0))
     assert set(ours_om) == set(their_families)
-    for name, (kind, help_, series) in their_families.items():
+    for name, (kind, help_, their_series) in their_families.items():
         assert ours_om[name][:2] == (kind, help_), name
-        assert set(ours_om[name][2]) == set(series), name
+        assert set(ours_om[name][2]) == set(their_series), name
 
 
 def test_promtool_finds_nothing_to_complain_about(router: tuple[Path, int]) -> None:

@@ -164,12 +164,23 @@ def test_kill9_of_worker_master_and_socklog_under_load(
                 pid = _socklog_pid(router)
             killed_at = time.monotonic()
             os.kill(pid, signal.SIGKILL)
+
+            def socklog_replaced(p: int = pid) -> bool:
+                return _socklog_pid(router) != p
+
+            def haproxy_replaced(p: int = pid) -> bool:
+                return router.master_pid() != p or router.worker_pid() != p
+
             if victim == "socklog":
-                wait_for(lambda p=pid: _socklog_pid(router) != p, timeout=RECOVERY_BOUND)
+                wait_for(socklog_replaced, timeout=RECOVERY_BOUND)
             else:
-                wait_for(lambda p=pid: router.master_pid() != p or router.worker_pid() != p, 15)
+                wait_for(haproxy_replaced, 15)
             ok_before = probe.ok
-            wait_for(lambda n=ok_before: probe.ok > n + 10, timeout=RECOVERY_BOUND)
+
+            def serving_again(n: int = ok_before) -> bool:
+                return probe.ok > n + 10
+
+            wait_for(serving_again, timeout=RECOVERY_BOUND)
             wait_for(
                 lambda: requests.get(router.url("/readyz"), timeout=1).status_code == 200,
                 timeout=RECOVERY_BOUND,

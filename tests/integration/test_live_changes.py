@@ -198,7 +198,11 @@ def test_haproxy_killed_during_runtime_changes_comes_back_consistent(
         time.sleep(delay)
         os.kill(worker, signal.SIGKILL)
         want = {o.name for o in dests}
-        wait_for(lambda w=want: {http_get(port, timeout=1) for _ in range(6)} == w, 20)
+
+        def serves_exactly(w: set[str] = want) -> bool:
+            return {http_get(port, timeout=1) for _ in range(6)} == w
+
+        wait_for(serves_exactly, 20)
         wait_for(lambda: _servers(router) == _cfg_servers(router), 10)
         assert set(_cfg_servers(router)) == {f"127.0.0.1_{o.port}" for o in dests}
     assert router.proc is not None

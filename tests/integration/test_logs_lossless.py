@@ -251,7 +251,11 @@ def test_no_line_lost_across_100_reloads_under_load(
     try:
         for n in range(1, reloads + 1):
             _publish(router, [_route(port, origin), side] if n % 2 else [_route(port, origin)])
-            wait_for(lambda n=n: router.metric("haproxy_egress_reloads_total") == n, 30)
+
+            def reloaded(n: int = n) -> bool:
+                return router.metric("haproxy_egress_reloads_total") == n
+
+            wait_for(reloaded, 30)
     finally:
         clients.stop()
     assert router.metric("haproxy_egress_reload_failures_total") == 0.0
@@ -305,7 +309,12 @@ def test_kill9_of_the_relay_loses_at_most_what_was_in_flight_and_counts_it(
             assert counters is not None
             os.kill(counters.pid, signal.SIGKILL)
             killed = counters.pid
-            wait_for(lambda k=killed: getattr(read_counters(state), "pid", k) != k, 30)
+
+            def relay_restarted(k: int = killed) -> bool:
+                now = read_counters(state)
+                return now is not None and now.pid != k
+
+            wait_for(relay_restarted, 30)
             time.sleep(1.0)
     finally:
         clients.stop()

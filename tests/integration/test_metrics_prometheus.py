@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,7 @@ def targets(port: int) -> dict[str, dict[str, Any]]:
 
 
 def query(port: int, expr: str) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.request.quote(expr)}"
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
     with urllib.request.urlopen(url, timeout=5) as response:
         result: list[dict[str, Any]] = json.load(response)["data"]["result"]
     return result

@@ -29,11 +29,12 @@ from haproxy_egress.errors import ConfigError
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.runtime.haproxy import CliSocket
 from tests.integration.test_cli import run as run_cli
-from tests.integration.test_exporter_http import ALL, STATUS, running_haproxy
+from tests.integration.test_exporter_http import STATUS, running_haproxy
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router, http_route
 from tests.support import HttpOrigin, exit_code, free_port, http_get, wait_for
 from tests.tlscerts import Pki, make_pki
+from tests.unit.metrics.test_exporter import ALL
 
 PASSWORD = "s3cret-scrape"
 RELOAD = 0.2  # EGRESS_RELOAD_DEBOUNCE of these tests

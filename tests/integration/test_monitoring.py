@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.runtime.haproxy import CliSocket
-from tests.integration.test_exporter_http import ALL, STATUS
+from tests.integration.test_exporter_http import STATUS
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router
 from tests.support import HttpOrigin, free_port, http_get, wait_for
+from tests.unit.metrics.test_exporter import ALL
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MONITORING = ROOT / "image" / "monitoring"

@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,19 @@ LITERALS = {
 ODD_SPELLINGS = ("127.1", "2130706433", "0x7f000001", "017700000001")
 
 
+@dataclass(frozen=True)
+class Border:
+    """The module's one policy proxy, the listen port of each route, and the origins."""
+
+    proxy: PolicyProxy
+    ports: dict[str, int]
+    origin: CountingOrigin
+    tls: CountingOrigin
+    cert: tuple[Path, Path]  # the TLS origin's (certificate, key)
+
+
 @pytest.fixture(scope="module")
-def border(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def border(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Border]:
     tmp = tmp_path_factory.mktemp("border")
     dns = DnsServer(records=dict(RECORDS)).start()
     origin = CountingOrigin("origin", "127.0.0.1", free_port()).start()
@@ -185,7 +197,7 @@ def border(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     proxy = PolicyProxy(tmp, doc)
     try:
         proxy.start()
-        yield {"proxy": proxy, "ports": ports, "origin": origin, "tls": tls, "cert": cert}
+        yield Border(proxy, ports, origin, tls, cert)
     finally:
         proxy.stop()
         tls.stop()
@@ -203,18 +215,12 @@ def _status(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.") else 0
 
 
-def _route(border: dict[str, object], name: str) -> tuple[PolicyProxy, int, CountingOrigin]:
+def _route(border: Border, name: str) -> tuple[PolicyProxy, int, CountingOrigin]:
     """The shared proxy, the listen port of route `name`, and the counting origin."""
-    proxy, ports, origin = border["proxy"], border["ports"], border["origin"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(origin, CountingOrigin)
-    assert isinstance(ports, dict)
-    port = ports[name]
-    assert isinstance(port, int)
-    return proxy, port, origin
+    return border.proxy, border.ports[name], border.origin
 
 
-def test_every_class_and_spelling_is_refused_and_never_reached(border: dict[str, object]) -> None:
+def test_every_class_and_spelling_is_refused_and_never_reached(border: Border) -> None:
     proxy, port, origin = _route(border, "guard")
     before = origin.accepted
     for host, klass in {**NAMES, **LITERALS}.items():
@@ -234,7 +240,7 @@ def test_every_class_and_spelling_is_refused_and_never_reached(border: dict[str,
 
 
 def test_an_address_rule_opens_a_class_but_never_the_router_itself(
-    border: dict[str, object],
+    border: Border,
 ) -> None:
     proxy, port, origin = _route(border, "opened")
     before = origin.accepted
@@ -254,15 +260,15 @@ def test_an_address_rule_opens_a_class_but_never_the_router_itself(
     assert ("opened", "default", "guard-self", "deny") in proxy.counters()
 
 
-def test_private_is_opt_in(border: dict[str, object]) -> None:
-    ports = border["ports"]
-    assert _status(get(ports["guard"], "private.test:80")) != 403  # type: ignore[index]
-    reply = get(ports["private"], "private.test:80")  # type: ignore[index]
+def test_private_is_opt_in(border: Border) -> None:
+    ports = border.ports
+    assert _status(get(ports["guard"], "private.test:80")) != 403
+    reply = get(ports["private"], "private.test:80")
     assert _status(reply) == 403
     assert b"address class private" in reply
 
 
-def test_client_groups_by_source_address(border: dict[str, object]) -> None:
+def test_client_groups_by_source_address(border: Border) -> None:
     proxy, port, origin = _route(border, "groups")
     target = f"127.0.0.1:{origin.port}"
     before = origin.accepted
@@ -280,7 +286,7 @@ def test_client_groups_by_source_address(border: dict[str, object]) -> None:
 
 
 def test_report_mode_allows_logs_and_counts_but_keeps_the_guard(
-    border: dict[str, object],
+    border: Border,
 ) -> None:
     proxy, port, origin = _route(border, "report")
     before = origin.accepted
@@ -296,7 +302,7 @@ def test_report_mode_allows_logs_and_counts_but_keeps_the_guard(
     wait_for(lambda: proxy.counters().get(("report", "default", "1", "would-deny")) == 2, 5)
 
 
-def test_tunnel_limit(border: dict[str, object]) -> None:
+def test_tunnel_limit(border: Border) -> None:
     proxy, port, origin = _route(border, "tunnels")
     held = []
     try:
@@ -316,7 +322,7 @@ def test_tunnel_limit(border: dict[str, object]) -> None:
     wait_for(lambda: _status(connect_reply(port, f"127.0.0.1:{origin.port}")) == 200, 5)
 
 
-def test_connection_and_request_rate_limits(border: dict[str, object]) -> None:
+def test_connection_and_request_rate_limits(border: Border) -> None:
     proxy, port, origin = _route(border, "rate")
     target = f"127.0.0.1:{origin.port}"
     replies = [get(port, target, source="127.0.0.5") for _ in range(4)]
@@ -362,12 +368,10 @@ def _tls_through(port: int, connect_to: str, sni: str, cert: Path) -> bytes:
             return b""
 
 
-def test_sni_must_match_the_connect_host(border: dict[str, object]) -> None:
-    proxy, ports, tls = border["proxy"], border["ports"], border["tls"]
-    assert isinstance(proxy, PolicyProxy)
-    assert isinstance(tls, CountingOrigin)
-    cert = border["cert"][0]  # type: ignore[index]
-    port = ports["sni"]  # type: ignore[index]
+def test_sni_must_match_the_connect_host(border: Border) -> None:
+    proxy, tls = border.proxy, border.tls
+    cert = border.cert[0]
+    port = border.ports["sni"]
     before = tls.accepted
     assert b"200 OK" in _tls_through(port, f"a.good.test:{tls.port}", "a.good.test", cert)
     # Another name the same rule allows.

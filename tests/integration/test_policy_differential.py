@@ -270,16 +270,19 @@ def _send_http(cases: list[Case]) -> None:
                 conn = http.client.HTTPConnection(
                     "127.0.0.1", case.port, timeout=10, source_address=(case.source, 0)
                 )
+            current = conn
             try:
-                conn.request("GET", f"http://{case.authority}/", headers={"Host": case.authority})
-                response = conn.getresponse()
+                current.request(
+                    "GET", f"http://{case.authority}/", headers={"Host": case.authority}
+                )
+                response = current.getresponse()
                 response.read()
                 if response.will_close:
-                    conn.close()
+                    current.close()
                     conn = None
                 break
             except (http.client.HTTPException, OSError):
-                conn.close()
+                current.close()
                 conn = None
     if conn is not None:
         conn.close()

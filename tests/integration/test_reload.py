@@ -70,12 +70,17 @@ def test_route_added_changed_and_removed(
     assert "route a: destinations changed, applied at runtime; no reload" in router.stderr()
 
 
+def _routes_keys(*routes: dict[str, object]) -> dict[str, object]:
+    """ConfigMap keys holding exactly `routes` in routes.yaml."""
+    return {"routes.yaml": {"version": 1, "routes": list(routes)}}
+
+
 def _serving_route_a(
     router: Router, volume: ConfigMapVolume, origin: HttpOrigin
 ) -> tuple[int, dict[str, object], int]:
     """The router started with one route `a` to the origin: its port, keys and worker pid."""
     port = free_port()
-    keys: dict[str, object] = {"routes.yaml": {"version": 1, "routes": [_route("a", port, origin)]}}
+    keys = _routes_keys(_route("a", port, origin))
     volume.write(keys)
     router.start()
     return port, keys, router.worker_pid()
@@ -129,7 +134,7 @@ def test_sighup_rereads_the_config_now(
 def test_bad_config_keeps_serving_and_says_why(
     router: Router, volume: ConfigMapVolume, origin: HttpOrigin, bad_key: str, expected: str
 ) -> None:
-    a, good, worker = _serving_route_a(router, volume, origin)
+    a, _, worker = _serving_route_a(router, volume, origin)
     live_before = (router.run_dir / "haproxy.cfg").read_text()
     volume.write({"routes.yaml": bad_key})
     wait_for(lambda: router.metric("haproxy_egress_config_last_reload_successful") == 0.0, 5)
@@ -142,8 +147,7 @@ def test_bad_config_keeps_serving_and_says_why(
     assert expected in lines[0]
     # Fixing the ConfigMap later reloads normally.
     b = free_port()
-    good["routes.yaml"]["routes"].append(_route("b", b, origin))
-    volume.write(good)
+    volume.write(_routes_keys(_route("a", a, origin), _route("b", b, origin)))
     wait_for(lambda: http_get(b, timeout=1) == "origin-a", timeout=5)
     wait_for(lambda: router.metric("haproxy_egress_config_last_reload_successful") == 1.0, 5)
 
@@ -203,7 +207,11 @@ def test_fifty_swaps_under_load_fail_no_request(
                     }
                 }
             )
-            wait_for(lambda p=probe: http_get(p, timeout=1) == "origin-a", timeout=5)
+
+            def probe_serves(p: int = probe) -> bool:
+                return http_get(p, timeout=1) == "origin-a"
+
+            wait_for(probe_serves, timeout=5)
     finally:
         result = load.stop()
     wait_for(lambda: _reloads(router) == 50.0, timeout=5)

@@ -217,7 +217,7 @@ def dns_keys(dns: DnsServer, route: dict[str, Any]) -> dict[str, object]:
 def _dns_route(name: str, port: int) -> tuple[int, dict[str, object]]:
     """A route to `<name>.test:<port>` with fast checks, and the port it listens on."""
     lp = free_port()
-    route = {
+    route: dict[str, object] = {
         "name": name,
         "listen": listen(lp),
         "destinations": [f"{name}.test:{port}"],

@@ -228,7 +228,7 @@ def test_orphaned_grandchild_is_reaped(
         tmp_path, origin.port, EGRESS_LOG="socklog", EGRESS_SOCKLOG_BIN=str(wrapper)
     )
     router_factory.append(router.start())
-    orphan = int(wait_for(lambda: marker.read_text().strip(), timeout=5))  # type: ignore[arg-type]
+    orphan = int(wait_for(lambda: marker.read_text().strip(), timeout=5))
     assert router.proc is not None
     supervisor = router.proc.pid
 

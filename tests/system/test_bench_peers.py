@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers import QUICK_TUNED, RULES, WORKLOADS, plan, tinyproxy_filter
+from bench.peers import QUICK_TUNED, WORKLOADS, plan, tinyproxy_filter
+from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
 from tests.netns import available
 

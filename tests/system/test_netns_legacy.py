@@ -103,7 +103,7 @@ def _stop_dns(dns: DnsServer) -> None:
     server = dns._server
     dns.stop()
     if server is not None:
-        server.server.server_close()  # type: ignore[attr-defined]
+        server.server.server_close()
 
 
 @pytest.fixture

@@ -97,7 +97,11 @@ def soak(router: Router, origin: HttpOrigin, seconds: float, label: str) -> None
                 # A real change every time: a new route and another timeout on the loaded ones.
                 routes = [{**r, "connect_timeout": f"{4 + changes % 3}s"} for r in base]
                 volume.write({"routes.yaml": {"routes": [*routes, _route("probe", probe, origin)]}})
-                wait_for(lambda p=probe: http_get(p, timeout=1) == "origin-a", timeout=10)
+
+                def probe_serves(p: int = probe) -> bool:
+                    return http_get(p, timeout=1) == "origin-a"
+
+                wait_for(probe_serves, timeout=10)
                 next_change = time.monotonic() + CHURN_EVERY
             assert requests.get(router.url("/metrics"), timeout=5).status_code == 200
             scrapes += 1

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.explain import explain, parse_destination, rule_locations
+from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 
@@ -34,7 +35,7 @@ DOC = {
 LEGACY = "# egress\n!*.evil.test\n203.0.113.0/24\n"
 
 
-def _setup() -> tuple[object, dict[str, tuple[str, ...]]]:
+def _setup() -> tuple[Config, dict[str, tuple[str, ...]]]:
     snap = Snapshot(
         Path("/cfg"),
         (
@@ -47,7 +48,7 @@ def _setup() -> tuple[object, dict[str, tuple[str, ...]]]:
 
 def test_allowed_by_a_rule_with_its_file_and_line() -> None:
     config, locs = _setup()
-    v = explain(config, "https://api.github.test", locations=locs)  # type: ignore[arg-type]
+    v = explain(config, "https://api.github.test", locations=locs)
     assert v.allowed
     assert v.exit_code == 0
     web = next(r for r in v.routes if r.route == "web")
@@ -61,7 +62,7 @@ def test_allowed_by_a_rule_with_its_file_and_line() -> None:
 
 def test_denied_with_legacy_line() -> None:
     config, locs = _setup()
-    v = explain(config, "http://x.evil.test/", locations=locs)  # type: ignore[arg-type]
+    v = explain(config, "http://x.evil.test/", locations=locs)
     assert not v.allowed
     assert v.exit_code == 1
     legacy = next(r for r in v.routes if r.route == "http-proxy")
@@ -71,15 +72,15 @@ def test_denied_with_legacy_line() -> None:
 
 def test_address_rules_use_the_resolved_address() -> None:
     config, _ = _setup()
-    assert explain(config, "203.0.113.5:22").allowed  # type: ignore[arg-type]
+    assert explain(config, "203.0.113.5:22").allowed
     resolved = explain(
-        config,  # type: ignore[arg-type]
+        config,
         "cdn.test:443",
         resolve=lambda name: [ipaddress.ip_address("198.51.100.9")],
     )
     assert resolved.allowed
-    assert not explain(config, "cdn.test:443", addresses=["10.1.2.3"]).allowed  # type: ignore[arg-type]
-    assert explain(config, "db.test:5432").allowed  # type: ignore[arg-type]
+    assert not explain(config, "cdn.test:443", addresses=["10.1.2.3"]).allowed
+    assert explain(config, "db.test:5432").allowed
 
 
 def test_each_route_decides_on_the_address_family_it_prefers() -> None:
@@ -117,7 +118,7 @@ def test_bad_destination_is_a_usage_error(bad: str) -> None:
 
 def test_lines() -> None:
     config, locs = _setup()
-    text = "\n".join(explain(config, "x.bad.test:443", locations=locs).lines())  # type: ignore[arg-type]
+    text = "\n".join(explain(config, "x.bad.test:443", locations=locs).lines())
     assert "DENIED" in text
     assert "route web (proxy): deny" in text
 
@@ -138,7 +139,7 @@ GROUPS = {
 }
 
 
-def _groups_config() -> object:
+def _groups_config() -> Config:
     snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(GROUPS).encode()),))
     return load_snapshot(snap, {})
 
@@ -156,7 +157,7 @@ def _groups_config() -> object:
 def test_client_groups_and_report_mode(
     client: str | None, dest: str, verdict: str, rule: str, group: str
 ) -> None:
-    v = explain(_groups_config(), dest, addresses=["198.51.100.7"], client=client)  # type: ignore[arg-type]
+    v = explain(_groups_config(), dest, addresses=["198.51.100.7"], client=client)
     (web,) = v.routes
     assert (web.verdict, web.rule_id, web.group) == (verdict, rule, group)
     assert web.allowed == (verdict != "deny")
@@ -164,8 +165,8 @@ def test_client_groups_and_report_mode(
 
 def test_address_classes_and_self() -> None:
     config = _groups_config()
-    v = explain(config, "a.test:80", addresses=["100.64.0.1"])  # type: ignore[arg-type]
+    v = explain(config, "a.test:80", addresses=["100.64.0.1"])
     assert (v.routes[0].rule_id, v.routes[0].allowed) == ("guard-cgnat", False)
     assert "carrier-grade NAT" in v.routes[0].reason
-    v = explain(config, "127.0.0.1:3128")  # type: ignore[arg-type]
+    v = explain(config, "127.0.0.1:3128")
     assert v.routes[0].rule_id == "guard-self"

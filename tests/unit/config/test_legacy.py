@@ -4,7 +4,7 @@ loading from env vars and ConfigMap keys, and the migration to YAML."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import yaml
@@ -406,6 +406,13 @@ def test_migrate_comment_cannot_break_out_of_yaml() -> None:
     assert document["routes"] == []
 
 
+class _Names(TypedDict, total=False):
+    """The names `migrate` takes by keyword."""
+
+    configmap: str
+    key: str
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -414,9 +421,9 @@ def test_migrate_comment_cannot_break_out_of_yaml() -> None:
         ({"key": "a/b.yaml"}, "not a valid YAML key name"),
     ],
 )
-def test_migrate_refuses_bad_names(kwargs: dict[str, str], message: str) -> None:
+def test_migrate_refuses_bad_names(kwargs: _Names, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        migrate({}, **kwargs)  # type: ignore[arg-type]
+        migrate({}, **kwargs)
 
 
 def test_migrate_nothing() -> None:
