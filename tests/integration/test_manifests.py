@@ -979,3 +979,27 @@ def test_kustomize_metrics_tls_component_validates(version: str, tmp_path: Path)
     }
     # the certificate's DNS name is the metrics Service's name, whatever the namespace
     assert ("Service", endpoint["tlsConfig"]["serverName"]) in objects
+
+
+# --- the policy proxy's users (a Secret beside the ConfigMap) ------------------------------
+
+
+def test_proxy_users_secret_is_optional_and_named_by_the_env_var(template: dict[str, Any]) -> None:
+    """PROXY_USERS_FILE names a file inside the optional Secret's mount (no subPath, so the
+    kubelet's swap reaches it); empty, the router has no proxy users."""
+    assert container_env(processed(template))["EGRESS_PROXY_USERS_FILE"] == ""
+    objects = processed(
+        template,
+        PROXY_USERS_FILE="/etc/haproxy-egress-users/users",
+        PROXY_USERS_SECRET="team-proxy-users",
+    )
+    for obj in objects.values():
+        validate(obj, K8S_VERSIONS[-1])
+    pod = pod_spec(objects)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["proxy-users"]["secret"] == {"secretName": "team-proxy-users", "optional": True}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "subPath" not in mounts["proxy-users"]
+    assert mounts["proxy-users"]["readOnly"] is True
+    users = container_env(objects)["EGRESS_PROXY_USERS_FILE"]
+    assert users.startswith(mounts["proxy-users"]["mountPath"] + "/")
