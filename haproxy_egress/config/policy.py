@@ -423,9 +423,13 @@ class Group:
             return True
         return client is not None and any(classes.in_network(client, n) for n in self.sources)
 
+    def takes(self, user: str | None) -> bool:
+        """Whether `user` (None: nobody authenticated) may be in this group."""
+        return not self.users or user in self.users
+
     def admits(self, client: netaddr.IPAddress | None, user: str | None = None) -> bool:
         """Whether this group is the one for `client`, authenticated as `user` (or not)."""
-        return self.holds(client) and (not self.users or user in self.users)
+        return self.holds(client) and self.takes(user)
 
 
 def select_group(

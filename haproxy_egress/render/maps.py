@@ -225,10 +225,10 @@ def _member_entries(
         names = tuple(g.name for g in held)
         if names not in labels:
             label = labels[names] = f"s{len(labels) + 1}"
-            fallback = next((g.name for g in held if not g.users), NONE)
+            fallback = next((g.name for g in held if g.takes(None)), NONE)
             members.append((f"{label}/", fallback))
             for user in sorted({u for g in held for u in g.users}):
-                first = next(g.name for g in held if not g.users or user in g.users)
+                first = next(g.name for g in held if g.takes(user))
                 if first != fallback:
                     members.append((f"{label}/{user}", first))
         sources.append((key, labels[names]))
