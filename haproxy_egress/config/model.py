@@ -691,6 +691,9 @@ class Config:
     proxy_users: tuple[ProxyUser, ...] = ()
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
+    # The process's own listeners that are not routes (the metrics and probe endpoint): no
+    # route may take them, and the policy's `self` class covers them like the routes' ports.
+    reserved: tuple[Listen, ...] = ()
 
     @property
     def needs_resolvers(self) -> bool:
@@ -711,13 +714,14 @@ class Config:
 
     @cached_property
     def _own_listeners(self) -> tuple[tuple[int, ...], tuple[egress_policy.Network, ...]]:
-        ports = {r.listen.port for r in self.routes}
+        listeners = [r.listen for r in self.routes] + list(self.reserved)
         if self.stats is not None:
-            ports.add(self.stats.port)
+            listeners.append(Listen(address=self.stats.address, port=self.stats.port))
+        ports = {listen.port for listen in listeners}
         own = list(egress_policy.OWN_NETWORKS)
-        for r in self.routes:
-            if not r.listen.is_wildcard and r.listen.address is not None:
-                own.append(ipaddress.ip_network(r.listen.address))
+        for listen in listeners:
+            if not listen.is_wildcard and listen.address is not None:
+                own.append(ipaddress.ip_network(listen.address))
         return tuple(sorted(ports)), tuple(dict.fromkeys(own))
 
     def origin_of(self, route_name: str) -> str:

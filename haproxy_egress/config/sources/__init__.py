@@ -187,6 +187,7 @@ def build_config(
         stats=stats,
         proxy_users=proxy_users,
         origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
+        reserved=tuple(reserved.values()),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.explain import explain, parse_destination, rule_locations
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.model import Config, Listen
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 
@@ -170,3 +170,12 @@ def test_address_classes_and_self() -> None:
     assert "carrier-grade NAT" in v.routes[0].reason
     v = explain(config, "127.0.0.1:3128")
     assert v.routes[0].rule_id == "guard-self"
+
+
+def test_the_metrics_port_is_self_in_explain() -> None:
+    """The process's own listeners (here the metrics endpoint on :9101) are `self` too."""
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(DOC).encode()),))
+    metrics = {"metrics endpoint (SCRAPER_TCP_PORT=9101)": Listen(port=9101)}
+    config = load_snapshot(snap, {}, metrics)
+    (web,) = (r for r in explain(config, "127.0.0.1:9101").routes if r.route == "web")
+    assert (web.rule_id, web.allowed) == ("guard-self", False)
