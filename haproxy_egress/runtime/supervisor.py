@@ -21,11 +21,13 @@ from collections import Counter
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.program import master_argv, pid_file_pids
+from haproxy_egress.haproxy.show import parse_info
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
 from haproxy_egress.runtime.logloss import LogLossWatch
@@ -97,7 +99,7 @@ class Supervisor:
         )
         self.haproxy = Child(
             "haproxy",
-            haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
+            master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
             before_start=self.log_pipe.ensure if self.log_pipe else None,
             stdout=run.log_pipe if self.log_pipe else None,
@@ -112,7 +114,7 @@ class Supervisor:
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
         self.workers = Workers(
-            haproxy.CliSocket(run.master_socket, timeout=5.0, master=True).command,
+            CliSocket(run.master_socket, timeout=5.0, master=True).command,
             settings.drain_seconds,
             Bounds(
                 settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
@@ -130,7 +132,7 @@ class Supervisor:
             users_file=settings.proxy_users_file,
         )
         exporter_options = ExporterOptions.from_settings(settings)
-        stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
+        stats = CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
         self.metrics = MetricsServer(
             settings.metrics_address,
             settings.metrics_port,
@@ -206,11 +208,11 @@ class Supervisor:
     def _haproxy_answers(self) -> bool:
         """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
         try:
-            stats = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0)
-            info = stats.command("show info")
+            stats = CliSocket(self.settings.run.stats_socket, timeout=1.0)
+            info = parse_info(stats.command("show info"))
         except EgressError:
             return False
-        return "Pid:" in info
+        return info.pid is not None
 
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
@@ -480,11 +482,8 @@ class Supervisor:
             child.signal(signal.SIGKILL)
         # haproxy's workers are the master's children; if the master is gone they are ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid_file = self.settings.run.pid_file
-            if pid_file.exists():
-                for line in pid_file.read_text().split():
-                    if line.isdigit():
-                        os.kill(int(line), signal.SIGKILL)
+            for pid in pid_file_pids(self.settings.run.pid_file):
+                os.kill(pid, signal.SIGKILL)
 
     # --- reaping -------------------------------------------------------------------------
 

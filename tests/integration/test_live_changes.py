@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from haproxy_egress.runtime.haproxy import CliSocket, parse_old_workers, parse_show_proc
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.show import parse_old_workers, parse_show_proc
 from tests.kubelet import ConfigMapVolume
 from tests.load import LoadGen
 from tests.longlived import changes, recovery_time
