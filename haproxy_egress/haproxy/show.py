@@ -192,9 +192,10 @@ def _state_lines(text: str) -> list[tuple[str, ServerState | None]]:
         if line.startswith("#") and "be_name" in fields:
             columns = fields[1:]
         state = None
-        if fields and fields[0].isdigit():
+        if fields and not line.startswith("#"):  # the version line ("1") has too few cells
             cell = {name: fields[i] for i, name in enumerate(columns) if i < len(fields)}
-            if all(c in cell for c in _STATE_NEEDS) and cell["srv_port"].isdigit():
+            numbers = (cell.get("srv_port", ""), cell.get("srv_admin_state", ""))
+            if all(c in cell for c in _STATE_NEEDS) and all(n.isdigit() for n in numbers):
                 state = ServerState(
                     cell["be_name"],
                     cell["srv_name"],
