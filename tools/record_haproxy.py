@@ -90,26 +90,16 @@ class Paths:
     """The files of one recording run, in a temporary directory."""
 
     root: Path
+    config: Path
+    stats: Path
+    master: Path
+    pid_file: Path
+    acl: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "haproxy.cfg"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.sock"
-
-    @property
-    def master(self) -> Path:
-        return self.root / "master.sock"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "haproxy.pid"
-
-    @property
-    def acl(self) -> Path:
-        return self.root / "clients.acl"
+    @classmethod
+    def under(cls, root: Path) -> Paths:
+        names = ("haproxy.cfg", "stats.sock", "master.sock", "haproxy.pid", "clients.acl")
+        return cls(root, *(root / name for name in names))
 
 
 def _config(paths: Paths, front: int, origin: int, spare: int) -> str:
@@ -170,7 +160,7 @@ def record(binary: str, data: Path = DATA) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "version.txt").write_text(version_text)
     with tempfile.TemporaryDirectory(prefix="record-haproxy-") as tmp, _holding_origin() as origin:
-        paths = Paths(Path(tmp))
+        paths = Paths.under(Path(tmp))
         _record_check(binary, out, paths.root)
         paths.acl.write_text("127.0.0.1\n10.0.0.0/8\n")
         front = _free_port()

@@ -51,20 +51,12 @@ _NO_SERVICE = re.compile(r"use-service.*'lua\.([a-z0-9_]+)' unknown service")
 
 
 @dataclass(frozen=True)
-class LuaAt:
-    """A Lua error at a line of a content-addressed file (`<sha256>.lua`)."""
+class LuaError:
+    """A Lua error in a content-addressed file (`<sha256>.lua`)."""
 
-    digest_tail: str  # the whole digest, or its end when Lua shortened the chunk name
-    line: int
+    digest: str  # `lua_at`: the digest or its end (Lua shortens chunk names); else all of it
     message: str
-
-
-@dataclass(frozen=True)
-class LuaLoadError:
-    """A Lua file that failed to load, named by its whole digest."""
-
-    digest: str
-    message: str
+    line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,8 +73,8 @@ class CheckAlert:
     the line does not say it). The caller decides which reading names one of its files."""
 
     text: str
-    lua_at: LuaAt | None = None
-    lua_load_error: LuaLoadError | None = None
+    lua_at: LuaError | None = None  # an error at a line; `digest` may be only its end
+    lua_load_error: LuaError | None = None  # a file that failed to load, whole digest
     not_registered: NotRegistered | None = None
     unknown_service: str | None = None  # `use-service lua.<name>`: no such service
 
@@ -100,8 +92,8 @@ def parse_alerts(output: str) -> list[CheckAlert]:
         alerts.append(
             CheckAlert(
                 line,
-                LuaAt(at.group(1), int(at.group(2)), at.group(3).strip()) if at else None,
-                LuaLoadError(load.group(1), load.group(2).strip()) if load else None,
+                LuaError(at.group(1), at.group(3).strip(), int(at.group(2))) if at else None,
+                LuaError(load.group(1), load.group(2).strip()) if load else None,
                 NotRegistered(action.group(1), action.group(2)) if action else None,
                 service.group(1) if service else None,
             )

@@ -9,8 +9,17 @@ Recorded answers of each haproxy version we run are under tests/data/haproxy/.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+
+def _matching_lines(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """The matches of `pattern` at the start of each line (surrounding blanks ignored)."""
+    for line in text.splitlines():
+        m = pattern.match(line.strip())
+        if m:
+            yield m
+
 
 # --- show proc (master CLI) ------------------------------------------------------------------
 
@@ -87,13 +96,10 @@ _SESSION = re.compile(r"^(0x[0-9a-f]+): proto=(tcpv4|tcpv6)\s+src=(\S+)\s+fe=(\S
 
 def parse_sessions(text: str) -> list[Session]:
     """Client sessions of `show sess` (the CLI's own `sockpair` session left out)."""
-    out = []
-    for line in text.splitlines():
-        m = _SESSION.match(line.strip())
-        if m:
-            client = m.group(3).rpartition(":")[0].strip("[]")
-            out.append(Session(m.group(1), m.group(4), m.group(5), client))
-    return out
+    return [
+        Session(m.group(1), m.group(4), m.group(5), m.group(3).rpartition(":")[0].strip("[]"))
+        for m in _matching_lines(_SESSION, text)
+    ]
 
 
 # --- show info -------------------------------------------------------------------------------
@@ -236,13 +242,10 @@ _TABLE_ENTRY = re.compile(r"^0x[0-9a-f]+: key=(\S+)\s(.*)$")
 
 def parse_table(text: str) -> list[TableEntry]:
     """The entries of `show table <name>` (its header line left out)."""
-    out = []
-    for line in text.splitlines():
-        m = _TABLE_ENTRY.match(line.strip())
-        if m:
-            data = dict(w.split("=", 1) for w in m.group(2).split() if "=" in w)
-            out.append(TableEntry(m.group(1), data))
-    return out
+    return [
+        TableEntry(m.group(1), dict(w.split("=", 1) for w in m.group(2).split() if "=" in w))
+        for m in _matching_lines(_TABLE_ENTRY, text)
+    ]
 
 
 # --- show acl|map <file>, prepare acl|map -----------------------------------------------------

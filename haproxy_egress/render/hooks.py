@@ -347,7 +347,7 @@ def explain_check(output: str, hooks: HookSet) -> list[Problem]:
     for alert in parse_alerts(output):
         at, load = alert.lua_at, alert.lua_load_error
         action, service = alert.not_registered, alert.unknown_service
-        if at is not None and (lua := _by_tail(at.digest_tail)) is not None:
+        if at is not None and (lua := _by_tail(at.digest)) is not None:
             errors.setdefault(lua.key, (f"Lua error: {at.message}", at.line))
         elif load is not None and load.digest in by_digest:
             lua = by_digest[load.digest]

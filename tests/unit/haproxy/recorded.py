@@ -144,7 +144,7 @@ def check_alerts(d: Path) -> None:
     digest = hashlib.sha256(broken).hexdigest()
     assert [x.digest for x in loads] == [digest]
     assert len(ats) == 1
-    assert digest.endswith(ats[0].digest_tail)
+    assert digest.endswith(ats[0].digest)
     assert ats[0].line == 2
     text = (d / "check_unregistered.txt").read_text()
     names = [a.not_registered for a in parse_alerts(text) if a.not_registered is not None]
