@@ -104,7 +104,7 @@ def compile_keys(tmp_path: Path, keys: Mapping[str, object]) -> tuple[Settings, 
     write_configmap(cm, keys)
     run_dir = tmp_path / "run"
     settings = Settings(config_dir=cm, run_dir=run_dir, metrics_port=0)
-    options = RenderOptions(run_dir=run_dir, log_stdout=True, drain_seconds=1)
+    options = RenderOptions(run_dir=run_dir, log_stdout=True)
     return settings, compile_snapshot(settings, options, read_snapshot(cm))
 
 
