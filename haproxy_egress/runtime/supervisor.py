@@ -29,7 +29,7 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime.changes import Kind, servers
-from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -59,8 +59,15 @@ Event = signal.Signals | ConfigChanged
 class Supervisor:
     """The process tree's root: one loop, one inbox, short handlers."""
 
-    def __init__(self, settings: Settings, options: RenderOptions, compiled: Compiled) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: RenderOptions,
+        compiled: Compiled,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         self.options = options
         self.current = compiled
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -123,6 +130,9 @@ class Supervisor:
         # In start order: logs must flow before haproxy has anything to say.
         self.log_child = self.socklog or self.logrelay
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
+        for child in self.children:
+            child.clock = clock
+            child.backoff.stable_after = settings.restart_stable_seconds
         self.watcher = Watcher(
             settings.config_dir,
             self.inbox.put_nowait,
@@ -304,7 +314,7 @@ class Supervisor:
         if not self.haproxy.ready():
             self.pending_reload = True  # haproxy is restarting; reload once it is back
             return
-        started = time.monotonic()
+        started = self._clock()
         try:
             outcome = transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
@@ -339,7 +349,7 @@ class Supervisor:
             self.last_reload_successful = True
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
-        self._changed(outcome, reason, time.monotonic() - started)
+        self._changed(outcome, reason, self._clock() - started)
 
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
@@ -351,7 +361,7 @@ class Supervisor:
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
-        now = time.monotonic()
+        now = self._clock()
         # What this edit admits (again) is no longer due to end, wherever it runs.
         self.workers.keep(
             frozenset(servers(self.current.text)),
@@ -387,7 +397,7 @@ class Supervisor:
             return
         self.state = State.STOPPING
         self.watcher.stop()
-        self._stop_deadline = time.monotonic() + self.settings.drain_seconds
+        self._stop_deadline = self._clock() + self.settings.drain_seconds
         if self.haproxy.pid is None:
             self._stop_socklog_soon()
             return
@@ -403,14 +413,14 @@ class Supervisor:
         self._stop_deadline = None
         self.exit_code = ExitCode.FORCED_STOP
         self.haproxy.signal(signal.SIGTERM)  # haproxy's hard stop
-        self._kill_deadline = time.monotonic() + HARD_KILL_AFTER
+        self._kill_deadline = self._clock() + HARD_KILL_AFTER
 
     def _stop_socklog_soon(self) -> None:
         # A moment for the last datagrams in socklog's socket buffer to be written out.
-        self._socklog_stop_at = time.monotonic() + 0.2
+        self._socklog_stop_at = self._clock() + 0.2
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
@@ -496,7 +506,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            now = time.monotonic()
+            now = self._clock()
             for child in self.children:
                 if child.pid == pid:
                     self._child_exited(child, status, now)
