@@ -11,8 +11,9 @@ import pytest
 from tests.unit.haproxy.recorded import CHECKS, DATA, VERSIONS
 
 
-def test_the_debian_12_haproxy_is_recorded() -> None:
-    assert "2.6" in VERSIONS
+def test_both_haproxy_versions_the_router_runs_on_are_recorded() -> None:
+    # 2.6: Debian 12, where the tests run; 3.0: Debian 13, the image.
+    assert {"2.6", "3.0"} <= set(VERSIONS)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
