@@ -201,6 +201,14 @@ def _record_running(
         (out / "show_acl.txt").write_text(stats.command(f"show acl {paths.acl}"))
         prepared = stats.command(f"prepare acl {paths.acl}")
         (out / "prepare_acl.txt").write_text(prepared)
+        extra = _free_port()
+        replies = {
+            "add_server": stats.command(f"add server be/s3 127.0.0.1:{extra}"),
+            "del_server": stats.command("del server be/s3"),
+            "del_server_unknown": stats.command("del server be/nothere"),
+        }
+        for name, answer in replies.items():
+            (out / f"{name}.txt").write_text(answer)
         (out / "show_stat.csv").write_text(stats.command("show stat"))
         (out / "show_info_stat.txt").write_text(stats.command("show info;show stat"))
         pids = paths.pid_file.read_text()

@@ -6,6 +6,7 @@
 - `show.py`: a typed parser per `show …` answer (proc, sess, info, servers state, table,
   acl/map) and the server admin bits
 - `stat.py`: the `show stat` CSV (the metrics' hot path)
+- `replies.py`: the answers to commands that change things (`add`/`del server`, `reload`)
 
 It depends on nothing in the package above `errors`: `runtime/`, `render/` (hook alerts) and
 `metrics/` read haproxy through it. Recorded answers of each haproxy version the router runs

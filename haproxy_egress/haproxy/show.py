@@ -117,6 +117,11 @@ class Info:
         return _int(self.fields.get("Pid"))
 
     @property
+    def current_connections(self) -> int | None:
+        """The connections this worker serves now (CurrConns)."""
+        return _int(self.fields.get("CurrConns"))
+
+    @property
     def dropped_logs(self) -> int | None:
         """Log lines this worker could not write (a full log buffer or FIFO)."""
         return _int(self.fields.get("DroppedLogs"))

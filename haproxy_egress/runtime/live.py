@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from haproxy_egress.errors import EgressError, HaproxyError
+from haproxy_egress.haproxy import replies
 from haproxy_egress.haproxy.show import (
     ServerState,
     parse_pattern_entries,
@@ -40,7 +41,7 @@ def pattern_kind(name: str) -> str:
     return "map" if name.endswith(".map") else "acl"
 
 
-def _expect(command: Command, line: str, ok: Iterable[str] = ("",)) -> str:
+def _expect(command: Command, line: str, ok: Iterable[str] = (replies.DONE,)) -> str:
     try:
         answer = command(line).strip()
     except HaproxyError as exc:
@@ -54,7 +55,7 @@ def _add_server(command: Command, server: Server) -> None:
     _expect(
         command,
         f"add server {server.ref} {server.address}{server.options}",
-        ok=("New server registered.",),
+        ok=(replies.SERVER_ADDED,),
     )
     if " check" in f" {server.options}":
         _expect(command, f"enable health {server.ref}")
@@ -159,9 +160,9 @@ def delete_servers(command: Command, servers: Iterable[str]) -> list[str]:
             log.warning("could not delete server %s: %s", ref, exc)
             busy.append(ref)
             continue
-        if answer == "Server deleted." or answer.startswith("No such"):
+        if replies.server_deleted(answer):
             continue
-        if "still has connections" in answer:
+        if replies.server_busy(answer):
             busy.append(ref)
         else:
             log.warning("could not delete server %s: %s", ref, answer)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
-from haproxy_egress.haproxy import show
+from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks
@@ -179,7 +179,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
         answer = master.command("reload")
     except HaproxyError:
         answer = ""  # 2.6 drops the connection as it re-executes; that is normal
-    if "Success=0" in answer:
+    if replies.reload_refused(answer):
         raise ReloadFailed("haproxy refused the new configuration (see its log above)")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -162,13 +162,10 @@ class Workers:
 
     def _curr_conns(self, pid: int) -> int:
         try:
-            info = self.master(f"@!{pid} show info")
+            info = show.parse_info(self.master(f"@!{pid} show info"))
         except HaproxyError:
             return 0
-        for line in info.splitlines():
-            if line.startswith("CurrConns:"):
-                return int(line.split(":", 1)[1].strip() or 0)
-        return 0
+        return info.current_connections or 0
 
     def _sessions(self, pid: int) -> list[Session]:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from haproxy_egress.errors import HaproxyCheckError
+from haproxy_egress.haproxy import replies
 from haproxy_egress.haproxy.check import check_output, parse_alerts
 from haproxy_egress.haproxy.program import parse_version, pid_file_pids
 from haproxy_egress.haproxy.show import (
@@ -71,7 +72,9 @@ def check_info(d: Path) -> None:
     assert info.pid == f["old_worker_pid"]  # recorded before the reload
     assert info.dropped_logs == 0
     assert f["version"].startswith(info.fields["Version"])
+    assert info.current_connections == 0  # the held session came after this answer
     old = parse_info((d / "show_proc_old_worker_info.txt").read_text())
+    assert old.current_connections == 1  # the held session, still on the old worker
     assert old.pid == f["old_worker_pid"]
     assert old.dropped_logs is not None
 
@@ -124,6 +127,13 @@ def check_stat(d: Path) -> None:
     assert parse_stat(csv).frontends[0][0] == f["frontend"]
 
 
+def check_replies(d: Path) -> None:
+    assert (d / "add_server.txt").read_text().strip() == replies.SERVER_ADDED
+    assert replies.server_deleted((d / "del_server.txt").read_text())
+    assert replies.server_deleted((d / "del_server_unknown.txt").read_text())
+    assert not replies.server_busy((d / "del_server.txt").read_text())
+
+
 def check_pid_file(d: Path) -> None:
     assert pid_file_pids(d / "pid_file.txt") == facts(d)["pid_file_pids"]
     assert facts(d)["master_pid"] in pid_file_pids(d / "pid_file.txt")
@@ -160,6 +170,7 @@ CHECKS = (
     check_table,
     check_patterns,
     check_stat,
+    check_replies,
     check_pid_file,
     check_alerts,
 )
