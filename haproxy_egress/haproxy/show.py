@@ -194,27 +194,29 @@ class ServerState:
         return bool(self.admin_state & FMAINT)
 
 
+def _columns(names: Sequence[str]) -> tuple[int, ...] | None:
+    """Where each of _STATE_NEEDS is in a header's column names; None if one is missing."""
+    try:
+        return tuple(list(names).index(name) for name in _STATE_NEEDS)
+    except ValueError:
+        return None
+
+
 def _state_lines(text: str) -> list[tuple[str, ServerState | None]]:
     """Every line of the answer, each with its server when it is a server line."""
-    columns: Sequence[str] = _STATE_COLUMNS
+    columns = _columns(_STATE_COLUMNS)
     out: list[tuple[str, ServerState | None]] = []
     for line in text.splitlines():
         fields = line.split()
-        if line.startswith("#") and "be_name" in fields:
-            columns = fields[1:]
         state = None
-        if fields and not line.startswith("#"):  # the version line ("1") has too few cells
-            cell = {name: fields[i] for i, name in enumerate(columns) if i < len(fields)}
-            numbers = (cell.get("srv_port", ""), cell.get("srv_admin_state", ""))
-            if all(c in cell for c in _STATE_NEEDS) and all(n.isdigit() for n in numbers):
-                state = ServerState(
-                    cell["be_name"],
-                    cell["srv_name"],
-                    cell["srv_addr"],
-                    int(cell["srv_port"]),
-                    int(cell["srv_admin_state"]),
-                    line,
-                )
+        if line.startswith("#"):
+            if "be_name" in fields:
+                columns = _columns(fields[1:])
+        elif columns is not None and len(fields) > max(columns):
+            # The version line ("1") has too few cells to be a server line.
+            backend, name, address, admin, port = (fields[i] for i in columns)
+            if port.isdigit() and admin.isdigit():
+                state = ServerState(backend, name, address, int(port), int(admin), line)
         out.append((line, state))
     return out
 
