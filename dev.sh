@@ -80,7 +80,9 @@ case "${1:-}" in
   demo)
     apt_install "${APT_RUN[@]}"
     venv ""
-    exec .venv/bin/python -m haproxy_egress.demo
+    # tools/demo.py lives outside the package (the image does not ship it): run it as a
+    # module from the repo root, where this script has cd-ed.
+    exec .venv/bin/python -m tools.demo
     ;;
   test)
     shift

@@ -44,7 +44,6 @@ def render_options(settings: Settings) -> RenderOptions:
     return RenderOptions(
         run_dir=settings.run_dir,
         log_stdout=settings.log_sink.haproxy_writes_stdout,
-        drain_seconds=settings.drain_seconds,
         # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores. The relay
         # sink runs one thread unless told otherwise: when two threads log at once and the one
         # writing is descheduled, haproxy drops the other's line rather than wait

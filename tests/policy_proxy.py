@@ -16,13 +16,14 @@ import yaml
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.haproxy.check import check
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.policy import COMMAND, parse_table
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import CliSocket, check
 from haproxy_egress.settings import PROXY_USERS_ENV
 from tests.support import HAPROXY, wait_for
 

@@ -39,7 +39,6 @@ from haproxy_egress.config import classes
 
 Action = Literal["allow", "deny"]
 Kind = Literal["host", "domain", "network", "any"]
-Verdict = Literal["allow", "deny"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"

@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.registry import Collector
 
+from haproxy_egress.haproxy.stat import STATUS_FIELD, StatTable, parse_stat
 from haproxy_egress.metrics.collector import (
     ScrapeCounters,
     policy_family,
@@ -33,13 +34,7 @@ from haproxy_egress.metrics.families import (
     StatFamily,
 )
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import (
-    STATUS_FIELD,
-    HaproxySnapshot,
-    StatTable,
-    converter,
-    parse_stat,
-)
+from haproxy_egress.metrics.stats import HaproxySnapshot, converter
 from haproxy_egress.metrics.status import RouterStatus
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"

@@ -75,11 +75,10 @@ def audit_log_format(mode: str) -> str:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """The process-level facts the config embeds (paths, log sink, drain, threads)."""
+    """The process-level facts the config embeds (paths, log sink, threads)."""
 
     run_dir: Path
     log_stdout: bool = False
-    drain_seconds: float = 30.0
     threads: int = 0
 
     @property

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from haproxy_egress.config.model import Config, Route
+from haproxy_egress.haproxy.show import Session
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -25,9 +26,7 @@ __all__ = [
     "Kind",
     "Plan",
     "Server",
-    "Session",
     "Version",
-    "parse_sessions",
     "plan",
     "servers",
 ]
@@ -60,33 +59,6 @@ class Server:
         """The address split into host (no brackets) and port."""
         host, _, port = self.address.rpartition(":")
         return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class Session:
-    """One established session, from a worker's `show sess`."""
-
-    ptr: str  # 0x55b244ffee50: what `shutdown session` takes
-    frontend: str
-    server: str  # "<none>" before a server was chosen
-    client: str  # the client's IP address
-
-    def __str__(self) -> str:
-        return f"{self.client} via route {self.frontend} (server {self.server})"
-
-
-_SESSION = re.compile(r"^(0x[0-9a-f]+): proto=(tcpv4|tcpv6)\s+src=(\S+)\s+fe=(\S+).*?srv=(\S+)")
-
-
-def parse_sessions(text: str) -> list[Session]:
-    """Client sessions of `show sess` (the CLI's own `sockpair` session left out)."""
-    out = []
-    for line in text.splitlines():
-        m = _SESSION.match(line.strip())
-        if m:
-            client = m.group(3).rpartition(":")[0].strip("[]")
-            out.append(Session(m.group(1), m.group(4), m.group(5), client))
-    return out
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Seconds from an arbitrary start (time.monotonic): handed in, so that start times, restart
+# schedules and deadlines can be driven by a fake clock in unit tests.
+Clock = Callable[[], float]
+
 
 class ChildState(enum.Enum):
     """Where a supervised child is in its life."""
@@ -91,6 +95,7 @@ class Child:
     next_start: float = 0.0
     restarts: int = 0
     backoff: Backoff = field(default_factory=Backoff)
+    clock: Clock = time.monotonic
 
     def ready(self) -> bool:
         """RUNNING and alive: what it served may be claimed (a zombie serves nothing)."""
@@ -130,7 +135,7 @@ class Child:
             # then stops the children in order.
             setpgroup=0,
         )
-        self.started_at = time.monotonic()
+        self.started_at = self.clock()
         self.state = ChildState.STARTING
         log.info("%s started (pid:%d)", self.name, self.pid)
         return self.pid

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
+from haproxy_egress.haproxy import replies, show
+from haproxy_egress.haproxy.check import check
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime import changes, haproxy, live, staging
+from haproxy_egress.runtime import changes, live, staging
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ def check_candidate(settings: Settings, text: str) -> str:
     if not state.exists():
         state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
     try:
-        return haproxy.check(candidate, settings.haproxy_bin)
+        return check(candidate, settings.haproxy_bin)
     finally:
         candidate.unlink(missing_ok=True)
 
@@ -134,9 +137,7 @@ def save_server_state(settings: Settings, text: str) -> None:
     Best effort: without it the new worker merely starts every destination as up.
     """
     try:
-        state = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0).command(
-            "show servers state"
-        )
+        state = CliSocket(settings.run.stats_socket, timeout=5.0).command("show servers state")
         write_atomic(settings.run.server_state, state_for(state, text), mode=0o600)
     except (HaproxyError, OSError) as exc:
         log.warning("could not save server state before the reload: %s", exc)
@@ -152,17 +153,14 @@ def state_for(state: str, text: str) -> str:
     (server-template slots) keep everything: that is what the file is for.
     """
     fixed = changes.servers(text)
-    out = []
-    for line in state.splitlines():
-        fields = line.split()
-        if len(fields) > 18 and fields[0].isdigit():
-            server = fixed.get(f"{fields[1]}/{fields[3]}")
-            if server is not None and (
-                int(fields[6]) & live.FMAINT or (fields[4], int(fields[18])) != server.host_port
-            ):
-                continue
-        out.append(line)
-    return "\n".join(out) + "\n"
+
+    def stale(got: show.ServerState) -> bool:
+        server = fixed.get(f"{got.backend}/{got.name}")
+        return server is not None and (
+            got.maintenance or (got.address, got.port) != server.host_port
+        )
+
+    return show.servers_state_without(state, stale)
 
 
 def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
@@ -173,21 +171,21 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     success is a worker pid that was not there before.
     """
     save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
-    master = haproxy.CliSocket(settings.run.master_socket, timeout=5.0, master=True)
-    before = haproxy.parse_show_proc(master.command("show proc"))
+    master = CliSocket(settings.run.master_socket, timeout=5.0, master=True)
+    before = show.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}
     old_master = next((p for p in before if p.kind == "master"), None)
     try:
         answer = master.command("reload")
     except HaproxyError:
         answer = ""  # 2.6 drops the connection as it re-executes; that is normal
-    if "Success=0" in answer:
+    if replies.reload_refused(answer):
         raise ReloadFailed("haproxy refused the new configuration (see its log above)")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            procs = haproxy.parse_show_proc(master.command("show proc"))
+            procs = show.parse_show_proc(master.command("show proc"))
         except HaproxyError:
             continue  # master still re-executing
         new_master = next((p for p in procs if p.kind == "master"), None)
@@ -249,7 +247,7 @@ def transaction(
         return Outcome(True, compiled, None, plan)
     fallback = ""
     if plan.kind is changes.Kind.RUNTIME:
-        stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
+        stats = CliSocket(settings.run.stats_socket, timeout=5.0)
         try:
             live.apply(stats.command, plan, settings.run.maps)
             return Outcome(True, compiled, None, plan)

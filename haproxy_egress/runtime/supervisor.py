@@ -21,13 +21,15 @@ from collections import Counter
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.program import master_argv, pid_file_pids
+from haproxy_egress.haproxy.show import parse_info
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.changes import Kind, servers
-from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -57,8 +59,15 @@ Event = signal.Signals | ConfigChanged
 class Supervisor:
     """The process tree's root: one loop, one inbox, short handlers."""
 
-    def __init__(self, settings: Settings, options: RenderOptions, compiled: Compiled) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: RenderOptions,
+        compiled: Compiled,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         self.options = options
         self.current = compiled
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -97,7 +106,7 @@ class Supervisor:
         )
         self.haproxy = Child(
             "haproxy",
-            haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
+            master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
             before_start=self.log_pipe.ensure if self.log_pipe else None,
             stdout=run.log_pipe if self.log_pipe else None,
@@ -112,7 +121,7 @@ class Supervisor:
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
         self.workers = Workers(
-            haproxy.CliSocket(run.master_socket, timeout=5.0, master=True).command,
+            CliSocket(run.master_socket, timeout=5.0, master=True).command,
             settings.drain_seconds,
             Bounds(
                 settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
@@ -121,6 +130,9 @@ class Supervisor:
         # In start order: logs must flow before haproxy has anything to say.
         self.log_child = self.socklog or self.logrelay
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
+        for child in self.children:
+            child.clock = clock
+            child.backoff.stable_after = settings.restart_stable_seconds
         self.watcher = Watcher(
             settings.config_dir,
             self.inbox.put_nowait,
@@ -130,7 +142,7 @@ class Supervisor:
             users_file=settings.proxy_users_file,
         )
         exporter_options = ExporterOptions.from_settings(settings)
-        stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
+        stats = CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
         self.metrics = MetricsServer(
             settings.metrics_address,
             settings.metrics_port,
@@ -206,11 +218,11 @@ class Supervisor:
     def _haproxy_answers(self) -> bool:
         """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
         try:
-            stats = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0)
-            info = stats.command("show info")
+            stats = CliSocket(self.settings.run.stats_socket, timeout=1.0)
+            info = parse_info(stats.command("show info"))
         except EgressError:
             return False
-        return "Pid:" in info
+        return info.pid is not None
 
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
@@ -302,7 +314,7 @@ class Supervisor:
         if not self.haproxy.ready():
             self.pending_reload = True  # haproxy is restarting; reload once it is back
             return
-        started = time.monotonic()
+        started = self._clock()
         try:
             outcome = transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
@@ -337,7 +349,7 @@ class Supervisor:
             self.last_reload_successful = True
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
-        self._changed(outcome, reason, time.monotonic() - started)
+        self._changed(outcome, reason, self._clock() - started)
 
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
@@ -349,7 +361,7 @@ class Supervisor:
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
-        now = time.monotonic()
+        now = self._clock()
         # What this edit admits (again) is no longer due to end, wherever it runs.
         self.workers.keep(
             frozenset(servers(self.current.text)),
@@ -385,7 +397,7 @@ class Supervisor:
             return
         self.state = State.STOPPING
         self.watcher.stop()
-        self._stop_deadline = time.monotonic() + self.settings.drain_seconds
+        self._stop_deadline = self._clock() + self.settings.drain_seconds
         if self.haproxy.pid is None:
             self._stop_socklog_soon()
             return
@@ -401,14 +413,14 @@ class Supervisor:
         self._stop_deadline = None
         self.exit_code = ExitCode.FORCED_STOP
         self.haproxy.signal(signal.SIGTERM)  # haproxy's hard stop
-        self._kill_deadline = time.monotonic() + HARD_KILL_AFTER
+        self._kill_deadline = self._clock() + HARD_KILL_AFTER
 
     def _stop_socklog_soon(self) -> None:
         # A moment for the last datagrams in socklog's socket buffer to be written out.
-        self._socklog_stop_at = time.monotonic() + 0.2
+        self._socklog_stop_at = self._clock() + 0.2
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
@@ -480,11 +492,8 @@ class Supervisor:
             child.signal(signal.SIGKILL)
         # haproxy's workers are the master's children; if the master is gone they are ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid_file = self.settings.run.pid_file
-            if pid_file.exists():
-                for line in pid_file.read_text().split():
-                    if line.isdigit():
-                        os.kill(int(line), signal.SIGKILL)
+            for pid in pid_file_pids(self.settings.run.pid_file):
+                os.kill(pid, signal.SIGKILL)
 
     # --- reaping -------------------------------------------------------------------------
 
@@ -497,7 +506,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            now = time.monotonic()
+            now = self._clock()
             for child in self.children:
                 if child.pid == pid:
                     self._child_exited(child, status, now)

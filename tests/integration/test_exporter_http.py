@@ -24,6 +24,7 @@ from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.config.sources import Snapshot, load_snapshot
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.http import MetricsServer, accepts_gzip, wants_openmetrics
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import read_snapshot
@@ -33,7 +34,6 @@ from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import CliSocket
 from tests.router import http_route
 from tests.support import DnsServer, HaproxyProcess, HttpOrigin, free_port, http_get, wait_for
 from tests.unit.metrics.test_exporter import ALL

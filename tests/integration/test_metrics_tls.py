@@ -26,8 +26,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.errors import ConfigError
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.http import MetricsServer
-from haproxy_egress.runtime.haproxy import CliSocket
 from tests.integration.test_cli import run as run_cli
 from tests.integration.test_exporter_http import STATUS, running_haproxy
 from tests.kubelet import ConfigMapVolume

@@ -19,8 +19,8 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.http import MetricsServer
-from haproxy_egress.runtime.haproxy import CliSocket
 from tests.integration.test_exporter_http import STATUS
 from tests.kubelet import ConfigMapVolume
 from tests.router import Router

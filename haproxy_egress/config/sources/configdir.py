@@ -45,10 +45,6 @@ class Snapshot:
             h.update(data)
         return h.hexdigest()
 
-    def get(self, name: str) -> bytes | None:
-        """One key's content, or None."""
-        return dict(self.files).get(name)
-
 
 def _read_dir(directory: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
     files: list[tuple[str, bytes]] = []

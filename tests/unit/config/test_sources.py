@@ -331,7 +331,7 @@ def test_kubelet_layout_reads_one_version(tmp_path: Path) -> None:
     kubelet_publish(tmp_path, "2026_11_26_10_05_00.2", {"routes.yaml": ROUTE_B, "more.yaml": ""})
     second = read_snapshot(tmp_path)
     assert [name for name, _ in second.files] == ["more.yaml", "routes.yaml"]
-    assert second.get("routes.yaml") == ROUTE_B.encode()
+    assert dict(second.files)["routes.yaml"] == ROUTE_B.encode()
     assert first.digest != second.digest
     assert read_snapshot(tmp_path).digest == second.digest
     (r,) = load_snapshot(second, {}).routes
