@@ -20,6 +20,7 @@ from collections import Counter
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
+from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
@@ -128,6 +129,7 @@ class Supervisor:
             debounce=settings.reload_debounce,
             poll=settings.poll_seconds,
             users_file=settings.proxy_users_file,
+            tls_paths=self._tls_paths,
         )
         exporter_options = ExporterOptions.from_settings(settings)
         stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
@@ -142,6 +144,10 @@ class Supervisor:
         )
 
     # --- what other threads may read ------------------------------------------------------
+
+    def _tls_paths(self) -> tuple[str, ...]:
+        """The TLS files the running config names (the watcher reads them with each look)."""
+        return material_paths_of(self.current.config)
 
     def status(self) -> RouterStatus:
         """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
@@ -181,7 +187,7 @@ class Supervisor:
             stale.unlink(missing_ok=True)
         # A relay state left by a previous container of this pod would be counted as ours.
         self.settings.run.log_relay_state.unlink(missing_ok=True)
-        install(self.settings, self.current.text, self.current.maps)
+        install(self.settings, self.current.text, self.current.maps, self.current.tls_files)
 
     def _install_signal_handlers(self) -> None:
         def enqueue(signum: int, _frame: object) -> None:
@@ -436,7 +442,7 @@ class Supervisor:
 
     def _inputs_digest(self) -> str | None:
         try:
-            return read_inputs(self.settings).digest
+            return read_inputs(self.settings, self._tls_paths()).digest
         except OSError:
             return None
 
