@@ -71,6 +71,7 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        self.tls_rejected = False  # the last change was refused for its TLS material
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
         self._rejected_digest: str | None = None
@@ -171,6 +172,8 @@ class Supervisor:
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
             old_workers_ended=self.workers.ended_view[0],
             connections_ended=self.workers.ended_view[1],
+            tls=self.current.tls,
+            tls_rejected=self.tls_rejected,
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -315,6 +318,9 @@ class Supervisor:
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
+            self.tls_rejected = isinstance(exc, ConfigError) and any(
+                ".tls." in f".{p.path}." for p in exc.problems
+            )
             if isinstance(exc, ConfigError):
                 n = len(exc.problems)
                 detail = f"{n} problem{'s' if n != 1 else ''}: " + "; ".join(map(str, exc.problems))
@@ -341,6 +347,7 @@ class Supervisor:
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
+            self.tls_rejected = False
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self._changed(outcome, reason, time.monotonic() - started)
@@ -352,6 +359,7 @@ class Supervisor:
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)
         self.last_reload_successful = True
+        self.tls_rejected = False
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"

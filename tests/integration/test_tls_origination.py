@@ -156,7 +156,8 @@ def test_identities_names_and_verification(
     a = str(secret(tmp_path / "secret-a", certs.team_a).directory)
     b = str(secret(tmp_path / "secret-b", certs.team_b).directory)
     s = str(secret(tmp_path / "secret-s", certs.stranger).directory)
-    ports = {n: free_port() for n in ("a", "b", "tcp", "none", "stranger", "name", "system")}
+    names = ("a", "b", "tcp", "none", "stranger", "name", "system", "insecure")
+    ports = {n: free_port() for n in names}
     routes = [
         route("a", ports["a"], origin, "http", ca_file=ca, client_cert_dir=a, alpn=["http/1.1"]),
         route("b", ports["b"], origin, "http", ca_file=ca, client_cert_dir=b),
@@ -168,6 +169,14 @@ def test_identities_names_and_verification(
             "tls": {"server_name": "other.example", "ca_file": ca, "client_cert_dir": a},
         },
         route("system", ports["system"], origin, "http", client_cert_dir=a),
+        {
+            **route("insecure", ports["insecure"], origin, "http"),
+            "tls": {
+                "server_name": "other.example",
+                "client_cert_dir": a,
+                "insecure_skip_verify": True,
+            },
+        },
     ]
     router, _ = start_router(tmp_path, routes)
     started.append(router)
@@ -191,6 +200,26 @@ def test_identities_names_and_verification(
         status, body = get(ports[refused])
         assert status in (0, 502, 503), (refused, status, body)
         assert "client=" not in body
+    # Verification off, only because the route says so: it works, and it is loud about it.
+    assert get(ports["insecure"])[1].startswith("client=CN=team-a ")
+    assert "route insecure: insecure_skip_verify" in router.stderr()
+    assert router.metric("haproxy_egress_tls_insecure_skip_verify", {"route": "insecure"}) == 1
+    assert router.metric("haproxy_egress_tls_insecure_skip_verify", {"route": "a"}) == 0
+
+    # Expiry and identity of what each route loaded, and the refused handshakes counted.
+    cert = x509.load_pem_x509_certificate(certs.team_a[0].read_bytes())
+    expiry = router.metric(
+        "haproxy_egress_tls_not_after_seconds", {"route": "a", "material": "client_cert"}
+    )
+    assert expiry == cert.not_valid_after_utc.timestamp()
+    ca_cert = x509.load_pem_x509_certificate(certs.partner_ca[0].read_bytes())
+    expiry = router.metric("haproxy_egress_tls_not_after_seconds", {"route": "a", "material": "ca"})
+    assert expiry == ca_cert.not_valid_after_utc.timestamp()
+    info = {"route": "b", "subject": "CN=team-b", "issuer": "CN=company-ca"}
+    assert router.metric("haproxy_egress_tls_client_cert_info", info) == 1
+    failures = "haproxy_egress_tls_handshake_failures_total"
+    wait_for(lambda: (router.metric(failures, {"route": "name"}) or 0) > 0)
+    assert router.metric(failures, {"route": "a"}) == 0
 
 
 def _serial(pair: Pair) -> int:
@@ -251,12 +280,14 @@ def test_rotation_without_reload_keeps_connections(
         )
         wait_for(lambda: "tls.key is not the key of the certificate" in router.stderr(), timeout=15)
         assert router.metric("haproxy_egress_config_last_reload_successful") == 0
+        assert router.metric("haproxy_egress_tls_material_rejected") == 1
         assert get(port)[1].startswith("client=CN=team-a-2 ")
 
         # Put right. After a CA update haproxy 2.6 no longer links the certificate store to
         # the server (runtime/tlslive.py): the router sees that and reloads instead.
         rotated(lambda: publish_identity(identity, certs.team_b), runtime=False)
         assert get(port)[1].startswith("client=CN=team-b ")
+        assert router.metric("haproxy_egress_tls_material_rejected") == 0
 
         # The CRL: revoking the partner's server certificate stops new connections.
         revoked = make_crl(tmp_path, certs.partner_ca, revoked=(certs.server[0],))
