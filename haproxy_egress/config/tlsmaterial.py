@@ -25,7 +25,7 @@ from haproxy_egress.config.sources.tlsfiles import TlsFile
 from haproxy_egress.config.tls import TlsOrigination, material_paths
 from haproxy_egress.errors import Problem
 
-__all__ = ["Identity", "RouteTls", "load_material", "material_paths_of"]
+__all__ = ["Identity", "RouteTls", "describe", "load_material", "material_paths_of"]
 
 _CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
@@ -203,6 +203,27 @@ class _Checker:
             crl[0] if crl else None,
             crl[1] if crl else None,
         )
+
+
+def describe(tls: TlsOrigination, host: str, material: RouteTls | None) -> str:
+    """In words, for `explain` and `check`: the name verified, against what, and the client
+    certificate presented (subject, expiry)."""
+    name = tls.name_for(host)
+    if tls.insecure_skip_verify:
+        verify = f"TLS to {name} NOT VERIFIED (insecure_skip_verify)"
+    else:
+        ca = tls.ca_file or "the system CA store"
+        crl = f", CRL {tls.crl_file}" if tls.crl_file else ""
+        verify = f"TLS to {name} (name and chain verified against {ca}{crl})"
+    if tls.client_cert_dir is None:
+        return f"{verify}, no client certificate"
+    client = material.client if material is not None else None
+    if client is None:
+        return f"{verify}, client certificate from {tls.client_cert_dir} (not readable)"
+    return (
+        f"{verify}, client certificate {client.subject} issued by {client.issuer}, "
+        f"not after {client.not_after_text} ({tls.client_cert_dir})"
+    )
 
 
 def material_paths_of(config: Config) -> tuple[str, ...]:

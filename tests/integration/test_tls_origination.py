@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 
+from tests.integration.test_cli import run as run_cli
 from tests.kubelet import ConfigMapVolume
 from tests.longlived import changes
 from tests.router import Router
@@ -302,3 +304,59 @@ def test_rotation_without_reload_keeps_connections(
 
 def trust_crl(volume: ConfigMapVolume) -> bytes:
     return (volume.directory / "ca.crl").read_bytes()
+
+
+def test_check_and_explain_show_the_identity_and_refuse_bad_material(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """`check` and `explain` say which name a route verifies and which client certificate it
+    presents; an expired certificate and an IP destination without a name are refused, named."""
+    expired = make_leaf(
+        tmp_path, "old", certs.company_ca, sans="DNS:old", usage="clientAuth", days="-1"
+    )
+    good = secret(tmp_path / "good", certs.team_a).directory
+    old = secret(tmp_path / "old-secret", expired).directory
+    config = tmp_path / "config"
+    config.mkdir()
+
+    def write(*routes: dict[str, Any]) -> dict[str, str]:
+        (config / "routes.yaml").write_text(yaml.safe_dump({"routes": list(routes)}))
+        return {"EGRESS_CONFIG_DIR": str(config)}
+
+    partner = {
+        "name": "partner",
+        "listen": 9443,
+        "mode": "http",
+        "destinations": [f"{PARTNER}:443"],
+        "tls": {"ca_file": str(certs.partner_ca[0]), "client_cert_dir": str(good)},
+    }
+    env = write(partner)
+    checked = run_cli(["check"], env)
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        f"route partner -> {PARTNER}:443: TLS to {PARTNER} (name and chain verified against "
+        f"{certs.partner_ca[0]}), client certificate CN=team-a issued by CN=company-ca, not after "
+    ) in checked.stdout
+    explained = run_cli(["explain", "--no-resolve", f"{PARTNER}:443"], env)
+    assert explained.returncode == 0, explained.stderr
+    assert "route partner (http): allow: fixed destination" in explained.stdout
+    assert "client certificate CN=team-a" in explained.stdout
+
+    env = write({**partner, "tls": {"client_cert_dir": str(old)}})
+    refused = run_cli(["check"], env)
+    assert refused.returncode == 2
+    assert (
+        f"routes.yaml: routes[0].tls.client_cert_dir: {old}/tls.crt: the certificate (CN=old) "
+        "expired on "
+    ) in refused.stderr
+
+    env = write({**partner, "destinations": ["192.0.2.10:443"]})
+    refused = run_cli(["check"], env)
+    assert refused.returncode == 2
+    assert "routes[0].tls: destination 192.0.2.10:443 is an IP address" in refused.stderr
+
+    env = write({**partner, "tls": {"insecure_skip_verify": True}})
+    warned = run_cli(["check"], env)
+    assert warned.returncode == 0, warned.stderr
+    assert "WARNING: route partner does not verify its destination" in warned.stderr
+    assert "NOT VERIFIED (insecure_skip_verify)" in warned.stdout
