@@ -7,11 +7,12 @@ new handshakes, and established connections keep theirs. The certificate and its
 payload, so a worker never holds half an identity. Any refusal aborts the transaction, and
 the caller reloads: the staged files already hold the new material.
 
-HAProxy 2.6 detaches a server's certificate from its store when the server's CA file or CRL
-is committed (`show ssl cert` then says `Status: Unused`): later certificate commits change
-the store but no longer the server, and one more CRL commit after such a commit crashed the
-worker. So certificates go first in a change, a certificate is only committed while its
-store is in use, and otherwise the change becomes a reload, which links everything anew.
+HAProxy (2.6.12 and 3.0.11 alike) detaches a server's certificate from its store when the
+server's CA file or CRL is committed (`show ssl cert` then says `Status: Unused`): later
+certificate commits change the store but no longer the server, and a CRL commit after such a
+commit crashed a 2.6 worker (3.0 refuses it). So certificates go first in a change, a
+certificate is only committed while its store is in use, and otherwise the change becomes a
+reload, which links everything anew.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _swap(command: Command, path: Path, kind: Material, content: str) -> None:
     if kind is Material.CLIENT_CERT and not _show(command, kind, path).used:
         raise SslChangeFailed(
             f"{path}: the worker's servers no longer use this certificate's store (after a CA "
-            "or CRL update on haproxy 2.6); a reload applies it"
+            "or CRL update); a reload applies it"
         )
     # The payload ends at the first empty line: the staged PEM has none (tlsmaterial.py).
     answer = _ask(command, f"set ssl {verb} {path} <<\n{content.strip()}\n")
@@ -132,7 +133,7 @@ def _verify_one(command: Command, path: Path, kind: Material, content: str) -> N
 
 def verify(command: Command, files: Sequence[tuple[str, str]], tls_dir: Path) -> None:
     """Read the rotated CA files and CRLs back (a certificate is read back right after its
-    commit, before a CA or CRL commit detaches it on 2.6); SslChangeFailed if haproxy holds
+    commit, before a CA or CRL commit detaches it); SslChangeFailed if haproxy holds
     something else."""
     for name, content in files:
         _, kind = parse_staged(name)

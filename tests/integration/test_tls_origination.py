@@ -285,7 +285,7 @@ def test_rotation_without_reload_keeps_connections(
         assert router.metric("haproxy_egress_tls_material_rejected") == 1
         assert get(port)[1].startswith("client=CN=team-a-2 ")
 
-        # Put right. After a CA update haproxy 2.6 no longer links the certificate store to
+        # Put right. After a CA update haproxy (2.6, 3.0) no longer links the certificate store to
         # the server (runtime/tlslive.py): the router sees that and reloads instead.
         rotated(lambda: publish_identity(identity, certs.team_b), runtime=False)
         assert get(port)[1].startswith("client=CN=team-b ")
