@@ -21,6 +21,7 @@ from cryptography import x509
 
 from tests.integration.test_cli import run as run_cli
 from tests.kubelet import ConfigMapVolume
+from tests.load import LoadGen
 from tests.longlived import changes
 from tests.router import Router
 from tests.support import free_port, wait_for
@@ -253,6 +254,8 @@ def test_rotation_without_reload_keeps_connections(
     router, _ = start_router(tmp_path, [route("partner", port, origin, "tcp", **tls)])
     started.append(router)
     kept = KeptConnection(port)
+    # New connections all along, each a full handshake: none may fail while material rotates.
+    load = LoadGen(port, keepalive=False, clients=2, max_seconds=120).start()
     try:
         assert kept.ask().startswith("client=CN=team-a ")
 
@@ -291,6 +294,10 @@ def test_rotation_without_reload_keeps_connections(
         assert get(port)[1].startswith("client=CN=team-b ")
         assert router.metric("haproxy_egress_tls_material_rejected") == 0
 
+        under_load = load.stop()
+        assert under_load.failed == 0, under_load.errors
+        assert under_load.ok > 0
+
         # The CRL: revoking the partner's server certificate stops new connections.
         revoked = make_crl(tmp_path, certs.partner_ca, revoked=(certs.server[0],))
         rotated(lambda: trust.write({"ca.crt": bundle, "ca.crl": revoked.read_bytes()}))
@@ -299,6 +306,7 @@ def test_rotation_without_reload_keeps_connections(
         # ... and the connection established before all of this is still the same session.
         assert kept.ask().startswith("client=CN=team-a ")
     finally:
+        load.stop()
         kept.close()
 
 
