@@ -44,7 +44,7 @@ from tests.netns import stop_process  # noqa: E402
 from tests.router import Router  # noqa: E402
 from tests.support import HAPROXY, free_port, port_open, wait_for  # noqa: E402
 from tests.tlscerts import make_ca, make_leaf  # noqa: E402
-from tests.tlsorigin import TlsOrigin  # noqa: E402
+from tests.tlsorigin import TlsOrigin, nginx_preamble  # noqa: E402
 
 NAME = "api.partner.example"
 Pair = tuple[Path, Path]
@@ -62,15 +62,8 @@ listen partner
 """
 HAPROXY_SSL = "ssl verify required ca-file {ca} crt {crt} sni str({name}) verifyhost {name}"
 
-NGINX_CFG = """load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-stream {{
+NGINX_STREAM = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"
+NGINX_CFG = """stream {{
     server {{
         listen 127.0.0.1:{port};
         proxy_pass 127.0.0.1:{origin};
@@ -106,12 +99,20 @@ class Peer:
 
 def wrk(port: int, seconds: float, close: bool) -> tuple[int, int]:
     """(requests answered 2xx, errors) of one wrk run: 1 thread, 8 connections."""
-    argv = ["wrk", "-t1", "-c8", f"-d{seconds:g}s", f"http://127.0.0.1:{port}/"]
-    if close:
-        argv[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=seconds + 30, check=False
-    ).stdout
+    header = ["-H", "Connection: close"] if close else []
+    url = f"http://127.0.0.1:{port}/"
+    run = subprocess.run(
+        ["wrk", *header, "-t1", "-c8", f"-d{seconds:g}s", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    return _counts(run.stdout)
+
+
+def _counts(out: str) -> tuple[int, int]:
+    """wrk's report → (requests answered 2xx, failures of any kind)."""
     total = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -161,8 +162,10 @@ def start_nginx(directory: Path, origin: int, ca: Path, client: Pair) -> Peer:
     port = free_port()
     cfg = directory / "nginx.conf"
     cfg.write_text(
-        NGINX_CFG.format(
-            dir=directory, port=port, origin=origin, ca=ca, cert=client[0], key=client[1], name=NAME
+        NGINX_STREAM
+        + nginx_preamble(directory, 4096)
+        + NGINX_CFG.format(
+            port=port, origin=origin, ca=ca, cert=client[0], key=client[1], name=NAME
         )
     )
     proc = subprocess.Popen(
@@ -229,9 +232,8 @@ def rotations(peer: Peer, secret: ConfigMapVolume, pairs: tuple[Pair, Pair], n: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rotations", type=int, default=10)
+    for flag, default in (("--duration", 3.0), ("--repeat", 3), ("--rotations", 10)):
+        parser.add_argument(flag, type=type(default), default=default)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tls.") as tmp:
         work = Path(tmp)

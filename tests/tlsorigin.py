@@ -14,14 +14,18 @@ from pathlib import Path
 from tests.netns import stop_process
 from tests.support import free_port, port_open, wait_for
 
-NGINX_TLS_CFG = """daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{
-    worker_connections 256;
-}}
-http {{
+
+def nginx_preamble(directory: Path, connections: int) -> str:
+    """nginx's main context for one process in the foreground, its files under `directory`
+    (so it runs unprivileged anywhere), stopped by its pid."""
+    return (
+        f"daemon off;\nmaster_process off;\npid {directory}/nginx.pid;\n"
+        f"error_log {directory}/error.log info;\n"
+        f"events {{\n    worker_connections {connections};\n}}\n"
+    )
+
+
+NGINX_TLS_CFG = """http {{
     access_log off;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
@@ -60,7 +64,8 @@ class TlsOrigin:
         self.port = self.port or free_port()
         cfg = self.directory / "nginx.conf"
         cfg.write_text(
-            NGINX_TLS_CFG.format(
+            nginx_preamble(self.directory, 256)
+            + NGINX_TLS_CFG.format(
                 dir=self.directory,
                 port=self.port,
                 cert=self.cert[0],
