@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config import users
 from haproxy_egress.config.model import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
+from haproxy_egress.config.tlsmaterial import describe, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
@@ -84,6 +86,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(warnings, file=sys.stderr)
     n = len(config.routes)
     print(f"configuration OK: {n} route{'s' if n != 1 else ''}")
+    material = {m.route: m for m in compiled.tls}
+    for route in config.routes:
+        if route.tls is None:
+            continue
+        if route.tls.insecure_skip_verify:
+            print(
+                f"WARNING: route {route.name} does not verify its destination "
+                "(insecure_skip_verify: true)",
+                file=sys.stderr,
+            )
+        for d in route.destinations:
+            what = describe(route.tls, d.host, material[route.name])
+            print(f"route {route.name} -> {d.hostport}: {what}")
     if web is not None:
         print(f"web-config OK: {settings.web_config_file}: {web.describe()}")
     return ExitCode.OK
@@ -147,6 +162,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Which route and rule would allow or deny a destination, without sending traffic."""
     settings = _settings(args)
     snapshot, config = load(settings)
+    # The client certificates the routes present, as a compile would load them (a file that
+    # does not load is only described as such: explain answers about the policy).
+    tls_files = snapshot.with_tls(material_paths_of(config)).tls
+    material, _ = load_material(config, tls_files, time.time())
     try:
         verdict = explain(
             config,
@@ -156,6 +175,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             resolve=None if args.no_resolve else ConfiguredResolver(config.resolvers),
             client=args.client,
             user=args.user,
+            tls={m.route: m for m in material},
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
 from haproxy_egress.config.sources.yamlfile import read_yaml
+from haproxy_egress.config.tlsmaterial import RouteTls, describe
 
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -145,6 +146,7 @@ def _route_verdict(
     looked_up: bool,
     client: netaddr.IPAddress | None = None,
     user: str | None = None,
+    tls: Mapping[str, RouteTls] | None = None,
 ) -> RouteVerdict | None:
     """One route's decision, or None when the route cannot carry this kind of destination."""
     if route.mode == "tls":
@@ -153,7 +155,10 @@ def _route_verdict(
     elif not route.is_policy:
         for d in route.destinations:
             if d.host == dest.host and (dest.port is None or d.port == dest.port):
-                return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
+                reason = f"fixed destination {d.hostport}"
+                if route.tls is not None:
+                    reason += f"; {describe(route.tls, d.host, (tls or {}).get(route.name))}"
+                return RouteVerdict(route.name, route.mode, True, reason)
         return None
     # The proxy connects to the first address of the family the route prefers (do-resolve's
     # family), else to the first of the other; a name without one is decided on the name.
@@ -219,6 +224,7 @@ def explain(
     resolve: Resolve | None = None,
     client: str | None = None,
     user: str | None = None,
+    tls: Mapping[str, RouteTls] | None = None,
 ) -> Verdict:
     """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
 
@@ -226,7 +232,8 @@ def explain(
     `--address` option); `resolve` looks a name up (only called for names); `client` is
     the client's address (`--from`), which chooses the client group of a policy route
     (without it, the route's own list decides); `user` an authenticated proxy user (`--user`),
-    which the client groups that name users look at.
+    which the client groups that name users look at; `tls` the TLS-originating routes'
+    loaded material by route name, for the client certificate a route presents.
     """
     dest = parse_destination(destination)
     found: tuple[netaddr.IPAddress, ...]
@@ -253,6 +260,7 @@ def explain(
             looked_up=looked_up,
             client=source,
             user=user,
+            tls=tls,
         )
         if v is not None:
             verdicts.append(v)

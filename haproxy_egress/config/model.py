@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.tls import TlsSpec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
@@ -498,6 +499,8 @@ class Route(RouteSettings):
     # required: every request needs valid proxy credentials (else 407); optional: a request
     # without any falls to the groups that name no users (a wrong one still gets 407).
     proxy_auth: Literal["optional", "required"] = "optional"
+    # TLS origination to the destinations (config/tls.py, docs/configuration.md).
+    tls: TlsSpec = None
 
     @field_validator("destinations")
     @classmethod

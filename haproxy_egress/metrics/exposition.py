@@ -36,6 +36,7 @@ from haproxy_egress.metrics.families import (
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.stats import HaproxySnapshot, converter
 from haproxy_egress.metrics.status import RouterStatus
+from haproxy_egress.metrics.tls import handshake_family, tls_families
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -176,6 +177,11 @@ def render_scrape(
         small.extend(f for f in (version_family(snapshot), denied) if f is not None)
     small.extend(scrape_families(snapshot.up, counters.record(failures)))
     small.extend(router_families(status, snapshot.haproxy_version))
+    if status is not None and (status.tls or status.tls_rejected):
+        small.extend(tls_families(status.tls, status.tls_rejected))
+        handshakes = handshake_family(snapshot.stat, (m.route for m in status.tls))
+        if handshakes is not None:
+            small.append(handshakes)
     if extra is not None:
         small.extend(extra.collect())
     if openmetrics:

@@ -18,6 +18,7 @@ from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, route_files
 from haproxy_egress.render.resources import template_dir
+from haproxy_egress.render.tls import server_options as tls_server_options
 from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
@@ -132,6 +133,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
     env.globals["server_options"] = _server_options
+    env.globals["tls_options"] = tls_server_options  # TLS origination (render/tls.py)
     # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
     env.globals["policy_maps"] = route_files
     env.globals["default_group"] = DEFAULT_GROUP

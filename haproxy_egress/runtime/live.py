@@ -4,9 +4,11 @@ Servers: `add server` with the very options of the cfg line (dynamic servers do 
 `default-server`), `enable health` when checked, `enable server`; removed ones go to
 maintenance at once (no new connection) and are deleted after the drain time. Pattern files
 (ACL/map files under RunDir.maps): `prepare` a new version, `add` every line in one payload,
-`commit` it, so no connection ever sees half a list. Any refusal or any difference found when
-reading back raises LiveChangeFailed: the caller then reloads, and since the files on disk
-already describe the new configuration, the reload lands exactly where this would have.
+`commit` it, so no connection ever sees half a list. TLS files (a rotated client certificate,
+CA or CRL): `set ssl … <<` and `commit ssl …` (runtime/tlslive.py). Any refusal or any
+difference found when reading back raises LiveChangeFailed: the caller then reloads, and
+since the files on disk already describe the new configuration, the reload lands exactly
+where this would have.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from haproxy_egress.haproxy.show import (
     parse_prepared_version,
     parse_servers_state,
 )
+from haproxy_egress.runtime import tlslive
 from haproxy_egress.runtime.changes import Plan, Server
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ def _swap_file(command: Command, path: Path, content: str) -> None:
     _expect(command, f"commit {kind} @{version} {path}")
 
 
-def apply(command: Command, plan: Plan, maps_dir: Path) -> None:
+def apply(command: Command, plan: Plan, maps_dir: Path, tls_dir: Path | None = None) -> None:
     """Make the worker run `plan`; raises LiveChangeFailed (the caller then reloads)."""
     # Added before removed: a route whose every destination changes always has one.
     states = {b: _server_states(command, b) for b in sorted({s.backend for s in plan.add})}
@@ -99,6 +102,13 @@ def apply(command: Command, plan: Plan, maps_dir: Path) -> None:
         _expect(command, f"set server {server.ref} state maint")
     for name, content in plan.files:
         _swap_file(command, maps_dir / name, content)
+    if plan.ssl:
+        if tls_dir is None:
+            raise LiveChangeFailed("TLS files changed but no TLS directory was given")
+        try:
+            tlslive.apply(command, plan.ssl, tls_dir)
+        except tlslive.SslChangeFailed as exc:
+            raise LiveChangeFailed(str(exc)) from exc
     verify(command, plan, maps_dir)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
+from haproxy_egress.config.tlsmaterial import RouteTls, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
@@ -25,6 +26,7 @@ from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
+from haproxy_egress.render.tls import staged_files
 from haproxy_egress.runtime import changes, live, staging
 from haproxy_egress.settings import Settings
 
@@ -44,6 +46,13 @@ class Compiled:
     # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
     # (render/acls.py) and the policy routes' lists (render/maps.py).
     maps: Mapping[str, str] = field(default_factory=dict)
+    # The TLS-originating routes' checked material (config/tlsmaterial.py).
+    tls: tuple[RouteTls, ...] = ()
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files the text loads (name → content, under RunDir.tls)."""
+        return staged_files(self.tls)
 
     @property
     def text_digest(self) -> str:
@@ -67,9 +76,23 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
         raise ConfigError(
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
+    # The TLS files this config names: read now if the snapshot was taken for other ones
+    # (a route added or its Secret moved), so the digest covers exactly what is loaded.
+    snapshot = snapshot.with_tls(material_paths_of(config))
+    material, problems = load_material(config, snapshot.tls, time.time())
+    if problems:
+        raise ConfigError(problems)
+    for m in material:
+        if m.settings.insecure_skip_verify:
+            # Loud on every load: verification is off only because the route says so.
+            log.warning(
+                "route %s: insecure_skip_verify: the destination's certificate and name are "
+                "NOT verified",
+                m.route,
+            )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config))
+    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config), material)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -96,8 +119,9 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
-    # `haproxy -c` opens every pattern file the candidate names.
+    # `haproxy -c` opens every pattern file and TLS file the candidate names.
     staging.write_new_maps(settings.run.maps, compiled.maps)
+    staging.write_new_maps(settings.run.tls, compiled.tls_files)
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
@@ -107,26 +131,38 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
         raise
 
 
-def install(settings: Settings, text: str, maps: Mapping[str, str] | None = None) -> None:
-    """Make `text` (and its pattern files) the live config, keeping the previous one as
-    last-good; from here on the files on disk describe what haproxy is to run."""
+def install(
+    settings: Settings,
+    text: str,
+    maps: Mapping[str, str] | None = None,
+    tls: Mapping[str, str] | None = None,
+) -> None:
+    """Make `text` (and its pattern and TLS files) the live config, keeping the previous one
+    as last-good; from here on the files on disk describe what haproxy is to run."""
     config = settings.run.config
     last_good = settings.run.last_good
     if config.exists():
         shutil.copyfile(config, last_good)
     if maps is not None:
         staging.write_maps(settings.run.maps, maps)
+    if tls is not None:
+        staging.write_maps(settings.run.tls, tls)
     write_atomic(config, text, mode=0o600)
     # Staged Lua files that neither the live nor the last-good config loads are garbage now.
     keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
     staging.prune(settings.run.lua, keep)
 
 
-def restore_last_good(settings: Settings, maps: Mapping[str, str] | None = None) -> None:
-    """Put the last good config (and its pattern files) back after a reload that did not take."""
+def restore_last_good(
+    settings: Settings, maps: Mapping[str, str] | None = None, tls: Mapping[str, str] | None = None
+) -> None:
+    """Put the last good config (and its pattern and TLS files) back after a reload that did
+    not take."""
     last_good = settings.run.last_good
     if maps is not None:
         staging.write_maps(settings.run.maps, maps)
+    if tls is not None:
+        staging.write_maps(settings.run.tls, tls)
     if last_good.exists():
         write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
@@ -229,27 +265,31 @@ def transaction(
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
     Outcome(changed=False) when there is nothing to do."""
-    snapshot = read_inputs(settings)
+    snapshot = read_inputs(settings, material_paths_of(current.config))
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
     compiled = compile_snapshot(settings, options, snapshot)
-    if compiled.text == current.text and compiled.maps == current.maps:
+    if (
+        compiled.text == current.text
+        and compiled.maps == current.maps
+        and compiled.tls_files == current.tls_files
+    ):
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
     # Validated exactly as for a reload, whatever the path: a runtime change must never
     # install something a later reload or restart would refuse.
     check_compiled(settings, compiled)
-    install(settings, compiled.text, compiled.maps)
+    install(settings, compiled.text, compiled.maps, compiled.tls_files)
     if plan.kind is changes.Kind.NOOP:
         return Outcome(True, compiled, None, plan)
     fallback = ""
     if plan.kind is changes.Kind.RUNTIME:
         stats = CliSocket(settings.run.stats_socket, timeout=5.0)
         try:
-            live.apply(stats.command, plan, settings.run.maps)
+            live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
             return Outcome(True, compiled, None, plan)
         except live.LiveChangeFailed as exc:
             # The files on disk already hold the new configuration: a reload lands on it.
@@ -258,6 +298,6 @@ def transaction(
     try:
         pid = master_reload(settings)
     except (ReloadFailed, HaproxyError):
-        restore_last_good(settings, current.maps)
+        restore_last_good(settings, current.maps, current.tls_files)
         raise
     return Outcome(True, compiled, pid, plan, fallback)

@@ -20,6 +20,7 @@ from collections import Counter
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
+from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.program import master_argv, pid_file_pids
@@ -79,6 +80,7 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        self.tls_rejected = False  # the last change was refused for its TLS material
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
         self._rejected_digest: str | None = None
@@ -140,6 +142,7 @@ class Supervisor:
             debounce=settings.reload_debounce,
             poll=settings.poll_seconds,
             users_file=settings.proxy_users_file,
+            tls_paths=self._tls_paths,
         )
         exporter_options = ExporterOptions.from_settings(settings)
         stats = CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
@@ -154,6 +157,10 @@ class Supervisor:
         )
 
     # --- what other threads may read ------------------------------------------------------
+
+    def _tls_paths(self) -> tuple[str, ...]:
+        """The TLS files the running config names (the watcher reads them with each look)."""
+        return material_paths_of(self.current.config)
 
     def status(self) -> RouterStatus:
         """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
@@ -177,6 +184,8 @@ class Supervisor:
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
             old_workers_ended=self.workers.ended_view[0],
             connections_ended=self.workers.ended_view[1],
+            tls=self.current.tls,
+            tls_rejected=self.tls_rejected,
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -193,7 +202,7 @@ class Supervisor:
             stale.unlink(missing_ok=True)
         # A relay state left by a previous container of this pod would be counted as ours.
         self.settings.run.log_relay_state.unlink(missing_ok=True)
-        install(self.settings, self.current.text, self.current.maps)
+        install(self.settings, self.current.text, self.current.maps, self.current.tls_files)
 
     def _install_signal_handlers(self) -> None:
         def enqueue(signum: int, _frame: object) -> None:
@@ -321,6 +330,9 @@ class Supervisor:
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
+            self.tls_rejected = isinstance(exc, ConfigError) and any(
+                ".tls." in f".{p.path}." for p in exc.problems
+            )
             if isinstance(exc, ConfigError):
                 n = len(exc.problems)
                 detail = f"{n} problem{'s' if n != 1 else ''}: " + "; ".join(map(str, exc.problems))
@@ -347,6 +359,7 @@ class Supervisor:
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
+            self.tls_rejected = False
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self._changed(outcome, reason, self._clock() - started)
@@ -358,6 +371,7 @@ class Supervisor:
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)
         self.last_reload_successful = True
+        self.tls_rejected = False
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
@@ -448,7 +462,7 @@ class Supervisor:
 
     def _inputs_digest(self) -> str | None:
         try:
-            return read_inputs(self.settings).digest
+            return read_inputs(self.settings, self._tls_paths()).digest
         except OSError:
             return None
 

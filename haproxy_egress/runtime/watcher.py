@@ -18,6 +18,7 @@ import watchfiles
 
 from haproxy_egress.background import Background
 from haproxy_egress.config.sources import read_snapshot
+from haproxy_egress.config.sources.tlsfiles import watched_dirs
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ class Watcher(Background):
         debounce: float = 0.3,
         poll: float = 10.0,
         users_file: Path | None = None,
+        tls_paths: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self._directory = directory
         self._users_file = users_file
+        # The TLS files the running config names (they change with the config): a rotated
+        # Secret is a change like an edited key.
+        self._tls_paths = tls_paths
         self._post = post
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
@@ -54,7 +59,7 @@ class Watcher(Background):
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
         try:
-            digest = read_snapshot(self._directory, self._users_file).digest
+            digest = read_snapshot(self._directory, self._users_file, self._tls_paths()).digest
         except OSError as exc:
             log.warning("cannot read config directory %s: %s", self._directory, exc)
             return
@@ -68,6 +73,7 @@ class Watcher(Background):
         paths = [self._directory]
         if self._users_file is not None and self._users_file.parent.is_dir():
             paths.append(self._users_file.parent)
+        paths += [d for d in watched_dirs(self._tls_paths()) if d not in paths]
         return paths
 
     def _run(self) -> None:
@@ -79,9 +85,10 @@ class Watcher(Background):
                 self._confirm()
                 self._stop.wait(min(self._poll, 1.0))
                 continue
+            watching = self._paths()
             try:
                 for _changes in watchfiles.watch(
-                    *self._paths(),
+                    *watching,
                     debounce=self._debounce_ms,
                     step=min(50, self._debounce_ms),
                     stop_event=self._stop,
@@ -95,6 +102,8 @@ class Watcher(Background):
                     self._confirm()
                     if not self._directory.is_dir():
                         break  # the watched inode is gone; watch the new one
+                    if self._paths() != watching:
+                        break  # the config names other TLS Secrets now: watch those
             except (OSError, RuntimeError) as exc:
                 log.warning("watching %s failed (%s); polling", self._directory, exc)
                 self._stop.wait(min(self._poll, 1.0))

@@ -236,9 +236,10 @@ def reserved_listeners(settings: Settings) -> dict[str, Listen]:
     }
 
 
-def read_inputs(settings: Settings) -> Snapshot:
-    """Everything a compile reads from files: the config directory and the proxy users."""
-    return read_snapshot(settings.config_dir, settings.proxy_users_file)
+def read_inputs(settings: Settings, tls_paths: Iterable[str] = ()) -> Snapshot:
+    """Everything a compile reads from files: the config directory, the proxy users and the
+    TLS files the running config names (a compile reads those of the new one itself)."""
+    return read_snapshot(settings.config_dir, settings.proxy_users_file, tls_paths)
 
 
 def load(settings: Settings) -> tuple[Snapshot, Config]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class Version:
     config: Config
     text: str
     maps: dict[str, str]
+    tls_files: dict[str, str] = field(default_factory=dict)
 
 
 def compiled(*routes: dict[str, Any], **doc: Any) -> Version:
