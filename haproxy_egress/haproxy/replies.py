@@ -1,5 +1,6 @@
 """What haproxy answers to the runtime API's commands that change things (`add server`,
-`del server`, the master's `reload`): the words, read here and nowhere else."""
+`del server`, `set/commit ssl …`, the master's `reload`): the words, read here and nowhere
+else."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def reload_refused(answer: str) -> bool:
     """The master's `reload` (2.7+) says the new configuration did not load; 2.6 answers
     before it tries, so its failure is read from `show proc` (`Proc.failed_reloads`)."""
     return "Success=0" in answer
+
+
+def ssl_transaction_open(answer: str) -> bool:
+    """`set ssl cert|ca-file|crl-file <file> <<` took the payload ("Transaction created" on
+    the first set, "Transaction updated" on a later one)."""
+    return "ransaction created" in answer or "ransaction updated" in answer
+
+
+def ssl_committed(answer: str) -> bool:
+    """`commit ssl …` swapped the new material in ("Success!" after the progress dots)."""
+    return "Success!" in answer

@@ -270,3 +270,31 @@ def parse_prepared_version(text: str) -> str | None:
     """The version `prepare acl|map` created (u32, wraps: use it as given), None if refused."""
     m = _PREPARED.search(text)
     return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class SslEntry:
+    """What `show ssl cert|ca-file|crl-file <file>` says a loaded file holds."""
+
+    serials: tuple[str, ...] = ()  # certificates, in file order (hex, upper case)
+    last_updates: tuple[str, ...] = ()  # CRLs: "Dec  7 21:23:58 2026 GMT"
+    used: bool = True  # `Status: Used`: some server or listener loads it
+
+
+def parse_show_ssl(text: str) -> SslEntry:
+    """The serials and CRL update times in one `show ssl cert|ca-file|crl-file <file>` answer
+    (2.6 and 3.0 alike)."""
+    serials, updates = [], []
+    used = True
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        if key == "Serial":
+            # haproxy prints the serial's bytes (a leading zero when the top nibble is 0).
+            serials.append(value.strip().upper().lstrip("0") or "0")
+        elif key == "Last Update":
+            updates.append(value.strip())
+        elif key == "Status":
+            used = value.strip() == "Used"
+    return SslEntry(tuple(serials), tuple(updates), used)

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 
 from haproxy_egress.errors import EgressError, HaproxyError
+from haproxy_egress.haproxy import replies
+from haproxy_egress.haproxy.show import SslEntry, parse_show_ssl
 from haproxy_egress.render.tls import Material, parse_staged
 
-__all__ = ["SslChangeFailed", "SslEntry", "apply", "parse_show_ssl", "verify"]
+__all__ = ["SslChangeFailed", "apply", "verify"]
 
 Command = Callable[[str], str]  # one stats-socket command → its answer
 
@@ -41,34 +42,7 @@ class SslChangeFailed(EgressError):
     """haproxy refused a TLS file, or holds other material than was sent."""
 
 
-@dataclass(frozen=True)
-class SslEntry:
-    """What `show ssl cert|ca-file|crl-file <file>` says a loaded file holds."""
-
-    serials: tuple[str, ...] = ()  # certificates, in file order (hex, upper case)
-    last_updates: tuple[str, ...] = ()  # CRLs: "Dec  7 21:23:58 2026 GMT"
-    used: bool = True  # `Status: Used`: some server or listener loads it
-
-
 _ORDER = {Material.CLIENT_CERT: 0, Material.CA: 1, Material.CRL: 2}
-
-
-def parse_show_ssl(text: str) -> SslEntry:
-    """The serials and CRL update times in one `show ssl …` answer (2.6 and 3.0 alike)."""
-    serials, updates = [], []
-    used = True
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition(":")
-        if not sep:
-            continue
-        if key == "Serial":
-            # haproxy prints the serial's bytes (a leading zero when the top nibble is 0).
-            serials.append(value.strip().upper().lstrip("0") or "0")
-        elif key == "Last Update":
-            updates.append(value.strip())
-        elif key == "Status":
-            used = value.strip() == "Used"
-    return SslEntry(tuple(serials), tuple(updates), used)
 
 
 def _asn1_time(moment: datetime) -> str:
@@ -107,11 +81,11 @@ def _swap(command: Command, path: Path, kind: Material, content: str) -> None:
         )
     # The payload ends at the first empty line: the staged PEM has none (tlsmaterial.py).
     answer = _ask(command, f"set ssl {verb} {path} <<\n{content.strip()}\n")
-    if "ransaction created" not in answer and "ransaction updated" not in answer:
+    if not replies.ssl_transaction_open(answer):
         _ask(command, f"abort ssl {verb} {path}")
         raise SslChangeFailed(f"set ssl {verb} {path} was refused: {answer}")
     answer = _ask(command, f"commit ssl {verb} {path}")
-    if "Success!" not in answer:
+    if not replies.ssl_committed(answer):
         _ask(command, f"abort ssl {verb} {path}")
         raise SslChangeFailed(f"commit ssl {verb} {path} was refused: {answer}")
     if kind is Material.CLIENT_CERT:

@@ -65,6 +65,7 @@ class Snapshot:
             return self
         return replace(self, tls=read_tls_files(wanted))
 
+
 def _read_dir(directory: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
     files: list[tuple[str, bytes]] = []
     problems: list[Problem] = []

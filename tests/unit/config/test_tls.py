@@ -15,9 +15,9 @@ from haproxy_egress.config.model import Config, ProblemList, Route, validate
 from haproxy_egress.config.sources.tlsfiles import TlsFile, read_tls_files
 from haproxy_egress.config.tls import material_paths
 from haproxy_egress.config.tlsmaterial import Identity, RouteTls, load_material
+from haproxy_egress.haproxy.show import SslEntry, parse_show_ssl
 from haproxy_egress.render.tls import server_options, staged_files
 from haproxy_egress.runtime import changes
-from haproxy_egress.runtime.tlslive import SslEntry, parse_show_ssl
 from tests.tlscerts import make_ca, make_crl, make_leaf
 
 Pair = tuple[Path, Path]
@@ -204,14 +204,14 @@ def test_a_rotation_alone_is_a_runtime_change() -> None:
 
 
 # `show ssl cert <file>` and `show ssl crl-file <file>` as haproxy 2.6.12 answered them.
-SHOW_SSL = Path(__file__).parents[2] / "data" / "show-ssl"
+SHOW_SSL = Path(__file__).parents[2] / "data" / "haproxy" / "2.6"
 
 
 def test_show_ssl_answers() -> None:
-    assert parse_show_ssl((SHOW_SSL / "cert-2.6.txt").read_text()) == SslEntry(
+    assert parse_show_ssl((SHOW_SSL / "show_ssl_cert.txt").read_text()) == SslEntry(
         serials=("C1C8113BE97B75CCD98E4A78C0FC6B7E0D594",), used=False
     )
-    assert parse_show_ssl((SHOW_SSL / "crl-file-2.6.txt").read_text()) == SslEntry(
+    assert parse_show_ssl((SHOW_SSL / "show_ssl_crl_file.txt").read_text()) == SslEntry(
         last_updates=("Dec  6 21:23:58 2026 GMT",), used=True
     )
 
