@@ -9,6 +9,7 @@ nothing is looked up.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from haproxy_egress.config.sources.yamlfile import read_yaml
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 AUTH = "proxy-auth"  # the rule the proxy logs and counts for a 407
+ALLOW_FROM = "allow_from"  # a client outside the route's allow_from: refused on connect
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,17 @@ def _route_verdict(
     elif not route.is_policy:
         for d in route.destinations:
             if d.host == dest.host and (dest.port is None or d.port == dest.port):
-                return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
+                outside = _client_refused(route, client)
+                if outside is not None:
+                    return outside
+                reason = f"fixed destination {d.hostport}{_clients_note(route, client)}"
+                return RouteVerdict(route.name, route.mode, True, reason)
         return None
+    # The listener refuses a client outside `allow_from` before it reads a byte, as haproxy's
+    # `tcp-request connection reject unless client_allowed` does: no rule is looked at.
+    outside = _client_refused(route, client)
+    if outside is not None:
+        return outside
     # The proxy connects to the first address of the family the route prefers (do-resolve's
     # family), else to the first of the other; a name without one is decided on the name.
     version = 6 if route.resolve_prefer == "ipv6" else 4
@@ -185,6 +196,8 @@ def _route_verdict(
     if allowed and address is None and looked_up:
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
         verdict = "unresolved"
+    if allowed:
+        reason += _clients_note(route, client)
     return RouteVerdict(
         route.name,
         route.mode,
@@ -196,6 +209,40 @@ def _route_verdict(
         decision.rule_id,
         group.name,
     )
+
+
+def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerdict | None:
+    """The route's answer when `allow_from` refuses the client (`--from`), else None."""
+    if not route.allow_from or client is None:
+        return None
+    if any(_holds(n, client) for n in route.allow_from):
+        return None
+    networks = ", ".join(map(str, route.allow_from))
+    return RouteVerdict(
+        route.name,
+        route.mode,
+        False,
+        f"client {client} is not in allow_from ({networks}): the connection is refused "
+        f"before any rule (add the client's network to allow_from to change it)",
+        verdict="deny",
+        rule_id=ALLOW_FROM,
+    )
+
+
+def _holds(network: policy.Network, client: netaddr.IPAddress) -> bool:
+    """haproxy's `src` match: an IPv4 client and its `::ffff:` form are the same client."""
+    if client.version == 6 and client.ipv4_mapped is not None:
+        client = client.ipv4_mapped
+    if client.version == network.version:
+        return client in network
+    return network.version == 6 and ipaddress.IPv6Address(f"::ffff:{client}") in network
+
+
+def _clients_note(route: Route, client: netaddr.IPAddress | None) -> str:
+    """Without `--from`, a reminder that `allow_from` still decides who may connect."""
+    if not route.allow_from or client is not None:
+        return ""
+    return f" (only for clients in allow_from: {', '.join(map(str, route.allow_from))})"
 
 
 def _credentials_refused(config: Config, route: Route, user: str | None) -> str | None:

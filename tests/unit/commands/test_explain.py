@@ -170,3 +170,44 @@ def test_address_classes_and_self() -> None:
     assert "carrier-grade NAT" in v.routes[0].reason
     v = explain(config, "127.0.0.1:3128")
     assert v.routes[0].rule_id == "guard-self"
+
+
+def test_allow_from_refuses_a_client_outside_it_before_any_rule() -> None:
+    doc = {
+        "resolvers": {"nameservers": ["127.0.0.1:53"]},
+        "routes": [
+            {
+                "name": "github",
+                "listen": 8443,
+                "mode": "tls",
+                "destination_port": 443,
+                "allow_from": ["10.128.0.0/14"],
+                "policy": ["api.github.com"],
+            },
+            {
+                "name": "db",
+                "listen": 5432,
+                "allow_from": ["10.128.0.0/14", "2001:db8::/32"],
+                "destinations": ["db.test:5432"],
+            },
+        ],
+    }
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    config = load_snapshot(snap, {})
+    addresses = ["198.51.100.7"]
+    outside = explain(config, "https://api.github.com", addresses=addresses, client="192.168.1.1")
+    assert not outside.allowed
+    (route,) = outside.routes
+    assert (route.verdict, route.rule_id) == ("deny", "allow_from")
+    assert "192.168.1.1 is not in allow_from (10.128.0.0/14)" in route.reason
+    inside = explain(config, "https://api.github.com", addresses=addresses, client="10.129.0.5")
+    assert inside.allowed
+    # The IPv4-mapped spelling is the same client, as for haproxy's `src`.
+    assert explain(
+        config, "https://api.github.com", addresses=addresses, client="::ffff:10.129.0.5"
+    ).allowed
+    unknown = explain(config, "https://api.github.com", addresses=addresses)
+    assert unknown.allowed
+    assert "only for clients in allow_from: 10.128.0.0/14" in unknown.routes[0].reason
+    assert not explain(config, "db.test:5432", client="192.168.1.1").allowed
+    assert explain(config, "db.test:5432", client="2001:db8::9").allowed
