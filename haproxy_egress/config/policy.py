@@ -233,8 +233,9 @@ def parse_rule(line: str) -> Rule:
         )
     if _ADDRESSISH.match(pattern):
         try:
-            # Host bits are masked, as squid does with `dst 192.0.2.7/24`.
-            network = ipaddress.ip_network(pattern, strict=False)
+            # Host bits are refused with the network suggested (squid masks them silently:
+            # `10.0.0.1/8` was then a typo nobody saw), as allow_from refuses them.
+            network = netaddr.parse_network(pattern)
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
         return NetworkRule(action, str(_judged_network(network)), ports, text)

@@ -173,25 +173,11 @@ def test_address_classes_and_self() -> None:
 
 
 def test_allow_from_refuses_a_client_outside_it_before_any_rule() -> None:
-    doc = {
-        "resolvers": {"nameservers": ["127.0.0.1:53"]},
-        "routes": [
-            {
-                "name": "github",
-                "listen": 8443,
-                "mode": "tls",
-                "destination_port": 443,
-                "allow_from": ["10.128.0.0/14"],
-                "policy": ["api.github.com"],
-            },
-            {
-                "name": "db",
-                "listen": 5432,
-                "allow_from": ["10.128.0.0/14", "2001:db8::/32"],
-                "destinations": ["db.test:5432"],
-            },
-        ],
-    }
+    github = {"name": "github", "listen": 8443, "mode": "tls", "policy": ["api.github.com"]}
+    db = {"name": "db", "listen": 5432, "destinations": ["db.test:5432"]}
+    github |= {"destination_port": 443, "allow_from": ["10.128.0.0/14"]}
+    db["allow_from"] = ["10.128.0.0/14", "2001:db8::/32"]
+    doc = {"resolvers": DOC["resolvers"], "routes": [github, db]}
     snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
     config = load_snapshot(snap, {})
     addresses = ["198.51.100.7"]
