@@ -80,7 +80,9 @@ def check_candidate(settings: Settings, text: str) -> str:
     write_atomic(candidate, text, mode=0o600)
     state = settings.run.server_state
     if not state.exists():
-        state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
+        # No state yet (first start): a valid file without servers. An empty one makes haproxy
+        # warn "Can't get version of the global server state file" at every first start.
+        state.write_text(EMPTY_SERVER_STATE)
     try:
         return haproxy.check(candidate, settings.haproxy_bin)
     finally:
@@ -128,6 +130,10 @@ def restore_last_good(settings: Settings, maps: Mapping[str, str] | None = None)
         write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
 
+# The server-state file format's version line, and no server (haproxy 2.6 and 3.0 read it).
+EMPTY_SERVER_STATE = "1\n"
+
+
 def save_server_state(settings: Settings, text: str) -> None:
     """Write `show servers state` where the template's server-state-file points.
 
@@ -149,12 +155,16 @@ def state_for(state: str, text: str) -> str:
     at the same address and it is not in maintenance: a destination a runtime edit removed
     (maintenance, deleted after the drain) or a decoy added by hand must not come back in
     that state, or at that address, when an edit lists the name again. Resolved servers
-    (server-template slots) keep everything: that is what the file is for.
+    (server-template slots) keep everything, that is what the file is for, except slots
+    without an address: the new worker starts those empty, as at a first start (a saved
+    "no address" state is reported DOWN after every reload, one line per slot).
     """
     fixed = changes.servers(text)
     out = []
     for line in state.splitlines():
         fields = line.split()
+        if len(fields) > 18 and fields[0].isdigit() and fields[4] == "-" and fields[17] != "-":
+            continue
         if len(fields) > 18 and fields[0].isdigit():
             server = fixed.get(f"{fields[1]}/{fields[3]}")
             if server is not None and (

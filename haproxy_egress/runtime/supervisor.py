@@ -28,6 +28,7 @@ from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -95,12 +96,15 @@ class Supervisor:
             run.log_relay_state if self.logrelay else None,
             settings.log_warn_interval,
         )
+        # haproxy's own notices and warnings: relayed in the router's format, route named.
+        self.haproxy_stderr = StderrRelay(self._route_names)
         self.haproxy = Child(
             "haproxy",
             haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
             before_start=self.log_pipe.ensure if self.log_pipe else None,
             stdout=run.log_pipe if self.log_pipe else None,
+            stderr=self.haproxy_stderr.write_fd,
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
@@ -212,11 +216,16 @@ class Supervisor:
             return False
         return "Pid:" in info
 
+    def _route_names(self) -> frozenset[str]:
+        """The live config's route names (for the stderr relay's thread: one attribute read)."""
+        return frozenset(r.name for r in self.current.config.routes)
+
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
         self._prepare_run_dir()
         _become_subreaper()
         self._install_signal_handlers()
+        self.haproxy_stderr.start()
         self.metrics.start()
         log.info(
             "haproxy-egress %s starting: %d route(s), config %s, metrics on %s:%d",
@@ -233,6 +242,7 @@ class Supervisor:
             log.error("start-up failed: %s", exc)
             self._kill_all()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
         self._haproxy_came_up()
@@ -252,6 +262,7 @@ class Supervisor:
             self.watcher.stop()
             self.log_loss.stop()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             self._final_log_count()
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
         return int(self.exit_code)
