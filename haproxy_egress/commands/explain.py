@@ -180,7 +180,14 @@ def _route_verdict(
     # A tls route connects to its upstream port: port rules see that one, as in haproxy.
     port = dest.port if dest.port is not None or route.mode != "tls" else route.upstream_port
     decision = policy.decide(
-        group.rules, dest.host, address, port, guard=config.guard(route), enforce=group.enforce
+        group.rules,
+        dest.host,
+        address,
+        port,
+        guard=config.guard(route),
+        enforce=group.enforce,
+        route=route.name,
+        group=group.name,
     )
     location = None
     index = decision.index
@@ -189,7 +196,7 @@ def _route_verdict(
     allowed = decision.allowed
     reason = decision.reason
     verdict: str = decision.verdict
-    if group.name != DEFAULT_GROUP:
+    if group.name != DEFAULT_GROUP and allowed:
         reason = f"client group {group.name}: {reason}"
     if verdict == policy.REPORT:
         reason = f"{reason} (report only: allowed, logged as would-deny)"
@@ -251,9 +258,10 @@ def _credentials_refused(config: Config, route: Route, user: str | None) -> str 
     if not route.asks_credentials:
         return None
     if user is not None and user not in {u.name for u in config.proxy_users}:
-        return f"407: {user!r} is not a proxy user (wrong proxy credentials)"
+        return f"407: {policy.REFUSALS['auth-wrong'].format(route=route.name)} ({user!r})"
     if user is None and route.proxy_auth == "required":
-        return "407: proxy authentication required (proxy_auth: required; try --user NAME)"
+        missing = policy.REFUSALS["auth-missing"].format(route=route.name)
+        return f"407: {missing} (proxy_auth: required; try --user NAME)"
     return None
 
 

@@ -366,7 +366,7 @@ class HookUse(Frozen):
 # --- egress policy rules: each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
-DEFAULT_GROUP = "default"
+DEFAULT_GROUP = egress_policy.DEFAULT_GROUP
 
 
 def _policy_rule(value: str) -> str:

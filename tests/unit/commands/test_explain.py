@@ -167,7 +167,8 @@ def test_address_classes_and_self() -> None:
     config = _groups_config()
     v = explain(config, "a.test:80", addresses=["100.64.0.1"])
     assert (v.routes[0].rule_id, v.routes[0].allowed) == ("guard-cgnat", False)
-    assert "carrier-grade NAT" in v.routes[0].reason
+    assert "address class cgnat" in v.routes[0].reason
+    assert "guard: [default, -cgnat]" in v.routes[0].reason
     v = explain(config, "127.0.0.1:3128")
     assert v.routes[0].rule_id == "guard-self"
 
