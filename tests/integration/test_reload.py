@@ -237,8 +237,15 @@ def test_diff_shows_what_an_edit_would_change(
 
     def diff(directory: Path, *extra: str, **changed: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "haproxy_egress.cli", "diff", "--config-dir", str(directory)]
-            + list(extra),
+            [
+                sys.executable,
+                "-m",
+                "haproxy_egress.cli",
+                "diff",
+                "--config-dir",
+                str(directory),
+                *extra,
+            ],
             env={**env, **changed},
             capture_output=True,
             text=True,
