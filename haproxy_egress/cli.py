@@ -177,6 +177,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             files,
             configmap=None if args.bare else args.name,
             key=args.key,
+            proxy_port=args.proxy_port,
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -272,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="haproxy-egress", help="ConfigMap name in the output")
     p.add_argument("--key", default="routes.yaml", help="ConfigMap key in the output")
     p.add_argument("--bare", action="store_true", help="print only the YAML document")
+    p.add_argument(
+        "--proxy-port",
+        type=int,
+        default=8080,
+        help="listen port of the route EGRESS_HTTP_PROXY_DESTINATION becomes (default: 8080, "
+        "the squid mode's)",
+    )
     p = add(
         "explain",
         cmd_explain,
