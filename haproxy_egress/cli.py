@@ -27,7 +27,7 @@ from haproxy_egress.runtime import changes, haproxy, preflight
 from haproxy_egress.runtime.cpus import default_threads
 from haproxy_egress.runtime.reload import Compiled, check_compiled, compile_current
 from haproxy_egress.runtime.supervisor import Supervisor
-from haproxy_egress.settings import LogSink, Settings
+from haproxy_egress.settings import LogFormat, LogSink, Settings
 
 log = logging.getLogger("haproxy_egress")
 
@@ -91,7 +91,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The container ENTRYPOINT: compile, check, then supervise haproxy and socklog as PID 1."""
+    """The container ENTRYPOINT: compile, check, then supervise haproxy and its log sink as
+    PID 1."""
     settings = _settings(args)
     logsetup.configure(settings.log_format, args.debug)
     preflight.check_run(settings)
@@ -332,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the running router's run dir (default: $EGRESS_RUN_DIR, else the one router "
         "running on this machine, else /run/haproxy-egress)",
     )
-    p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")
+    p = add(
+        "run",
+        cmd_run,
+        "run the router as PID 1: supervise haproxy and its log relay (EGRESS_LOG: relay, "
+        "socklog or stdout), apply ConfigMap edits, serve metrics",
+    )
     p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
     return parser
 
@@ -341,10 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn errors into one clear message and an exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Every command logs in the router's one line format (`run` switches to JSON when
+    # EGRESS_LOG_FORMAT asks), so a legacy-parsing note looks like every other line.
+    logsetup.configure(LogFormat.TEXT, args.debug)
     try:
         return int(args.func(args))
     except ConfigError as exc:

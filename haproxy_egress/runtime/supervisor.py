@@ -89,7 +89,7 @@ class Supervisor:
         if settings.log_sink is LogSink.RELAY:
             self.log_pipe = LogPipe(run.log_pipe, settings.log_pipe_bytes)
             self.logrelay = relay_child(
-                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes
+                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes, settings.log_format
             )
         self.log_loss = LogLossWatch(
             run.master_socket,
