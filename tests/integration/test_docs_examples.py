@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.router import _kill_leftovers
 from tests.support import free_port, wait_for
@@ -193,3 +194,45 @@ def test_migration_squid_example_is_what_migrate_prints(shell: Shell) -> None:
     done = shell.run("haproxy-egress migrate --bare")
     assert done.returncode == 0, done.stderr
     assert done.stdout == after
+
+
+def _documents() -> list[tuple[str, str]]:
+    """Every YAML block of the docs and the README that is a whole routes document."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for n, block in enumerate(blocks(page.read_text(encoding="utf-8"), "yaml")):
+            data = yaml.safe_load(block)
+            if isinstance(data, dict) and "routes" in data:
+                found.append((f"{page.name} block {n}", block))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_every_routes_example_in_the_docs_passes_check(shell: Shell) -> None:
+    """`check` (compile and haproxy -c) accepts each example as written, with what the page
+    says goes beside it: docs/lua.md's hello.lua, the proxy users file of docs/policy.md."""
+    documents = _documents()
+    assert len(documents) >= 6, [name for name, _ in documents]
+    hello = blocks((ROOT / "docs" / "lua.md").read_text(encoding="utf-8"), "lua")[0]
+    for name, block in documents:
+        config = shell.cwd / name.replace(" ", "-")
+        config.mkdir()
+        (config / "routes.yaml").write_text(block)
+        if "use: hello" in block:
+            (config / "hello.lua").write_text(hello)
+        users = sorted(
+            {
+                u
+                for r in yaml.safe_load(block)["routes"]
+                for g in r.get("clients", [])
+                for u in g.get("users", [])
+            }
+        )
+        lines = [
+            shell.run(f"echo pw-{u} | haproxy-egress hash-password {u} --stdin").stdout
+            for u in users
+        ]
+        (config / "users").write_text("".join(lines))
+        env = f"EGRESS_PROXY_USERS_FILE={config}/users " if users else ""
+        done = shell.run(f"{env}haproxy-egress check --config-dir {config}")
+        assert done.returncode == 0, (name, done.stderr)
