@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
-from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route
+from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
@@ -204,7 +204,7 @@ def _route_verdict(
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
         verdict = "unresolved"
     if allowed:
-        reason += _clients_note(route, client)
+        reason += _clients_note(route, client) + _limits_note(route)
     return RouteVerdict(
         route.name,
         route.mode,
@@ -234,6 +234,22 @@ def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerd
         verdict="deny",
         rule_id=ALLOW_FROM,
     )
+
+
+def _limits_note(route: Route) -> str:
+    """The route's limits, which can still refuse an allowed request when they are reached
+    (429, or 503 for tunnels): what explain cannot know without traffic, it names."""
+    lim = route.limits
+    every = format_duration(lim.period)
+    bounds = [
+        f"{lim.tunnels} CONNECT tunnels at a time (503)" if lim.tunnels else "",
+        f"{lim.connection_rate} connections per {every} per client (429)"
+        if lim.connection_rate
+        else "",
+        f"{lim.request_rate} requests per {every} per client (429)" if lim.request_rate else "",
+    ]
+    shown = ", ".join(b for b in bounds if b)
+    return f" (while within its limits: at most {shown})" if shown else ""
 
 
 def _holds(network: policy.Network, client: netaddr.IPAddress) -> bool:

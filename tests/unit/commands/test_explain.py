@@ -198,3 +198,20 @@ def test_allow_from_refuses_a_client_outside_it_before_any_rule() -> None:
     assert "only for clients in allow_from: 10.128.0.0/14" in unknown.routes[0].reason
     assert not explain(config, "db.test:5432", client="192.168.1.1").allowed
     assert explain(config, "db.test:5432", client="2001:db8::9").allowed
+
+
+def test_limits_are_named_where_they_could_still_refuse() -> None:
+    doc = {
+        "resolvers": DOC["resolvers"],
+        "routes": [
+            {"name": "capped", "listen": 3128, "mode": "proxy", "policy": ["198.51.100.0/24"]}
+            | {"limits": {"tunnels": 10, "request_rate": 50, "period": "10s"}}
+        ],
+    }
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    (route,) = explain(load_snapshot(snap, {}), "198.51.100.7:443").routes
+    assert route.allowed
+    assert route.reason.endswith(
+        "(while within its limits: at most 10 CONNECT tunnels at a time (503), 50 requests per"
+        " 10s per client (429))"
+    )
