@@ -799,11 +799,15 @@ def _fields_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[
     return [info.alias or name for name, info in current.model_fields.items()]
 
 
+def closest(name: str, known: Iterable[str]) -> str:
+    """ "did you mean `x`? " for the known name closest to a misspelt one, or ""."""
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(known), n=1)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
 def unknown_field(name: str, known: Iterable[str]) -> str:
     """The message for an unknown field, with the closest known name when one is close."""
-    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(known), n=1)
-    hint = f"did you mean `{close[0]}`? " if close else ""
-    return f"unknown field ({hint}see `haproxy-egress schema` for every field)"
+    return f"unknown field ({closest(name, known)}see `haproxy-egress schema` for every field)"
 
 
 def _not_a_list(err: Mapping[str, Any]) -> str:
