@@ -348,8 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Every command logs in the router's one line format (`run` switches to JSON when
-    # EGRESS_LOG_FORMAT asks), so a legacy-parsing note looks like every other line.
-    logsetup.configure(LogFormat.TEXT, args.debug)
+    # EGRESS_LOG_FORMAT asks), so a legacy-parsing note looks like every other line. As
+    # logging.basicConfig did, a host that set logging up already (a test) keeps its own.
+    if not logging.getLogger().handlers:
+        logsetup.configure(LogFormat.TEXT, args.debug)
     try:
         return int(args.func(args))
     except ConfigError as exc:

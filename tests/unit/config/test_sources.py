@@ -205,7 +205,10 @@ def test_yaml_errors_carry_file_and_line() -> None:
         ("routes: [\n  {name: a\n", "routes.yaml:3: YAML syntax error: "),
         ("- a\n- b\n", "routes.yaml: top level must be a mapping"),
         ("version: 2\n", "routes.yaml:1: version: unsupported version 2 (only 1)"),
-        ("rutes: []\n", "routes.yaml:1: rutes: unknown top-level key (did you mean `routes`? expected one of version"),
+        (
+            "rutes: []\n",
+            "routes.yaml:1: rutes: unknown top-level key (did you mean `routes`? expected one of",
+        ),
         ("routes: {a: 1}\n", "routes.yaml:1: routes: must be a list"),
         ("routes: [1]\n", "routes.yaml:1: routes[0]: must be a mapping"),
         ("defaults: 5\n", "routes.yaml:1: defaults: must be a mapping"),
