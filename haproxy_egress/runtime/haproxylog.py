@@ -36,10 +36,15 @@ class StderrRelay(Background):
         self._routes = routes
 
     def _run(self) -> None:
+        # This thread must outlive any one bad line: a pipe nobody reads would fill up and
+        # block haproxy's master on its next write to stderr.
         with os.fdopen(self._read_fd, "r", encoding="utf-8", errors="replace") as pipe:
             for line in pipe:
-                if line.strip():
-                    self.relay(line)
+                try:
+                    if line.strip():
+                        self.relay(line)
+                except Exception as exc:  # keep reading, whatever one line did
+                    log.error("could not relay haproxy's line %r: %r", line[:200], exc)
 
     def relay(self, line: str) -> None:
         """Log one of haproxy's lines at its level, with its route."""
