@@ -49,9 +49,12 @@ class StderrRelay(Background):
     def relay(self, line: str) -> None:
         """Log one of haproxy's lines at its level, with its route."""
         parsed = parse_stderr(line)
+        level = _LEVELS[parsed.level]
+        if not log.isEnabledFor(level):
+            return  # a reload of 10,000 routes prints 10,000 routine lines: no work for them
         route = parsed.route(self._routes())
         where = f"route {route}: " if route else ""
-        log.log(_LEVELS[parsed.level], "haproxy: %s%s", where, parsed.text)
+        log.log(level, "haproxy: %s%s", where, parsed.text)
 
     def stop(self) -> None:
         """Close the write end: the reader ends once haproxy's copies are closed too."""

@@ -97,6 +97,7 @@ class Supervisor:
             settings.log_warn_interval,
         )
         # haproxy's own notices and warnings: relayed in the router's format, route named.
+        self._route_names_of: tuple[Compiled, frozenset[str]] | None = None
         self.haproxy_stderr = StderrRelay(self._route_names)
         self.haproxy = Child(
             "haproxy",
@@ -217,8 +218,14 @@ class Supervisor:
         return "Pid:" in info
 
     def _route_names(self) -> frozenset[str]:
-        """The live config's route names (for the stderr relay's thread: one attribute read)."""
-        return frozenset(r.name for r in self.current.config.routes)
+        """The live config's route names, for the stderr relay's thread (built once per
+        config: haproxy may print a line per route at a reload)."""
+        current = self.current
+        cached = self._route_names_of
+        if cached is None or cached[0] is not current:
+            cached = (current, frozenset(r.name for r in current.config.routes))
+            self._route_names_of = cached  # one assignment: the thread sees old or new
+        return cached[1]
 
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
