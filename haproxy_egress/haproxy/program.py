@@ -23,6 +23,23 @@ def master_argv(haproxy_bin: str, config_path: Path, master_socket: Path) -> lis
     ]
 
 
+def running_configs(proc: Path = Path("/proc")) -> list[Path]:
+    """The config files of haproxy masters started as `master_argv` builds them, among the
+    processes this user may see: where each router on this machine keeps its run dir."""
+    found = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        args = [a.decode(errors="replace") for a in argv if a]
+        if "-W" in args and "-S" in args and "-f" in args and args.index("-f") + 1 < len(args):
+            found.add(Path(args[args.index("-f") + 1]))
+    return sorted(found)
+
+
 def version(haproxy_bin: str = "haproxy") -> str:
     """haproxy's version string, e.g. '2.6.12-1+deb12u4'."""
     out = subprocess.run(

@@ -175,6 +175,9 @@ _STATE_COLUMNS = (
     "srv_agent_port",
 )
 _STATE_NEEDS = ("be_name", "srv_name", "srv_addr", "srv_admin_state", "srv_port")
+# A `server-state-file` with no server in it: the format version line alone. (An empty file
+# makes haproxy warn "Can't get version of the global server state file" at every start.)
+EMPTY_SERVER_STATE = "1\n"
 
 
 @dataclass(frozen=True)
@@ -187,19 +190,28 @@ class ServerState:
     port: int
     admin_state: int  # srv_admin_state bits
     line: str  # the line itself, as `server-state-file` takes it back
+    fqdn: str = "-"  # the name a server-template slot resolves, "-" for a fixed address
 
     @property
     def maintenance(self) -> bool:
         """Forced into maintenance (`set server ... state maint`)."""
         return bool(self.admin_state & FMAINT)
 
+    @property
+    def unfilled_slot(self) -> bool:
+        """A DNS slot (it has a name) that no answer has given an address."""
+        return self.address == "-" and self.fqdn != "-"
 
-def _columns(names: Sequence[str]) -> tuple[int, ...] | None:
-    """Where each of _STATE_NEEDS is in a header's column names; None if one is missing."""
+
+def _columns(names: Sequence[str]) -> tuple[tuple[int, ...], int | None] | None:
+    """Where each of _STATE_NEEDS is in a header's column names (None if one is missing),
+    and where srv_fqdn is, if there."""
+    names = list(names)
     try:
-        return tuple(list(names).index(name) for name in _STATE_NEEDS)
+        needed = tuple(names.index(name) for name in _STATE_NEEDS)
     except ValueError:
         return None
+    return needed, names.index("srv_fqdn") if "srv_fqdn" in names else None
 
 
 def _state_lines(text: str) -> list[tuple[str, ServerState | None]]:
@@ -212,11 +224,13 @@ def _state_lines(text: str) -> list[tuple[str, ServerState | None]]:
         if line.startswith("#"):
             if "be_name" in fields:
                 columns = _columns(fields[1:])
-        elif columns is not None and len(fields) > max(columns):
+        elif columns is not None and len(fields) > max(columns[0]):
             # The version line ("1") has too few cells to be a server line.
-            backend, name, address, admin, port = (fields[i] for i in columns)
+            backend, name, address, admin, port = (fields[i] for i in columns[0])
+            at = columns[1]
+            fqdn = fields[at] if at is not None and at < len(fields) else "-"
             if port.isdigit() and admin.isdigit():
-                state = ServerState(backend, name, address, int(port), int(admin), line)
+                state = ServerState(backend, name, address, int(port), int(admin), line, fqdn)
         out.append((line, state))
     return out
 

@@ -89,6 +89,8 @@ class Child:
     before_start: Callable[[], None] | None = None
     # Where the child's stdout goes instead of the pod log (haproxy's into the log relay FIFO).
     stdout: Path | None = None
+    # A pipe's write end the child's stderr is dup'ed to (haproxy's, read by haproxylog.py).
+    stderr: int | None = None
     state: ChildState = ChildState.EXITED
     pid: int | None = None
     started_at: float = 0.0
@@ -126,6 +128,8 @@ class Child:
         ]
         if self.stdout is not None:
             actions.append((os.POSIX_SPAWN_OPEN, 1, str(self.stdout), os.O_WRONLY, 0))
+        if self.stderr is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))  # type: ignore[arg-type]
         self.pid = os.posix_spawnp(
             self.argv[0],
             list(self.argv),

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haproxy_egress.errors import EgressError
-from haproxy_egress.logsetup import LineHandler
+from haproxy_egress.logsetup import configure
 from haproxy_egress.runtime.children import Child
+from haproxy_egress.settings import LogFormat
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +378,13 @@ def _wait_writable(fd: int) -> None:
     select.select([], [fd], [], 1.0)
 
 
-def relay_child(pipe: LogPipe, state: Path, buffer_bytes: int) -> Child:
+def relay_child(
+    pipe: LogPipe, state: Path, buffer_bytes: int, log_format: LogFormat = LogFormat.TEXT
+) -> Child:
     """The supervised relay: started first (it creates the FIFO haproxy's stdout opens), ready
     once it has written its pid into the state file."""
     argv = [sys.executable, "-m", __name__, "--input", str(pipe.path), "--state", str(state)]
+    argv += ["--log-format", log_format.value]
     child = Child("log-relay", [*argv, "--buffer-bytes", str(buffer_bytes)])
 
     def ready() -> bool:
@@ -398,11 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, type=Path, help="the FIFO haproxy writes to")
     parser.add_argument("--state", required=True, type=Path, help="the counters file")
     parser.add_argument("--buffer-bytes", type=int, default=16 << 20)
+    parser.add_argument("--log-format", type=LogFormat, default=LogFormat.TEXT)
     args = parser.parse_args(argv)
-    # The relay's own (rare) lines go to stderr like the supervisor's, one write() each.
-    handler = LineHandler(sys.stderr.fileno())
-    handler.setFormatter(logging.Formatter("%(asctime)s log-relay %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # The relay's own (rare) lines go to stderr in the supervisor's format, one write() each.
+    configure(args.log_format)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     source = os.open(args.input, os.O_RDONLY)
     state = StateFile(args.state)

@@ -106,7 +106,9 @@ def check_candidate(settings: Settings, text: str) -> str:
     write_atomic(candidate, text, mode=0o600)
     state = settings.run.server_state
     if not state.exists():
-        state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
+        # No state yet (first start): a valid file without servers. An empty one makes haproxy
+        # warn "Can't get version of the global server state file" at every first start.
+        state.write_text(show.EMPTY_SERVER_STATE)
     try:
         return check(candidate, settings.haproxy_bin)
     finally:
@@ -186,11 +188,15 @@ def state_for(state: str, text: str) -> str:
     at the same address and it is not in maintenance: a destination a runtime edit removed
     (maintenance, deleted after the drain) or a decoy added by hand must not come back in
     that state, or at that address, when an edit lists the name again. Resolved servers
-    (server-template slots) keep everything: that is what the file is for.
+    (server-template slots) keep everything, that is what the file is for, except slots
+    without an address: the new worker starts those empty, as at a first start (a saved
+    "no address" state is reported DOWN after every reload, one line per slot).
     """
     fixed = changes.servers(text)
 
     def stale(got: show.ServerState) -> bool:
+        if got.unfilled_slot:
+            return True
         server = fixed.get(f"{got.backend}/{got.name}")
         return server is not None and (
             got.maintenance or (got.address, got.port) != server.host_port

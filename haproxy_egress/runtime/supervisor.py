@@ -31,6 +31,7 @@ from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
+from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -99,19 +100,23 @@ class Supervisor:
         if settings.log_sink is LogSink.RELAY:
             self.log_pipe = LogPipe(run.log_pipe, settings.log_pipe_bytes)
             self.logrelay = relay_child(
-                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes
+                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes, settings.log_format
             )
         self.log_loss = LogLossWatch(
             run.master_socket,
             run.log_relay_state if self.logrelay else None,
             settings.log_warn_interval,
         )
+        # haproxy's own notices and warnings: relayed in the router's format, route named.
+        self._route_names_of: tuple[Compiled, frozenset[str]] | None = None
+        self.haproxy_stderr = StderrRelay(self._route_names)
         self.haproxy = Child(
             "haproxy",
             master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
             before_start=self.log_pipe.ensure if self.log_pipe else None,
             stdout=run.log_pipe if self.log_pipe else None,
+            stderr=self.haproxy_stderr.write_fd,
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
@@ -233,11 +238,22 @@ class Supervisor:
             return False
         return info.pid is not None
 
+    def _route_names(self) -> frozenset[str]:
+        """The live config's route names, for the stderr relay's thread (built once per
+        config: haproxy may print a line per route at a reload)."""
+        current = self.current
+        cached = self._route_names_of
+        if cached is None or cached[0] is not current:
+            cached = (current, frozenset(r.name for r in current.config.routes))
+            self._route_names_of = cached  # one assignment: the thread sees old or new
+        return cached[1]
+
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
         self._prepare_run_dir()
         _become_subreaper()
         self._install_signal_handlers()
+        self.haproxy_stderr.start()
         self.metrics.start()
         log.info(
             "haproxy-egress %s starting: %d route(s), config %s, metrics on %s:%d",
@@ -254,6 +270,7 @@ class Supervisor:
             log.error("start-up failed: %s", exc)
             self._kill_all()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
         self._haproxy_came_up()
@@ -273,6 +290,7 @@ class Supervisor:
             self.watcher.stop()
             self.log_loss.stop()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             self._final_log_count()
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
         return int(self.exit_code)

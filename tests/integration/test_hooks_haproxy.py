@@ -242,6 +242,7 @@ def test_deny_page_names_route_rule_and_contact(tmp_path: Path, echo: EchoOrigin
         assert r.headers["content-type"] == "text/plain; charset=utf-8"
         assert "route: partners" in r.body
         assert "rule:  allow_from" in r.body
+        assert "why:   your address is not in this route's allow_from list" in r.body
         assert "contact egress-team@corp.test" in r.body
         assert "127.0.0.1" not in r.body
         assert str(echo.port) not in r.body

@@ -22,7 +22,7 @@ from haproxy_egress.config.model import (
     validate,
 )
 from haproxy_egress.config.sources.configdir import Snapshot, read_snapshot
-from haproxy_egress.config.sources.http_proxy import read_http_proxy
+from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
 from haproxy_egress.config.sources.legacy import read_legacy
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.config.sources.seed_env import read_seed_env
@@ -177,7 +177,7 @@ def build_config(
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
-    problems += cross_route_problems(located, all_reserved)
+    problems += [with_port_hint(p) for p in cross_route_problems(located, all_reserved)]
     proxy_users = _proxy_users(users, located, problems)
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))

@@ -49,3 +49,14 @@ def test_servers_state_without_a_header_uses_the_documented_columns() -> None:
     line = "4 be 1 s1 127.0.0.1 2 1 1 1 0 1 0 2 0 0 0 0 - 45849 - 0 0 - - 0"
     (state,) = parse_servers_state(line)
     assert (state.backend, state.name, state.port, state.maintenance) == ("be", "s1", 45849, True)
+
+
+def test_a_dns_slot_without_an_address_is_an_unfilled_slot() -> None:
+    text = (
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_port"
+        " srv_fqdn\n"
+        "4 api 1 api-1 10.0.0.7 2 0 443 api.test\n"
+        "4 api 2 api-2 - 0 0 443 api.test\n"
+        "5 db 1 db-1 10.0.0.9 2 0 5432 -\n"
+    )
+    assert [s.unfilled_slot for s in parse_servers_state(text)] == [False, True, False]
