@@ -173,6 +173,18 @@ def test_recorded_unregistered_action_names_the_file(version: str) -> None:
     assert problem.endswith("used by no route")
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_recorded_unregistered_tcp_action_names_the_file(version: str) -> None:
+    """haproxy words a tcp-request refusal `(got 'lua.x')`, not `but got`: the key is named."""
+    lua = hooks.LuaFile("nothere.lua", b"-- registers hello only", shipped=False)
+    output = (DATA / version / "check_unregistered_tcp.txt").read_text()
+    (problem,) = [str(p) for p in hooks.explain_check(output, hooks.HookSet(files=(lua,)))]
+    assert problem == (
+        "nothere.lua: does not register the action 'nothere' for tcp-request "
+        "(core.register_action('nothere', ...)); used by no route"
+    )
+
+
 def test_alerts_about_other_things_leave_haproxy_s_text_standing() -> None:
     lua = hooks.LuaFile("hello.lua", RECORDED_BROKEN, shipped=False)
     output = "[ALERT]    (1) : config : parsing [x.cfg:3] : unknown keyword 'bogus'\n"
