@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
@@ -65,6 +66,7 @@ class Supervisor:
         options: RenderOptions,
         compiled: Compiled,
         clock: Clock = time.monotonic,
+        child_factory: Callable[..., Child] = Child,  # tests hand in children without a process
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -104,7 +106,7 @@ class Supervisor:
             run.log_relay_state if self.logrelay else None,
             settings.log_warn_interval,
         )
-        self.haproxy = Child(
+        self.haproxy = child_factory(
             "haproxy",
             master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
@@ -113,7 +115,7 @@ class Supervisor:
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
-            self.socklog = Child(
+            self.socklog = child_factory(
                 "socklog",
                 [settings.socklog_bin, "unix", str(run.log_socket)],
                 probe=run.log_socket.exists,
