@@ -95,7 +95,7 @@ def test_sigterm_drains_and_a_second_one_stops_hard(
     assert haproxy(supervisor).received == [signal.SIGUSR1, signal.SIGTERM]
     exits(supervisor, clock, signal.SIGTERM)
     assert supervisor.haproxy.pid is None
-    assert supervisor.haproxy.state is ChildState.EXITED  # an expected exit: no restart
+    assert haproxy(supervisor).state is ChildState.EXITED  # an expected exit: no restart
 
 
 def test_the_drain_deadline_is_kept_on_the_clock(supervisor: Supervisor, clock: FakeClock) -> None:
