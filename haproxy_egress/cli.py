@@ -120,7 +120,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not delta:
         print("no changes: applying this directory would not reload haproxy", file=sys.stderr)
     # Like diff(1): 0 same, 1 different (errors exit 2 through ConfigError).
-    return ExitCode.OK if not delta else ExitCode.DENIED
+    return ExitCode.OK if not delta else ExitCode.DIFFERS
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     sys.stdout.write(result.text)
     for problem in (*result.dropped, *result.invalid):
         print(f"not carried over: {problem}", file=sys.stderr)
-    return ExitCode.OK if result.complete else ExitCode.DENIED
+    return ExitCode.OK if result.complete else ExitCode.DIFFERS
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
