@@ -389,9 +389,9 @@ class RateLimit(_Toolkit):
 
     @field_validator("interval", mode="before")
     @classmethod
-    def _go_duration(cls, value: object) -> float:
-        if isinstance(value, float):  # built in code, already in seconds
-            return value
+    def _go_duration(cls, value: object, info: ValidationInfo) -> float:
+        if isinstance(value, float) and not isinstance(info.context, _Checks):
+            return value  # built in code, already in seconds; a file says "1.5" or "1500ms"
         seconds = go_duration(value)
         if seconds is None:
             raise ValueError("must be a duration such as 1s or 250ms")

@@ -200,6 +200,7 @@ extra: 1
             "give either cert_file or cert",
         ),
         ("rate_limit:\n  interval: fast\n", "must be a duration"),
+        ("rate_limit:\n  interval: 1.5\n", "must be a duration"),  # Go reads no bare float
         ("http_server_config:\n  http2: maybe\n", "must be true or false"),
         ("\xff", "not UTF-8"),
     ],
