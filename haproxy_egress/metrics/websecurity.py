@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,17 +202,18 @@ class BasicAuth:
 class RateLimiter:
     """A token bucket (`rate_limit`): one token every `interval` seconds, `burst` at most."""
 
-    def __init__(self, limit: RateLimit) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = limit.interval
         self._burst = float(limit.burst)
         self._tokens = float(limit.burst)
-        self._at = time.monotonic()
+        self._clock = clock  # handed in, so the refill is tested without waiting
+        self._at = clock()
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
         """Take a token if one is there."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._tokens = min(self._burst, self._tokens + (now - self._at) / self._interval)
             self._at = now
             if self._tokens >= 1:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import shutil
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from haproxy_egress.metrics.websecurity import (
     peer_sans,
 )
 from tests.tlscerts import Pki, make_pki
+from tests.unit.runtime.fakes import FakeClock
 
 EXAMPLES = Path(__file__).parent.parent.parent / "data" / "web-config"
 
@@ -317,9 +317,12 @@ def test_basic_auth_caches_verdicts_so_a_scrape_rarely_pays_a_bcrypt(
 
 
 def test_rate_limiter_refills_one_token_per_interval() -> None:
-    limiter = RateLimiter(RateLimit(interval=0.2, burst=2))
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(interval=0.2, burst=2), clock)
     assert [limiter.allow() for _ in range(3)] == [True, True, False]
-    time.sleep(0.25)
+    clock.now += 0.19
+    assert not limiter.allow()
+    clock.now += 0.02
     assert limiter.allow()
     assert not limiter.allow()
 
