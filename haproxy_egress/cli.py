@@ -180,7 +180,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         print(f"the router would apply it as: {_plan_words(settings, live, compiled)}")
     # Like diff(1): 0 same, 1 different (errors exit 2 through ConfigError / SetupError).
-    return ExitCode.OK if not delta else ExitCode.DENIED
+    return ExitCode.OK if not delta else ExitCode.DIFFERS
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -201,7 +201,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     sys.stdout.write(result.text)
     for problem in (*result.dropped, *result.invalid):
         print(f"not carried over: {problem}", file=sys.stderr)
-    return ExitCode.OK if result.complete else ExitCode.DENIED
+    return ExitCode.OK if result.complete else ExitCode.DIFFERS
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

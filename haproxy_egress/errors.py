@@ -11,7 +11,12 @@ class ExitCode(enum.IntEnum):
     """Process exit codes; documented in docs/operations.md."""
 
     OK = 0
-    DENIED = 1  # `explain`: the destination would be denied; also generic failure
+    # 1 answers "no" to what a read-only command asks (the number docs/operations.md
+    # promises); each name says which question. The later two are aliases of the first.
+    DIFFERS = 1  # `diff`: applying the directory would change what runs; `migrate`: not all
+    # of the legacy settings were carried over
+    DENIED = 1  # `explain`: the destination would be denied
+    FAILED = 1  # an EgressError without a code of its own
     CONFIG = 2  # bad configuration or usage
     HAPROXY = 3  # haproxy refused the config or could not be started
     CRASHLOOP = 4  # children kept dying; let the kubelet restart us
@@ -36,7 +41,7 @@ class Problem:
 class EgressError(Exception):
     """Base of every error raised on purpose."""
 
-    exit_code: ExitCode = ExitCode.DENIED
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class ConfigError(EgressError):

@@ -125,12 +125,14 @@ backend be
 
 
 def _record_check(binary: str, out: Path, root: Path) -> None:
-    """`haproxy -c` on a Lua syntax error and on an action no file registers."""
+    """`haproxy -c` on a Lua syntax error and on an action no file registers (an http-request
+    and a tcp-request rule: haproxy words the two refusals differently)."""
     broken = b"core.register_action('hello', {'http-req'}, function(txn)\n  this is not lua\nend)\n"
     good = b"core.register_action('hello', {'http-req'}, function(txn) end)\n"
     for name, lua, rule in (
         ("check_lua_error", broken, "http-request lua.hello"),
         ("check_unregistered", good, "http-request lua.nothere"),
+        ("check_unregistered_tcp", good, "tcp-request content lua.nothere"),
     ):
         lua_path = root / f"{hashlib.sha256(lua).hexdigest()}.lua"
         lua_path.write_bytes(lua)

@@ -44,8 +44,11 @@ def check_output(returncode: int, output: str) -> str:
 # Lua shortens long chunk names to "...<tail>", so a message may hold only the digest's end.
 _LUA_AT = re.compile(r"([0-9a-f]{16,64})\.lua:([0-9]+): (.*)$")
 _LUA_LOAD_ERROR = re.compile(r"error in Lua file '[^']*/([0-9a-f]{64})\.lua': (.*)$")
+# An unknown action: `'http-request' expects ..., but got 'lua.x'` for http rules, and
+# `'tcp-request content' expects ... in frontend 'f' (got 'lua.x')` for tcp ones (2.6 and 3.0).
 _NOT_REGISTERED = re.compile(
-    r"'(http-request|http-response|tcp-request)'.* but got 'lua\.([a-z0-9_]+)'"
+    r"'(http-request|http-response|tcp-request)(?: content)?' expects .*"
+    r"(?:, but got |\(got )'lua\.([a-z0-9_]+)'"
 )
 _NO_SERVICE = re.compile(r"use-service.*'lua\.([a-z0-9_]+)' unknown service")
 

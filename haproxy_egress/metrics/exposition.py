@@ -7,7 +7,7 @@ digit strings are reused, about ten times faster. The tables in `families.py` ar
 definition of these families; tests parse this output with prometheus_client's text and
 OpenMetrics parsers and check it against an independent table of haproxy_exporter's metrics
 and against haproxy_exporter itself. The small families (haproxy_up, version, policy, the
-router's own, from `collector.py`) go through prometheus_client's encoders after them.
+router's own, from `small_families.py`) go through prometheus_client's encoders after them.
 """
 
 from __future__ import annotations
@@ -20,13 +20,6 @@ from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.registry import Collector
 
 from haproxy_egress.haproxy.stat import STATUS_FIELD, StatTable, parse_stat
-from haproxy_egress.metrics.collector import (
-    ScrapeCounters,
-    policy_family,
-    router_families,
-    scrape_families,
-    version_family,
-)
 from haproxy_egress.metrics.families import (
     BACKEND_FAMILIES,
     FRONTEND_FAMILIES,
@@ -34,6 +27,13 @@ from haproxy_egress.metrics.families import (
     StatFamily,
 )
 from haproxy_egress.metrics.options import ExporterOptions
+from haproxy_egress.metrics.small_families import (
+    ScrapeCounters,
+    policy_family,
+    router_families,
+    scrape_families,
+    version_family,
+)
 from haproxy_egress.metrics.stats import HaproxySnapshot, converter
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.metrics.tls import handshake_family, tls_families

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from haproxy_egress.metrics.collector import ScrapeCounters
 from haproxy_egress.metrics.exposition import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
@@ -39,7 +38,8 @@ from haproxy_egress.metrics.exposition import (
 )
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.policy import MultiCollector, PolicyCollector, socket_table
-from haproxy_egress.metrics.stats import Query, read_snapshot
+from haproxy_egress.metrics.small_families import ScrapeCounters
+from haproxy_egress.metrics.stats import Query, scrape_snapshot
 from haproxy_egress.metrics.status import RouterStatus, safe_status
 from haproxy_egress.metrics.webreload import WebConfigCollector, WebConfigState
 from haproxy_egress.metrics.websecurity import WebSecurity, load_web_security
@@ -198,7 +198,7 @@ class MetricsServer:
         if not self._slots.acquire(blocking=False):
             return Response(503, b"too many concurrent scrapes\n")
         try:
-            snapshot = read_snapshot(self._query)
+            snapshot = scrape_snapshot(self._query)
             openmetrics = wants_openmetrics(accept)
             body = render_scrape(
                 snapshot,

@@ -40,7 +40,7 @@ class HaproxySnapshot:
         return self.info.get("Version") or "unknown"
 
 
-def read_snapshot(query: Query) -> HaproxySnapshot:
+def scrape_snapshot(query: Query) -> HaproxySnapshot:
     """Ask haproxy for `show info;show stat` as one command; never raises.
 
     One command, so both answers come from the same worker even during a reload; `query`

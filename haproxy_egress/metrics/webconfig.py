@@ -12,8 +12,11 @@ is refused with a located problem instead of being ignored (docs/metrics.md list
 - `http_server_config.http2`: accepted either way; the endpoint speaks HTTP/1.1 (Prometheus
   scrapes with it), as a Go exporter does for a client that does not offer h2.
 
-Parsing is pure (bytes in, frozen model or every problem out); `websecurity.py` turns the
-model into an SSLContext, a password check and a rate limiter.
+Parsing is pure (bytes in, frozen model or every problem out): the file is read by the
+ConfigMap's own YAML loader (`config.sources.yamlfile.load_located`: the same line index,
+duplicate-key and alias-bomb checks), and validated as a frozen pydantic model whose field
+names are the toolkit's. `websecurity.py` turns the model into an SSLContext, a password
+check and a rate limiter.
 """
 
 from __future__ import annotations
@@ -24,11 +27,22 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from haproxy_egress.config.model import format_loc
+from haproxy_egress.config.model import format_loc, problems_from
+from haproxy_egress.config.sources.yamlfile import load_located
 from haproxy_egress.errors import ConfigError, Problem
 
 __all__ = [
@@ -39,6 +53,7 @@ __all__ = [
     "RateLimit",
     "TlsServerConfig",
     "WebConfig",
+    "WebConfigFile",
     "parse_web_config",
     "read_web_config",
 ]
@@ -84,24 +99,6 @@ HEADERS: Mapping[str, tuple[str, ...]] = {
     "X-XSS-Protection": (),
     "Content-Security-Policy": (),
 }
-_TLS_KEYS = (
-    "cert",
-    "key",
-    "client_ca",
-    "cert_file",
-    "key_file",
-    "client_auth_type",
-    "client_ca_file",
-    "client_allowed_sans",
-    "min_version",
-    "max_version",
-    "cipher_suites",
-    "prefer_server_cipher_suites",
-    "curve_preferences",
-)
-_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
-_HTTP_KEYS = ("http2", "headers")
-_RATE_KEYS = ("interval", "burst")
 # bcrypt's modular crypt format, as golang.org/x/crypto/bcrypt reads it: $2a$, $2b$ or $2y$.
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -115,136 +112,6 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-
-
-@dataclass(frozen=True)
-class TlsServerConfig:
-    """`tls_server_config`, paths made absolute against the web-config file's directory."""
-
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    cert: str = ""  # inline PEM, instead of cert_file
-    key: str = ""  # inline PEM, instead of key_file
-    client_ca_file: Path | None = None
-    client_ca: str = ""
-    client_auth: str = "none"  # "none" | "optional" | "required" (ssl.CERT_*)
-    client_allowed_sans: tuple[str, ...] = ()
-    min_version: str = "TLS12"
-    max_version: str = "TLS13"
-    ciphers: tuple[str, ...] = ()  # OpenSSL names of the TLS <= 1.2 suites; () = default
-    prefer_server_cipher_suites: bool = True
-    curve: str = ""  # OpenSSL name of the one ECDH curve; "" = OpenSSL's default list
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """`rate_limit`: a token bucket, one token every `interval` seconds, `burst` at most."""
-
-    interval: float
-    burst: int
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """A parsed web-config file; `digest` covers it and every file it names."""
-
-    source: Path
-    tls: TlsServerConfig | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    users: Mapping[str, bytes] = field(default_factory=dict)
-    rate_limit: RateLimit | None = None
-    http2: bool = True
-    digest: str = ""
-    # 1-based line of each YAML path, for problems found after parsing (unreadable files).
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
-
-    def watched_files(self) -> tuple[Path, ...]:
-        """The files whose change means a reload: this one and the TLS files it names."""
-        files = [self.source]
-        if self.tls is not None:
-            files += [
-                p
-                for p in (self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file)
-                if p is not None
-            ]
-        return tuple(files)
-
-
-class _Doc:
-    """One document being checked: its data, line numbers by YAML path, and the problems."""
-
-    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
-        self.source = source
-        self.lines = lines
-        self.problems: list[Problem] = []
-
-    def problem(self, loc: Sequence[int | str], message: str) -> None:
-        where = format_loc(loc)
-        line = self.lines.get(where)
-        if line is None and loc:
-            line = self.lines.get(format_loc(loc[:-1]))
-        self.problems.append(Problem(self.source, where, message, line))
-
-    def mapping(self, value: object, loc: tuple[str, ...], keys: Sequence[str]) -> dict[str, Any]:
-        """A mapping with only known keys (as the toolkit's strict unmarshalling demands)."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.problem(loc, "must be a mapping")
-            return {}
-        for key in value:
-            if key not in keys:
-                self.problem(
-                    (*loc, str(key)),
-                    f"unknown field (the exporter-toolkit format has {', '.join(keys)})",
-                )
-        return {k: v for k, v in value.items() if k in keys}
-
-    def string(self, section: Mapping[str, Any], loc: tuple[str, ...], key: str) -> str:
-        value = section.get(key)
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            self.problem((*loc, key), f"must be a string (got {type(value).__name__})")
-            return ""
-        return value
-
-    def strings(self, section: Mapping[str, Any], loc: tuple[str, ...], key: str) -> list[str]:
-        value = section.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem((*loc, key), "must be a list of strings")
-            return []
-        return list(value)
-
-    def boolean(
-        self, section: Mapping[str, Any], loc: tuple[str, ...], key: str, default: bool
-    ) -> bool:
-        value = section.get(key, default)
-        if not isinstance(value, bool):
-            self.problem((*loc, key), f"must be true or false (got {value!r})")
-            return default
-        return value
-
-
-def _lines(node: yaml.Node, loc: tuple[int | str, ...], out: dict[str, int]) -> None:
-    """The 1-based line of every value by YAML path; a repeated key is also recorded, under a
-    "\\0dup\\0" prefix, so that it can be reported (PyYAML keeps the last silently)."""
-    out[format_loc(loc)] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                out[f"\0dup\0{format_loc((*loc, name))}"] = key.start_mark.line + 1
-            seen.add(name)
-            _lines(value, (*loc, name), out)
-            # The key's line: for a section (`tls_server_config:`) that is where it starts.
-            out[format_loc((*loc, name))] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*loc, i), out)
 
 
 def go_duration(value: object) -> float | None:
@@ -266,238 +133,388 @@ def go_duration(value: object) -> float | None:
     return total if pos == len(value) else None
 
 
-def _tls(doc: _Doc, raw: object, base: Path) -> TlsServerConfig | None:
-    loc = ("tls_server_config",)
-    section = doc.mapping(raw, loc, _TLS_KEYS)
-    if not any(section.get(k) for k in _TLS_KEYS if k not in ("prefer_server_cipher_suites",)):
-        return None  # as the toolkit: no TLS field set means plain HTTP
+class _Checks:
+    """The validation context: the file's directory (relative paths are relative to it) and
+    the problems that concern several fields at once, so each is reported, not just the first
+    (pydantic collects per-field errors itself; a model validator could raise only one)."""
 
-    def path(key: str) -> Path | None:
-        text = doc.string(section, loc, key)
-        return base / text if text else None
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.found: list[tuple[tuple[int | str, ...], str]] = []
 
-    cert_file, key_file, ca_file = path("cert_file"), path("key_file"), path("client_ca_file")
-    cert, key, ca = (doc.string(section, loc, k) for k in ("cert", "key", "client_ca"))
-    for file_key, inline_key in (("cert_file", "cert"), ("key_file", "key")):
-        if section.get(file_key) and section.get(inline_key):
-            doc.problem((*loc, inline_key), f"give either {file_key} or {inline_key}, not both")
-        elif not section.get(file_key) and not section.get(inline_key):
-            doc.problem(loc, f"missing one of {inline_key} or {file_key}")
-    if ca_file is not None and ca:
-        doc.problem((*loc, "client_ca"), "give either client_ca_file or client_ca, not both")
 
-    auth_name = doc.string(section, loc, "client_auth_type") or "NoClientCert"
-    auth = CLIENT_AUTH_TYPES.get(auth_name, "")
-    if auth == "":
-        doc.problem(
-            (*loc, "client_auth_type"),
-            f"unknown client_auth_type {auth_name!r} "
-            f"(one of {', '.join(k for k in CLIENT_AUTH_TYPES if k != 'RequireClientCert')})",
-        )
-        auth = "none"
-    elif auth is None:
-        doc.problem(
-            (*loc, "client_auth_type"),
-            f"{auth_name} is not supported: Python's ssl verifies every client certificate it "
-            "asks for (use RequireAndVerifyClientCert or VerifyClientCertIfGiven with a "
-            "client_ca_file)",
-        )
-        auth = "none"
-    has_ca = ca_file is not None or bool(ca)
-    if auth == "none" and has_ca:
-        doc.problem(
-            (*loc, "client_auth_type"),
-            "client CAs are configured without a client auth policy "
-            "(set client_auth_type: RequireAndVerifyClientCert)",
-        )
-    if auth == "required" and not has_ca:
-        # The toolkit too refuses this one; VerifyClientCertIfGiven without a CA verifies
-        # against the system's CA store, as Go does.
-        doc.problem(
-            (*loc, "client_auth_type"),
-            f"{auth_name} needs client_ca_file (or client_ca): the CA that signs the scrapers' "
-            "certificates",
-        )
-    sans = doc.strings(section, loc, "client_allowed_sans")
-    if sans and auth != "required":
-        doc.problem(
-            (*loc, "client_allowed_sans"),
-            "needs client_auth_type: RequireAndVerifyClientCert (otherwise a client may "
-            "connect without a certificate, leaving no SAN to match)",
-        )
+def _collect(info: ValidationInfo, found: Sequence[tuple[tuple[int | str, ...], str]]) -> None:
+    """Hand cross-field problems to the context; without one (a model built in code), the
+    first is an error as any other."""
+    if isinstance(info.context, _Checks):
+        info.context.found += found
+    elif found:
+        raise ValueError(found[0][1])
 
-    versions = {}
-    for field_name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        name = doc.string(section, loc, field_name) or default
-        if name not in TLS_VERSIONS:
-            doc.problem((*loc, field_name), f"unknown TLS version {name!r} (one of TLS10..TLS13)")
-            name = default
-        versions[field_name] = name
-    if versions["max_version"] in ("TLS10", "TLS11"):
-        doc.problem(
-            (*loc, "max_version"),
-            f"{versions['max_version']} is not supported: Debian's OpenSSL refuses TLS 1.0 and "
-            "1.1, so no handshake could succeed (use TLS12 or TLS13)",
-        )
-    elif versions["min_version"] > versions["max_version"]:
-        doc.problem((*loc, "min_version"), "is above max_version")
 
-    ciphers: list[str] = []
-    names = doc.strings(section, loc, "cipher_suites")
-    unknown = [name for name in names if name not in CIPHER_SUITES]
-    for i, name in enumerate(names):
-        if name in unknown:
-            doc.problem((*loc, "cipher_suites", i), f"unknown cipher suite {name!r}")
-        elif (openssl := CIPHER_SUITES[name]) is not None:
-            ciphers.append(openssl)
-    if names and not ciphers and not unknown:
-        doc.problem(
-            (*loc, "cipher_suites"),
-            "lists only TLS 1.3 suites, which are not configurable; list TLS 1.2 suites or "
-            "leave cipher_suites out",
-        )
+def _absent_is_empty(value: object) -> object:
+    """A key written without a value (`cert:`) means what leaving it out means."""
+    return "" if value is None else value
 
-    curve = ""
-    curves = doc.strings(section, loc, "curve_preferences")
-    for i, name in enumerate(curves):
-        if name not in CURVES:
-            doc.problem(
-                (*loc, "curve_preferences", i),
-                f"unknown curve {name!r} (one of {', '.join(CURVES)})",
+
+def _absent_is_none(value: object) -> object:
+    return None if value in (None, "") else value
+
+
+def _absent_is_no_items(value: object) -> object:
+    return () if value is None else value
+
+
+_Text = Annotated[str, BeforeValidator(_absent_is_empty)]
+# Relative to the web-config file's directory, made absolute by TlsServerConfig's validator.
+_File = Annotated[Path | None, Field(strict=False), BeforeValidator(_absent_is_none)]
+
+
+def _known_cipher(name: str) -> str:
+    if name not in CIPHER_SUITES:
+        raise ValueError(f"unknown cipher suite {name!r}")
+    return name
+
+
+def _known_curve(name: str) -> str:
+    if name not in CURVES:
+        raise ValueError(f"unknown curve {name!r} (one of {', '.join(CURVES)})")
+    return name
+
+
+def _bcrypt(value: object) -> object:
+    # Never echo the value: it may be a plain-text password pasted by mistake.
+    if not isinstance(value, str) or not _BCRYPT.fullmatch(value):
+        raise ValueError(
+            "must be a bcrypt hash ($2y$10$ and 53 characters; see "
+            "`htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
+        )
+    return value
+
+
+# A YAML list (absent = empty), read into a tuple.
+_Strings = Annotated[tuple[str, ...], Field(strict=False), BeforeValidator(_absent_is_no_items)]
+_Ciphers = Annotated[
+    tuple[Annotated[str, AfterValidator(_known_cipher)], ...],
+    Field(strict=False),
+    BeforeValidator(_absent_is_no_items),
+]
+_Curves = Annotated[
+    tuple[Annotated[str, AfterValidator(_known_curve)], ...],
+    Field(strict=False),
+    BeforeValidator(_absent_is_no_items),
+]
+
+
+class _Toolkit(BaseModel):
+    """The toolkit's unmarshalling: unknown keys refused, no type coercion, frozen."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class TlsServerConfig(_Toolkit):
+    """`tls_server_config`, paths made absolute against the web-config file's directory."""
+
+    cert: _Text = ""  # inline PEM, instead of cert_file
+    key: _Text = ""  # inline PEM, instead of key_file
+    client_ca: _Text = ""
+    cert_file: _File = None
+    key_file: _File = None
+    client_auth_type: _Text = "NoClientCert"
+    client_ca_file: _File = None
+    client_allowed_sans: _Strings = ()
+    min_version: _Text = "TLS12"
+    max_version: _Text = "TLS13"
+    cipher_suites: _Ciphers = ()
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: _Curves = ()
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _relative_to_the_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and isinstance(info.context, _Checks):
+            return info.context.base / value
+        return value
+
+    @field_validator("client_auth_type")
+    @classmethod
+    def _supported_auth(cls, value: str) -> str:
+        value = value or "NoClientCert"
+        if value not in CLIENT_AUTH_TYPES:
+            known = ", ".join(k for k in CLIENT_AUTH_TYPES if k != "RequireClientCert")
+            raise ValueError(f"unknown client_auth_type {value!r} (one of {known})")
+        if CLIENT_AUTH_TYPES[value] is None:
+            raise ValueError(
+                f"{value} is not supported: Python's ssl verifies every client certificate it "
+                "asks for (use RequireAndVerifyClientCert or VerifyClientCertIfGiven with a "
+                "client_ca_file)"
             )
-    if len(curves) > 1:
-        doc.problem(
-            (*loc, "curve_preferences"),
-            "more than one curve is not supported: Python's ssl sets a single ECDH curve",
-        )
-    elif curves and curves[0] in CURVES:
-        curve = CURVES[curves[0]]
-    return TlsServerConfig(
-        cert_file=cert_file,
-        key_file=key_file,
-        cert=cert,
-        key=key,
-        client_ca_file=ca_file,
-        client_ca=ca,
-        client_auth=auth,
-        client_allowed_sans=tuple(sans),
-        min_version=versions["min_version"],
-        max_version=versions["max_version"],
-        ciphers=tuple(ciphers),
-        prefer_server_cipher_suites=doc.boolean(section, loc, "prefer_server_cipher_suites", True),
-        curve=curve,
-    )
+        return value
 
-
-def _users(doc: _Doc, raw: object) -> dict[str, bytes]:
-    loc = ("basic_auth_users",)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        doc.problem(loc, "must be a mapping of user names to bcrypt hashes")
-        return {}
-    users: dict[str, bytes] = {}
-    for name, hashed in raw.items():
-        where = (*loc, str(name))
-        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
-            # Never echo the value: it may be a plain-text password pasted by mistake.
-            doc.problem(
-                where,
-                "must be a bcrypt hash ($2y$10$ and 53 characters; see "
-                "`htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+    @field_validator("min_version", "max_version")
+    @classmethod
+    def _known_version(cls, value: str, info: ValidationInfo) -> str:
+        value = value or ("TLS12" if info.field_name == "min_version" else "TLS13")
+        if value not in TLS_VERSIONS:
+            raise ValueError(f"unknown TLS version {value!r} (one of TLS10..TLS13)")
+        if info.field_name == "max_version" and value in ("TLS10", "TLS11"):
+            raise ValueError(
+                f"{value} is not supported: Debian's OpenSSL refuses TLS 1.0 and 1.1, so no "
+                "handshake could succeed (use TLS12 or TLS13)"
             )
-            continue
-        users[str(name)] = hashed.encode()
-    return users
+        return value
+
+    @field_validator("cipher_suites")
+    @classmethod
+    def _configurable_ciphers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value and all(CIPHER_SUITES[name] is None for name in value):
+            raise ValueError(
+                "lists only TLS 1.3 suites, which are not configurable; list TLS 1.2 suites or "
+                "leave cipher_suites out"
+            )
+        return value
+
+    @field_validator("curve_preferences")
+    @classmethod
+    def _one_curve(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > 1:
+            raise ValueError(
+                "more than one curve is not supported: Python's ssl sets a single ECDH curve"
+            )
+        return value
+
+    @property
+    def configured(self) -> bool:
+        """As the toolkit: no TLS field set means plain HTTP."""
+        return any(
+            getattr(self, name) for name in self.model_fields_set - {"prefer_server_cipher_suites"}
+        )
+
+    @property
+    def client_auth(self) -> str:
+        """What Python's ssl does: "none" | "optional" | "required" (ssl.CERT_*)."""
+        return CLIENT_AUTH_TYPES[self.client_auth_type] or "none"
+
+    @property
+    def ciphers(self) -> tuple[str, ...]:
+        """OpenSSL names of the TLS <= 1.2 suites; () = OpenSSL's default."""
+        return tuple(n for name in self.cipher_suites if (n := CIPHER_SUITES[name]) is not None)
+
+    @property
+    def curve(self) -> str:
+        """OpenSSL name of the one ECDH curve; "" = OpenSSL's default list."""
+        return CURVES[self.curve_preferences[0]] if self.curve_preferences else ""
+
+    @model_validator(mode="after")
+    def _coherent(self, info: ValidationInfo) -> TlsServerConfig:
+        if not self.configured:
+            return self
+        loc = ("tls_server_config",)
+        found: list[tuple[tuple[int | str, ...], str]] = []
+        for file_key, inline_key in (("cert_file", "cert"), ("key_file", "key")):
+            if getattr(self, file_key) and getattr(self, inline_key):
+                found.append(
+                    ((*loc, inline_key), f"give either {file_key} or {inline_key}, not both")
+                )
+            elif not getattr(self, file_key) and not getattr(self, inline_key):
+                found.append((loc, f"missing one of {inline_key} or {file_key}"))
+        if self.client_ca_file is not None and self.client_ca:
+            found.append(((*loc, "client_ca"), "give either client_ca_file or client_ca, not both"))
+        auth, has_ca = self.client_auth, self.client_ca_file is not None or bool(self.client_ca)
+        if auth == "none" and has_ca:
+            found.append(
+                (
+                    (*loc, "client_auth_type"),
+                    "client CAs are configured without a client auth policy "
+                    "(set client_auth_type: RequireAndVerifyClientCert)",
+                )
+            )
+        if auth == "required" and not has_ca:
+            # The toolkit too refuses this one; VerifyClientCertIfGiven without a CA verifies
+            # against the system's CA store, as Go does.
+            found.append(
+                (
+                    (*loc, "client_auth_type"),
+                    f"{self.client_auth_type} needs client_ca_file (or client_ca): the CA that "
+                    "signs the scrapers' certificates",
+                )
+            )
+        if self.client_allowed_sans and auth != "required":
+            found.append(
+                (
+                    (*loc, "client_allowed_sans"),
+                    "needs client_auth_type: RequireAndVerifyClientCert (otherwise a client may "
+                    "connect without a certificate, leaving no SAN to match)",
+                )
+            )
+        if TLS_VERSIONS.index(self.min_version) > TLS_VERSIONS.index(self.max_version):
+            found.append(((*loc, "min_version"), "is above max_version"))
+        _collect(info, found)
+        return self
 
 
-def _http(doc: _Doc, raw: object) -> tuple[bool, tuple[tuple[str, str], ...]]:
-    loc = ("http_server_config",)
-    section = doc.mapping(raw, loc, _HTTP_KEYS)
-    http2 = doc.boolean(section, loc, "http2", True)
-    headers_raw = section.get("headers")
-    headers: list[tuple[str, str]] = []
-    if headers_raw is None:
-        return http2, ()
-    if not isinstance(headers_raw, dict):
-        doc.problem((*loc, "headers"), "must be a mapping of header names to values")
-        return http2, ()
-    for name, value in headers_raw.items():
-        where = (*loc, "headers", str(name))
-        allowed = HEADERS.get(str(name))
-        if allowed is None:
-            doc.problem(where, f"header {name!r} cannot be configured (only {', '.join(HEADERS)})")
-            continue
-        text = str(value) if isinstance(value, (str, int)) else None
-        if text is None or "\n" in text or "\r" in text:
-            doc.problem(where, "must be a one-line string")
-            continue
-        if allowed and text not in allowed:
-            doc.problem(where, f"must be one of {', '.join(allowed)} (got {text!r})")
-            continue
-        if text:
-            headers.append((str(name), text))
-    return http2, tuple(headers)
+class HttpServerConfig(_Toolkit):
+    """`http_server_config`: response headers (only those the toolkit allows) and http2."""
+
+    http2: bool = True  # accepted either way: the endpoint speaks HTTP/1.1
+    headers: Annotated[dict[str, str | int] | None, BeforeValidator(_absent_is_none)] = None
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed_headers(
+        cls, value: dict[str, str | int] | None, info: ValidationInfo
+    ) -> dict[str, str | int] | None:
+        found: list[tuple[tuple[int | str, ...], str]] = []
+        for name, setting in (value or {}).items():
+            where = ("http_server_config", "headers", name)
+            allowed, text = HEADERS.get(name), str(setting)
+            if allowed is None:
+                found.append(
+                    (where, f"header {name!r} cannot be configured (only {', '.join(HEADERS)})")
+                )
+            elif "\n" in text or "\r" in text:
+                found.append((where, "must be a one-line string"))
+            elif allowed and text not in allowed:
+                found.append((where, f"must be one of {', '.join(allowed)} (got {text!r})"))
+        _collect(info, found)
+        return value
 
 
-def _rate(doc: _Doc, raw: object) -> RateLimit | None:
-    loc = ("rate_limit",)
-    section = doc.mapping(raw, loc, _RATE_KEYS)
-    if not section:
-        return None
-    interval = go_duration(section.get("interval", 0))
-    if interval is None or interval < 0:
-        doc.problem((*loc, "interval"), "must be a duration such as 1s or 250ms")
-        return None
-    burst = section.get("burst", 0)
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
-        doc.problem((*loc, "burst"), "must be a non-negative integer")
-        return None
-    if interval == 0:
-        return None  # the toolkit: interval 0 disables the limiter
-    return RateLimit(interval, burst)
+class RateLimit(_Toolkit):
+    """`rate_limit`: a token bucket, one token every `interval` seconds, `burst` at most; an
+    interval of 0 (the default) disables it."""
+
+    interval: float = 0.0
+    burst: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _go_duration(cls, value: object, info: ValidationInfo) -> float:
+        if isinstance(value, float) and not isinstance(info.context, _Checks):
+            return value  # built in code, already in seconds; a file says "1.5" or "1500ms"
+        seconds = go_duration(value)
+        if seconds is None:
+            raise ValueError("must be a duration such as 1s or 250ms")
+        return seconds
 
 
-def parse_web_config(text: bytes, source: Path) -> WebConfig:
-    """Parse a web-config file's bytes; ConfigError lists every problem with its line."""
+class WebConfig(_Toolkit):
+    """A web-config document, field for field as exporter-toolkit reads it."""
+
+    tls_server_config: TlsServerConfig | None = None
+    http_server_config: HttpServerConfig | None = None
+    basic_auth_users: dict[str, Annotated[str, BeforeValidator(_bcrypt)]] | None = None
+    rate_limit: RateLimit | None = None
+
+    @property
+    def tls(self) -> TlsServerConfig | None:
+        """The TLS settings, or None for plain HTTP."""
+        tls = self.tls_server_config
+        return tls if tls is not None and tls.configured else None
+
+    @property
+    def users(self) -> Mapping[str, bytes]:
+        """User name -> bcrypt hash."""
+        return {name: hashed.encode() for name, hashed in (self.basic_auth_users or {}).items()}
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The response headers to add (those set to an empty value are left out)."""
+        http = self.http_server_config
+        headers = (http.headers or {}) if http is not None else {}
+        return tuple((name, str(value)) for name, value in headers.items() if str(value))
+
+    @property
+    def limit(self) -> RateLimit | None:
+        """The rate limit in force; None when off (no section, or an interval of 0)."""
+        limit = self.rate_limit
+        return limit if limit is not None and limit.interval > 0 else None
+
+
+# The model of each section by its YAML path, for the unknown-field message.
+_SECTIONS: Mapping[str, type[BaseModel]] = {
+    "": WebConfig,
+    "tls_server_config": TlsServerConfig,
+    "http_server_config": HttpServerConfig,
+    "rate_limit": RateLimit,
+}
+# pydantic's type errors in the words the rest of this file uses.
+_TYPE_WORDS = {
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "bool_type": "must be true or false",
+    "path_type": "must be a file name",
+}
+
+
+@dataclass(frozen=True)
+class WebConfigFile:
+    """A web-config file as read: the model, where it came from, and `digest` over it and
+    every file it names."""
+
+    source: Path
+    config: WebConfig
+    digest: str = ""
+    # 1-based line of each YAML path, for problems found after parsing (unreadable files).
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """The files whose change means a reload: this one and the TLS files it names."""
+        files = [self.source]
+        tls = self.config.tls
+        if tls is not None:
+            files += [p for p in (tls.cert_file, tls.key_file, tls.client_ca_file) if p is not None]
+        return tuple(files)
+
+
+def _line(lines: Mapping[str, int], loc: Sequence[int | str]) -> int | None:
+    """The line of `loc`, or of the nearest enclosing value that has one."""
+    for end in range(len(loc), -1, -1):
+        line = lines.get(format_loc(loc[:end]))
+        if line is not None:
+            return line
+    return None
+
+
+def _problems(exc: ValidationError, source: str, lines: Mapping[str, int]) -> list[Problem]:
+    """pydantic's errors as located problems, in the toolkit's words where they differ."""
+    errors = exc.errors()
+    problems = problems_from(exc, source)
+    if len(problems) != len(errors):  # problems_from drops only a too-short list's echo
+        return problems
+    out = []
+    for err, problem in zip(errors, problems, strict=True):
+        message = problem.message
+        if err["type"] == "extra_forbidden":
+            keys = _SECTIONS.get(format_loc(err["loc"][:-1]), WebConfig).model_fields
+            message = f"unknown field (the exporter-toolkit format has {', '.join(keys)})"
+        elif err["type"] in _TYPE_WORDS:
+            message = _TYPE_WORDS[err["type"]] + message[len(err["msg"]) :]
+        out.append(dataclasses.replace(problem, message=message, line=_line(lines, err["loc"])))
+    return out
+
+
+def parse_web_config(text: bytes, source: Path) -> WebConfigFile:
+    """Parse a web-config file's bytes; ConfigError lists every problem with its line, in
+    the order of the file."""
     name = str(source)
+    data, lines, problems = load_located(name, text)
+    if problems and not lines:
+        raise ConfigError(problems)  # not YAML at all
+    checks = _Checks(source.parent)
+    config = None
     try:
-        node = yaml.compose(text.decode("utf-8"), Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if node is not None else None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(name, "", f"not UTF-8 text (byte {exc.start})")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([Problem(name, "", f"YAML syntax error: {reason}", line)]) from None
-    lines: dict[str, int] = {}
-    if node is not None:
-        _lines(node, (), lines)
-    doc = _Doc(name, lines)
-    for key, line in lines.items():
-        if key.startswith("\0dup\0"):
-            doc.problems.append(Problem(name, key[5:], "key appears twice", line))
-    top = doc.mapping(data, (), _TOP_KEYS)
-    tls = _tls(doc, top.get("tls_server_config"), source.parent)
-    http2, headers = _http(doc, top.get("http_server_config"))
-    users = _users(doc, top.get("basic_auth_users"))
-    rate = _rate(doc, top.get("rate_limit"))
-    if doc.problems:
-        raise ConfigError(doc.problems)
-    return WebConfig(
-        source=source,
-        tls=tls,
-        headers=headers,
-        users=users,
-        rate_limit=rate,
-        http2=http2,
-        digest=hashlib.sha256(text).hexdigest(),
-        lines=lines,
-    )
+        config = WebConfig.model_validate({} if data is None else data, context=checks)
+    except ValidationError as exc:
+        problems += _problems(exc, name, lines)
+    problems += [Problem(name, format_loc(loc), m, _line(lines, loc)) for loc, m in checks.found]
+    if problems or config is None:
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
+    return WebConfigFile(source, config, hashlib.sha256(text).hexdigest(), lines)
 
 
-def read_web_config(path: Path) -> tuple[WebConfig, dict[Path, bytes]]:
+def read_web_config(path: Path) -> tuple[WebConfigFile, dict[Path, bytes]]:
     """Read and parse the file and read every TLS file it names (one consistent snapshot).
 
     Returns the model (its digest covering all the bytes) and the TLS files' contents, so the
@@ -509,11 +526,11 @@ def read_web_config(path: Path) -> tuple[WebConfig, dict[Path, bytes]]:
         raise ConfigError(
             [Problem("EGRESS_WEB_CONFIG_FILE", "", f"cannot read {path}: {exc.strerror}")]
         ) from None
-    config = parse_web_config(text, path)
+    loaded = parse_web_config(text, path)
     contents: dict[Path, bytes] = {}
     problems: list[Problem] = []
     digest = hashlib.sha256(text)
-    tls = config.tls
+    tls = loaded.config.tls
     if tls is not None:
         for key, file in (
             ("cert_file", tls.cert_file),
@@ -531,11 +548,11 @@ def read_web_config(path: Path) -> tuple[WebConfig, dict[Path, bytes]]:
                         str(path),
                         where,
                         f"cannot read {file}: {exc.strerror}",
-                        config.lines.get(where),
+                        loaded.lines.get(where),
                     )
                 )
                 continue
             digest.update(b"\0" + str(file).encode() + b"\0" + contents[file])
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(config, digest=digest.hexdigest()), contents
+    return dataclasses.replace(loaded, digest=digest.hexdigest()), contents

@@ -81,7 +81,7 @@ class WebConfigState:
 
     def files(self) -> tuple[Path, ...]:
         """The files to watch: the web-config and the TLS files the one in force names."""
-        current = self.security.config.watched_files()
+        current = self.security.file.watched_files()
         return current + tuple(f for f in self._rejected_files if f not in current)
 
 

@@ -20,14 +20,20 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 
 from haproxy_egress.errors import ConfigError, Problem
-from haproxy_egress.metrics.webconfig import RateLimit, TlsServerConfig, WebConfig, read_web_config
+from haproxy_egress.metrics.webconfig import (
+    RateLimit,
+    TlsServerConfig,
+    WebConfig,
+    WebConfigFile,
+    read_web_config,
+)
 
 __all__ = ["BasicAuth", "RateLimiter", "WebSecurity", "load_web_security"]
 
@@ -62,14 +68,14 @@ def _pem(contents: Mapping[Path, bytes], file: Path | None, inline: str) -> byte
 
 
 def tls_context(
-    config: WebConfig, tls: TlsServerConfig, contents: Mapping[Path, bytes]
+    file: WebConfigFile, tls: TlsServerConfig, contents: Mapping[Path, bytes]
 ) -> ssl.SSLContext:
     """The server SSLContext for `tls_server_config`; ConfigError names the field at fault."""
-    source = str(config.source)
+    source = str(file.source)
 
     def problem(key: str, message: str) -> ConfigError:
         where = f"tls_server_config.{key}"
-        return ConfigError([Problem(source, where, message, config.lines.get(where))])
+        return ConfigError([Problem(source, where, message, file.lines.get(where))])
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
@@ -196,17 +202,18 @@ class BasicAuth:
 class RateLimiter:
     """A token bucket (`rate_limit`): one token every `interval` seconds, `burst` at most."""
 
-    def __init__(self, limit: RateLimit) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = limit.interval
         self._burst = float(limit.burst)
         self._tokens = float(limit.burst)
-        self._at = time.monotonic()
+        self._clock = clock  # handed in, so the refill is tested without waiting
+        self._at = clock()
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
         """Take a token if one is there."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._tokens = min(self._burst, self._tokens + (now - self._at) / self._interval)
             self._at = now
             if self._tokens >= 1:
@@ -219,15 +226,20 @@ class RateLimiter:
 class WebSecurity:
     """Everything a request needs from the web-config: built whole, swapped whole."""
 
-    config: WebConfig
+    file: WebConfigFile
     context: ssl.SSLContext | None
     auth: BasicAuth
     limiter: RateLimiter | None
 
     @property
+    def config(self) -> WebConfig:
+        """The web-config in force."""
+        return self.file.config
+
+    @property
     def digest(self) -> str:
         """sha256 over the web-config file and every TLS file it names."""
-        return self.config.digest
+        return self.file.digest
 
     def peer_allowed(self, cert: Mapping[str, object] | None) -> bool:
         """`client_allowed_sans`: the verified client certificate names one of them."""
@@ -256,7 +268,8 @@ class WebSecurity:
 
 def load_web_security(path: Path) -> WebSecurity:
     """Read, validate and build; ConfigError (every problem, located) if any part is unusable."""
-    config, contents = read_web_config(path)
-    context = tls_context(config, config.tls, contents) if config.tls is not None else None
-    limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
-    return WebSecurity(config, context, BasicAuth(config.users), limiter)
+    file, contents = read_web_config(path)
+    tls, limit = file.config.tls, file.config.limit
+    context = tls_context(file, tls, contents) if tls is not None else None
+    limiter = RateLimiter(limit) if limit is not None else None
+    return WebSecurity(file, context, BasicAuth(file.config.users), limiter)

@@ -30,14 +30,26 @@ LUA_FILE = re.compile(r"^[0-9a-f]{64}\.lua$")
 
 
 @dataclass(frozen=True)
+class Binding:
+    """How a shipped hook that is not a rule at its own phase attaches to a route."""
+
+    phase: HookPhase  # the rule it becomes (`service`: a use-service)
+    variables: tuple[tuple[str, str], ...] = ()  # set before the hook's own arguments
+    condition: str = ""  # template-made text such as " unless client_allowed", never input
+    when: str = ""  # a Route field that must be set for the rule to exist ("" = always)
+
+
+@dataclass(frozen=True)
 class ShippedHook:
     """A reviewed hook from the image's `lua/` directory and the rules for attaching it."""
 
     name: str
     summary: str
-    phase: HookPhase | None  # None: not a rule of its own (audit writes the log line)
+    phase: HookPhase | None  # where a route's `at` may place it; None: it has its own place
     modes: tuple[str, ...]
     args: Mapping[str, tuple[bool, str]] = field(default_factory=dict)  # key → (required, re)
+    flag: str = ""  # the RouteHooks field it turns on (the template's part of the hook)
+    binding: Binding | None = None  # its rule, when not a plain rule at `phase`
 
 
 SHIPPED: dict[str, ShippedHook] = {
@@ -48,6 +60,7 @@ SHIPPED: dict[str, ShippedHook] = {
             "one JSON line per connection (tcp) or request (http) on the log path",
             None,
             ("tcp", "http"),
+            flag="audit",  # no rule: its log-format writes the line
         ),
         ShippedHook(
             "deny_page",
@@ -55,6 +68,14 @@ SHIPPED: dict[str, ShippedHook] = {
             None,
             ("http",),
             {"contact": (False, r"^[A-Za-z0-9._:/@+=-]{1,128}$")},
+            flag="deny_page",
+            # The page answers the requests allow_from refuses, before any other request hook.
+            binding=Binding(
+                "service",
+                (("txn.egress_rule", "allow_from"),),
+                " unless client_allowed",
+                when="allow_from",
+            ),
         ),
         ShippedHook(
             "proxy_auth",
@@ -180,6 +201,17 @@ def _rule(phase: str, mode: str, hook: HookUse) -> Attachment:
     return Attachment(directive, f"lua.{name}", variables)
 
 
+def _bound(binding: Binding, route: Route, hook: HookUse) -> tuple[int, int, Attachment] | None:
+    """A shipped hook's own rule (with its sort key), or None when the route has no need."""
+    if binding.when and not getattr(route, binding.when):
+        return None
+    rule = _rule(binding.phase, route.mode, hook)
+    rule = replace(
+        rule, variables=(*binding.variables, *rule.variables), condition=binding.condition
+    )
+    return _PHASE_ORDER[binding.phase], -1, rule  # before every other rule of its phase
+
+
 def _check_shipped(spec: ShippedHook, hook: HookUse, route: Route, problem: _Report) -> bool:
     ok = True
     if hook.at is not None and hook.at != spec.phase:
@@ -227,7 +259,7 @@ def _route_hooks(
 ) -> RouteHooks:
     source, route_path = _split_origin(origin)
     attachments: list[tuple[int, int, Attachment]] = []
-    audit = deny = False
+    flags: set[str] = set()
     seen: set[str] = set()
     for i, hook in enumerate(route.hooks):
         path = f"{route_path}.hooks[{i}]" if route_path else f"hooks[{i}]"
@@ -245,24 +277,13 @@ def _route_hooks(
             if not _check_shipped(spec, hook, route, report):
                 continue
             lua = shipped_lua(hook.use)
-            if spec.name == "audit":
-                audit = True
-            elif spec.name == "deny_page":
-                deny = True
-                if route.allow_from:
-                    variables = (
-                        ("txn.egress_rule", "allow_from"),
-                        *_arg_variables(spec.name, hook.args),
-                    )
-                    att = Attachment(
-                        "http-request",
-                        "use-service lua.deny_page",
-                        variables,
-                        " unless client_allowed",
-                    )
-                    attachments.append((1, -1, att))  # before every other request hook
-            else:
-                assert spec.phase is not None
+            if spec.flag:
+                flags.add(spec.flag)
+            if spec.binding is not None:
+                bound = _bound(spec.binding, route, hook)
+                if bound is not None:
+                    attachments.append(bound)
+            elif spec.phase is not None:
                 rule = _rule(spec.phase, route.mode, hook)
                 attachments.append((_PHASE_ORDER[spec.phase], i, rule))
         else:
@@ -286,7 +307,7 @@ def _route_hooks(
         files.setdefault(lua.key, lua)
         users.setdefault(lua.key, []).append(f"route {route.name!r} ({source}: {path})")
     ordered = tuple(a for _, _, a in sorted(attachments, key=lambda t: (t[0], t[1])))
-    return RouteHooks(ordered, audit, deny)
+    return RouteHooks(ordered, audit="audit" in flags, deny_page="deny_page" in flags)
 
 
 def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> HookSet:

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
@@ -67,6 +68,7 @@ class Supervisor:
         options: RenderOptions,
         compiled: Compiled,
         clock: Clock = time.monotonic,
+        child_factory: Callable[..., Child] = Child,  # tests hand in children without a process
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -110,7 +112,7 @@ class Supervisor:
         # haproxy's own notices and warnings: relayed in the router's format, route named.
         self._route_names_of: tuple[Compiled, frozenset[str]] | None = None
         self.haproxy_stderr = StderrRelay(self._route_names)
-        self.haproxy = Child(
+        self.haproxy = child_factory(
             "haproxy",
             master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
@@ -120,7 +122,7 @@ class Supervisor:
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
-            self.socklog = Child(
+            self.socklog = child_factory(
                 "socklog",
                 [settings.socklog_bin, "unix", str(run.log_socket)],
                 probe=run.log_socket.exists,

@@ -27,7 +27,7 @@ from haproxy_egress.config.sources import Snapshot, load_snapshot
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.http import MetricsServer, accepts_gzip, wants_openmetrics
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import read_snapshot
+from haproxy_egress.metrics.stats import scrape_snapshot
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
@@ -65,7 +65,7 @@ def running_haproxy(
     proc = haproxy.proc
     sock = run_dir / "haproxy.sock"
     try:
-        wait_for(lambda: read_snapshot(CliSocket(sock, 1.0).command).up)
+        wait_for(lambda: scrape_snapshot(CliSocket(sock, 1.0).command).up)
         yield sock
     finally:
         haproxy.stop()
@@ -284,7 +284,7 @@ def wedged(tmp_path: Path) -> Iterator[Wedged]:
 
 def test_wedged_socket_read_is_bounded_by_the_timeout(wedged: Wedged) -> None:
     start = time.monotonic()
-    snapshot = read_snapshot(CliSocket(wedged.path, 0.5).command)
+    snapshot = scrape_snapshot(CliSocket(wedged.path, 0.5).command)
     elapsed = time.monotonic() - start
     assert not snapshot.up
     assert "timed out" in snapshot.error
@@ -376,11 +376,11 @@ def test_unused_template_slots_are_left_out_unless_asked(run_dir: Path, dns: Dns
     name = f"api.test_{origin.port}"
     try:
         with running_haproxy(run_dir, doc) as sock:
-            wait_for(lambda: f"{name}-1,0,0" in read_snapshot(CliSocket(sock, 1.0).command).stat)
+            wait_for(lambda: f"{name}-1,0,0" in scrape_snapshot(CliSocket(sock, 1.0).command).stat)
             wait_for(
                 lambda: (
                     ",UP,"
-                    in read_snapshot(CliSocket(sock, 1.0).command).stat.split(f"{name}-1,")[1]
+                    in scrape_snapshot(CliSocket(sock, 1.0).command).stat.split(f"{name}-1,")[1]
                 )
             )
             with serving(sock) as default:

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.stat import parse_stat
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import read_snapshot
+from haproxy_egress.metrics.stats import scrape_snapshot
 from haproxy_egress.settings import Settings
 from tests.integration.test_exporter_http import (
     PROMETHEUS_HEADERS,
@@ -117,7 +117,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
     try:
         stats_env = {"STATS_PORT": str(stats), "STATS_USER": "scraper", "STATS_PASSWORD": "pw"}
         with running_haproxy(run_dir, doc, stats_env) as sock:
-            wait_for(lambda: ",DOWN," in read_snapshot(CliSocket(sock, 1.0).command).stat)
+            wait_for(lambda: ",DOWN," in scrape_snapshot(CliSocket(sock, 1.0).command).stat)
             # Each check duration series appears with its server's first check (the default
             # interval is 2s): before that the two exporters' readings could differ in series.
             wait_for(lambda: _checks_done(sock), timeout=10)
@@ -134,7 +134,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
 
 def _checks_done(sock: Path) -> bool:
     """Every server with health checks has completed one (its check_duration is set)."""
-    header, *rows = read_snapshot(CliSocket(sock, 1.0).command).stat.splitlines()
+    header, *rows = scrape_snapshot(CliSocket(sock, 1.0).command).stat.splitlines()
     names = header.lstrip("# ").split(",")
     status, duration = names.index("check_status"), names.index("check_duration")
     servers = [r.split(",") for r in rows if r and r.split(",")[1] not in ("FRONTEND", "BACKEND")]
@@ -143,7 +143,7 @@ def _checks_done(sock: Path) -> bool:
 
 def status_of(sock: Path) -> str:
     """The status of the first server haproxy reports."""
-    return parse_stat(read_snapshot(CliSocket(sock, 1.0).command).stat).servers[0][17]
+    return parse_stat(scrape_snapshot(CliSocket(sock, 1.0).command).stat).servers[0][17]
 
 
 def compare(ours_before: Families, theirs: Families, ours_after: Families) -> None:
@@ -234,11 +234,11 @@ def test_up_n_of_m_is_up_where_haproxy_exporter_says_down(run_dir: Path) -> None
             wait_for(
                 lambda: (
                     f"{server},0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,"
-                    in read_snapshot(CliSocket(sock, 1).command).stat
+                    in scrape_snapshot(CliSocket(sock, 1).command).stat
                 )
             )
             origin.stop()
-            wait_for(lambda: "/10," in read_snapshot(CliSocket(sock, 1).command).stat, timeout=5)
+            wait_for(lambda: "/10," in scrape_snapshot(CliSocket(sock, 1).command).stat, timeout=5)
             with serving(sock) as ours, real_exporter(f"unix:{sock}") as theirs:
                 before, their_families, _ = scrape_three(ours.port, theirs)
             assert status_of(sock).startswith("UP ")  # still "UP n/10" after the scrapes

@@ -504,5 +504,6 @@ def test_run_refuses_to_start_with_an_unusable_web_config(
     )
     code = exit_code(router, 30)
     assert code == 2
-    assert f"{web}:1: tls_server_config: missing one of key or key_file" in router.stderr()
+    # The section's first line, as the ConfigMap's loader locates a section (one line index).
+    assert f"{web}:2: tls_server_config: missing one of key or key_file" in router.stderr()
     assert "Traceback" not in router.stderr()

@@ -245,32 +245,52 @@ def _route_lines(root: yaml.Node) -> list[int]:
     return []
 
 
-def read_yaml(name: str, text: bytes) -> Fragment:
-    """Parse one YAML key into a fragment; syntax and shape errors become located problems."""
-    frag = Fragment(source=name)
+def _parse(name: str, text: bytes, fast: bool) -> tuple[str, bool, yaml.Node | None, Any] | Problem:
+    """The decoded text, whether the one-walk builder built it, the node tree and the data;
+    or the one problem that stops the parse."""
     try:
         decoded = text.decode("utf-8")
-        fast = _parse_fast(decoded)
-        node, data = fast if fast is not None else _parse_full(decoded)
+        quick = _parse_fast(decoded) if fast else None
+        node, data = quick if quick is not None else _parse_full(decoded)
     except UnicodeDecodeError as exc:
-        frag.problems.append(Problem(name, "", f"not UTF-8 text (byte {exc.start})"))
-        return frag
+        return Problem(name, "", f"not UTF-8 text (byte {exc.start})")
     except ValueProblem as exc:
-        frag.problems.append(Problem(name, "", str(exc), exc.line))
-        return frag
+        return Problem(name, "", str(exc), exc.line)
     except yaml.reader.ReaderError as exc:
         # A control character: its str() spans two lines and has no `problem`; say it in one.
         at = text.decode("utf-8", "replace")[: exc.position].count("\n") + 1
         char = f"0x{exc.character:02x}" if isinstance(exc.character, int) else "?"
-        reason = f"YAML syntax error: {exc.reason} (character {char})"
-        frag.problems.append(Problem(name, "", reason, at))
-        return frag
+        return Problem(name, "", f"YAML syntax error: {exc.reason} (character {char})", at)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
-        frag.problems.append(Problem(name, "", f"YAML syntax error: {reason}", line))
+        return Problem(name, "", f"YAML syntax error: {reason}", line)
+    return decoded, quick is not None, node, data
+
+
+def load_located(name: str, text: bytes) -> tuple[Any, dict[str, int], list[Problem]]:
+    """Any YAML file read by the ConfigMap's rules: its data, the line of every YAML path, and
+    every problem that stops it (not UTF-8, syntax, alias bomb, a key twice), located."""
+    parsed = _parse(name, text, fast=False)
+    if isinstance(parsed, Problem):
+        return None, {}, [parsed]
+    _, _, node, data = parsed
+    lines: dict[str, int] = {}
+    if node is None:
+        return None, lines, []
+    _line_index(node, (), lines)
+    return data, lines, _duplicate_keys(node, (), name)
+
+
+def read_yaml(name: str, text: bytes) -> Fragment:
+    """Parse one YAML key into a fragment; syntax and shape errors become located problems."""
+    frag = Fragment(source=name)
+    parsed = _parse(name, text, fast=True)
+    if isinstance(parsed, Problem):
+        frag.problems.append(parsed)
         return frag
+    decoded, fast, node, data = parsed
     if data is None:
         return frag  # an empty key is allowed: it simply contributes nothing
     if not isinstance(data, dict):
@@ -278,7 +298,7 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         return frag
     assert node is not None
     lines: Mapping[str, int]
-    if fast is not None:
+    if fast:
         # Built in one walk: no duplicate keys (those go the full path); lines on demand.
         lines = _LazyLines(decoded)
         route_lines = _route_lines(node)
@@ -329,6 +349,6 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         if not isinstance(route, dict):
             frag.problems.append(Problem(name, path, "must be a mapping", lines.get(path)))
             continue
-        line = route_lines[i] if fast is not None else lines.get(path)
+        line = route_lines[i] if fast else lines.get(path)
         frag.routes.append(RawRoute(route, name, path, line, lines))
     return frag

@@ -159,6 +159,10 @@ def check_alerts(d: Path) -> None:
     text = (d / "check_unregistered.txt").read_text()
     names = [a.not_registered for a in parse_alerts(text) if a.not_registered is not None]
     assert [(n.keyword, n.name) for n in names] == [("http-request", "nothere")]
+    assert (d / "check_unregistered_tcp.rc").read_text().strip() != "0"
+    text = (d / "check_unregistered_tcp.txt").read_text()
+    names = [a.not_registered for a in parse_alerts(text) if a.not_registered is not None]
+    assert [(n.keyword, n.name) for n in names] == [("tcp-request", "nothere")]
 
 
 CHECKS = (

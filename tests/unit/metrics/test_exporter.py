@@ -28,11 +28,11 @@ from haproxy_egress.errors import ConfigError
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.show import parse_info
 from haproxy_egress.haproxy.stat import StatTable, parse_stat
-from haproxy_egress.metrics.collector import DENIED_STAGES, ScrapeCounters
 from haproxy_egress.metrics.exposition import render_scrape, render_stats
 from haproxy_egress.metrics.families import BACKEND_FAMILIES, FRONTEND_FAMILIES, SERVER_FAMILIES
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import HaproxySnapshot, read_snapshot, status_up
+from haproxy_egress.metrics.small_families import DENIED_STAGES, ScrapeCounters
+from haproxy_egress.metrics.stats import HaproxySnapshot, scrape_snapshot, status_up
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.settings import Settings
 
@@ -301,7 +301,7 @@ def test_a_failing_status_callable_gives_router_down_not_an_exception() -> None:
 
 
 def test_socket_down_gives_haproxy_up_0_and_no_exception(tmp_path: Path) -> None:
-    snapshot = read_snapshot(CliSocket(tmp_path / "missing.sock", 1.0).command)
+    snapshot = scrape_snapshot(CliSocket(tmp_path / "missing.sock", 1.0).command)
     assert not snapshot.up
     parsed = parse(fast_body(snapshot, ALL))
     assert samples_of(parsed, "haproxy_up") == {(): 0}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import shutil
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,12 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.metrics.webconfig import (
     RateLimit,
+    TlsServerConfig,
     go_duration,
     parse_web_config,
     read_web_config,
@@ -33,6 +34,7 @@ from haproxy_egress.metrics.websecurity import (
     peer_sans,
 )
 from tests.tlscerts import Pki, make_pki
+from tests.unit.runtime.fakes import FakeClock
 
 EXAMPLES = Path(__file__).parent.parent.parent / "data" / "web-config"
 
@@ -150,9 +152,8 @@ http_server_config:
 extra: 1
 """
     problems = problems_of(text)
+    # In the order of the file, so an edit fixes them top to bottom.
     assert problems == [
-        "/etc/web/web.yml:12: extra: unknown field (the exporter-toolkit format has "
-        "tls_server_config, http_server_config, basic_auth_users, rate_limit)",
         "/etc/web/web.yml:4: tls_server_config.client_auth_type: RequireAnyClientCert is not "
         "supported: Python's ssl verifies every client certificate it asks for (use "
         "RequireAndVerifyClientCert or VerifyClientCertIfGiven with a client_ca_file)",
@@ -160,10 +161,12 @@ extra: 1
         "OpenSSL refuses TLS 1.0 and 1.1, so no handshake could succeed (use TLS12 or TLS13)",
         "/etc/web/web.yml:6: tls_server_config.curve_preferences: more than one curve is not "
         "supported: Python's ssl sets a single ECDH curve",
-        "/etc/web/web.yml:11: http_server_config.headers.X-Frame-Options: must be one of deny, "
-        "sameorigin (got 'allow')",
         "/etc/web/web.yml:8: basic_auth_users.alice: must be a bcrypt hash ($2y$10$ and 53 "
         "characters; see `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+        "/etc/web/web.yml:11: http_server_config.headers.X-Frame-Options: must be one of deny, "
+        "sameorigin (got 'allow')",
+        "/etc/web/web.yml:12: extra: unknown field (the exporter-toolkit format has "
+        "tls_server_config, http_server_config, basic_auth_users, rate_limit)",
     ]
     assert "plaintext" not in " ".join(problems)  # a pasted password is never echoed
 
@@ -197,6 +200,7 @@ extra: 1
             "give either cert_file or cert",
         ),
         ("rate_limit:\n  interval: fast\n", "must be a duration"),
+        ("rate_limit:\n  interval: 1.5\n", "must be a duration"),  # Go reads no bare float
         ("http_server_config:\n  http2: maybe\n", "must be true or false"),
         ("\xff", "not UTF-8"),
     ],
@@ -208,7 +212,7 @@ def test_problems(text: str, expected: str) -> None:
 
 
 def test_an_empty_file_means_plain_http_and_no_auth() -> None:
-    config = parse_web_config(b"", Path("web.yml"))
+    config = parse_web_config(b"", Path("web.yml")).config
     assert config.tls is None
     assert not config.users
 
@@ -245,7 +249,7 @@ def test_inline_certificate_and_key_never_touch_the_disk(tmp_path: Path, pki: Pk
     web.write_text(f"tls_server_config:\n  cert: |\n    {cert}\n  key: |\n    {key}\n")
     security = load_web_security(web)
     assert security.context is not None
-    assert security.config.watched_files() == (web,)
+    assert security.file.watched_files() == (web,)
 
 
 def test_digest_covers_the_certificate_files(tmp_path: Path, pki: Pki) -> None:
@@ -313,9 +317,12 @@ def test_basic_auth_caches_verdicts_so_a_scrape_rarely_pays_a_bcrypt(
 
 
 def test_rate_limiter_refills_one_token_per_interval() -> None:
-    limiter = RateLimiter(RateLimit(interval=0.2, burst=2))
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimit(interval=0.2, burst=2), clock)
     assert [limiter.allow() for _ in range(3)] == [True, True, False]
-    time.sleep(0.25)
+    clock.now += 0.19
+    assert not limiter.allow()
+    clock.now += 0.02
     assert limiter.allow()
     assert not limiter.allow()
 
@@ -379,3 +386,54 @@ def test_any_document_gives_a_model_or_located_problems(doc: dict[str, object]) 
     for problem in problems:
         assert problem.source == "/etc/web/web.yml"
         assert "\n" not in str(problem)
+
+
+# --- the model and the shared YAML loader ---------------------------------------------------
+
+
+def test_problems_spanning_fields_are_all_reported_beside_type_errors() -> None:
+    text = """\
+tls_server_config:
+  cert: inline
+  cert_file: a.crt
+  client_ca_file: ca.crt
+http_server_config:
+  http2: maybe
+  headers:
+    Server: x
+    X-Content-Type-Options: sniff
+"""
+    assert problems_of(text, Path("w.yml")) == [
+        "w.yml:2: tls_server_config.cert: give either cert_file or cert, not both",
+        "w.yml:2: tls_server_config: missing one of key or key_file",
+        "w.yml:2: tls_server_config.client_auth_type: client CAs are configured without a "
+        "client auth policy (set client_auth_type: RequireAndVerifyClientCert)",
+        "w.yml:6: http_server_config.http2: must be true or false (got 'maybe')",
+        "w.yml:8: http_server_config.headers.Server: header 'Server' cannot be configured (only "
+        "Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, "
+        "Content-Security-Policy)",
+        "w.yml:9: http_server_config.headers.X-Content-Type-Options: must be one of nosniff "
+        "(got 'sniff')",
+    ]
+
+
+def test_an_alias_bomb_is_refused_by_the_shared_loader() -> None:
+    text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(6)
+    )
+    (problem,) = problems_of(text)
+    assert "alias bomb" in problem
+
+
+def test_an_interval_of_zero_turns_the_limiter_off() -> None:
+    config = parse_web_config(b"rate_limit:\n  interval: 0\n  burst: 5\n", Path("w.yml")).config
+    assert config.rate_limit == RateLimit(interval=0.0, burst=5)
+    assert config.limit is None
+
+
+def test_a_model_built_in_code_is_checked_as_a_file_is() -> None:
+    with pytest.raises(ValidationError, match="missing one of key or key_file"):
+        TlsServerConfig(cert_file=Path("/a.crt"))

@@ -77,6 +77,25 @@ def test_arguments_become_set_var_of_validated_tokens(tmp_path: Path) -> None:
     ]
 
 
+def test_shipped_hooks_bind_as_their_table_says(tmp_path: Path) -> None:
+    """deny_page's page comes before every other request hook, and only where allow_from
+    refuses someone; audit is no rule at all; proxy_auth is a rule at its phase."""
+    auth = {"use": "proxy_auth", "args": {"secret_dir": "/etc/parent"}}
+    with_allow = route("a", 18001, 1, hooks=[auth, "deny_page", "audit"], mode="http")
+    with_allow["allow_from"] = ["127.0.0.1/32"]
+    without = route("b", 18002, 1, hooks=["deny_page"], mode="http")
+    keys = {"routes.yaml": {"routes": [with_allow, without]}}
+    _, compiled = compile_keys(tmp_path, keys)
+    a, b = compiled.hooks.for_route("a"), compiled.hooks.for_route("b")
+    assert [(x.directive, x.action, x.condition) for x in a.attachments] == [
+        ("http-request", "use-service lua.deny_page", " unless client_allowed"),
+        ("http-request", "lua.proxy_auth", ""),
+    ]
+    assert a.attachments[0].variables == (("txn.egress_rule", "allow_from"),)
+    assert (a.audit, a.deny_page) == (True, True)
+    assert (b.attachments, b.audit, b.deny_page) == ((), False, True)
+
+
 @pytest.mark.parametrize(
     ("hook", "mode", "expected"),
     [
@@ -171,6 +190,18 @@ def test_recorded_unregistered_action_names_the_file(version: str) -> None:
     (problem,) = [str(p) for p in hooks.explain_check(output, hooks.HookSet(files=(lua,)))]
     assert problem.startswith("nothere.lua: does not register the action 'nothere' for "), problem
     assert problem.endswith("used by no route")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_recorded_unregistered_tcp_action_names_the_file(version: str) -> None:
+    """haproxy words a tcp-request refusal `(got 'lua.x')`, not `but got`: the key is named."""
+    lua = hooks.LuaFile("nothere.lua", b"-- registers hello only", shipped=False)
+    output = (DATA / version / "check_unregistered_tcp.txt").read_text()
+    (problem,) = [str(p) for p in hooks.explain_check(output, hooks.HookSet(files=(lua,)))]
+    assert problem == (
+        "nothere.lua: does not register the action 'nothere' for tcp-request "
+        "(core.register_action('nothere', ...)); used by no route"
+    )
 
 
 def test_alerts_about_other_things_leave_haproxy_s_text_standing() -> None:

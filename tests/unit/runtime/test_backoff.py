@@ -15,18 +15,9 @@ from haproxy_egress.runtime.children import Backoff, ChildState
 from haproxy_egress.runtime.reload import Compiled
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.settings import LogSink, Settings
+from tests.unit.runtime.fakes import FakeClock
 
 KILLED = signal.SIGKILL.value  # a waitpid status: killed by SIGKILL
-
-
-class FakeClock:
-    """time.monotonic, moved by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_first_crash_restarts_at_once_and_a_crash_loop_doubles() -> None:

@@ -1,14 +1,14 @@
-"""The supervisor's loop driven through its inbox, with stub children (signal order only).
+"""The supervisor's loop driven through its inbox, with fake children and a fake clock.
 
 Real haproxy and socklog runs are in tests/integration/test_supervisor.py; here each event is
-pushed into the inbox the way a signal handler or the watcher posts it, and dispatched.
+pushed into the inbox the way a signal handler or the watcher posts it, and dispatched. No
+process starts: the supervisor's child factory makes FakeChilds, whose exits the test reports
+as the reaper would.
 """
 
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,16 @@ from haproxy_egress.runtime.reload import Compiled
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.runtime.watcher import ConfigChanged
 from haproxy_egress.settings import LogSink, Settings
+from tests.unit.runtime.fakes import FakeChild, FakeClock
 
 
 @pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, clock: FakeClock) -> Supervisor:
     settings = Settings(
         config_dir=tmp_path / "config",
         run_dir=tmp_path / "run",
@@ -34,15 +40,22 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     )
     route = Route.model_validate({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
     compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
-    sup = Supervisor(settings, RenderOptions(run_dir=settings.run_dir), compiled)
-    # A stub stands in for haproxy: it only has to receive signals in the right order.
-    sup.haproxy.argv = ["sleep", "60"]
+    sup = Supervisor(
+        settings,
+        RenderOptions(run_dir=settings.run_dir),
+        compiled,
+        clock=clock,
+        child_factory=FakeChild,
+    )
     sup.haproxy.spawn()
     sup.haproxy.state = ChildState.RUNNING
     sup.state = State.RUNNING
-    yield sup
-    sup.haproxy.signal(signal.SIGKILL)
-    sup._reap()
+    return sup
+
+
+def haproxy(sup: Supervisor) -> FakeChild:
+    assert isinstance(sup.haproxy, FakeChild)
+    return sup.haproxy
 
 
 def post(sup: Supervisor, event: signal.Signals | ConfigChanged) -> None:
@@ -51,11 +64,14 @@ def post(sup: Supervisor, event: signal.Signals | ConfigChanged) -> None:
     sup._dispatch(sup.inbox.get_nowait())
 
 
-def wait_exit(sup: Supervisor, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sup.haproxy.pid is not None and time.monotonic() < deadline:
-        sup._reap()
-        time.sleep(0.01)
+def exits(sup: Supervisor, clock: FakeClock, sig: signal.Signals) -> None:
+    """haproxy dies of `sig`, and the reaper reports it (a waitpid status is the signal)."""
+    sup._child_exited(sup.haproxy, sig.value, clock())
+
+
+def test_the_child_factory_makes_every_child(supervisor: Supervisor) -> None:
+    assert all(isinstance(child, FakeChild) for child in supervisor.children)
+    assert supervisor.children == [supervisor.haproxy]  # LogSink.STDOUT: no log child
 
 
 def test_every_signal_it_handles_has_a_documented_handler(supervisor: Supervisor) -> None:
@@ -65,7 +81,9 @@ def test_every_signal_it_handles_has_a_documented_handler(supervisor: Supervisor
         assert handler.__doc__.startswith(sig.name), sig
 
 
-def test_sigterm_drains_and_a_second_one_stops_hard(supervisor: Supervisor) -> None:
+def test_sigterm_drains_and_a_second_one_stops_hard(
+    supervisor: Supervisor, clock: FakeClock
+) -> None:
     post(supervisor, signal.SIGTERM)
     assert supervisor.state is State.STOPPING
     assert supervisor.haproxy.state is ChildState.STOPPING
@@ -73,16 +91,31 @@ def test_sigterm_drains_and_a_second_one_stops_hard(supervisor: Supervisor) -> N
     draining = supervisor.exit_code
     post(supervisor, signal.SIGTERM)
     assert (draining, supervisor.exit_code) == (ExitCode.OK, ExitCode.FORCED_STOP)
-    wait_exit(supervisor)  # `sleep` dies of the SIGUSR1 already; the point is the order
+    # haproxy's soft stop, then its hard stop: the order is the point.
+    assert haproxy(supervisor).received == [signal.SIGUSR1, signal.SIGTERM]
+    exits(supervisor, clock, signal.SIGTERM)
     assert supervisor.haproxy.pid is None
+    assert haproxy(supervisor).state is ChildState.EXITED  # an expected exit: no restart
 
 
-def test_a_reload_while_haproxy_restarts_is_deferred(supervisor: Supervisor) -> None:
-    supervisor.haproxy.signal(signal.SIGKILL)
-    wait_exit(supervisor)
+def test_the_drain_deadline_is_kept_on_the_clock(supervisor: Supervisor, clock: FakeClock) -> None:
+    post(supervisor, signal.SIGTERM)
+    clock.now += 29.9
+    supervisor._tick_stopping(clock())
+    assert haproxy(supervisor).received == [signal.SIGUSR1]
+    clock.now += 0.1
+    supervisor._tick_stopping(clock())
+    assert haproxy(supervisor).received == [signal.SIGUSR1, signal.SIGTERM]
+    assert supervisor.exit_code is ExitCode.FORCED_STOP
+
+
+def test_a_reload_while_haproxy_restarts_is_deferred(
+    supervisor: Supervisor, clock: FakeClock
+) -> None:
+    exits(supervisor, clock, signal.SIGKILL)
     # A single crash is restarted at once, not after a back-off.
     assert supervisor.haproxy.state is ChildState.BACKOFF
-    assert supervisor.haproxy.restart_due(time.monotonic())
+    assert supervisor.haproxy.restart_due(clock())
     assert not supervisor.status().ready
     post(supervisor, signal.SIGHUP)
     assert supervisor.pending_reload
