@@ -30,7 +30,11 @@ local function authority(text)
     return host:lower(), port
 end
 
-core.register_action("egress_connect", { "tcp-req" }, function(txn)
+-- Reads the CONNECT head; `keep` leaves it in the buffer (its length in txn.egress_headlen)
+-- for egress_drop_head or egress_parent_connect to take out later: an empty request buffer
+-- may be released while later rules wait (do-resolve), and nothing can be inserted into a
+-- released one.
+local function read_connect(txn, keep)
     local req = txn.req
     local offset = 0
     local first = nil
@@ -58,18 +62,105 @@ core.register_action("egress_connect", { "tcp-req" }, function(txn)
                 txn:set_var("txn.egress_bad", "malformed CONNECT request line")
                 return
             end
-            req:remove(0, offset)
+            if keep then
+                txn:set_var("txn.egress_headlen", offset)
+            else
+                req:remove(0, offset)
+            end
             txn:set_var("txn.dsthost", host)
             txn:set_var("txn.dstport", port)
             return
         end
     end
     txn:set_var("txn.egress_bad", "CONNECT request head too long")
+end
+
+core.register_action("egress_connect", { "tcp-req" }, function(txn)
+    read_connect(txn, false)
+end)
+
+-- Routes with parent proxies: the head stays until the route knows where the tunnel goes.
+core.register_action("egress_connect_keep", { "tcp-req" }, function(txn)
+    read_connect(txn, true)
+end)
+
+-- A tunnel that goes direct after all: the client's head is taken out, as egress_connect does.
+core.register_action("egress_drop_head", { "tcp-req" }, function(txn)
+    txn.req:remove(0, txn:get_var("txn.egress_headlen") or 0)
 end)
 
 -- Runs when the tunnel's upstream connection is established: the client may send now.
 core.register_action("egress_established", { "tcp-res" }, function(txn)
     txn.res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
+end)
+
+-- Through a parent proxy: the CONNECT head for the parent replaces the client's. The destination goes as the client named it (host:port; the parent resolves
+-- it); the router's credential comes from the route's map file (txn.egress_pcred), never from
+-- the client, whose own Proxy-Authorization was taken out with its head.
+core.register_action("egress_parent_connect", { "tcp-req" }, function(txn)
+    local host = txn:get_var("txn.dsthost")
+    local port = txn:get_var("txn.dstport")
+    if host:find(":", 1, true) then
+        host = "[" .. host .. "]"
+    end
+    local target = host .. ":" .. tostring(port)
+    local head = "CONNECT " .. target .. " HTTP/1.1\r\nHost: " .. target .. "\r\n"
+    local credential = txn:get_var("txn.egress_pcred")
+    if credential ~= nil and credential ~= "" then
+        head = head .. "Proxy-Authorization: Basic " .. credential .. "\r\n"
+    end
+    -- The client's head (and its Proxy-Authorization) out, the router's in its place.
+    txn.req:remove(0, txn:get_var("txn.egress_headlen") or 0)
+    txn.req:insert(head .. "\r\n", 0)
+end)
+
+-- The parent's answer to that CONNECT. Its 200 becomes our own "200 Connection established"
+-- (the parent's headers stay here); a 407 means the router's credentials were refused, which
+-- is the router's problem, not the destination's: the client gets a 502 saying so, and the
+-- log a parent_status of 407. Any other answer (the parent's 403 or 503 for the
+-- destination) goes to the client as the parent sent it.
+core.register_action("egress_parent_established", { "tcp-res" }, function(txn)
+    local res = txn.res
+    local offset = 0
+    local status = nil
+    for _ = 1, MAX_HEAD_LINES do
+        local line = res:line(offset, -1)
+        if line == nil or line:sub(-1) ~= "\n" then
+            return  -- the parent closed, or the head is incomplete: haproxy ends the session
+        end
+        offset = offset + #line
+        if status == nil then
+            status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
+            if status == nil then
+                txn:set_var("txn.egress_pstatus", "bad-answer")
+                txn:set_var("txn.egress_pclose", true)
+                res:remove(0, res:input())
+                return
+            end
+            txn:set_var("txn.egress_pstatus", status)
+            if status ~= 200 and status ~= 407 then
+                return
+            end
+        elseif line == "\r\n" or line == "\n" then
+            if status == 200 then
+                res:remove(0, offset)
+                res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
+                return
+            end
+            local route = txn:get_var("txn.egress_route") or "egress"
+            local body = string.format(
+                "route %s: the parent proxy refused the router's credentials (407)\n", route)
+            res:remove(0, res:input())
+            res:insert(string.format(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+                #body, body), 0)
+            txn:set_var("txn.egress_pclose", true)
+            return
+        end
+    end
+    txn:set_var("txn.egress_pstatus", "bad-answer")
+    txn:set_var("txn.egress_pclose", true)
+    res:remove(0, res:input())
 end)
 
 -- connect_sni: match. The client sends its TLS ClientHello only after "200 Connection

@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.parent import Parent
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
@@ -498,6 +499,8 @@ class Route(RouteSettings):
     # required: every request needs valid proxy credentials (else 407); optional: a request
     # without any falls to the groups that name no users (a wrong one still gets 407).
     proxy_auth: Literal["optional", "required"] = "optional"
+    # Parent proxies (config/parent.py); `env` is resolved from HTTPS_PROXY/NO_PROXY on load.
+    parent: Parent | Literal["env"] | None = None
 
     @field_validator("destinations")
     @classmethod
@@ -607,13 +610,21 @@ class Route(RouteSettings):
                 "connect_sni_ports",
                 "enforce",
                 "proxy_auth",
+                "parent",
             ):
                 if key in self.model_fields_set:
                     raise ValueError(f"{key} needs mode: proxy")
+        if self.parent is not None and self.connect_sni == "match":
+            raise ValueError("connect_sni: match cannot be combined with parent")
         names = [g.name for g in self.clients]
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"client group {name!r} is listed twice")
+
+    @property
+    def parents(self) -> Parent | None:
+        """The resolved parent proxies (build_config replaces `env`), or None: direct only."""
+        return self.parent if isinstance(self.parent, Parent) else None
 
     @property
     def is_policy(self) -> bool:

@@ -16,7 +16,7 @@ from haproxy_egress import __version__
 from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
-from haproxy_egress.render.maps import NONE, route_files
+from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
 from haproxy_egress.render.resources import template_dir
 from haproxy_egress.rundir import RunDir
 
@@ -135,6 +135,8 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["server_options"] = _server_options
     # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
     env.globals["policy_maps"] = route_files
+    env.globals["parent_maps"] = parent_files
+    env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
     env.globals["default_group"] = DEFAULT_GROUP
     env.globals["no_class"] = NONE
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
