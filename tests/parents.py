@@ -6,8 +6,10 @@ access log the tests read, and is stopped by its pid."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +30,17 @@ def crypt_line(user: str, password: str) -> str:
 
 @dataclass
 class _Parent:
-    directory: Path
+    """`directory` names the parent in messages; its files live in a directory of its own
+    under the system temp dir, since both drop root for a user that cannot enter pytest's
+    private tmp_path. Removed again by `stop`."""
+
+    name: str
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    directory: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=f"egress-{self.name}-"))
 
     @property
     def access_log(self) -> Path:
@@ -45,14 +55,12 @@ class _Parent:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, argv: list[str]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         # Both drop root for an unprivileged user, which must write the logs and pid file here.
         os.chmod(self.directory, 0o777)
         self.port = self.port or free_port()
         self.write_config()
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=(self.directory / "stderr").open("wb")
-        )
+        with (self.directory / "stderr").open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: port_open(self.port) or self._died(), timeout=30)
         if self.proc.poll() is not None:
             raise RuntimeError(f"{argv[0]} exited: {(self.directory / 'stderr').read_text()}")
@@ -78,6 +86,7 @@ class _Parent:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass

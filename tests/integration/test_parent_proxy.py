@@ -1,0 +1,276 @@
+"""Parent proxies (docs/policy.md "Parent proxies") against real parents on loopback: Debian's
+squid with basic_ncsa_auth credentials and tinyproxy. The parents' own access logs prove what
+reached them; the decision log and `show stat` what the router did."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haproxy_egress.runtime.haproxy import CliSocket
+from tests.parents import SquidParent, TinyproxyParent
+from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
+from tests.support import DnsServer, HttpOrigin, free_port, wait_for
+
+USER, PASSWORD = "egress", "parent-secret-1"
+CLIENT_CREDENTIAL = base64.b64encode(b"client:client-secret").decode()
+
+
+def _secret(directory: Path, user: str, password: str) -> Path:
+    """A kubernetes.io/basic-auth Secret as the kubelet mounts it: one file per key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "username").write_text(user)
+    (directory / "password").write_text(password)
+    return directory
+
+
+def _route(port: int, parent: dict[str, Any] | str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "web",
+        "listen": f"127.0.0.1:{port}",
+        "mode": "proxy",
+        # Loopback destinations need an address rule (the guard refuses them otherwise);
+        # *.parent.test are names only the parent resolves.
+        "policy": ["127.0.0.1/32", "*.parent.test", "direct.test"],
+        "parent": parent,
+        **extra,
+    }
+
+
+def _doc(dns: DnsServer, *routes: dict[str, Any]) -> dict[str, Any]:
+    return {"resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]}, "routes": list(routes)}
+
+
+def _tunnel_get(port: int, authority: str, extra: str = "") -> tuple[bytes, bytes]:
+    """CONNECT (with `extra` head lines), then a GET through the tunnel: (head, answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra}\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                return head, b""
+            head += chunk
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while chunk := s.recv(65536):
+            data += chunk
+    return head, data
+
+
+@pytest.fixture
+def squid(tmp_path: Path) -> Iterator[SquidParent]:
+    hosts = {"only.parent.test": "127.0.0.1"}
+    parent = SquidParent("squid", user=USER, password=PASSWORD, hosts=hosts)
+    try:
+        yield parent.start()
+    finally:
+        parent.stop()
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[TinyproxyParent]:
+    parent = TinyproxyParent("tinyproxy")
+    try:
+        yield parent.start()
+    finally:
+        parent.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[list[PolicyProxy]]:
+    started: list[PolicyProxy] = []
+    try:
+        yield started
+    finally:
+        for p in started:
+            p.stop()
+
+
+def _start(started: list[PolicyProxy], directory: Path, doc: dict[str, Any], **kw: Any) -> int:
+    p = PolicyProxy(directory, doc, **kw)
+    started.append(p)
+    p.start()
+    return int(doc["routes"][0]["listen"].rsplit(":", 1)[1])
+
+
+def test_http_and_connect_go_through_squid_with_the_routers_credentials(
+    tmp_path: Path,
+    dns: DnsServer,
+    origin: HttpOrigin,
+    squid: SquidParent,
+    proxy: list[PolicyProxy],
+) -> None:
+    secret = _secret(tmp_path / "parent-auth", USER, PASSWORD)
+    parent = {"proxies": [squid.address], "credentials_dir": str(secret)}
+    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
+    # A name the router cannot resolve (NXDOMAIN here) but the parent can: it goes as named.
+    for authority in (f"127.0.0.1:{origin.port}", f"only.parent.test:{origin.port}"):
+        answer = exchange(
+            port,
+            f"GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n"
+            f"Proxy-Authorization: Basic {CLIENT_CREDENTIAL}\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert answer.endswith(b"origin-a")
+        head, body = _tunnel_get(
+            port, authority, f"Proxy-Authorization: Basic {CLIENT_CREDENTIAL}\r\n"
+        )
+        assert head == b"HTTP/1.1 200 Connection established\r\n\r\n", head
+        assert body.endswith(b"origin-a"), body[-200:]
+    wait_for(lambda: squid.log_text().count(" 200 egress ") == 4, timeout=10)
+    log = squid.log_text()
+    # squid saw the absolute URI and the CONNECT authority as the client named them, with
+    # the router's credential (user `egress`) and never the client's own.
+    assert f"GET http://only.parent.test:{origin.port}/ 200 egress" in log
+    assert f"CONNECT only.parent.test:{origin.port} 200 egress" in log
+    assert f"CONNECT 127.0.0.1:{origin.port} 200 egress" in log
+    assert CLIENT_CREDENTIAL not in log
+    decisions = [d for d in proxy[0].decisions() if d["dst"].endswith(f":{origin.port}")]
+    assert {(d["via"], d["parent_status"]) for d in decisions} == {("parent", "200")}
+    # The credential is in the map file the proxy reads (0600), nowhere in haproxy.cfg or logs.
+    credential = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    run = proxy[0].run
+    assert credential not in run.config.read_text()
+    assert credential not in proxy[0].log.read_text()
+    held = [f for f in run.maps.iterdir() if credential in f.read_text()]
+    assert [f.name for f in held] == ["web.parent.map"]
+    assert held[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_direct_list_and_local_deny_never_reach_the_parent(
+    tmp_path: Path,
+    dns: DnsServer,
+    origin: HttpOrigin,
+    tinyproxy: TinyproxyParent,
+    proxy: list[PolicyProxy],
+) -> None:
+    dns.records["direct.test"] = ["127.0.0.1"]
+    parent = {"proxies": [tinyproxy.address], "direct": ["direct.test"]}
+    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
+    direct = get(port, f"direct.test:{origin.port}")
+    assert direct.endswith(b"origin-a"), direct[:300]
+    head, body = _tunnel_get(port, f"direct.test:{origin.port}")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body.endswith(b"origin-a")
+    denied = get(port, "denied.example:80")
+    assert denied.startswith(b"HTTP/1.1 403"), denied[:300]
+    assert connect_reply(port, "denied.example:443").startswith(b"HTTP/1.1 403")
+    via = get(port, f"127.0.0.1:{origin.port}")
+    assert via.endswith(b"origin-a")
+    wait_for(lambda: f"127.0.0.1:{origin.port}" in tinyproxy.log_text(), timeout=10)
+    log = tinyproxy.log_text()
+    assert "direct.test" not in log
+    assert "denied.example" not in log
+    wait_for(lambda: len(proxy[0].decisions()) == 5, timeout=10)
+    vias = {(d["dst"], d["verdict"], d["via"]) for d in proxy[0].decisions()}
+    assert (f"direct.test:{origin.port}", "allow", "direct") in vias
+    assert (f"127.0.0.1:{origin.port}", "allow", "parent") in vias
+    assert ("denied.example:80", "deny", "-") in vias
+
+
+def _answer_with(port: int, target: str, text: bytes) -> bytes | None:
+    """A GET's answer if it holds `text` (for wait_for), else None."""
+    answer = get(port, target)
+    return answer if text in answer else None
+
+
+def _server_rows(p: PolicyProxy, backend: str) -> dict[str, dict[str, str]]:
+    text = CliSocket(p.run.stats_socket, timeout=5).command("show stat")
+    lines = text.strip().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+    return {r["svname"]: r for r in rows if r["pxname"] == backend}
+
+
+def test_failover_then_fail_closed(
+    tmp_path: Path,
+    dns: DnsServer,
+    origin: HttpOrigin,
+    tinyproxy: TinyproxyParent,
+    proxy: list[PolicyProxy],
+) -> None:
+    first = SquidParent("squid-plain").start()
+    try:
+        parent = {"proxies": [first.address, tinyproxy.address]}
+        route = _route(free_port(), parent, check={"interval": "500ms", "rise": 1, "fall": 1})
+        port = _start(proxy, tmp_path / "px", _doc(dns, route))
+        target = f"127.0.0.1:{origin.port}"
+        assert get(port, target).endswith(b"origin-a")
+        wait_for(lambda: target in first.log_text(), timeout=10)
+        first.kill()
+        # Under load: every request of a bounded run is answered, by the second parent.
+        answers = [get(port, target) for _ in range(20)]
+        failed = [a[:100] for a in answers if not a.endswith(b"origin-a")]
+        assert len(failed) <= 1, failed
+        assert _tunnel_get(port, target)[1].endswith(b"origin-a")
+        wait_for(lambda: target in tinyproxy.log_text(), timeout=10)
+        rows = _server_rows(proxy[0], "web-parent-tunnel")
+        assert rows[first.address.replace(":", "_")]["status"].startswith("DOWN")
+        assert rows[tinyproxy.address.replace(":", "_")]["status"].startswith("UP")
+        http_rows = _server_rows(proxy[0], "web-parent-http")
+        failovers = sum(
+            int(r["wredis"] or 0) for r in http_rows.values() if r["svname"] != "BACKEND"
+        )
+        downs = int(rows[first.address.replace(":", "_")]["chkdown"])
+        assert failovers + downs >= 1
+        hits = len(origin.peers)
+        tinyproxy.kill()
+        # All parents down: a 503 naming the route, never a direct connection.
+        closed = wait_for(lambda: _answer_with(port, target, b"no parent proxy reachable"))
+        assert closed is not None
+        assert closed.startswith(b"HTTP/1.1 503"), closed[:200]
+        assert b"route web" in closed
+        refused = connect_reply(port, target)
+        assert refused.startswith(b"HTTP/1.1 503"), refused
+        assert len(origin.peers) == hits
+        counters = proxy[0].counters()
+        assert counters[("web", "default", "no-parent", "unresolved")] >= 2
+    finally:
+        first.stop()
+
+
+def test_parent_refusing_the_credentials_is_a_502_not_the_destinations_answer(
+    tmp_path: Path,
+    dns: DnsServer,
+    origin: HttpOrigin,
+    squid: SquidParent,
+    proxy: list[PolicyProxy],
+) -> None:
+    secret = _secret(tmp_path / "parent-auth", USER, "wrong-password")
+    parent = {"proxies": [squid.address], "credentials_dir": str(secret)}
+    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
+    target = f"127.0.0.1:{origin.port}"
+    answer = get(port, target)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:300]
+    assert b"refused the router's credentials (407)" in answer
+    assert b"Proxy-Authenticate" not in answer
+    head = connect_reply(port, target)
+    assert head.startswith(b"HTTP/1.1 502"), head
+    wait_for(lambda: len(proxy[0].decisions()) == 2, timeout=10)
+    assert [d["parent_status"] for d in proxy[0].decisions()] == ["407", "407"]
+
+
+def test_parent_from_the_environment(
+    tmp_path: Path,
+    dns: DnsServer,
+    origin: HttpOrigin,
+    tinyproxy: TinyproxyParent,
+    proxy: list[PolicyProxy],
+) -> None:
+    dns.records["direct.test"] = ["127.0.0.1"]
+    env = {
+        "HTTPS_PROXY": f"http://{tinyproxy.address}/",
+        "NO_PROXY": ".svc,.cluster.local,direct.test,10.0.0.0/8",
+    }
+    route = _route(free_port(), "env")
+    port = _start(proxy, tmp_path / "px", _doc(dns, route), env=env)
+    assert get(port, f"direct.test:{origin.port}").endswith(b"origin-a")
+    assert _tunnel_get(port, f"127.0.0.1:{origin.port}")[1].endswith(b"origin-a")
+    wait_for(lambda: f"127.0.0.1:{origin.port}" in tinyproxy.log_text(), timeout=10)
+    assert "direct.test" not in tinyproxy.log_text()
