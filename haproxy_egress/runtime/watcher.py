@@ -18,6 +18,7 @@ import watchfiles
 
 from haproxy_egress.background import Background
 from haproxy_egress.config.sources import read_snapshot
+from haproxy_egress.config.sources.configdir import secret_dirs
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,30 @@ class Watcher(Background):
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
         self._poll = poll
+        self._secrets: list[str] = []  # parent credentials dirs the config names
         super().__init__("config-watcher")
 
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
         try:
-            digest = read_snapshot(self._directory, self._users_file).digest
+            snapshot = read_snapshot(self._directory, self._users_file)
         except OSError as exc:
             log.warning("cannot read config directory %s: %s", self._directory, exc)
             return
+        digest = snapshot.digest
+        self._secrets = secret_dirs(snapshot)
         if digest != self._digest:
             self._digest = digest
             self._post(ConfigChanged(digest))
 
     def _paths(self) -> list[Path]:
-        """The config directory, and the proxy users' Secret mount (its `..data` swaps happen
-        in the file's directory); a users directory that is missing is left to the poll."""
+        """The config directory, the proxy users' Secret mount (its `..data` swaps happen in
+        the file's directory) and the parent credentials' Secrets; a directory that is missing
+        is left to the poll."""
         paths = [self._directory]
         if self._users_file is not None and self._users_file.parent.is_dir():
             paths.append(self._users_file.parent)
+        paths += [Path(d) for d in self._secrets if Path(d).is_dir()]
         return paths
 
     def _run(self) -> None:
@@ -79,9 +85,10 @@ class Watcher(Background):
                 self._confirm()
                 self._stop.wait(min(self._poll, 1.0))
                 continue
+            watched = self._paths()
             try:
                 for _changes in watchfiles.watch(
-                    *self._paths(),
+                    *watched,
                     debounce=self._debounce_ms,
                     step=min(50, self._debounce_ms),
                     stop_event=self._stop,
@@ -93,8 +100,8 @@ class Watcher(Background):
                     raise_interrupt=False,
                 ):
                     self._confirm()
-                    if not self._directory.is_dir():
-                        break  # the watched inode is gone; watch the new one
+                    if not self._directory.is_dir() or self._paths() != watched:
+                        break  # the watched inode is gone, or a Secret was added: watch anew
             except (OSError, RuntimeError) as exc:
                 log.warning("watching %s failed (%s); polling", self._directory, exc)
                 self._stop.wait(min(self._poll, 1.0))

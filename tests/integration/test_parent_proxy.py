@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from haproxy_egress.runtime.haproxy import CliSocket
 from tests.parents import SquidParent, TinyproxyParent
 from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
+from tests.router import Router
 from tests.support import DnsServer, HttpOrigin, free_port, wait_for
 
 USER, PASSWORD = "egress", "parent-secret-1"
@@ -274,3 +276,44 @@ def test_parent_from_the_environment(
     assert _tunnel_get(port, f"127.0.0.1:{origin.port}")[1].endswith(b"origin-a")
     wait_for(lambda: f"127.0.0.1:{origin.port}" in tinyproxy.log_text(), timeout=10)
     assert "direct.test" not in tinyproxy.log_text()
+
+
+def _rotate(secret: Path, password: str) -> None:
+    """Replace the Secret's password file atomically, as a kubelet swap does."""
+    tmp = secret / ".password.new"
+    tmp.write_text(password)
+    tmp.rename(secret / "password")
+
+
+def test_credentials_rotate_at_runtime_without_a_reload_and_never_leak(
+    tmp_path: Path, dns: DnsServer, origin: HttpOrigin, squid: SquidParent
+) -> None:
+    secret = _secret(tmp_path / "parent-auth", USER, PASSWORD)
+    port = free_port()
+    parent = {"proxies": [squid.address], "credentials_dir": str(secret)}
+    config = tmp_path / "configmap"
+    config.mkdir()
+    (config / "routes.yaml").write_text(yaml.safe_dump(_doc(dns, _route(port, parent))))
+    router = Router(tmp_path / "router", config_dir=config)
+    try:
+        router.start()
+        target = f"127.0.0.1:{origin.port}"
+        assert get(port, target).endswith(b"origin-a")
+        worker = router.worker_pid()
+        new = "parent-secret-2"
+        squid.set_password(new)
+        # squid now refuses the old credential: the client learns it is the router's problem.
+        refused = wait_for(lambda: _answer_with(port, target, b"refused the router's"), timeout=10)
+        assert refused is not None
+        assert refused.startswith(b"HTTP/1.1 502")
+        _rotate(secret, new)
+        wait_for(lambda: _answer_with(port, target, b"origin-a"), timeout=20)
+        assert _tunnel_get(port, target)[1].endswith(b"origin-a")
+        assert router.worker_pid() == worker
+        assert "applied at runtime; no reload" in router.stderr()
+        output = router.stdout() + router.stderr()
+        for value in (PASSWORD, new, base64.b64encode(f"{USER}:{new}".encode()).decode()):
+            assert value not in output
+            assert value not in (router.run_dir / "haproxy.cfg").read_text()
+    finally:
+        router.stop()
