@@ -34,7 +34,7 @@ from pydantic_core import PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
-from haproxy_egress.config.parent import Parent
+from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
@@ -500,7 +500,7 @@ class Route(RouteSettings):
     # without any falls to the groups that name no users (a wrong one still gets 407).
     proxy_auth: Literal["optional", "required"] = "optional"
     # Parent proxies (config/parent.py); `env` is resolved from HTTPS_PROXY/NO_PROXY on load.
-    parent: Parent | Literal["env"] | None = None
+    parent: Annotated[Parent | None, BeforeValidator(parent_spec)] = None
 
     @field_validator("destinations")
     @classmethod
@@ -624,7 +624,7 @@ class Route(RouteSettings):
     @property
     def parents(self) -> Parent | None:
         """The resolved parent proxies (build_config replaces `env`), or None: direct only."""
-        return self.parent if isinstance(self.parent, Parent) else None
+        return None if self.parent is None or self.parent.from_env else self.parent
 
     @property
     def is_policy(self) -> bool:

@@ -20,7 +20,15 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy as egress_policy
@@ -62,6 +70,15 @@ class ParentProxy(_Frozen):
         return f"{self.host.replace(':', '-')}_{self.port}"
 
 
+def parent_spec(value: object) -> object:
+    """`parent: env` is the short form of `{from_env: true}`; other strings are mistakes."""
+    if isinstance(value, str):
+        if value.strip() != ENV:
+            raise ValueError(f"must be '{ENV}' or a mapping with proxies (got {value!r})")
+        return {"from_env": True}
+    return value
+
+
 def _proxy(value: object) -> object:
     """'host:port' (the port is required: a parent on a guessed port is a silent misroute)."""
     if isinstance(value, str):
@@ -87,10 +104,13 @@ ProxySpec = Annotated[ParentProxy, BeforeValidator(_proxy)]
 class Parent(_Frozen):
     """`parent:` of a proxy route (docs/policy.md, "Parent proxies")."""
 
-    proxies: tuple[ProxySpec, ...] = Field(min_length=1, max_length=32)
+    proxies: tuple[ProxySpec, ...] = Field((), max_length=32)
     balance: Literal["first", "roundrobin"] = "first"
     direct: tuple[str, ...] = ()
     credentials_dir: str | None = None
+    # `parent: env` is `{from_env: true}`: proxies and direct list from HTTPS_PROXY/NO_PROXY
+    # (resolved by config/sources on load); the long form can still name credentials_dir.
+    from_env: bool = False
     # base64(user:password) read from credentials_dir by config/sources: private, so it is in
     # no dump, schema or repr (only the map file the proxy reads holds it).
     _credential: str | None = PrivateAttr(None)
@@ -103,6 +123,17 @@ class Parent(_Frozen):
             if names.count(name) > 1:
                 raise ValueError(f"parent {name.replace('_', ':')} is listed twice")
         return value
+
+    @model_validator(mode="after")
+    def _proxies_or_env(self) -> Parent:
+        if self.from_env and (self.proxies or self.direct):
+            raise ValueError(
+                "from_env takes the proxies and the direct list from HTTPS_PROXY/NO_PROXY: "
+                "leave out proxies and direct"
+            )
+        if not self.from_env and not self.proxies:
+            raise ValueError("proxies: name at least one parent proxy (HOST:PORT)")
+        return self
 
     @field_validator("direct")
     @classmethod
@@ -170,9 +201,10 @@ def _no_proxy_entry(entry: str) -> str:
     return f"*.{name}"
 
 
-def from_environment(env: Mapping[str, str], credentials_dir: str | None = None) -> Parent:
+def from_environment(env: Mapping[str, str], spec: Parent | None = None) -> Parent:
     """`parent: env`: the parent from HTTPS_PROXY (or HTTP_PROXY), the direct list from
-    NO_PROXY; ValueError names the variable and the form it cannot express."""
+    NO_PROXY, balance and credentials_dir from `spec`; ValueError names the variable and the
+    form it cannot express."""
     proxies: list[dict[str, object]] = []
     for variable in PROXY_VARIABLES:
         url = env.get(variable, "").strip()
@@ -211,5 +243,10 @@ def from_environment(env: Mapping[str, str], credentials_dir: str | None = None)
     # `*` must be the last entry of a rule list; everything else keeps NO_PROXY's order.
     direct.sort(key=lambda r: r == "*")
     return Parent.model_validate(
-        {"proxies": proxies, "direct": direct, "credentials_dir": credentials_dir}
+        {
+            "proxies": proxies,
+            "direct": direct,
+            "balance": spec.balance if spec else "first",
+            "credentials_dir": spec.credentials_dir if spec else None,
+        }
     )

@@ -21,8 +21,7 @@ from haproxy_egress.config.model import (
     cross_route_problems,
     validate,
 )
-from haproxy_egress.config.parent import ENV as PARENT_ENV
-from haproxy_egress.config.parent import Parent, basic_credential, from_environment
+from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.legacy import read_legacy
@@ -148,9 +147,11 @@ def _parent(item: Located, env: Mapping[str, str], secrets: Mapping[str, bytes])
     """The route with `parent: env` resolved and its parent's credential read; ValueError says
     what is wrong (the caller locates it at `<route>.parent`)."""
     route = item.route
-    parent = from_environment(env) if route.parent == PARENT_ENV else route.parent
-    if not isinstance(parent, Parent):
+    parent = route.parent
+    if parent is None:
         return item
+    if parent.from_env:
+        parent = from_environment(env, parent)
     credential = None
     if parent.credentials_dir is not None:
         where = parent.credentials_dir
