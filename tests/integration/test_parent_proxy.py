@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from haproxy_egress.metrics.policy import COMMAND, parse_parent_auth
 from haproxy_egress.runtime.haproxy import CliSocket
 from tests.parents import SquidParent, TinyproxyParent
 from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
@@ -256,6 +257,8 @@ def test_parent_refusing_the_credentials_is_a_502_not_the_destinations_answer(
     assert head.startswith(b"HTTP/1.1 502"), head
     wait_for(lambda: len(proxy[0].decisions()) == 2, timeout=10)
     assert [d["parent_status"] for d in proxy[0].decisions()] == ["407", "407"]
+    table = CliSocket(proxy[0].run.stats_socket, timeout=5).command(COMMAND)
+    assert parse_parent_auth(table) == {"web": 2}
 
 
 def test_parent_from_the_environment(
