@@ -30,49 +30,60 @@ local function authority(text)
     return host:lower(), port
 end
 
+-- The head at the start of a channel (request or status line, header lines, blank line):
+-- its lines without the blank one, and its length; or nil and "incomplete" / "too long".
+-- Channel:line yields until a whole line is buffered (bounded by the inspect-delay).
+local function read_head(chn)
+    local lines = {}
+    local offset = 0
+    for _ = 1, MAX_HEAD_LINES do
+        local line = chn:line(offset, -1)
+        if line == nil or line:sub(-1) ~= "\n" then
+            return nil, "incomplete"
+        end
+        offset = offset + #line
+        if #lines > 0 and (line == "\r\n" or line == "\n") then
+            return lines, offset
+        end
+        lines[#lines + 1] = line
+    end
+    return nil, "too long"
+end
+
 -- Reads the CONNECT head; `keep` leaves it in the buffer (its length in txn.egress_headlen)
 -- for egress_drop_head or egress_parent_connect to take out later: an empty request buffer
 -- may be released while later rules wait (do-resolve), and nothing can be inserted into a
 -- released one.
 local function read_connect(txn, keep)
-    local req = txn.req
-    local offset = 0
-    local first = nil
-    for _ = 1, MAX_HEAD_LINES do
-        -- Channel:line yields until a whole line is buffered (bounded by inspect-delay).
-        local line = req:line(offset, -1)
-        if line == nil or line:sub(-1) ~= "\n" then
-            txn:set_var("txn.egress_bad", "incomplete CONNECT request head")
-            return
-        end
-        offset = offset + #line
-        local credential = line:match("^[Pp][Rr][Oo][Xx][Yy]%-[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:[ \t]*(.-)[ \t]*\r?\n$")
-        if first == nil then
-            first = line
-        elseif credential ~= nil then
+    local lines, length = read_head(txn.req)
+    if lines == nil then
+        txn:set_var("txn.egress_bad", length == "incomplete"
+            and "incomplete CONNECT request head" or "CONNECT request head too long")
+        return
+    end
+    for i = 2, #lines do
+        local credential = lines[i]:match("^[Pp][Rr][Oo][Xx][Yy]%-[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:[ \t]*(.-)[ \t]*\r?\n$")
+        if credential ~= nil then
             -- Checked by the route's ACLs (templates/policy.cfg.j2), never sent on.
             txn:set_var("txn.egress_pauth", credential)
-        elseif line == "\r\n" or line == "\n" then
-            local target = first:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
-            local host, port = nil, nil
-            if target then
-                host, port = authority(target)
-            end
-            if not host then
-                txn:set_var("txn.egress_bad", "malformed CONNECT request line")
-                return
-            end
-            if keep then
-                txn:set_var("txn.egress_headlen", offset)
-            else
-                req:remove(0, offset)
-            end
-            txn:set_var("txn.dsthost", host)
-            txn:set_var("txn.dstport", port)
-            return
         end
     end
-    txn:set_var("txn.egress_bad", "CONNECT request head too long")
+    local target = lines[1]:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
+    local host, port = nil, nil
+    if target then
+        host, port = authority(target)
+    end
+    if not host then
+        txn:set_var("txn.egress_bad", "malformed CONNECT request line")
+        return
+    end
+    if keep then
+        txn:set_var("txn.egress_headlen", length)
+    else
+        txn.req:remove(0, length)
+    end
+    txn:set_var("txn.dsthost", host)
+    txn:set_var("txn.dstport", port)
 end
 
 core.register_action("egress_connect", { "tcp-req" }, function(txn)
@@ -94,9 +105,10 @@ core.register_action("egress_established", { "tcp-res" }, function(txn)
     txn.res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
 end)
 
--- Through a parent proxy: the CONNECT head for the parent replaces the client's. The destination goes as the client named it (host:port; the parent resolves
--- it); the router's credential comes from the route's map file (txn.egress_pcred), never from
--- the client, whose own Proxy-Authorization was taken out with its head.
+-- Through a parent proxy: the CONNECT head for the parent replaces the client's. The
+-- destination goes as the client named it (host:port; the parent resolves it); the router's
+-- credential comes from the route's map file (txn.egress_pcred), never from the client,
+-- whose own Proxy-Authorization goes out with its head.
 core.register_action("egress_parent_connect", { "tcp-req" }, function(txn)
     local host = txn:get_var("txn.dsthost")
     local port = txn:get_var("txn.dstport")
@@ -121,46 +133,29 @@ end)
 -- destination) goes to the client as the parent sent it.
 core.register_action("egress_parent_established", { "tcp-res" }, function(txn)
     local res = txn.res
-    local offset = 0
-    local status = nil
-    for _ = 1, MAX_HEAD_LINES do
-        local line = res:line(offset, -1)
-        if line == nil or line:sub(-1) ~= "\n" then
-            return  -- the parent closed, or the head is incomplete: haproxy ends the session
-        end
-        offset = offset + #line
-        if status == nil then
-            status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
-            if status == nil then
-                txn:set_var("txn.egress_pstatus", "bad-answer")
-                txn:set_var("txn.egress_pclose", true)
-                res:remove(0, res:input())
-                return
-            end
-            txn:set_var("txn.egress_pstatus", status)
-            if status ~= 200 and status ~= 407 then
-                return
-            end
-        elseif line == "\r\n" or line == "\n" then
-            if status == 200 then
-                res:remove(0, offset)
-                res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
-                return
-            end
-            local route = txn:get_var("txn.egress_route") or "egress"
-            local body = string.format(
-                "route %s: the parent proxy refused the router's credentials (407)\n", route)
-            res:remove(0, res:input())
-            res:insert(string.format(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-                #body, body), 0)
-            txn:set_var("txn.egress_pclose", true)
-            return
-        end
+    local lines, length = read_head(res)
+    local status = lines and tonumber(lines[1]:match("^HTTP/1%.[01] (%d%d%d)"))
+    if status == nil then
+        -- Not an HTTP answer, or the parent closed mid-head: nothing of it reaches the client.
+        txn:set_var("txn.egress_pstatus", "bad-answer")
+        txn:set_var("txn.egress_pclose", true)
+        res:remove(0, res:input())
+        return
     end
-    txn:set_var("txn.egress_pstatus", "bad-answer")
-    txn:set_var("txn.egress_pclose", true)
-    res:remove(0, res:input())
+    txn:set_var("txn.egress_pstatus", status)
+    if status == 200 then
+        res:remove(0, length)
+        res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
+    elseif status == 407 then
+        local body = string.format(
+            "route %s: the parent proxy refused the router's credentials (407)\n",
+            txn:get_var("txn.egress_route") or "egress")
+        res:remove(0, res:input())
+        res:insert(string.format(
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+            #body, body), 0)
+        txn:set_var("txn.egress_pclose", true)
+    end
 end)
 
 -- connect_sni: match. The client sends its TLS ClientHello only after "200 Connection

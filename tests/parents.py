@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from tests.support import free_port, port_open, wait_for
 
@@ -54,22 +55,34 @@ class _Parent:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _run(self, argv: list[str]) -> None:
+    @property
+    def conf(self) -> Path:
+        return self.directory / "parent.conf"
+
+    def config_lines(self) -> list[str]:
+        """The parent's configuration file, line by line."""
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        """The command line that runs it in the foreground on `conf`."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Write the config and run the parent until its port answers."""
         # Both drop root for an unprivileged user, which must write the logs and pid file here.
         os.chmod(self.directory, 0o777)
         self.port = self.port or free_port()
-        self.write_config()
+        self.conf.write_text("\n".join([*self.config_lines(), ""]))
+        argv = self.argv()
         with (self.directory / "stderr").open("wb") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         wait_for(lambda: port_open(self.port) or self._died(), timeout=30)
         if self.proc.poll() is not None:
             raise RuntimeError(f"{argv[0]} exited: {(self.directory / 'stderr').read_text()}")
+        return self
 
     def _died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
-
-    def write_config(self) -> None:
-        raise NotImplementedError
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crashed parent would; the port stops answering."""
@@ -98,7 +111,7 @@ class SquidParent(_Parent):
     password: str | None = None
     hosts: dict[str, str] = field(default_factory=dict)
 
-    def write_config(self) -> None:
+    def config_lines(self) -> list[str]:
         d = self.directory
         (d / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in self.hosts.items()))
         auth: list[str] = []
@@ -111,68 +124,61 @@ class SquidParent(_Parent):
                 "acl authed proxy_auth REQUIRED",
                 "http_access deny !authed",
             ]
-        (d / "squid.conf").write_text(
-            "\n".join(
-                [
-                    f"http_port 127.0.0.1:{self.port}",
-                    f"pid_filename {d}/squid.pid",
-                    "cache deny all",
-                    "cache_mem 8 MB",
-                    # %>ha: the request headers squid received, so tests can see what it got.
-                    'logformat egress %rm %ru %>Hs %un "%>ha"',
-                    f"access_log stdio:{d}/access.log logformat=egress",
-                    f"cache_log {d}/cache.log",
-                    "cache_store_log none",
-                    f"coredump_dir {d}",
-                    "dns_nameservers 127.0.0.1",
-                    f"hosts_file {d}/hosts",
-                    "shutdown_lifetime 0",
-                    "debug_options ALL,0",
-                    "forwarded_for delete",
-                    "via off",
-                    *auth,
-                    "http_access allow all",
-                    "",
-                ]
-            )
-        )
+        return [
+            f"http_port 127.0.0.1:{self.port}",
+            f"pid_filename {d}/squid.pid",
+            "cache deny all",
+            "cache_mem 8 MB",
+            # %>ha: the request headers squid received, so tests can see what it got.
+            'logformat egress %rm %ru %>Hs %un "%>ha"',
+            f"access_log stdio:{d}/access.log logformat=egress",
+            f"cache_log {d}/cache.log",
+            "cache_store_log none",
+            f"coredump_dir {d}",
+            "dns_nameservers 127.0.0.1",
+            f"hosts_file {d}/hosts",
+            "shutdown_lifetime 0",
+            "debug_options ALL,0",
+            "forwarded_for delete",
+            "via off",
+            *auth,
+            "http_access allow all",
+        ]
 
-    def start(self) -> SquidParent:
-        self._run([SQUID, "-N", "-f", str(self.directory / "squid.conf")])
-        return self
+    def argv(self) -> list[str]:
+        return [SQUID, "-N", "-f", str(self.conf)]
 
     def set_password(self, password: str) -> None:
         """Change the password squid accepts (basic_ncsa_auth re-reads its file)."""
         assert self.user is not None
         self.password = password
-        (self.directory / "passwd").write_text(crypt_line(self.user, password))
+        path = self.directory / "passwd"
+        before = path.stat().st_mtime_ns
+        path.write_text(crypt_line(self.user, password))
+        # basic_ncsa_auth re-reads the file when its mtime (in seconds) changes: make sure it
+        # does even when both writes fall into the same second.
+        os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
 
 
 @dataclass
 class TinyproxyParent(_Parent):
     """tinyproxy as a second parent, without credentials."""
 
-    def write_config(self) -> None:
+    def config_lines(self) -> list[str]:
         d = self.directory
-        (d / "tinyproxy.conf").write_text(
-            "\n".join(
-                [
-                    "User nobody",
-                    "Group nogroup",
-                    f"Port {self.port}",
-                    "Listen 127.0.0.1",
-                    "Timeout 30",
-                    f'LogFile "{d}/access.log"',
-                    "LogLevel Connect",
-                    f'PidFile "{d}/tinyproxy.pid"',
-                    "MaxClients 50",
-                    "Allow 127.0.0.1",
-                    "DisableViaHeader Yes",
-                    "",
-                ]
-            )
-        )
+        return [
+            "User nobody",
+            "Group nogroup",
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            "Timeout 30",
+            f'LogFile "{d}/access.log"',
+            "LogLevel Connect",
+            f'PidFile "{d}/tinyproxy.pid"',
+            "MaxClients 50",
+            "Allow 127.0.0.1",
+            "DisableViaHeader Yes",
+        ]
 
-    def start(self) -> TinyproxyParent:
-        self._run([TINYPROXY, "-d", "-c", str(self.directory / "tinyproxy.conf")])
-        return self
+    def argv(self) -> list[str]:
+        return [TINYPROXY, "-d", "-c", str(self.conf)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,35 +86,54 @@ def tinyproxy(tmp_path: Path) -> Iterator[TinyproxyParent]:
         parent.stop()
 
 
+@dataclass
+class Bed:
+    """What every test here has: a scratch dir, the test DNS server, an origin, and the bare
+    proxies it started (stopped by the fixture)."""
+
+    tmp_path: Path
+    dns: DnsServer
+    origin: HttpOrigin
+    started: list[PolicyProxy] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.origin.port}"
+
+    @property
+    def proxy(self) -> PolicyProxy:
+        return self.started[0]
+
+    def start(
+        self, parent: dict[str, Any] | str, env: dict[str, str] | None = None, **extra: Any
+    ) -> int:
+        """A bare proxy with one route `web` through `parent`; its port."""
+        port = free_port()
+        p = PolicyProxy(self.tmp_path / "px", _doc(self.dns, _route(port, parent, **extra)))
+        p.env = env or {}
+        self.started.append(p)
+        p.start()
+        return port
+
+
 @pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[list[PolicyProxy]]:
-    started: list[PolicyProxy] = []
+def bed(tmp_path: Path, dns: DnsServer, origin: HttpOrigin) -> Iterator[Bed]:
+    b = Bed(tmp_path, dns, origin)
     try:
-        yield started
+        yield b
     finally:
-        for p in started:
+        for p in b.started:
             p.stop()
 
 
-def _start(started: list[PolicyProxy], directory: Path, doc: dict[str, Any], **kw: Any) -> int:
-    p = PolicyProxy(directory, doc, **kw)
-    started.append(p)
-    p.start()
-    return int(doc["routes"][0]["listen"].rsplit(":", 1)[1])
-
-
 def test_http_and_connect_go_through_squid_with_the_routers_credentials(
-    tmp_path: Path,
-    dns: DnsServer,
-    origin: HttpOrigin,
-    squid: SquidParent,
-    proxy: list[PolicyProxy],
+    bed: Bed, squid: SquidParent
 ) -> None:
-    secret = _secret(tmp_path / "parent-auth", USER, PASSWORD)
+    secret = _secret(bed.tmp_path / "parent-auth", USER, PASSWORD)
     parent = {"proxies": [squid.address], "credentials_dir": str(secret)}
-    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
+    port = bed.start(parent)
     # A name the router cannot resolve (NXDOMAIN here) but the parent can: it goes as named.
-    for authority in (f"127.0.0.1:{origin.port}", f"only.parent.test:{origin.port}"):
+    for authority in (bed.target, f"only.parent.test:{bed.origin.port}"):
         answer = exchange(
             port,
             f"GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n"
@@ -130,50 +150,46 @@ def test_http_and_connect_go_through_squid_with_the_routers_credentials(
     log = squid.log_text()
     # squid saw the absolute URI and the CONNECT authority as the client named them, with
     # the router's credential (user `egress`) and never the client's own.
-    assert f"GET http://only.parent.test:{origin.port}/ 200 egress" in log
-    assert f"CONNECT only.parent.test:{origin.port} 200 egress" in log
-    assert f"CONNECT 127.0.0.1:{origin.port} 200 egress" in log
+    assert f"GET http://only.parent.test:{bed.origin.port}/ 200 egress" in log
+    assert f"CONNECT only.parent.test:{bed.origin.port} 200 egress" in log
+    assert f"CONNECT 127.0.0.1:{bed.origin.port} 200 egress" in log
     assert CLIENT_CREDENTIAL not in log
-    decisions = [d for d in proxy[0].decisions() if d["dst"].endswith(f":{origin.port}")]
+    decisions = [d for d in bed.proxy.decisions() if d["dst"].endswith(f":{bed.origin.port}")]
     assert {(d["via"], d["parent_status"]) for d in decisions} == {("parent", "200")}
     # The credential is in the map file the proxy reads (0600), nowhere in haproxy.cfg or logs.
     credential = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    run = proxy[0].run
+    run = bed.proxy.run
     assert credential not in run.config.read_text()
-    assert credential not in proxy[0].log.read_text()
+    assert credential not in bed.proxy.log.read_text()
     held = [f for f in run.maps.iterdir() if credential in f.read_text()]
     assert [f.name for f in held] == ["web.parent.map"]
     assert held[0].stat().st_mode & 0o777 == 0o600
 
 
 def test_direct_list_and_local_deny_never_reach_the_parent(
-    tmp_path: Path,
-    dns: DnsServer,
-    origin: HttpOrigin,
-    tinyproxy: TinyproxyParent,
-    proxy: list[PolicyProxy],
+    bed: Bed, tinyproxy: TinyproxyParent
 ) -> None:
-    dns.records["direct.test"] = ["127.0.0.1"]
+    bed.dns.records["direct.test"] = ["127.0.0.1"]
     parent = {"proxies": [tinyproxy.address], "direct": ["direct.test"]}
-    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
-    direct = get(port, f"direct.test:{origin.port}")
+    port = bed.start(parent)
+    direct = get(port, f"direct.test:{bed.origin.port}")
     assert direct.endswith(b"origin-a"), direct[:300]
-    head, body = _tunnel_get(port, f"direct.test:{origin.port}")
+    head, body = _tunnel_get(port, f"direct.test:{bed.origin.port}")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body.endswith(b"origin-a")
     denied = get(port, "denied.example:80")
     assert denied.startswith(b"HTTP/1.1 403"), denied[:300]
     assert connect_reply(port, "denied.example:443").startswith(b"HTTP/1.1 403")
-    via = get(port, f"127.0.0.1:{origin.port}")
+    via = get(port, bed.target)
     assert via.endswith(b"origin-a")
-    wait_for(lambda: f"127.0.0.1:{origin.port}" in tinyproxy.log_text(), timeout=10)
+    wait_for(lambda: bed.target in tinyproxy.log_text(), timeout=10)
     log = tinyproxy.log_text()
     assert "direct.test" not in log
     assert "denied.example" not in log
-    wait_for(lambda: len(proxy[0].decisions()) == 5, timeout=10)
-    vias = {(d["dst"], d["verdict"], d["via"]) for d in proxy[0].decisions()}
-    assert (f"direct.test:{origin.port}", "allow", "direct") in vias
-    assert (f"127.0.0.1:{origin.port}", "allow", "parent") in vias
+    wait_for(lambda: len(bed.proxy.decisions()) == 5, timeout=10)
+    vias = {(d["dst"], d["verdict"], d["via"]) for d in bed.proxy.decisions()}
+    assert (f"direct.test:{bed.origin.port}", "allow", "direct") in vias
+    assert (bed.target, "allow", "parent") in vias
     assert ("denied.example:80", "deny", "-") in vias
 
 
@@ -191,19 +207,12 @@ def _server_rows(p: PolicyProxy, backend: str) -> dict[str, dict[str, str]]:
     return {r["svname"]: r for r in rows if r["pxname"] == backend}
 
 
-def test_failover_then_fail_closed(
-    tmp_path: Path,
-    dns: DnsServer,
-    origin: HttpOrigin,
-    tinyproxy: TinyproxyParent,
-    proxy: list[PolicyProxy],
-) -> None:
+def test_failover_then_fail_closed(bed: Bed, tinyproxy: TinyproxyParent) -> None:
     first = SquidParent("squid-plain").start()
     try:
         parent = {"proxies": [first.address, tinyproxy.address]}
-        route = _route(free_port(), parent, check={"interval": "500ms", "rise": 1, "fall": 1})
-        port = _start(proxy, tmp_path / "px", _doc(dns, route))
-        target = f"127.0.0.1:{origin.port}"
+        port = bed.start(parent, check={"interval": "500ms", "rise": 1, "fall": 1})
+        target = bed.target
         assert get(port, target).endswith(b"origin-a")
         wait_for(lambda: target in first.log_text(), timeout=10)
         first.kill()
@@ -213,16 +222,16 @@ def test_failover_then_fail_closed(
         assert len(failed) <= 1, failed
         assert _tunnel_get(port, target)[1].endswith(b"origin-a")
         wait_for(lambda: target in tinyproxy.log_text(), timeout=10)
-        rows = _server_rows(proxy[0], "web-parent-tunnel")
+        rows = _server_rows(bed.proxy, "web-parent-tunnel")
         assert rows[first.address.replace(":", "_")]["status"].startswith("DOWN")
         assert rows[tinyproxy.address.replace(":", "_")]["status"].startswith("UP")
-        http_rows = _server_rows(proxy[0], "web-parent-http")
+        http_rows = _server_rows(bed.proxy, "web-parent-http")
         failovers = sum(
             int(r["wredis"] or 0) for r in http_rows.values() if r["svname"] != "BACKEND"
         )
         downs = int(rows[first.address.replace(":", "_")]["chkdown"])
         assert failovers + downs >= 1
-        hits = len(origin.peers)
+        hits = len(bed.origin.peers)
         tinyproxy.kill()
         # All parents down: a 503 naming the route, never a direct connection.
         closed = wait_for(lambda: _answer_with(port, target, b"no parent proxy reachable"))
@@ -231,53 +240,42 @@ def test_failover_then_fail_closed(
         assert b"route web" in closed
         refused = connect_reply(port, target)
         assert refused.startswith(b"HTTP/1.1 503"), refused
-        assert len(origin.peers) == hits
-        counters = proxy[0].counters()
+        assert len(bed.origin.peers) == hits
+        counters = bed.proxy.counters()
         assert counters[("web", "default", "no-parent", "unresolved")] >= 2
     finally:
         first.stop()
 
 
 def test_parent_refusing_the_credentials_is_a_502_not_the_destinations_answer(
-    tmp_path: Path,
-    dns: DnsServer,
-    origin: HttpOrigin,
-    squid: SquidParent,
-    proxy: list[PolicyProxy],
+    bed: Bed, squid: SquidParent
 ) -> None:
-    secret = _secret(tmp_path / "parent-auth", USER, "wrong-password")
+    secret = _secret(bed.tmp_path / "parent-auth", USER, "wrong-password")
     parent = {"proxies": [squid.address], "credentials_dir": str(secret)}
-    port = _start(proxy, tmp_path / "px", _doc(dns, _route(free_port(), parent)))
-    target = f"127.0.0.1:{origin.port}"
+    port = bed.start(parent)
+    target = bed.target
     answer = get(port, target)
     assert answer.startswith(b"HTTP/1.1 502"), answer[:300]
     assert b"refused the router's credentials (407)" in answer
     assert b"Proxy-Authenticate" not in answer
     head = connect_reply(port, target)
     assert head.startswith(b"HTTP/1.1 502"), head
-    wait_for(lambda: len(proxy[0].decisions()) == 2, timeout=10)
-    assert [d["parent_status"] for d in proxy[0].decisions()] == ["407", "407"]
-    table = CliSocket(proxy[0].run.stats_socket, timeout=5).command(COMMAND)
+    wait_for(lambda: len(bed.proxy.decisions()) == 2, timeout=10)
+    assert [d["parent_status"] for d in bed.proxy.decisions()] == ["407", "407"]
+    table = CliSocket(bed.proxy.run.stats_socket, timeout=5).command(COMMAND)
     assert parse_parent_auth(table) == {"web": 2}
 
 
-def test_parent_from_the_environment(
-    tmp_path: Path,
-    dns: DnsServer,
-    origin: HttpOrigin,
-    tinyproxy: TinyproxyParent,
-    proxy: list[PolicyProxy],
-) -> None:
-    dns.records["direct.test"] = ["127.0.0.1"]
+def test_parent_from_the_environment(bed: Bed, tinyproxy: TinyproxyParent) -> None:
+    bed.dns.records["direct.test"] = ["127.0.0.1"]
     env = {
         "HTTPS_PROXY": f"http://{tinyproxy.address}/",
         "NO_PROXY": ".svc,.cluster.local,direct.test,10.0.0.0/8",
     }
-    route = _route(free_port(), "env")
-    port = _start(proxy, tmp_path / "px", _doc(dns, route), env=env)
-    assert get(port, f"direct.test:{origin.port}").endswith(b"origin-a")
-    assert _tunnel_get(port, f"127.0.0.1:{origin.port}")[1].endswith(b"origin-a")
-    wait_for(lambda: f"127.0.0.1:{origin.port}" in tinyproxy.log_text(), timeout=10)
+    port = bed.start("env", env)
+    assert get(port, f"direct.test:{bed.origin.port}").endswith(b"origin-a")
+    assert _tunnel_get(port, bed.target)[1].endswith(b"origin-a")
+    wait_for(lambda: bed.target in tinyproxy.log_text(), timeout=10)
     assert "direct.test" not in tinyproxy.log_text()
 
 
