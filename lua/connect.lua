@@ -151,9 +151,11 @@ core.register_action("egress_parent_established", { "tcp-res" }, function(txn)
             "route %s: the parent proxy refused the router's credentials (407)\n",
             txn:get_var("txn.egress_route") or "egress")
         res:remove(0, res:input())
-        res:insert(string.format(
+        -- Sent (forwarded) at once: `tcp-response content close` then drops only what the
+        -- parent sends after it (haproxy 3.0 discards data still waiting in the buffer).
+        res:send(string.format(
             "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-            #body, body), 0)
+            #body, body))
         txn:set_var("txn.egress_pclose", true)
     end
 end)
