@@ -19,7 +19,7 @@ from haproxy_egress.runtime.haproxy import CliSocket
 from tests.parents import SquidParent, TinyproxyParent
 from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
 from tests.router import Router
-from tests.support import DnsServer, HttpOrigin, free_port, wait_for
+from tests.support import HAPROXY, DnsServer, HttpOrigin, free_port, wait_for
 
 USER, PASSWORD = "egress", "parent-secret-1"
 CLIENT_CREDENTIAL = base64.b64encode(b"client:client-secret").decode()
@@ -295,7 +295,8 @@ def test_credentials_rotate_at_runtime_without_a_reload_and_never_leak(
     config = tmp_path / "configmap"
     config.mkdir()
     (config / "routes.yaml").write_text(yaml.safe_dump(_doc(dns, _route(port, parent))))
-    router = Router(tmp_path / "router", config_dir=config)
+    # The haproxy under test (EGRESS_HAPROXY_BIN: 3.0 in the image) runs the router too.
+    router = Router(tmp_path / "router", {"EGRESS_HAPROXY_BIN": HAPROXY}, config_dir=config)
     try:
         router.start()
         target = f"127.0.0.1:{origin.port}"
