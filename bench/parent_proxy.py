@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from bench.bed import connect_rate, rotated
 from bench.policy_proxy import HAPROXY_PORT, RULES, cases, measured, proxy_bed
 from haproxy_egress.config import policy
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.runtime.haproxy import CliSocket
 from tests.netns import ROUTER_CLIENT_IP
 from tests.squid import Squid
+from tests.support import wait_for
 
 PARENT_PORT, CHILD_PORT = 3129, 3130
 PATHS = ("direct to the parent", "haproxy-egress → parent", "squid cache_peer → parent")
@@ -56,7 +59,7 @@ def main() -> None:
         "policy": RULES,
         "parent": {"proxies": [parent]},
     }
-    with proxy_bed("bench-parent.", [route], [HAPROXY_PORT]) as (bed, workdir, router, _):
+    with proxy_bed("bench-parent.", [route], [HAPROXY_PORT]) as (bed, workdir, router, run_dir):
         upstream = Squid(
             workdir / "parent", ROUTER_CLIENT_IP, PARENT_PORT, policy.parse_rules(["*"])
         )
@@ -71,6 +74,9 @@ def main() -> None:
         child.start(bed, bed.router, bed.client)
         assert upstream.started is not None
         assert child.started is not None
+        # The router started before its parent: wait for the parent's health check to pass.
+        stats = CliSocket(RunDir(run_dir).stats_socket, timeout=5)
+        wait_for(lambda: _parent_up(stats.command("show stat")), timeout=30)
         ports = dict(zip(PATHS, (PARENT_PORT, HAPROXY_PORT, CHILD_PORT), strict=True))
         # The hop's CPU: haproxy-egress's or the child squid's; for the direct path, the
         # parent's own (the reference for what one squid hop costs).
@@ -93,6 +99,12 @@ def main() -> None:
                     samples.setdefault((label, path), []).append(measured(run, port, pids[port]))
         print(f"{args.rounds} rounds x {args.duration}s per case and path; medians")
         print_table([label for label, _ in runs], samples)
+
+
+def _parent_up(show_stat: str) -> bool:
+    return any(
+        line.startswith("web-parent-tunnel,") and ",UP," in line for line in show_stat.splitlines()
+    )
 
 
 def print_table(
