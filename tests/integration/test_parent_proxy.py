@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,11 +216,17 @@ def test_failover_then_fail_closed(bed: Bed, tinyproxy: TinyproxyParent) -> None
         target = bed.target
         assert get(port, target).endswith(b"origin-a")
         wait_for(lambda: target in first.log_text(), timeout=10)
-        first.kill()
-        # Under load: every request of a bounded run is answered, by the second parent.
-        answers = [get(port, target) for _ in range(20)]
+        # Under load (4 clients, 40 requests): the first parent dies mid-run. A GET it had not
+        # answered yet is sent again to the second parent (replayable), a new one fails over
+        # when its connect is refused; only a response already under way when it died is
+        # cut: at most one per client.
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(get, port, target) for _ in range(40)]
+            first.kill()
+            answers = [f.result() for f in pending]
         failed = [a[:100] for a in answers if not a.endswith(b"origin-a")]
-        assert len(failed) <= 1, failed
+        assert len(failed) <= 4, failed
+        assert all(get(port, target).endswith(b"origin-a") for _ in range(5))
         assert _tunnel_get(port, target)[1].endswith(b"origin-a")
         wait_for(lambda: target in tinyproxy.log_text(), timeout=10)
         # Its health check takes the dead parent out; meanwhile each request was retried on
