@@ -197,7 +197,9 @@ def _no_proxy_entry(entry: str) -> str:
         pass
     name = entry.lstrip(".").lstrip("*").lstrip(".")
     if not name or ":" in name:
-        raise ValueError(f"NO_PROXY entry {entry!r}: only names, .domains, addresses, CIDRs, *")
+        raise ValueError(
+            f"entry {entry!r}: only names, .domains, addresses, CIDRs and * (no ports)"
+        )
     return f"*.{name}"
 
 
