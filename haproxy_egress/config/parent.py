@@ -235,7 +235,7 @@ def from_environment(env: Mapping[str, str], spec: Parent | None = None) -> Pare
             if not entry:
                 continue
             try:
-                rule = _no_proxy_entry(entry)
+                rule = _direct_rule(_no_proxy_entry(entry))
             except ValueError as exc:
                 raise ValueError(f"{variable}: {exc}") from None
             if rule not in direct:

@@ -103,6 +103,10 @@ def test_env_takes_openshift_variables() -> None:
         ({"HTTPS_PROXY": "https://proxy:3128"}, "expected http://HOST:PORT"),
         ({"HTTPS_PROXY": "http://proxy"}, "HTTPS_PROXY: missing port"),
         ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "a.corp:8443"}, "NO_PROXY: entry 'a.corp:8443'"),
+        (
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "ok.corp,a_b"},
+            "NO_PROXY: Bad destination '\\*.a_b'",
+        ),
     ],
 )
 def test_env_problems_name_the_variable(env: dict[str, str], message: str) -> None:
