@@ -2,8 +2,9 @@
 # The README's two set-up commands, for a fresh Debian 12 machine as root:
 #   ./dev.sh demo   install what the router needs, then run it on loopback in front of a demo
 #                   origin, with metrics on :9101 (Ctrl-C stops it gracefully)
-#   ./dev.sh test   install everything the tests need (haproxy, socklog, docker, squid,
-#                   prometheus tools...), start dockerd, run the whole suite, stop dockerd
+#   ./dev.sh test   install everything the tests need (haproxy 2.6 and the image's 3.0, socklog,
+#                   docker, squid, prometheus tools...), start dockerd, run the whole suite,
+#                   stop dockerd
 # Both are idempotent: a second run skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 APT_RUN=(python3 python3-venv haproxy socklog ca-certificates)
 APT_TEST=("${APT_RUN[@]}" iproute2 iptables nftables procps psmisc curl prometheus
   prometheus-haproxy-exporter squid iperf3 wrk openssl docker.io debootstrap
-  nginx libnginx-mod-stream tinyproxy)
+  nginx libnginx-mod-stream tinyproxy patchelf)
 
 apt_install() {
   local missing=()
@@ -79,13 +80,16 @@ case "${1:-}" in
   demo)
     apt_install "${APT_RUN[@]}"
     venv ""
-    exec .venv/bin/python -m haproxy_egress.demo
+    # tools/demo.py lives outside the package (the image does not ship it): run it as a
+    # module from the repo root, where this script has cd-ed.
+    exec .venv/bin/python -m tools.demo
     ;;
   test)
     shift
     apt_install "${APT_TEST[@]}"
     venv "[test]"
     kubectl_install
+    tools/haproxy30.sh >/dev/null  # the image's haproxy 3.0 as /usr/local/bin/haproxy30
     dockerd_start
     trap dockerd_stop EXIT
     rc=0

@@ -25,9 +25,10 @@ from pathlib import Path
 import yaml
 
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.haproxy.check import check as haproxy_check
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime import haproxy, staging
+from haproxy_egress.runtime import staging
 
 GOAL_SECONDS, GOAL_ROUTES = 2.0, 10_000
 FIRST_PORT = 20000
@@ -80,7 +81,7 @@ def measure(
     cfg = work / f"haproxy-{n}.cfg"
     cfg.write_text(text)
     h0, t2w = _children_cpu(), time.perf_counter()
-    haproxy.check(cfg)
+    haproxy_check(cfg)
     t3, h1 = time.perf_counter(), _children_cpu()
     assert len(config.routes) == n
     return (t1 - t0, t2 - t1, t3 - t2w), (c1 - c0, c2 - c1, h1 - h0)

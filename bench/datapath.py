@@ -48,8 +48,8 @@ from bench.bed import (
     rotated,
 )
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.haproxy.check import check
 from haproxy_egress.render.compiler import RenderOptions, render
-from haproxy_egress.runtime.haproxy import check
 from tests.netns import (
     EXTERNAL_IP,
     ROUTER_CLIENT_IP,

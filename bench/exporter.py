@@ -75,7 +75,7 @@ SERVER_SCRIPT = textwrap.dedent(
     from haproxy_egress.metrics.options import ExporterOptions
     from haproxy_egress.metrics.status import RouterStatus
     from haproxy_egress.metrics.http import MetricsServer
-    from haproxy_egress.runtime.haproxy import CliSocket
+    from haproxy_egress.haproxy.cli import CliSocket
 
     status = RouterStatus(
         alive=True, ready=True, reloads_total=0, reload_failures_total=0,

@@ -32,7 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from haproxy_egress.runtime.haproxy import CliSocket, parse_old_workers, rss_bytes  # noqa: E402
+from haproxy_egress.haproxy.cli import CliSocket  # noqa: E402
+from haproxy_egress.haproxy.program import rss_bytes  # noqa: E402
+from haproxy_egress.haproxy.show import parse_old_workers  # noqa: E402
 from tests.kubelet import ConfigMapVolume  # noqa: E402
 from tests.longlived import changes, recovery_time  # noqa: E402
 from tests.router import Router, web_route  # noqa: E402

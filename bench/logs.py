@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from haproxy_egress.runtime.haproxy import CliSocket  # noqa: E402
+from haproxy_egress.haproxy.cli import CliSocket  # noqa: E402
 from tests.logload import FastOrigin, wrk_close  # noqa: E402
 from tests.router import Router  # noqa: E402
 from tests.support import free_port, wait_for, write_configmap  # noqa: E402

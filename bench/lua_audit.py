@@ -27,11 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.haproxy.check import check
+from haproxy_egress.haproxy.program import version
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import check, version
 from tests.support import HAPROXY, free_port, port_open, wait_for, write_configmap
 
 ORIGIN_CFG = """global

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,15 +20,17 @@ from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config import users
 from haproxy_egress.config.model import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
-from haproxy_egress.errors import ConfigError, EgressError, ExitCode, HaproxyError
+from haproxy_egress.config.tlsmaterial import describe, load_material, material_paths_of
+from haproxy_egress.errors import ConfigError, EgressError, ExitCode, SetupError
+from haproxy_egress.haproxy.program import running_configs
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.runtime import preflight
+from haproxy_egress.runtime import changes, preflight
 from haproxy_egress.runtime.cpus import default_threads
-from haproxy_egress.runtime.reload import check_compiled, compile_current
+from haproxy_egress.runtime.reload import Compiled, check_compiled, compile_current
 from haproxy_egress.runtime.supervisor import Supervisor
-from haproxy_egress.settings import LogSink, Settings
+from haproxy_egress.settings import LogFormat, LogSink, Settings
 
 log = logging.getLogger("haproxy_egress")
 
@@ -44,7 +47,6 @@ def render_options(settings: Settings) -> RenderOptions:
     return RenderOptions(
         run_dir=settings.run_dir,
         log_stdout=settings.log_sink.haproxy_writes_stdout,
-        drain_seconds=settings.drain_seconds,
         # EGRESS_THREADS wins; else the pod's CPU limit, which haproxy itself ignores. The relay
         # sink runs one thread unless told otherwise: when two threads log at once and the one
         # writing is descheduled, haproxy drops the other's line rather than wait
@@ -85,13 +87,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(warnings, file=sys.stderr)
     n = len(config.routes)
     print(f"configuration OK: {n} route{'s' if n != 1 else ''}")
+    material = {m.route: m for m in compiled.tls}
+    for route in config.routes:
+        if route.tls is None:
+            continue
+        if route.tls.insecure_skip_verify:
+            print(
+                f"WARNING: route {route.name} does not verify its destination "
+                "(insecure_skip_verify: true)",
+                file=sys.stderr,
+            )
+        for d in route.destinations:
+            what = describe(route.tls, d.host, material[route.name])
+            print(f"route {route.name} -> {d.hostport}: {what}")
     if web is not None:
         print(f"web-config OK: {settings.web_config_file}: {web.describe()}")
     return ExitCode.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The container ENTRYPOINT: compile, check, then supervise haproxy and socklog as PID 1."""
+    """The container ENTRYPOINT: compile, check, then supervise haproxy and its log sink as
+    PID 1."""
     settings = _settings(args)
     logsetup.configure(settings.log_format, args.debug)
     preflight.check_run(settings)
@@ -101,26 +117,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Supervisor(settings, options, compiled).run()
 
 
+def _router_run_dir(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The run dir of the router `diff` compares with: --run-dir, else EGRESS_RUN_DIR, else the
+    one running router this machine shows; SetupError (exit 2) names what was looked at."""
+    default = Settings.run_dir  # the class default: EGRESS_RUN_DIR not set
+    chosen = args.run_dir or (settings.run_dir if settings.run_dir != default else None)
+    if chosen is not None:
+        settings = dataclasses.replace(settings, run_dir=Path(chosen))
+    if settings.run.config.exists():
+        return settings
+    running = [p.parent for p in running_configs() if p.exists()]
+    if chosen is None and len(running) == 1:
+        log.info("using the run dir of the running router: %s", running[0])
+        return dataclasses.replace(settings, run_dir=running[0])
+    seen = ", ".join(map(str, running)) or "none that this user can see"
+    raise SetupError(
+        f"no running configuration in run dir {settings.run_dir} (no {settings.run.config.name}):"
+        f" pass the router's run dir with --run-dir or EGRESS_RUN_DIR (routers running: {seen})"
+    )
+
+
+def _plan_words(settings: Settings, live: str, new: Compiled) -> str:
+    """What the router would do with the edit, in its own reload log's words (the change
+    planner's classification), or why that cannot be said."""
+    running_settings = dataclasses.replace(settings, config_dir=Settings.from_env().config_dir)
+    try:
+        running = compile_current(running_settings, render_options(running_settings))
+    except ConfigError:
+        running = None
+    if running is None or running.text != live:
+        return (
+            f"the running configuration is not what {running_settings.config_dir} compiles to"
+            " now (an edit not yet applied, or rejected): the router would reload or apply"
+            " what the text above shows"
+        )
+    plan = changes.plan(running, new, runtime=settings.runtime_changes)
+    if plan.kind is changes.Kind.NOOP:
+        return f"no-op: {plan.summary()}"
+    if plan.kind is changes.Kind.RUNTIME:
+        return f"runtime: {plan.summary()}"
+    return f"reload: {plan.summary()}"
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
-    """Show what applying a config directory would change in the running haproxy.cfg."""
-    settings = _settings(args)
+    """Show what applying a config directory would change in the running haproxy.cfg, and what
+    the router would do with it: nothing, a runtime change, or a reload (and why)."""
+    settings = _router_run_dir(args, _settings(args))
     live_path = settings.run.config
-    if not live_path.exists():
-        raise HaproxyError(f"no running configuration at {live_path} (is the router running?)")
     live = live_path.read_text(encoding="utf-8")
-    _, text = _compile(settings)
+    compiled = compile_current(settings, render_options(settings))
     delta = list(
         difflib.unified_diff(
             live.splitlines(keepends=True),
-            text.splitlines(keepends=True),
+            compiled.text.splitlines(keepends=True),
             fromfile=f"running: {live_path}",
             tofile=f"from: {settings.config_dir}",
         )
     )
     sys.stdout.writelines(delta)
     if not delta:
-        print("no changes: applying this directory would not reload haproxy", file=sys.stderr)
-    # Like diff(1): 0 same, 1 different (errors exit 2 through ConfigError).
+        print("no changes: applying this directory would not change haproxy", file=sys.stderr)
+    else:
+        print(f"the router would apply it as: {_plan_words(settings, live, compiled)}")
+    # Like diff(1): 0 same, 1 different (errors exit 2 through ConfigError / SetupError).
     return ExitCode.OK if not delta else ExitCode.DENIED
 
 
@@ -134,6 +193,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             files,
             configmap=None if args.bare else args.name,
             key=args.key,
+            proxy_port=args.proxy_port,
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -148,6 +208,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Which route and rule would allow or deny a destination, without sending traffic."""
     settings = _settings(args)
     snapshot, config = load(settings)
+    # The client certificates the routes present, as a compile would load them (a file that
+    # does not load is only described as such: explain answers about the policy).
+    tls_files = snapshot.with_tls(material_paths_of(config)).tls
+    material, _ = load_material(config, tls_files, time.time())
     try:
         verdict = explain(
             config,
@@ -157,6 +221,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             resolve=None if args.no_resolve else ConfiguredResolver(config.resolvers),
             client=args.client,
             user=args.user,
+            tls={m.route: m for m in material},
         )
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -229,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="haproxy-egress", help="ConfigMap name in the output")
     p.add_argument("--key", default="routes.yaml", help="ConfigMap key in the output")
     p.add_argument("--bare", action="store_true", help="print only the YAML document")
+    p.add_argument(
+        "--proxy-port",
+        type=int,
+        default=8080,
+        help="listen port of the route EGRESS_HTTP_PROXY_DESTINATION becomes (default: 8080, "
+        "the squid mode's)",
+    )
     p = add(
         "explain",
         cmd_explain,
@@ -269,9 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stdin", action="store_true", help="read the password from stdin instead of making one"
     )
-    p = add("diff", cmd_diff, "unified diff: running haproxy.cfg vs what a directory compiles to")
+    p = add(
+        "diff",
+        cmd_diff,
+        "unified diff: running haproxy.cfg vs what a directory compiles to, and whether the "
+        "router would apply it at runtime or reload",
+    )
     p.add_argument("--config-dir", help="the edited directory (default: $EGRESS_CONFIG_DIR)")
-    p = add("run", cmd_run, "run the router: supervise haproxy and socklog, reload, serve metrics")
+    p.add_argument(
+        "--run-dir",
+        help="the running router's run dir (default: $EGRESS_RUN_DIR, else the one router "
+        "running on this machine, else /run/haproxy-egress)",
+    )
+    p = add(
+        "run",
+        cmd_run,
+        "run the router as PID 1: supervise haproxy and its log relay (EGRESS_LOG: relay, "
+        "socklog or stdout), apply ConfigMap edits, serve metrics",
+    )
     p.add_argument("--config-dir", help="ConfigMap directory (default: $EGRESS_CONFIG_DIR)")
     return parser
 
@@ -280,10 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn errors into one clear message and an exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Every command logs in the router's one line format (`run` switches to JSON when
+    # EGRESS_LOG_FORMAT asks), so a legacy-parsing note looks like every other line. As
+    # logging.basicConfig did, a host that set logging up already (a test) keeps its own.
+    if not logging.getLogger().handlers:
+        logsetup.configure(LogFormat.TEXT, args.debug)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -61,10 +61,12 @@ class HaproxyCheckError(EgressError):
 
     exit_code = ExitCode.HAPROXY
 
-    def __init__(self, output: str) -> None:
+    def __init__(self, output: str, alerts: Sequence[str] = ()) -> None:
+        # `alerts`: haproxy's [ALERT] lines (haproxy/check.py reads them); without any, the
+        # output's last lines say what went wrong.
         self.output = output
-        alerts = [ln for ln in output.splitlines() if "[ALERT]" in ln] or output.splitlines()[-3:]
-        super().__init__("haproxy rejected the configuration:\n  " + "\n  ".join(alerts))
+        shown = list(alerts) or output.splitlines()[-3:]
+        super().__init__("haproxy rejected the configuration:\n  " + "\n  ".join(shown))
 
 
 class SetupError(EgressError):

@@ -76,6 +76,12 @@ class RunDir:
         """Map and ACL files haproxy loads with `-f` and the runtime API updates in place."""
         return self.root / "maps"
 
+    @property
+    def tls(self) -> Path:
+        """TLS material haproxy loads (client certificate with its key, CA, CRL), one file
+        per route and kind, mode 600; the runtime API updates them in place by name."""
+        return self.root / "tls"
+
     def stale(self) -> tuple[Path, ...]:
         """What a previous run may have left that must not outlive it (sockets, pid file)."""
         return (self.stats_socket, self.master_socket, self.log_socket, self.pid_file)

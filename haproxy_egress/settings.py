@@ -75,6 +75,9 @@ class Settings:
     log_buffer_bytes: int = 16 << 20  # what the relay holds while stdout is slow
     log_warn_interval: float = 60.0  # at most one "log lines dropped" warning per interval
     drain_seconds: float = 30.0
+    # A child that ran this long before it died crashed "for the first time" again: restarted
+    # at once, its back-off forgotten (Backoff.stable_after).
+    restart_stable_seconds: float = 10.0
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 9101
     reload_debounce: float = 0.3
@@ -150,6 +153,9 @@ class Settings:
             ),
             log_warn_interval=number("EGRESS_LOG_WARN_SECONDS", cls.log_warn_interval, 1, 86400),
             drain_seconds=number("EGRESS_DRAIN_SECONDS", cls.drain_seconds, 0, 86400),
+            restart_stable_seconds=number(
+                "EGRESS_RESTART_STABLE_SECONDS", cls.restart_stable_seconds, 0, 3600
+            ),
             metrics_address=env.get("METRICS_ADDRESS") or cls.metrics_address,
             metrics_port=int(number("SCRAPER_TCP_PORT", cls.metrics_port, 0, 65535)),
             reload_debounce=number("EGRESS_RELOAD_DEBOUNCE", cls.reload_debounce, 0, 60),

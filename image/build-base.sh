@@ -19,17 +19,8 @@ if [ "${1:-}" != "--force" ] && docker image inspect "$TAG" >/dev/null 2>&1; the
   exit 0
 fi
 
-# The first Debian archive URI (not the security archive) that this machine's apt uses, in
-# either the one-line or the deb822 format.
-host_mirror() {
-  local files=() f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && files+=("$f")
-  done
-  [ ${#files[@]} -gt 0 ] || return 0
-  grep -hoE '(^deb(\s+\[[^]]*\])?\s+|^URIs:\s*)[a-z]+://[^ ]+/debian/?(\s|$)' "${files[@]}" \
-    | grep -oE '[a-z]+://[^ ]+/debian/?' | sed 's#/$##' | head -n 1
-}
+# shellcheck source=image/debian-mirror.sh
+. "$(dirname "$0")/debian-mirror.sh"
 MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY=${DEBIAN_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}

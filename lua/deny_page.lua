@@ -20,6 +20,12 @@ local function clean(value, fallback)
     return (tostring(value):gsub("[^%w%._:/@+=%-]", "?"):sub(1, 128))
 end
 
+-- What would change each rule's refusal, for the reader of the page (no router insides).
+local remedies = {
+    allow_from = "your address is not in this route's allow_from list; "
+        .. "its owner can add your network to it",
+}
+
 core.register_service("deny_page", "http", function(applet)
     local route = clean(applet.f:fe_name(), "?")
     local rule = clean(applet:get_var("txn.egress_rule"), "not named")
@@ -31,8 +37,11 @@ core.register_service("deny_page", "http", function(applet)
         "",
         "  route: " .. route,
         "  rule:  " .. rule,
-        "",
     }
+    if remedies[rule] ~= nil then
+        lines[#lines + 1] = "  why:   " .. remedies[rule]
+    end
+    lines[#lines + 1] = ""
     if contact ~= nil then
         lines[#lines + 1] = "To ask for access, contact " .. clean(contact, "?") .. "."
         lines[#lines + 1] = ""

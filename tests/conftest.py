@@ -30,6 +30,9 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=400, deadline=None, suppress_health_check=QUIET)
 settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_health_check=QUIET)
+# Registered profiles do nothing until one is loaded: without this line every property test ran
+# with Hypothesis's own defaults, whose 200 ms deadline a loaded machine exceeds.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

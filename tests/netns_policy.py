@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.haproxy.check import check
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import check
 from tests.netns import ROUTER_CLIENT_IP, Netns, Started, TestBed, wait_port
 from tests.support import HAPROXY, content_length, recv_head, write_configmap
 

@@ -16,13 +16,15 @@ import yaml
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.haproxy.check import check
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.show import EMPTY_SERVER_STATE
 from haproxy_egress.metrics.policy import COMMAND, parse_table
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import CliSocket, check
 from haproxy_egress.settings import PROXY_USERS_ENV
 from tests.support import HAPROXY, wait_for
 
@@ -59,7 +61,7 @@ class PolicyProxy:
         staging.write_maps(run.maps, render_maps(self.config))
         text = render(self.config, RenderOptions(run.root, log_stdout=True), hooks=hook_set)
         run.config.write_text(text)
-        run.server_state.write_text("")
+        run.server_state.write_text(EMPTY_SERVER_STATE)
         check(run.config, HAPROXY)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

@@ -16,7 +16,8 @@ from typing import IO, Any, Protocol, TypeVar
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from haproxy_egress.runtime.haproxy import CliSocket, parse_show_proc
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.show import parse_show_proc
 from tests.netns import stop_process
 from tests.support import HttpOrigin, free_port, loopback_route, wait_for
 

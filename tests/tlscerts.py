@@ -92,3 +92,22 @@ def make_pki(directory: Path) -> Pki:
             directory, "stranger", other_ca, sans="DNS:prometheus", usage="clientAuth"
         ),
     )
+
+
+def make_crl(directory: Path, ca: tuple[Path, Path], revoked: tuple[Path, ...] = ()) -> Path:
+    """A PEM CRL signed by `ca`, revoking the certificates in `revoked` (next update in a day)."""
+    work = directory / f"{ca[0].stem}-crl-{len(list(directory.glob('*-crl-*.pem')))}"
+    work.mkdir(parents=True)
+    (work / "index.txt").write_text("")
+    (work / "crlnumber").write_text("01\n")
+    cnf = work / "ca.cnf"
+    cnf.write_text(
+        "[ca]\ndefault_ca = crl\n[crl]\ndatabase = index.txt\ncrlnumber = crlnumber\n"
+        "default_md = sha256\ndefault_crl_days = 1\n"
+    )
+    keys = ("-keyfile", str(ca[1]), "-cert", str(ca[0]))
+    for cert in revoked:
+        _openssl("ca", "-config", str(cnf), *keys, "-revoke", str(cert), cwd=work)
+    out = directory / f"{work.name}.pem"
+    _openssl("ca", "-config", str(cnf), *keys, "-gencrl", "-out", str(out), cwd=work)
+    return out

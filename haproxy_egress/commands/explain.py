@@ -9,22 +9,25 @@ nothing is looked up.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
-from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route
+from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.config.parent import Parent
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
 from haproxy_egress.config.sources.yamlfile import read_yaml
+from haproxy_egress.config.tlsmaterial import RouteTls, describe
 
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 AUTH = "proxy-auth"  # the rule the proxy logs and counts for a 407
+ALLOW_FROM = "allow_from"  # a client outside the route's allow_from: refused on connect
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def _route_verdict(
     looked_up: bool,
     client: netaddr.IPAddress | None = None,
     user: str | None = None,
+    tls: Mapping[str, RouteTls] | None = None,
 ) -> RouteVerdict | None:
     """One route's decision, or None when the route cannot carry this kind of destination."""
     if route.mode == "tls":
@@ -155,8 +159,19 @@ def _route_verdict(
     elif not route.is_policy:
         for d in route.destinations:
             if d.host == dest.host and (dest.port is None or d.port == dest.port):
-                return RouteVerdict(route.name, route.mode, True, f"fixed destination {d.hostport}")
+                outside = _client_refused(route, client)
+                if outside is not None:
+                    return outside
+                reason = f"fixed destination {d.hostport}{_clients_note(route, client)}"
+                if route.tls is not None:
+                    reason += f"; {describe(route.tls, d.host, (tls or {}).get(route.name))}"
+                return RouteVerdict(route.name, route.mode, True, reason)
         return None
+    # The listener refuses a client outside `allow_from` before it reads a byte, as haproxy's
+    # `tcp-request connection reject unless client_allowed` does: no rule is looked at.
+    outside = _client_refused(route, client)
+    if outside is not None:
+        return outside
     # The proxy connects to the first address of the family the route prefers (do-resolve's
     # family), else to the first of the other; a name without one is decided on the name.
     version = 6 if route.resolve_prefer == "ipv6" else 4
@@ -171,7 +186,14 @@ def _route_verdict(
     # A tls route connects to its upstream port: port rules see that one, as in haproxy.
     port = dest.port if dest.port is not None or route.mode != "tls" else route.upstream_port
     decision = policy.decide(
-        group.rules, dest.host, address, port, guard=config.guard(route), enforce=group.enforce
+        group.rules,
+        dest.host,
+        address,
+        port,
+        guard=config.guard(route),
+        enforce=group.enforce,
+        route=route.name,
+        group=group.name,
     )
     location = None
     index = decision.index
@@ -180,7 +202,7 @@ def _route_verdict(
     allowed = decision.allowed
     reason = decision.reason
     verdict: str = decision.verdict
-    if group.name != DEFAULT_GROUP:
+    if group.name != DEFAULT_GROUP and allowed:
         reason = f"client group {group.name}: {reason}"
     if verdict == policy.REPORT:
         reason = f"{reason} (report only: allowed, logged as would-deny)"
@@ -191,6 +213,8 @@ def _route_verdict(
     if allowed and address is None and looked_up and via != "parent":
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
         verdict = "unresolved"
+    if allowed:
+        reason += _clients_note(route, client) + _limits_note(route)
     return RouteVerdict(
         route.name,
         route.mode,
@@ -217,15 +241,66 @@ def _via(parent: Parent, host: str, address: netaddr.IPAddress | None) -> tuple[
     return "parent", f"via parent {order} (the parent resolves the name)"
 
 
+def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerdict | None:
+    """The route's answer when `allow_from` refuses the client (`--from`), else None."""
+    if not route.allow_from or client is None:
+        return None
+    if any(_holds(n, client) for n in route.allow_from):
+        return None
+    networks = ", ".join(map(str, route.allow_from))
+    return RouteVerdict(
+        route.name,
+        route.mode,
+        False,
+        f"client {client} is not in allow_from ({networks}): the connection is refused "
+        f"before any rule (add the client's network to allow_from to change it)",
+        verdict="deny",
+        rule_id=ALLOW_FROM,
+    )
+
+
+def _limits_note(route: Route) -> str:
+    """The route's limits, which can still refuse an allowed request when they are reached
+    (429, or 503 for tunnels): what explain cannot know without traffic, it names."""
+    lim = route.limits
+    every = format_duration(lim.period)
+    bounds = [
+        f"{lim.tunnels} CONNECT tunnels at a time (503)" if lim.tunnels else "",
+        f"{lim.connection_rate} connections per {every} per client (429)"
+        if lim.connection_rate
+        else "",
+        f"{lim.request_rate} requests per {every} per client (429)" if lim.request_rate else "",
+    ]
+    shown = ", ".join(b for b in bounds if b)
+    return f" (while within its limits: at most {shown})" if shown else ""
+
+
+def _holds(network: policy.Network, client: netaddr.IPAddress) -> bool:
+    """haproxy's `src` match: an IPv4 client and its `::ffff:` form are the same client."""
+    if client.version == 6 and client.ipv4_mapped is not None:
+        client = client.ipv4_mapped
+    if client.version == network.version:
+        return client in network
+    return network.version == 6 and ipaddress.IPv6Address(f"::ffff:{client}") in network
+
+
+def _clients_note(route: Route, client: netaddr.IPAddress | None) -> str:
+    """Without `--from`, a reminder that `allow_from` still decides who may connect."""
+    if not route.allow_from or client is not None:
+        return ""
+    return f" (only for clients in allow_from: {', '.join(map(str, route.allow_from))})"
+
+
 def _credentials_refused(config: Config, route: Route, user: str | None) -> str | None:
     """Why the proxy answers 407 before any rule (as the route's ACLs do), or None. `user`
     stands for a correct credential of that user: explain never sees a password."""
     if not route.asks_credentials:
         return None
     if user is not None and user not in {u.name for u in config.proxy_users}:
-        return f"407: {user!r} is not a proxy user (wrong proxy credentials)"
+        return f"407: {policy.REFUSALS['auth-wrong'].format(route=route.name)} ({user!r})"
     if user is None and route.proxy_auth == "required":
-        return "407: proxy authentication required (proxy_auth: required; try --user NAME)"
+        missing = policy.REFUSALS["auth-missing"].format(route=route.name)
+        return f"407: {missing} (proxy_auth: required; try --user NAME)"
     return None
 
 
@@ -238,6 +313,7 @@ def explain(
     resolve: Resolve | None = None,
     client: str | None = None,
     user: str | None = None,
+    tls: Mapping[str, RouteTls] | None = None,
 ) -> Verdict:
     """Which route and rule would allow or deny `destination`; raises ValueError on bad input.
 
@@ -245,7 +321,8 @@ def explain(
     `--address` option); `resolve` looks a name up (only called for names); `client` is
     the client's address (`--from`), which chooses the client group of a policy route
     (without it, the route's own list decides); `user` an authenticated proxy user (`--user`),
-    which the client groups that name users look at.
+    which the client groups that name users look at; `tls` the TLS-originating routes'
+    loaded material by route name, for the client certificate a route presents.
     """
     dest = parse_destination(destination)
     found: tuple[netaddr.IPAddress, ...]
@@ -272,6 +349,7 @@ def explain(
             looked_up=looked_up,
             client=source,
             user=user,
+            tls=tls,
         )
         if v is not None:
             verdicts.append(v)

@@ -16,6 +16,9 @@ from typing import Any
 
 from haproxy_egress.config.sources import build_config
 from haproxy_egress.config.sources.configdir import KEY_NAME
+from haproxy_egress.config.sources.http_proxy import KEY, parse_policy, read_input
+from haproxy_egress.config.sources.http_proxy import LISTEN_PORT as HTTP_PROXY_PORT
+from haproxy_egress.config.sources.http_proxy import ROUTE_NAME as HTTP_PROXY_ROUTE
 from haproxy_egress.config.sources.legacy import (
     DNS_PROXY,
     GATEWAY,
@@ -30,7 +33,12 @@ from haproxy_egress.config.sources.legacy import (
 from haproxy_egress.config.sources.yamlfile import read_yaml
 from haproxy_egress.errors import ConfigError, Problem
 
-HTTP_PROXY = "EGRESS_HTTP_PROXY_DESTINATION"
+HTTP_PROXY = KEY  # EGRESS_HTTP_PROXY_DESTINATION
+NOTHING = (
+    "nothing to migrate: none of EGRESS_DESTINATION, EGRESS_DNS_PROXY_DESTINATION, "
+    "EGRESS_HTTP_PROXY_DESTINATION or EGRESS_SOURCE is set, in the environment or as a key "
+    "of the config directory (--config-dir)"
+)
 DEFAULT_KEY = "routes.yaml"
 DEFAULT_NAME = "haproxy-egress"
 _K8S_NAME = re.compile(
@@ -80,8 +88,47 @@ def _route_lines(source: str, line: Line, data: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _http_proxy(
+    files: Mapping[str, bytes], env: Mapping[str, str], port: int
+) -> tuple[str, list[str], list[str], list[Problem]]:
+    """The squid mode (EGRESS_HTTP_PROXY_DESTINATION) as one proxy route with the same rules,
+    in the same order, each with its line: (source, route lines, notes, problems)."""
+    found = read_input(files, env)
+    if found is None:
+        return "", [], [], []
+    if isinstance(found, Problem):
+        return found.source, [], [f"# NOT CARRIED OVER: {_printable(str(found))}"], [found]
+    source, text = found
+    parsed = parse_policy(text, source)
+    notes = [f"# NOT CARRIED OVER: {_printable(str(p))}" for p in parsed.problems]
+    if not parsed.rules:
+        message = f"No {HTTP_PROXY} specified (no rule lines)"
+        return (
+            source,
+            [],
+            [*notes, f"# NOT CARRIED OVER: {message}"],
+            [
+                *parsed.problems,
+                Problem(source, "", message),
+            ],
+        )
+    lines = [
+        f"  # {source} (squid mode): the same rules, first match wins (docs/policy.md).",
+        f"  # Clients keep HTTP_PROXY/HTTPS_PROXY=http://<service>:{port}; `listen` is yours",
+        "  # to change now (migrate --proxy-port), with the Service and the clients.",
+        f"  - name: {HTTP_PROXY_ROUTE}",
+        f"    listen: {port}",
+        "    mode: proxy",
+        "    policy:",
+    ]
+    lines += [f"      - {_quote(rule.text)}  # line {line.number}" for line, rule in parsed.rules]
+    return source, lines, notes, list(parsed.problems)
+
+
 def migrate_document(
-    env: Mapping[str, str], files: Mapping[str, bytes] | None = None
+    env: Mapping[str, str],
+    files: Mapping[str, bytes] | None = None,
+    proxy_port: int = HTTP_PROXY_PORT,
 ) -> tuple[str, int, list[Problem]]:
     """The YAML document (one ConfigMap key) for the legacy settings, its route count, and
     the problems of everything not carried over."""
@@ -122,11 +169,17 @@ def migrate_document(
         elif item.name == GATEWAY and item.text.strip():
             header.append(f"# {GATEWAY}={_printable(item.text.strip())} dropped:")
             header.append(f"#   {GATEWAY_IGNORED}")
-    if env.get(HTTP_PROXY, "").strip() or (files or {}).get(HTTP_PROXY) is not None:
-        message = "the HTTP proxy dialect is not migrated by this command yet"
-        notes.append(f"# NOT CARRIED OVER: {HTTP_PROXY}: {message}")
-        dropped.append(Problem(HTTP_PROXY, "", message))
+    proxy_source, proxy_routes, proxy_notes, proxy_dropped = _http_proxy(
+        files or {}, env, proxy_port
+    )
+    routes += proxy_routes
+    count += 1 if proxy_routes else 0
+    notes += proxy_notes
+    dropped += proxy_dropped
     used = sorted({i.source for i in inputs if i.name in (REDIRECT, DNS_PROXY, SOURCE)})
+    used += [proxy_source] if proxy_source else []
+    if not used and not dropped and not header:
+        raise ValueError(NOTHING)
     lines = [
         f"# Migrated by `haproxy-egress migrate` from {', '.join(used) or 'nothing'}.",
         *header,
@@ -153,6 +206,7 @@ def migrate(
     *,
     configmap: str | None = DEFAULT_NAME,
     key: str = DEFAULT_KEY,
+    proxy_port: int = HTTP_PROXY_PORT,
 ) -> Migration:
     """Legacy env vars and ConfigMap keys → a ConfigMap manifest named `configmap` holding the
     YAML document under `key` (or the bare document when `configmap` is None)."""
@@ -162,11 +216,13 @@ def migrate(
         )
     if not KEY_NAME.match(key) or not key.endswith((".yaml", ".yml")):
         raise ValueError(f"not a valid YAML key name: {key!r} (e.g. routes.yaml)")
-    document, count, dropped = migrate_document(env, files)
+    document, count, dropped = migrate_document(env, files, proxy_port)
     invalid = _check(document, key)
     if invalid:
         document += "# WARNING: haproxy-egress refuses this document until these are fixed:\n"
         document += "".join(f"#   {_printable(str(p))}\n" for p in invalid)
+        if any(p.path.endswith(".listen") for p in invalid) and HTTP_PROXY in document:
+            document += "#   (the squid-mode route can listen elsewhere: --proxy-port PORT)\n"
     if configmap is None:
         return Migration(document, count, tuple(dropped), tuple(invalid))
     body = "".join(f"    {line}\n" if line else "\n" for line in document.splitlines())

@@ -76,6 +76,37 @@ def parse_ip(text: str) -> IPAddress:
         raise ValueError(f"not a valid IP address: {text!r}") from None
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str) -> Network:
+    """An address or CIDR network, IPv6 with or without brackets; ValueError says why not.
+
+    `allow_from`, client groups and policy rules share it, so the same text is taken or
+    refused the same way everywhere, with the reason (host bits set, prefix out of range).
+    """
+    _refuse_zone(text)
+    raw = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    address, slash, prefix = raw.partition("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError("not an IP address or network") from None
+    bits = ip.max_prefixlen
+    if slash and not (prefix.isdigit() and int(prefix) <= bits):
+        raise ValueError(f"prefix /{prefix} is out of range (IPv{ip.version}: /0 to /{bits})")
+    length = int(prefix) if slash else bits
+    network = ipaddress.ip_network((ip, length), strict=False)
+    if network.network_address != ip:
+        raise ValueError(f"host bits set: did you mean {_written_like(text, network)}?")
+    return network
+
+
+def _written_like(text: str, network: Network) -> str:
+    """The suggested network, with brackets when the user wrote them."""
+    return f"[{network}]" if text.startswith("[") else str(network)
+
+
 def looks_like_ipv4(text: str) -> bool:
     """True for dotted-quad lookalikes, so '300.1.1.1' is reported as a bad IP, not a name."""
     return bool(re.fullmatch(r"[0-9]+(\.[0-9]+){3}", text))

@@ -7,12 +7,13 @@ template can trust it and no input can smuggle in a directive.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property, lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -25,16 +26,18 @@ from pydantic import (
     PlainValidator,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.parent import Parent, parent_spec
+from haproxy_egress.config.tls import TlsSpec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
@@ -268,18 +271,16 @@ SourceAddress = Annotated[IPvAnyAddress, BeforeValidator(_no_zone)]
 
 @cache
 def _client_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """pydantic's IPvAnyNetwork rules and message, parsed once per distinct text: one
+    """addresses.parse_network (as policy rules), parsed once per distinct text: one
     allow_from list usually stands in every route (through `defaults:`), and parsing it again
     for each of 10,000 routes was a tenth of their validation. Networks are immutable."""
     try:
-        return ipaddress.IPv4Network(text)
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv6Network(text)
-    except ValueError:
+        return netaddr.parse_network(text)
+    except ValueError as exc:
         raise PydanticCustomError(
-            "ip_any_network", "value is not a valid IPv4 or IPv6 network"
+            "value_error",
+            "invalid network {text}: {reason}",
+            {"text": repr(text), "reason": str(exc)},
         ) from None
 
 
@@ -367,13 +368,43 @@ class HookUse(Frozen):
 # --- egress policy rules: each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
-DEFAULT_GROUP = "default"
+DEFAULT_GROUP = egress_policy.DEFAULT_GROUP
 
 
 def _policy_rule(value: str) -> str:
     """A rule must parse (policy.parse_rule); the text is kept as written, for messages."""
     egress_policy.parse_rule(value)
     return value
+
+
+def _rule_list(value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
+    """A rule list: each rule checked (PolicyRuleText), and `*` only last; a misplaced `*`
+    is reported in the same pass as the bad rules, not after they are fixed."""
+    texts = list(value) if isinstance(value, list | tuple) else []
+    misplaced = any(isinstance(t, str) and t.strip() == "*" for t in texts[:-1])
+    try:
+        rules: tuple[str, ...] = handler(value)
+    except ValidationError as exc:
+        if not misplaced:
+            raise
+        details = [
+            InitErrorDetails(
+                type=PydanticCustomError(e["type"], e["msg"]),
+                loc=e["loc"],
+                input=e["input"],
+            )
+            for e in exc.errors()
+        ]
+        details.append(
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", egress_policy.WILDCARD_LAST),
+                loc=(),
+                input=value,
+            )
+        )
+        raise ValidationError.from_exception_data(exc.title, details) from None
+    egress_policy.check_order([egress_policy.parse_rule(text) for text in rules])
+    return rules
 
 
 PolicyRuleText = Annotated[
@@ -433,13 +464,12 @@ class ClientGroup(Frozen):
             raise ValueError(f"{DEFAULT_GROUP!r} is the route's own list (its `policy`)")
         return value
 
-    @field_validator("policy")
+    @field_validator("policy", mode="wrap")
     @classmethod
-    def _policy_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _policy_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
         if not value:
             raise ValueError("a client group needs a policy")
-        egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
-        return value
+        return _rule_list(value, handler)
 
 
 class Limits(Frozen):
@@ -501,6 +531,8 @@ class Route(RouteSettings):
     proxy_auth: Literal["optional", "required"] = "optional"
     # Parent proxies (config/parent.py); `env` is resolved from HTTPS_PROXY/NO_PROXY on load.
     parent: Annotated[Parent | None, BeforeValidator(parent_spec)] = None
+    # TLS origination to the destinations (config/tls.py, docs/configuration.md).
+    tls: TlsSpec = None
 
     @field_validator("destinations")
     @classmethod
@@ -518,11 +550,10 @@ class Route(RouteSettings):
             raise PydanticCustomError("too_short", "must not be empty")
         return value
 
-    @field_validator("policy")
+    @field_validator("policy", mode="wrap")
     @classmethod
-    def _policy_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        egress_policy.check_order([egress_policy.parse_rule(text) for text in value])
-        return value
+    def _policy_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
+        return _rule_list(value, handler)
 
     @cached_property
     def rules(self) -> tuple[egress_policy.Rule, ...]:
@@ -702,6 +733,9 @@ class Config:
     proxy_users: tuple[ProxyUser, ...] = ()
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
+    # The process's own listeners that are not routes (the metrics and probe endpoint): no
+    # route may take them, and the policy's `self` class covers them like the routes' ports.
+    reserved: tuple[Listen, ...] = ()
 
     @property
     def needs_resolvers(self) -> bool:
@@ -722,13 +756,14 @@ class Config:
 
     @cached_property
     def _own_listeners(self) -> tuple[tuple[int, ...], tuple[egress_policy.Network, ...]]:
-        ports = {r.listen.port for r in self.routes}
+        listeners = [r.listen for r in self.routes] + list(self.reserved)
         if self.stats is not None:
-            ports.add(self.stats.port)
+            listeners.append(Listen(address=self.stats.address, port=self.stats.port))
+        ports = {listen.port for listen in listeners}
         own = list(egress_policy.OWN_NETWORKS)
-        for r in self.routes:
-            if not r.listen.is_wildcard and r.listen.address is not None:
-                own.append(ipaddress.ip_network(r.listen.address))
+        for listen in listeners:
+            if not listen.is_wildcard and listen.address is not None:
+                own.append(ipaddress.ip_network(listen.address))
         return tuple(sorted(ports)), tuple(dict.fromkeys(own))
 
     def origin_of(self, route_name: str) -> str:
@@ -757,7 +792,53 @@ def format_loc(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _message(err: Mapping[str, Any]) -> str:
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside tuple[...], `X | None` or Annotated[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str]:
+    """The field names (as written in YAML: aliases) of the model at `loc` under `model`."""
+    current = model
+    for part in loc:
+        if isinstance(part, int) or part.startswith("function-") or current is None:
+            continue
+        fields = current.model_fields
+        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        current = _model_in(info.annotation) if info is not None else None
+    if current is None:
+        return []
+    return [info.alias or name for name, info in current.model_fields.items()]
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """ "did you mean `x`? " for the known name closest to a misspelt one, or ""."""
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(known), n=1)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def unknown_field(name: str, known: Iterable[str]) -> str:
+    """The message for an unknown field, with the closest known name when one is close."""
+    return f"unknown field ({closest(name, known)}see `haproxy-egress schema` for every field)"
+
+
+def _not_a_list(err: Mapping[str, Any]) -> str:
+    """A single value where a list belongs, with the list spelled out for this value."""
+    got = err["input"]
+    name = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "field")
+    return (
+        f"must be a list, not the single value {got!r}: write `{name}: [{got}]`, "
+        f"or one `- {got}` per line below `{name}:`"
+    )
+
+
+def _message(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -765,7 +846,9 @@ def _message(err: Mapping[str, Any]) -> str:
     if err["type"] == "too_short":
         return "must not be empty"
     if err["type"] == "extra_forbidden":
-        return "unknown field (check the spelling; see `haproxy-egress schema`)"
+        return unknown_field(str(err["loc"][-1]), _fields_at(model, err["loc"][:-1]))
+    if err["type"] in ("tuple_type", "list_type") and isinstance(err.get("input"), str | int):
+        return _not_a_list(err)
     if any("password" in str(part) for part in err["loc"]):
         return (
             msg.split(" (got", 1)[0]
@@ -785,8 +868,11 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg
 
 
-def problems_from(error: ValidationError, source: str, prefix: str = "") -> list[Problem]:
-    """All of a ValidationError's errors as problems under `source` and a path prefix."""
+def problems_from(
+    error: ValidationError, source: str, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[Problem]:
+    """All of a ValidationError's errors as problems under `source` and a path prefix
+    (`model`, the one validated, names the known fields when one is unknown)."""
     problems = []
     errors = error.errors()
     item_locs = {
@@ -800,7 +886,7 @@ def problems_from(error: ValidationError, source: str, prefix: str = "") -> list
             path = f"{prefix}.{loc}" if not loc.startswith("[") else prefix + loc
         else:
             path = prefix or loc
-        problems.append(Problem(source, path, _message(err)))
+        problems.append(Problem(source, path, _message(err, model)))
     return problems
 
 
@@ -809,7 +895,7 @@ def validate(model: type[Frozen], data: object, source: str, prefix: str = "") -
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProblemList(problems_from(exc, source, prefix)) from None
+        raise ProblemList(problems_from(exc, source, prefix, model)) from None
 
 
 class ProblemList(Exception):

@@ -39,7 +39,6 @@ from haproxy_egress.config import classes
 
 Action = Literal["allow", "deny"]
 Kind = Literal["host", "domain", "network", "any"]
-Verdict = Literal["allow", "deny"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -233,8 +232,9 @@ def parse_rule(line: str) -> Rule:
         )
     if _ADDRESSISH.match(pattern):
         try:
-            # Host bits are masked, as squid does with `dst 192.0.2.7/24`.
-            network = ipaddress.ip_network(pattern, strict=False)
+            # Host bits are refused with the network suggested (squid masks them silently:
+            # `10.0.0.1/8` was then a typo nobody saw), as allow_from refuses them.
+            network = netaddr.parse_network(pattern)
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
         return NetworkRule(action, str(_judged_network(network)), ports, text)
@@ -305,6 +305,44 @@ OWN_NETWORKS: tuple[Network, ...] = tuple(
 )
 DEFAULT_GUARD = Guard()
 REPORT: Literal["would-deny"] = "would-deny"
+DEFAULT_GROUP = "default"  # the route's own `policy`, for every client no group takes
+
+# The words of every refusal, each saying which rule decided and what would change it. Defined
+# once: `decide` (for `explain`) fills them with values, the proxy's haproxy.cfg with sample
+# expressions (render/compiler.py `refusal`), so a 403 body and `explain` say the same thing.
+REFUSALS = {
+    "default": (
+        "no rule of route {route} allows {host} port {port} (client group {group}): everything"
+        " not allowed is denied; to allow it, add a rule such as {host}:{port} to that policy"
+    ),
+    "deny": (
+        "denied by route {route} rule {rule} ({text}) (client group {group}): to allow it,"
+        " remove or narrow that rule, or allow it in a rule placed before rule {rule}"
+    ),
+    "guard": (
+        "{address} is in address class {cls}: route {route} rule {rule} ({text}) matched, but"
+        " only an address rule may let this class through; to allow it, take the class out of"
+        " the route's guard (guard: [default, -{cls}]) or place an address rule such as"
+        " {address} before rule {rule}"
+    ),
+    "guard-default": (
+        "{address} is in address class {cls}: no rule of route {route} matched and report-only"
+        " lets no refused class through; to allow it, take the class out of the route's guard"
+        " (guard: [default, -{cls}]) or add an address rule such as {address}"
+    ),
+    "self": (
+        "{address} port {port} is the router itself (class self): no rule or guard setting of"
+        " route {route} can allow it; connect to that listener directly"
+    ),
+    "auth-missing": (
+        "route {route}: proxy authentication required: send Proxy-Authorization (Basic) with"
+        " the name and password of a proxy user (EGRESS_PROXY_USERS_FILE)"
+    ),
+    "auth-wrong": (
+        "route {route}: wrong proxy credentials: no proxy user with that name and password"
+        " (EGRESS_PROXY_USERS_FILE)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -348,6 +386,8 @@ def decide(
     *,
     guard: Guard = DEFAULT_GUARD,
     enforce: bool = True,
+    route: str = "?",
+    group: str = DEFAULT_GROUP,
 ) -> Decision:
     """`self` first; then first match wins, and an address class refuses what a name rule
     allowed; no match denies (as squid's `http_access deny all`).
@@ -355,52 +395,30 @@ def decide(
     `address` is the address the connection would go to (None when the name does not
     resolve: address rules then do not match, as squid's `dst` does not). With `enforce`
     false a rule's or the default's deny becomes `would-deny`; the guard still refuses.
+    `route` and `group` only name them in the reason (REFUSALS, the words of a 403 body).
     """
+    words = {"route": route, "group": group, "host": host, "port": port, "address": address}
     if address is not None and guard.is_self(address, port):
-        return Decision(
-            "deny",
-            None,
-            None,
-            f"{address} port {port} is the router itself: no rule may allow it",
-            guard_class=classes.SELF,
-        )
+        reason = REFUSALS["self"].format(**words)
+        return Decision("deny", None, None, reason, guard_class=classes.SELF)
     denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
     found = guard.classify(address) if address is not None else None
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue
+        at = {**words, "rule": index, "text": rule.text, "cls": found}
         if rule.action == "deny":
             if denied == REPORT and found is not None:
                 # Report mode lets a denied request through, but never into a refused class.
-                return _guarded(address, found, index, rule, "a report-only deny")
-            return Decision(denied, index, rule, f"denied by rule {index} ({rule.text})")
+                return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
+            return Decision(denied, index, rule, REFUSALS["deny"].format(**at))
         if found is not None and not rule.is_address_rule:
-            what = classes.BY_NAME[found].what
-            return Decision(
-                "deny",
-                index,
-                rule,
-                f"{address} is {what} (class {found}): only an address rule can allow it "
-                f"(rule {index} ({rule.text}) matched the name)",
-                guard_class=found,
-            )
+            return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
         return Decision("allow", index, rule, f"allowed by rule {index} ({rule.text})")
     if denied == REPORT and found is not None:
-        return _guarded(address, found, None, None, "the report-only default")
-    return Decision(denied, None, None, "no rule allows it (everything not allowed is denied)")
-
-
-def _guarded(
-    address: netaddr.IPAddress | None, found: str, index: int | None, rule: Rule | None, by: str
-) -> Decision:
-    what = classes.BY_NAME[found].what
-    return Decision(
-        "deny",
-        index,
-        rule,
-        f"{address} is {what} (class {found}): {by} may not let it through",
-        guard_class=found,
-    )
+        reason = REFUSALS["guard-default"].format(**words, cls=found)
+        return Decision("deny", None, None, reason, guard_class=found)
+    return Decision(denied, None, None, REFUSALS["default"].format(**words))
 
 
 @dataclass(frozen=True)

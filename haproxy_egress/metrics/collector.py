@@ -19,8 +19,9 @@ from prometheus_client.core import (
 )
 
 from haproxy_egress import __version__
+from haproxy_egress.haproxy.stat import StatTable
 from haproxy_egress.metrics.logs import log_families
-from haproxy_egress.metrics.stats import HaproxySnapshot, StatTable, int_text
+from haproxy_egress.metrics.stats import HaproxySnapshot, int_text
 from haproxy_egress.metrics.status import RouterStatus
 
 # --- the metric families ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.registry import Collector
 
+from haproxy_egress.haproxy.stat import STATUS_FIELD, StatTable, parse_stat
 from haproxy_egress.metrics.collector import (
     ScrapeCounters,
     policy_family,
@@ -33,14 +34,9 @@ from haproxy_egress.metrics.families import (
     StatFamily,
 )
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import (
-    STATUS_FIELD,
-    HaproxySnapshot,
-    StatTable,
-    converter,
-    parse_stat,
-)
+from haproxy_egress.metrics.stats import HaproxySnapshot, converter
 from haproxy_egress.metrics.status import RouterStatus
+from haproxy_egress.metrics.tls import handshake_family, tls_families
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -181,6 +177,11 @@ def render_scrape(
         small.extend(f for f in (version_family(snapshot), denied) if f is not None)
     small.extend(scrape_families(snapshot.up, counters.record(failures)))
     small.extend(router_families(status, snapshot.haproxy_version))
+    if status is not None and (status.tls or status.tls_rejected):
+        small.extend(tls_families(status.tls, status.tls_rejected))
+        handshakes = handshake_family(snapshot.stat, (m.route for m in status.tls))
+        if handshakes is not None:
+            small.append(handshakes)
     if extra is not None:
         small.extend(extra.collect())
     if openmetrics:

@@ -20,6 +20,7 @@ import logging
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,6 +328,20 @@ class _HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             serve(tls, client_address, self)
         finally:
             tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed: one log line, never socketserver's traceback on stderr.
+        A client that resets or drops its connection (load-balancer probes do) is routine."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("metrics client %s: connection ended: %s", client_address, exc)
+            return
+        logger.error(
+            "metrics endpoint: request from %s failed: %r",
+            client_address,
+            exc,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from haproxy_egress.errors import HaproxyError
+from haproxy_egress.haproxy import show
 from haproxy_egress.metrics.stats import Query
 from haproxy_egress.render.compiler import TABLES
 
@@ -26,10 +27,8 @@ log = logging.getLogger(__name__)
 
 TABLE = TABLES.policy
 COMMAND = f"show table {TABLE}"
-_ENTRY = re.compile(
-    r"\bkey=([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/(allow|deny|would-deny|unresolved)\s"
-    r".*\bgpc0=(\d+)"
-)
+# The keys the template writes: ROUTE/GROUP/RULE/VERDICT.
+_KEY = re.compile(r"([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/(allow|deny|would-deny|unresolved)")
 
 
 # Routes with parent proxies store gpc1 too: the parent's 407s (the router's credentials
@@ -50,10 +49,11 @@ def parse_parent_auth(text: str) -> dict[str, int]:
 def parse_table(text: str) -> dict[tuple[str, str, str, str], int]:
     """`show table _egress_policy` output → (route, group, rule, verdict) → count."""
     out: dict[tuple[str, str, str, str], int] = {}
-    for line in text.splitlines():
-        m = _ENTRY.search(line)
-        if m:
-            out[(m.group(1), m.group(2), m.group(3), m.group(4))] = int(m.group(5))
+    for entry in show.parse_table(text):
+        m = _KEY.fullmatch(entry.key)
+        count = entry.data.get("gpc0", "")
+        if m and count.isdigit():
+            out[(m.group(1), m.group(2), m.group(3), m.group(4))] = int(count)
     return out
 
 

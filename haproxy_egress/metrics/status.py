@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from haproxy_egress.config.tlsmaterial import RouteTls
 from haproxy_egress.metrics.logs import LogLoss
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class RouterStatus:
     old_worker_rss_bytes: int = 0
     old_workers_ended: Mapping[str, int] = field(default_factory=dict)
     connections_ended: Mapping[str, int] = field(default_factory=dict)
+    # TLS origination: the running routes' checked material, and whether the last change was
+    # refused for its TLS material (metrics/tls.py).
+    tls: tuple[RouteTls, ...] = ()
+    tls_rejected: bool = False
 
 
 def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:

@@ -13,11 +13,13 @@ from typing import Any
 import jinja2
 
 from haproxy_egress import __version__
+from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
 from haproxy_egress.render.resources import template_dir
+from haproxy_egress.render.tls import server_options as tls_server_options
 from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
@@ -75,11 +77,10 @@ def audit_log_format(mode: str) -> str:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """The process-level facts the config embeds (paths, log sink, drain, threads)."""
+    """The process-level facts the config embeds (paths, log sink, threads)."""
 
     run_dir: Path
     log_stdout: bool = False
-    drain_seconds: float = 30.0
     threads: int = 0
 
     @property
@@ -120,6 +121,24 @@ def _address(value: object) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
+# What fills each word of a refusal (config/policy.py REFUSALS) in the proxy: the values of
+# the request, as the decision left them in its variables.
+_REFUSAL_SAMPLES = {
+    "host": "%[var(txn.dsthost)]",
+    "port": "%[var(txn.dstport)]",
+    "address": "%[var(txn.dstip)]",
+    "cls": "%[var(txn.egress_class)]",
+    "rule": "%[var(txn.egress_idx)]",
+    "group": "%[var(txn.egress_group)]",
+}
+
+
+def refusal(kind: str, route: str, text: str = "") -> str:
+    """A refusal's words (REFUSALS[kind]) for haproxy's set-var-fmt: the route's name, and
+    sample expressions for the rest; `text` is the expression of the rule's text."""
+    return egress_policy.REFUSALS[kind].format(route=route, text=text, **_REFUSAL_SAMPLES)
+
+
 @cache
 def _environment(directory: Path) -> jinja2.Environment:
     env = jinja2.Environment(
@@ -133,10 +152,12 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
     env.globals["server_options"] = _server_options
+    env.globals["tls_options"] = tls_server_options  # TLS origination (render/tls.py)
     # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
     env.globals["policy_maps"] = route_files
     env.globals["parent_maps"] = parent_files
     env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
+    env.globals["refusal"] = refusal
     env.globals["default_group"] = DEFAULT_GROUP
     env.globals["no_class"] = NONE
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT

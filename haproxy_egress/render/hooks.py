@@ -23,6 +23,7 @@ from pathlib import Path
 
 from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
 from haproxy_egress.errors import ConfigError, Problem
+from haproxy_egress.haproxy.check import parse_alerts
 from haproxy_egress.render.resources import lua_dir
 
 LUA_FILE = re.compile(r"^[0-9a-f]{64}\.lua$")
@@ -327,15 +328,6 @@ def lua_paths(hooks: HookSet, lua_dir: Path) -> list[str]:
 
 # --- explaining `haproxy -c` in terms of ConfigMap keys and routes --------------------------
 
-# `Lua runtime error: <path>:<line>: <msg>` and `error in Lua file '<path>': <path>:<line>: <msg>`
-# Lua shortens long chunk names to "...<tail>", so a message may hold only the digest's end.
-_LUA_AT = re.compile(r"([0-9a-f]{16,64})\.lua:([0-9]+): (.*)$")
-_LUA_LOAD_ERROR = re.compile(r"error in Lua file '[^']*/([0-9a-f]{64})\.lua': (.*)$")
-_NOT_REGISTERED = re.compile(
-    r"'(http-request|http-response|tcp-request)'.* but got 'lua\.([a-z0-9_]+)'"
-)
-_NO_SERVICE = re.compile(r"use-service.*'lua\.([a-z0-9_]+)' unknown service")
-
 
 def explain_check(output: str, hooks: HookSet) -> list[Problem]:
     """haproxy -c alerts about hook files, as problems naming the file's key and its routes.
@@ -352,20 +344,20 @@ def explain_check(output: str, hooks: HookSet) -> list[Problem]:
 
     errors: dict[str, tuple[str, int | None]] = {}  # key → (message, line)
     missing: dict[str, str] = {}
-    for line in output.splitlines():
-        if "[ALERT]" not in line:
-            continue
-        if (m := _LUA_AT.search(line)) is not None and (lua := _by_tail(m.group(1))) is not None:
-            errors.setdefault(lua.key, (f"Lua error: {m.group(3).strip()}", int(m.group(2))))
-        elif (m := _LUA_LOAD_ERROR.search(line)) is not None and m.group(1) in by_digest:
-            lua = by_digest[m.group(1)]
-            errors.setdefault(lua.key, (f"Lua error: {m.group(2).strip()}", None))
-        elif (m := _NOT_REGISTERED.search(line)) is not None and m.group(2) in by_name:
-            name = m.group(2)
-            what = f"action {name!r} for {m.group(1)} (core.register_action({name!r}, ...))"
+    for alert in parse_alerts(output):
+        at, load = alert.lua_at, alert.lua_load_error
+        action, service = alert.not_registered, alert.unknown_service
+        if at is not None and (lua := _by_tail(at.digest)) is not None:
+            errors.setdefault(lua.key, (f"Lua error: {at.message}", at.line))
+        elif load is not None and load.digest in by_digest:
+            lua = by_digest[load.digest]
+            errors.setdefault(lua.key, (f"Lua error: {load.message}", None))
+        elif action is not None and action.name in by_name:
+            name = action.name
+            what = f"action {name!r} for {action.keyword} (core.register_action({name!r}, ...))"
             missing.setdefault(by_name[name].key, f"does not register the {what}")
-        elif (m := _NO_SERVICE.search(line)) is not None and m.group(1) in by_name:
-            name = m.group(1)
+        elif service is not None and service in by_name:
+            name = service
             what = (
                 f"service {name!r} for this route's mode "
                 f"(core.register_service({name!r}, 'http' or 'tcp', ...))"

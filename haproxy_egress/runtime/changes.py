@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from haproxy_egress.config.model import Config, Route
+from haproxy_egress.haproxy.show import Session
+from haproxy_egress.render.tls import parse_staged
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -25,9 +27,7 @@ __all__ = [
     "Kind",
     "Plan",
     "Server",
-    "Session",
     "Version",
-    "parse_sessions",
     "plan",
     "servers",
 ]
@@ -37,7 +37,7 @@ class Kind(enum.Enum):
     """How an edit reaches haproxy (the `kind` label of config_changes_total)."""
 
     NOOP = "noop"  # nothing haproxy would notice (comments, route origins, same text)
-    RUNTIME = "runtime"  # runtime API: servers added/removed, pattern files swapped
+    RUNTIME = "runtime"  # runtime API: servers added/removed, pattern or TLS files swapped
     RELOAD = "reload"  # a new worker: listeners, modes, globals, hooks, options...
 
 
@@ -60,33 +60,6 @@ class Server:
         """The address split into host (no brackets) and port."""
         host, _, port = self.address.rpartition(":")
         return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class Session:
-    """One established session, from a worker's `show sess`."""
-
-    ptr: str  # 0x55b244ffee50: what `shutdown session` takes
-    frontend: str
-    server: str  # "<none>" before a server was chosen
-    client: str  # the client's IP address
-
-    def __str__(self) -> str:
-        return f"{self.client} via route {self.frontend} (server {self.server})"
-
-
-_SESSION = re.compile(r"^(0x[0-9a-f]+): proto=(tcpv4|tcpv6)\s+src=(\S+)\s+fe=(\S+).*?srv=(\S+)")
-
-
-def parse_sessions(text: str) -> list[Session]:
-    """Client sessions of `show sess` (the CLI's own `sockpair` session left out)."""
-    out = []
-    for line in text.splitlines():
-        m = _SESSION.match(line.strip())
-        if m:
-            client = m.group(3).rpartition(":")[0].strip("[]")
-            out.append(Session(m.group(1), m.group(4), m.group(5), client))
-    return out
 
 
 @dataclass(frozen=True)
@@ -126,6 +99,8 @@ class Plan:
     add: tuple[Server, ...] = ()
     remove: tuple[Server, ...] = ()  # set to maintenance now, deleted after the drain
     files: tuple[tuple[str, str], ...] = ()  # pattern files whose content changes
+    # TLS files (under RunDir.tls) whose content changes: a rotated certificate, CA or CRL.
+    ssl: tuple[tuple[str, str], ...] = ()
     denies: tuple[Deny, ...] = ()
 
     def summary(self) -> str:
@@ -315,21 +290,31 @@ class Version(Protocol):
     @property
     def maps(self) -> Mapping[str, str]: ...
 
+    @property
+    def tls_files(self) -> Mapping[str, str]: ...
+
 
 def plan(old: Version, new: Version, *, runtime: bool = True) -> Plan:
     """Diff two compiled configurations; `runtime=False` turns every change into a reload."""
     notes, denies = _model_changes(old.config, new.config)
     files = tuple(sorted((n, c) for n, c in new.maps.items() if old.maps.get(n) != c))
+    old_tls, new_tls = old.tls_files, new.tls_files
+    ssl = tuple(sorted((n, c) for n, c in new_tls.items() if old_tls.get(n) != c))
+    if old.config == new.config:
+        # Only the Secrets changed: say which material of which route was rotated.
+        notes += [_rotated(name) for name, _ in ssl]
     why, add, remove = _structural(_sections(old.text), _sections(new.text))
     if not why:
         why = _parents_moved(old.config, new.config)
     if not why and set(old.maps) != set(new.maps):
         why = "pattern files added or removed"
+    if not why and set(old_tls) != set(new_tls):
+        why = "TLS files added or removed"
     if not why and not runtime:
         why = "runtime changes are turned off (EGRESS_RUNTIME_CHANGES)"
     if why:
         return Plan(Kind.RELOAD, tuple(notes), why, denies=tuple(denies))
-    if not add and not remove and not files:
+    if not add and not remove and not files and not ssl:
         return Plan(Kind.NOOP, tuple(notes))
     return Plan(
         Kind.RUNTIME,
@@ -337,5 +322,12 @@ def plan(old: Version, new: Version, *, runtime: bool = True) -> Plan:
         add=tuple(add),
         remove=tuple(remove),
         files=files,
+        ssl=ssl,
         denies=tuple(denies),
     )
+
+
+def _rotated(name: str) -> str:
+    """'partner.crt.pem' → 'route partner: client_cert rotated'."""
+    route, kind = parse_staged(name)
+    return f"route {route}: {kind.value} rotated"

@@ -14,6 +14,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Seconds from an arbitrary start (time.monotonic): handed in, so that start times, restart
+# schedules and deadlines can be driven by a fake clock in unit tests.
+Clock = Callable[[], float]
+
 
 class ChildState(enum.Enum):
     """Where a supervised child is in its life."""
@@ -85,12 +89,15 @@ class Child:
     before_start: Callable[[], None] | None = None
     # Where the child's stdout goes instead of the pod log (haproxy's into the log relay FIFO).
     stdout: Path | None = None
+    # A pipe's write end the child's stderr is dup'ed to (haproxy's, read by haproxylog.py).
+    stderr: int | None = None
     state: ChildState = ChildState.EXITED
     pid: int | None = None
     started_at: float = 0.0
     next_start: float = 0.0
     restarts: int = 0
     backoff: Backoff = field(default_factory=Backoff)
+    clock: Clock = time.monotonic
 
     def ready(self) -> bool:
         """RUNNING and alive: what it served may be claimed (a zombie serves nothing)."""
@@ -121,6 +128,8 @@ class Child:
         ]
         if self.stdout is not None:
             actions.append((os.POSIX_SPAWN_OPEN, 1, str(self.stdout), os.O_WRONLY, 0))
+        if self.stderr is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))  # type: ignore[arg-type]
         self.pid = os.posix_spawnp(
             self.argv[0],
             list(self.argv),
@@ -130,7 +139,7 @@ class Child:
             # then stops the children in order.
             setpgroup=0,
         )
-        self.started_at = time.monotonic()
+        self.started_at = self.clock()
         self.state = ChildState.STARTING
         log.info("%s started (pid:%d)", self.name, self.pid)
         return self.pid

@@ -4,19 +4,28 @@ Servers: `add server` with the very options of the cfg line (dynamic servers do 
 `default-server`), `enable health` when checked, `enable server`; removed ones go to
 maintenance at once (no new connection) and are deleted after the drain time. Pattern files
 (ACL/map files under RunDir.maps): `prepare` a new version, `add` every line in one payload,
-`commit` it, so no connection ever sees half a list. Any refusal or any difference found when
-reading back raises LiveChangeFailed: the caller then reloads, and since the files on disk
-already describe the new configuration, the reload lands exactly where this would have.
+`commit` it, so no connection ever sees half a list. TLS files (a rotated client certificate,
+CA or CRL): `set ssl … <<` and `commit ssl …` (runtime/tlslive.py). Any refusal or any
+difference found when reading back raises LiveChangeFailed: the caller then reloads, and
+since the files on disk already describe the new configuration, the reload lands exactly
+where this would have.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from haproxy_egress.errors import EgressError, HaproxyError
+from haproxy_egress.haproxy import replies
+from haproxy_egress.haproxy.show import (
+    ServerState,
+    parse_pattern_entries,
+    parse_prepared_version,
+    parse_servers_state,
+)
+from haproxy_egress.runtime import tlslive
 from haproxy_egress.runtime.changes import Plan, Server
 
 log = logging.getLogger(__name__)
@@ -24,8 +33,6 @@ log = logging.getLogger(__name__)
 __all__ = ["LiveChangeFailed", "apply", "delete_servers", "pattern_kind"]
 
 Command = Callable[[str], str]  # one stats-socket command → its answer
-_VERSION = re.compile(r"New version created: (\d+)")
-FMAINT = 0x1  # srv_admin_state bit: forced maintenance (`set server ... state maint`)
 
 
 class LiveChangeFailed(EgressError):
@@ -38,7 +45,7 @@ def pattern_kind(name: str) -> str:
 
 
 def _expect(
-    command: Command, line: str, ok: Iterable[str] = ("",), shown: str | None = None
+    command: Command, line: str, ok: Iterable[str] = (replies.DONE,), shown: str | None = None
 ) -> str:
     """Send `line`; LiveChangeFailed unless haproxy answers one of `ok`. Messages quote
     `shown` when given (a map payload may hold a parent credential: never in a log line)."""
@@ -56,7 +63,7 @@ def _add_server(command: Command, server: Server) -> None:
     _expect(
         command,
         f"add server {server.ref} {server.address}{server.options}",
-        ok=("New server registered.",),
+        ok=(replies.SERVER_ADDED,),
     )
     if " check" in f" {server.options}":
         _expect(command, f"enable health {server.ref}")
@@ -72,10 +79,9 @@ def _swap_file(command: Command, path: Path, content: str) -> None:
         answer = command(f"prepare {kind} {path}").strip()
     except HaproxyError as exc:
         raise LiveChangeFailed(f"prepare {kind} {path}: {exc}") from exc
-    match = _VERSION.search(answer)
-    if not match:
+    version = parse_prepared_version(answer)  # u32 and wraps: always the one haproxy gave
+    if version is None:
         raise LiveChangeFailed(f"prepare {kind} {path} was refused: {answer}")
-    version = match.group(1)  # u32 and wraps: always the one haproxy just gave
     lines = [ln for ln in content.splitlines() if ln.strip()]
     if kind == "map" and lines:
         payload = "\n".join(lines)  # many entries in one command
@@ -87,13 +93,13 @@ def _swap_file(command: Command, path: Path, content: str) -> None:
     _expect(command, f"commit {kind} @{version} {path}")
 
 
-def apply(command: Command, plan: Plan, maps_dir: Path) -> None:
+def apply(command: Command, plan: Plan, maps_dir: Path, tls_dir: Path | None = None) -> None:
     """Make the worker run `plan`; raises LiveChangeFailed (the caller then reloads)."""
     # Added before removed: a route whose every destination changes always has one.
     states = {b: _server_states(command, b) for b in sorted({s.backend for s in plan.add})}
     for server in plan.add:
         got = states[server.backend].get(server.name)
-        if got is not None and got[2] & FMAINT and (got[0], got[1]) == server.host_port:
+        if got is not None and got.maintenance and (got.address, got.port) == server.host_port:
             # Removed by an earlier edit and still draining: the same server, back in service.
             _expect(command, f"set server {server.ref} state ready")
             continue
@@ -102,21 +108,23 @@ def apply(command: Command, plan: Plan, maps_dir: Path) -> None:
         _expect(command, f"set server {server.ref} state maint")
     for name, content in plan.files:
         _swap_file(command, maps_dir / name, content)
+    if plan.ssl:
+        if tls_dir is None:
+            raise LiveChangeFailed("TLS files changed but no TLS directory was given")
+        try:
+            tlslive.apply(command, plan.ssl, tls_dir)
+        except tlslive.SslChangeFailed as exc:
+            raise LiveChangeFailed(str(exc)) from exc
     verify(command, plan, maps_dir)
 
 
-def _server_states(command: Command, backend: str) -> dict[str, tuple[str, int, int]]:
-    """name → (addr, port, admin_state) from `show servers state <backend>`."""
+def _server_states(command: Command, backend: str) -> dict[str, ServerState]:
+    """name → its state, from `show servers state <backend>`."""
     try:
         text = command(f"show servers state {backend}")
     except HaproxyError as exc:
         raise LiveChangeFailed(f"show servers state {backend}: {exc}") from exc
-    out = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) > 18 and fields[0].isdigit():
-            out[fields[3]] = (fields[4], int(fields[18]), int(fields[6]))
-    return out
+    return {s.name: s for s in parse_servers_state(text)}
 
 
 def _entries(command: Command, kind: str, path: Path) -> list[str]:
@@ -125,7 +133,7 @@ def _entries(command: Command, kind: str, path: Path) -> list[str]:
         text = command(f"show {kind} {path}")
     except HaproxyError as exc:
         raise LiveChangeFailed(f"show {kind} {path}: {exc}") from exc
-    return [ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith("0x") and " " in ln]
+    return parse_pattern_entries(text)
 
 
 def verify(command: Command, plan: Plan, maps_dir: Path) -> None:
@@ -138,14 +146,17 @@ def verify(command: Command, plan: Plan, maps_dir: Path) -> None:
                 continue
             got = states.get(server.name)
             host, port = server.host_port
-            if got is None or got[0] != host or got[1] != port or got[2] & FMAINT:
+            if got is None or got.address != host or got.port != port or got.maintenance:
+                seen = None if got is None else (got.address, got.port, got.admin_state)
                 raise LiveChangeFailed(
-                    f"server {server.ref}: read back {got}, wanted {host}:{port}"
+                    f"server {server.ref}: read back {seen}, wanted {host}:{port}"
                 )
         for server in plan.remove:
             got = states.get(server.name)
-            if server.backend == backend and got is not None and not got[2] & FMAINT:
-                raise LiveChangeFailed(f"server {server.ref} is not in maintenance: {got}")
+            if server.backend == backend and got is not None and not got.maintenance:
+                raise LiveChangeFailed(
+                    f"server {server.ref} is not in maintenance: {got.address}:{got.port}"
+                )
     for name, content in plan.files:
         path = maps_dir / name
         want = [ln.strip() for ln in content.splitlines() if ln.strip()]
@@ -165,9 +176,9 @@ def delete_servers(command: Command, servers: Iterable[str]) -> list[str]:
             log.warning("could not delete server %s: %s", ref, exc)
             busy.append(ref)
             continue
-        if answer == "Server deleted." or answer.startswith("No such"):
+        if replies.server_deleted(answer):
             continue
-        if "still has connections" in answer:
+        if replies.server_busy(answer):
             busy.append(ref)
         else:
             log.warning("could not delete server %s: %s", ref, answer)

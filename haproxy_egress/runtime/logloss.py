@@ -4,21 +4,20 @@ the master CLI) plus the log relay's own losses; and one rate-limited warning wh
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from pathlib import Path
 
 from haproxy_egress.background import Background
 from haproxy_egress.errors import EgressError
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.show import parse_info, parse_proc_table
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
-from haproxy_egress.runtime.haproxy import CliSocket, parse_proc_table
 from haproxy_egress.runtime.logrelay import read_counters
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
-_DROPPED = re.compile(r"^DroppedLogs:\s*(\d+)", re.M)
 
 
 def worker_pids(show_proc: str) -> list[tuple[int, str]]:
@@ -101,11 +100,11 @@ class LogLossWatch(Background):
         out = []
         for pid, role in pids:
             try:
-                found = _DROPPED.search(self._master.command(f"@!{pid} show info"))
+                dropped = parse_info(self._master.command(f"@!{pid} show info")).dropped_logs
             except EgressError:
-                found = None  # it exited between the two commands
-            if found is not None:
-                out.append(WorkerLogDrops(pid, role, int(found.group(1))))
+                dropped = None  # it exited between the two commands
+            if dropped is not None:
+                out.append(WorkerLogDrops(pid, role, dropped))
             elif pid in self._last:
                 out.append(WorkerLogDrops(pid, role, self._last[pid]))
         return out

@@ -16,7 +16,10 @@ in large chunks and writes whole lines to the real stdout in batches. Why this s
   `DroppedLogs` (exported as haproxy_egress_log_dropped_total{stage="haproxy"}).
 
 The relay's counters live in a small memory-mapped state file, so a relay killed with SIGKILL
-leaves behind what it had read but not written; the next one adds that to `lost_killed`.
+leaves behind what it had read but not written; the next one adds that to `lost_killed`. A read
+from the FIFO is destructive, and a kill can land between the read and the count: so the relay
+reads into a staging area of that same shared mapping, and a successor counts whatever a dead
+relay left there. No window remains in which a line is gone and not counted.
 
 This module is also the relay process's entry point (`python -m haproxy_egress.runtime.logrelay`):
 the child imports nothing of the router, so a restarted relay reads again within ~0.1 s.
@@ -44,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haproxy_egress.errors import EgressError
-from haproxy_egress.logsetup import LineHandler
+from haproxy_egress.logsetup import configure
 from haproxy_egress.runtime.children import Child
+from haproxy_egress.settings import LogFormat
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +109,31 @@ def read_counters(path: Path) -> RelayCounters | None:
     return RelayCounters(**values)
 
 
+_STATE_SIZE = _LAYOUT.size + READ_CHUNK  # the counters, then the staging area
+_ZEROS = bytes(READ_CHUNK)
+
+
 class StateFile:
     """The relay's counters in a shared mapping: every update is a store, no syscall, and it
-    outlives the process (the page cache), so a SIGKILL cannot take the counts with it."""
+    outlives the process (the page cache), so a SIGKILL cannot take the counts with it.
+
+    After the counters comes the staging area: the relay reads the FIFO straight into it, so
+    bytes taken from the FIFO are in the page cache before the read returns. Haproxy's log
+    lines hold no NUL byte, and the area is zeroed once a read is counted, so what a dead
+    relay left uncounted is the area up to its first NUL.
+    """
 
     def __init__(self, path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _LAYOUT.size:
+            if os.fstat(fd).st_size < _STATE_SIZE:
                 # Real bytes, not ftruncate: a sparse page on a full tmpfs would be allocated
                 # at the first store and kill the relay with SIGBUS; this fails with ENOSPC.
-                os.pwrite(fd, bytes(_LAYOUT.size), 0)
-            self._map = mmap.mmap(fd, _LAYOUT.size)
+                os.pwrite(fd, bytes(_STATE_SIZE), 0)
+            self._map = mmap.mmap(fd, _STATE_SIZE)
         finally:
             os.close(fd)
+        self.staging = memoryview(self._map)[_LAYOUT.size :]
         self._lock = threading.Lock()
         values = list(_LAYOUT.unpack_from(self._map, 0))
         self.values: dict[str, int] = dict(zip(_FIELDS, values, strict=True))
@@ -141,6 +156,15 @@ class StateFile:
 
     def _store(self) -> None:
         _LAYOUT.pack_into(self._map, 0, *(self.values[f] for f in _FIELDS))
+
+    def staged(self) -> bytes:
+        """What a relay read into the staging area and did not count."""
+        end = self._map.find(b"\0", _LAYOUT.size, _STATE_SIZE)
+        return bytes(self.staging[: (end if end >= 0 else _STATE_SIZE) - _LAYOUT.size])
+
+    def unstage(self, size: int) -> None:
+        """The first `size` staged bytes are counted: clear them for the next read."""
+        self.staging[:size] = _ZEROS[:size]
 
 
 # --- the FIFO ---------------------------------------------------------------------------------
@@ -212,12 +236,21 @@ class Relay:
 
     def recover(self) -> int:
         """Account for a predecessor that died without writing what it had read; returns
-        the lines it lost. Its half-read line continues at the head of the FIFO: skip it."""
+        the lines it lost. Its half-read line continues at the head of the FIFO: skip it.
+
+        Lost: the lines it counted in and did not write out, every line with a byte in what
+        it read and had not yet counted (its staging area), and the line it held half of.
+        (Killed after counting a read but before clearing the staging area, a read is
+        counted twice: an over-count by one read, never a line gone uncounted.)
+        """
         v = self.state.values
-        lost = max(0, v["lines_in"] - v["lines_out"])
-        if v["tail_bytes"]:
+        staged = self.state.staged()
+        lost = max(0, v["lines_in"] - v["lines_out"]) + staged.count(b"\n")
+        open_line = not staged.endswith(b"\n") if staged else bool(v["tail_bytes"])
+        if open_line:
             lost += 1
             self._skip_fragment = True
+        self.state.unstage(len(staged))
         self.state.set(
             lines_in=v["lines_out"],
             tail_bytes=0,
@@ -242,26 +275,28 @@ class Relay:
                 elif not poller.poll(200):
                     continue
                 try:
-                    data = os.read(self.source, READ_CHUNK)
+                    size = os.readv(self.source, [self.state.staging])
                 except BlockingIOError:
                     return  # stopping, and the FIFO is empty
                 except InterruptedError:
                     continue
-                if not data:
+                if not size:
                     if stopping:
                         return
                     time.sleep(0.01)  # no writer at all (cannot happen beside LogPipe)
                     continue
-                self._take(data)
+                self._take(bytes(self.state.staging[:size]))
         finally:
             self._reader_done.set()
             with self._cond:
                 self._cond.notify_all()
 
     def _take(self, data: bytes) -> None:
+        size = len(data)  # the staged bytes this read counts
         if self._skip_fragment:
             cut = data.find(b"\n")
             if cut < 0:
+                self.state.unstage(size)  # still inside the half line, counted as lost
                 return
             data = data[cut + 1 :]
             self._skip_fragment = False
@@ -278,6 +313,7 @@ class Relay:
                 self._buffered += len(whole)
             self.state.add(lines_in=lines, cut=cut)
             self.state.set(tail_bytes=len(self._tail))
+            self.state.unstage(size)
             self._cond.notify_all()
             # Full: stop reading. The FIFO then fills and haproxy counts what it cannot write.
             while self._buffered >= self.buffer_bytes and not self._stopping.is_set():
@@ -342,10 +378,13 @@ def _wait_writable(fd: int) -> None:
     select.select([], [fd], [], 1.0)
 
 
-def relay_child(pipe: LogPipe, state: Path, buffer_bytes: int) -> Child:
+def relay_child(
+    pipe: LogPipe, state: Path, buffer_bytes: int, log_format: LogFormat = LogFormat.TEXT
+) -> Child:
     """The supervised relay: started first (it creates the FIFO haproxy's stdout opens), ready
     once it has written its pid into the state file."""
     argv = [sys.executable, "-m", __name__, "--input", str(pipe.path), "--state", str(state)]
+    argv += ["--log-format", log_format.value]
     child = Child("log-relay", [*argv, "--buffer-bytes", str(buffer_bytes)])
 
     def ready() -> bool:
@@ -363,11 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, type=Path, help="the FIFO haproxy writes to")
     parser.add_argument("--state", required=True, type=Path, help="the counters file")
     parser.add_argument("--buffer-bytes", type=int, default=16 << 20)
+    parser.add_argument("--log-format", type=LogFormat, default=LogFormat.TEXT)
     args = parser.parse_args(argv)
-    # The relay's own (rare) lines go to stderr like the supervisor's, one write() each.
-    handler = LineHandler(sys.stderr.fileno())
-    handler.setFormatter(logging.Formatter("%(asctime)s log-relay %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # The relay's own (rare) lines go to stderr in the supervisor's format, one write() each.
+    configure(args.log_format)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     source = os.open(args.input, os.O_RDONLY)
     state = StateFile(args.state)

@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
+from haproxy_egress.config.tlsmaterial import RouteTls, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
+from haproxy_egress.haproxy import replies, show
+from haproxy_egress.haproxy.check import check
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime import changes, haproxy, live, staging
+from haproxy_egress.render.tls import staged_files
+from haproxy_egress.runtime import changes, live, staging
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,13 @@ class Compiled:
     # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
     # (render/acls.py) and the policy routes' lists (render/maps.py).
     maps: Mapping[str, str] = field(default_factory=dict)
+    # The TLS-originating routes' checked material (config/tlsmaterial.py).
+    tls: tuple[RouteTls, ...] = ()
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files the text loads (name → content, under RunDir.tls)."""
+        return staged_files(self.tls)
 
     @property
     def text_digest(self) -> str:
@@ -64,9 +76,23 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
         raise ConfigError(
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
+    # The TLS files this config names: read now if the snapshot was taken for other ones
+    # (a route added or its Secret moved), so the digest covers exactly what is loaded.
+    snapshot = snapshot.with_tls(material_paths_of(config))
+    material, problems = load_material(config, snapshot.tls, time.time())
+    if problems:
+        raise ConfigError(problems)
+    for m in material:
+        if m.settings.insecure_skip_verify:
+            # Loud on every load: verification is off only because the route says so.
+            log.warning(
+                "route %s: insecure_skip_verify: the destination's certificate and name are "
+                "NOT verified",
+                m.route,
+            )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config))
+    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config), material)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -80,9 +106,11 @@ def check_candidate(settings: Settings, text: str) -> str:
     write_atomic(candidate, text, mode=0o600)
     state = settings.run.server_state
     if not state.exists():
-        state.write_text("")  # no state yet (first start): empty, so haproxy has no complaint
+        # No state yet (first start): a valid file without servers. An empty one makes haproxy
+        # warn "Can't get version of the global server state file" at every first start.
+        state.write_text(show.EMPTY_SERVER_STATE)
     try:
-        return haproxy.check(candidate, settings.haproxy_bin)
+        return check(candidate, settings.haproxy_bin)
     finally:
         candidate.unlink(missing_ok=True)
 
@@ -93,8 +121,9 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
-    # `haproxy -c` opens every pattern file the candidate names.
+    # `haproxy -c` opens every pattern file and TLS file the candidate names.
     staging.write_new_maps(settings.run.maps, compiled.maps)
+    staging.write_new_maps(settings.run.tls, compiled.tls_files)
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
@@ -104,26 +133,38 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
         raise
 
 
-def install(settings: Settings, text: str, maps: Mapping[str, str] | None = None) -> None:
-    """Make `text` (and its pattern files) the live config, keeping the previous one as
-    last-good; from here on the files on disk describe what haproxy is to run."""
+def install(
+    settings: Settings,
+    text: str,
+    maps: Mapping[str, str] | None = None,
+    tls: Mapping[str, str] | None = None,
+) -> None:
+    """Make `text` (and its pattern and TLS files) the live config, keeping the previous one
+    as last-good; from here on the files on disk describe what haproxy is to run."""
     config = settings.run.config
     last_good = settings.run.last_good
     if config.exists():
         shutil.copyfile(config, last_good)
     if maps is not None:
         staging.write_maps(settings.run.maps, maps)
+    if tls is not None:
+        staging.write_maps(settings.run.tls, tls)
     write_atomic(config, text, mode=0o600)
     # Staged Lua files that neither the live nor the last-good config loads are garbage now.
     keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
     staging.prune(settings.run.lua, keep)
 
 
-def restore_last_good(settings: Settings, maps: Mapping[str, str] | None = None) -> None:
-    """Put the last good config (and its pattern files) back after a reload that did not take."""
+def restore_last_good(
+    settings: Settings, maps: Mapping[str, str] | None = None, tls: Mapping[str, str] | None = None
+) -> None:
+    """Put the last good config (and its pattern and TLS files) back after a reload that did
+    not take."""
     last_good = settings.run.last_good
     if maps is not None:
         staging.write_maps(settings.run.maps, maps)
+    if tls is not None:
+        staging.write_maps(settings.run.tls, tls)
     if last_good.exists():
         write_atomic(settings.run.config, last_good.read_text(encoding="utf-8"), mode=0o600)
 
@@ -134,9 +175,7 @@ def save_server_state(settings: Settings, text: str) -> None:
     Best effort: without it the new worker merely starts every destination as up.
     """
     try:
-        state = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0).command(
-            "show servers state"
-        )
+        state = CliSocket(settings.run.stats_socket, timeout=5.0).command("show servers state")
         write_atomic(settings.run.server_state, state_for(state, text), mode=0o600)
     except (HaproxyError, OSError) as exc:
         log.warning("could not save server state before the reload: %s", exc)
@@ -149,20 +188,21 @@ def state_for(state: str, text: str) -> str:
     at the same address and it is not in maintenance: a destination a runtime edit removed
     (maintenance, deleted after the drain) or a decoy added by hand must not come back in
     that state, or at that address, when an edit lists the name again. Resolved servers
-    (server-template slots) keep everything: that is what the file is for.
+    (server-template slots) keep everything, that is what the file is for, except slots
+    without an address: the new worker starts those empty, as at a first start (a saved
+    "no address" state is reported DOWN after every reload, one line per slot).
     """
     fixed = changes.servers(text)
-    out = []
-    for line in state.splitlines():
-        fields = line.split()
-        if len(fields) > 18 and fields[0].isdigit():
-            server = fixed.get(f"{fields[1]}/{fields[3]}")
-            if server is not None and (
-                int(fields[6]) & live.FMAINT or (fields[4], int(fields[18])) != server.host_port
-            ):
-                continue
-        out.append(line)
-    return "\n".join(out) + "\n"
+
+    def stale(got: show.ServerState) -> bool:
+        if got.unfilled_slot:
+            return True
+        server = fixed.get(f"{got.backend}/{got.name}")
+        return server is not None and (
+            got.maintenance or (got.address, got.port) != server.host_port
+        )
+
+    return show.servers_state_without(state, stale)
 
 
 def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
@@ -173,21 +213,21 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
     success is a worker pid that was not there before.
     """
     save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
-    master = haproxy.CliSocket(settings.run.master_socket, timeout=5.0, master=True)
-    before = haproxy.parse_show_proc(master.command("show proc"))
+    master = CliSocket(settings.run.master_socket, timeout=5.0, master=True)
+    before = show.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}
     old_master = next((p for p in before if p.kind == "master"), None)
     try:
         answer = master.command("reload")
     except HaproxyError:
         answer = ""  # 2.6 drops the connection as it re-executes; that is normal
-    if "Success=0" in answer:
+    if replies.reload_refused(answer):
         raise ReloadFailed("haproxy refused the new configuration (see its log above)")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.05)
         try:
-            procs = haproxy.parse_show_proc(master.command("show proc"))
+            procs = show.parse_show_proc(master.command("show proc"))
         except HaproxyError:
             continue  # master still re-executing
         new_master = next((p for p in procs if p.kind == "master"), None)
@@ -231,27 +271,31 @@ def transaction(
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
     Outcome(changed=False) when there is nothing to do."""
-    snapshot = read_inputs(settings)
+    snapshot = read_inputs(settings, material_paths_of(current.config))
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
     compiled = compile_snapshot(settings, options, snapshot)
-    if compiled.text == current.text and compiled.maps == current.maps:
+    if (
+        compiled.text == current.text
+        and compiled.maps == current.maps
+        and compiled.tls_files == current.tls_files
+    ):
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
     # Validated exactly as for a reload, whatever the path: a runtime change must never
     # install something a later reload or restart would refuse.
     check_compiled(settings, compiled)
-    install(settings, compiled.text, compiled.maps)
+    install(settings, compiled.text, compiled.maps, compiled.tls_files)
     if plan.kind is changes.Kind.NOOP:
         return Outcome(True, compiled, None, plan)
     fallback = ""
     if plan.kind is changes.Kind.RUNTIME:
-        stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
+        stats = CliSocket(settings.run.stats_socket, timeout=5.0)
         try:
-            live.apply(stats.command, plan, settings.run.maps)
+            live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
             return Outcome(True, compiled, None, plan)
         except live.LiveChangeFailed as exc:
             # The files on disk already hold the new configuration: a reload lands on it.
@@ -260,6 +304,6 @@ def transaction(
     try:
         pid = master_reload(settings)
     except (ReloadFailed, HaproxyError):
-        restore_last_good(settings, current.maps)
+        restore_last_good(settings, current.maps, current.tls_files)
         raise
     return Outcome(True, compiled, pid, plan, fallback)

@@ -20,14 +20,18 @@ from collections import Counter
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import read_inputs
+from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.program import master_argv, pid_file_pids
+from haproxy_egress.haproxy.show import parse_info
 from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.changes import Kind, servers
-from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
+from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -57,8 +61,15 @@ Event = signal.Signals | ConfigChanged
 class Supervisor:
     """The process tree's root: one loop, one inbox, short handlers."""
 
-    def __init__(self, settings: Settings, options: RenderOptions, compiled: Compiled) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        options: RenderOptions,
+        compiled: Compiled,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.settings = settings
+        self._clock = clock
         self.options = options
         self.current = compiled
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -70,6 +81,7 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        self.tls_rejected = False  # the last change was refused for its TLS material
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
         self._rejected_digest: str | None = None
@@ -88,19 +100,23 @@ class Supervisor:
         if settings.log_sink is LogSink.RELAY:
             self.log_pipe = LogPipe(run.log_pipe, settings.log_pipe_bytes)
             self.logrelay = relay_child(
-                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes
+                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes, settings.log_format
             )
         self.log_loss = LogLossWatch(
             run.master_socket,
             run.log_relay_state if self.logrelay else None,
             settings.log_warn_interval,
         )
+        # haproxy's own notices and warnings: relayed in the router's format, route named.
+        self._route_names_of: tuple[Compiled, frozenset[str]] | None = None
+        self.haproxy_stderr = StderrRelay(self._route_names)
         self.haproxy = Child(
             "haproxy",
-            haproxy.master_argv(settings.haproxy_bin, run.config, run.master_socket),
+            master_argv(settings.haproxy_bin, run.config, run.master_socket),
             probe=self._haproxy_answers,
             before_start=self.log_pipe.ensure if self.log_pipe else None,
             stdout=run.log_pipe if self.log_pipe else None,
+            stderr=self.haproxy_stderr.write_fd,
         )
         self.socklog: Child | None = None
         if settings.log_sink is LogSink.SOCKLOG:
@@ -112,7 +128,7 @@ class Supervisor:
                 before_start=lambda: run.log_socket.unlink(missing_ok=True),
             )
         self.workers = Workers(
-            haproxy.CliSocket(run.master_socket, timeout=5.0, master=True).command,
+            CliSocket(run.master_socket, timeout=5.0, master=True).command,
             settings.drain_seconds,
             Bounds(
                 settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
@@ -121,6 +137,9 @@ class Supervisor:
         # In start order: logs must flow before haproxy has anything to say.
         self.log_child = self.socklog or self.logrelay
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
+        for child in self.children:
+            child.clock = clock
+            child.backoff.stable_after = settings.restart_stable_seconds
         self.watcher = Watcher(
             settings.config_dir,
             self.inbox.put_nowait,
@@ -128,9 +147,10 @@ class Supervisor:
             debounce=settings.reload_debounce,
             poll=settings.poll_seconds,
             users_file=settings.proxy_users_file,
+            tls_paths=self._tls_paths,
         )
         exporter_options = ExporterOptions.from_settings(settings)
-        stats = haproxy.CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
+        stats = CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
         self.metrics = MetricsServer(
             settings.metrics_address,
             settings.metrics_port,
@@ -142,6 +162,10 @@ class Supervisor:
         )
 
     # --- what other threads may read ------------------------------------------------------
+
+    def _tls_paths(self) -> tuple[str, ...]:
+        """The TLS files the running config names (the watcher reads them with each look)."""
+        return material_paths_of(self.current.config)
 
     def status(self) -> RouterStatus:
         """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
@@ -165,6 +189,8 @@ class Supervisor:
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
             old_workers_ended=self.workers.ended_view[0],
             connections_ended=self.workers.ended_view[1],
+            tls=self.current.tls,
+            tls_rejected=self.tls_rejected,
         )
 
     # --- start-up ------------------------------------------------------------------------
@@ -181,7 +207,7 @@ class Supervisor:
             stale.unlink(missing_ok=True)
         # A relay state left by a previous container of this pod would be counted as ours.
         self.settings.run.log_relay_state.unlink(missing_ok=True)
-        install(self.settings, self.current.text, self.current.maps)
+        install(self.settings, self.current.text, self.current.maps, self.current.tls_files)
 
     def _install_signal_handlers(self) -> None:
         def enqueue(signum: int, _frame: object) -> None:
@@ -206,17 +232,28 @@ class Supervisor:
     def _haproxy_answers(self) -> bool:
         """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
         try:
-            stats = haproxy.CliSocket(self.settings.run.stats_socket, timeout=1.0)
-            info = stats.command("show info")
+            stats = CliSocket(self.settings.run.stats_socket, timeout=1.0)
+            info = parse_info(stats.command("show info"))
         except EgressError:
             return False
-        return "Pid:" in info
+        return info.pid is not None
+
+    def _route_names(self) -> frozenset[str]:
+        """The live config's route names, for the stderr relay's thread (built once per
+        config: haproxy may print a line per route at a reload)."""
+        current = self.current
+        cached = self._route_names_of
+        if cached is None or cached[0] is not current:
+            cached = (current, frozenset(r.name for r in current.config.routes))
+            self._route_names_of = cached  # one assignment: the thread sees old or new
+        return cached[1]
 
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
         self._prepare_run_dir()
         _become_subreaper()
         self._install_signal_handlers()
+        self.haproxy_stderr.start()
         self.metrics.start()
         log.info(
             "haproxy-egress %s starting: %d route(s), config %s, metrics on %s:%d",
@@ -233,6 +270,7 @@ class Supervisor:
             log.error("start-up failed: %s", exc)
             self._kill_all()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
         self._haproxy_came_up()
@@ -252,6 +290,7 @@ class Supervisor:
             self.watcher.stop()
             self.log_loss.stop()
             self.metrics.stop()
+            self.haproxy_stderr.stop()
             self._final_log_count()
         log.info("haproxy-egress exiting (code %d)", self.exit_code)
         return int(self.exit_code)
@@ -302,13 +341,16 @@ class Supervisor:
         if not self.haproxy.ready():
             self.pending_reload = True  # haproxy is restarting; reload once it is back
             return
-        started = time.monotonic()
+        started = self._clock()
         try:
             outcome = transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
+            self.tls_rejected = isinstance(exc, ConfigError) and any(
+                ".tls." in f".{p.path}." for p in exc.problems
+            )
             if isinstance(exc, ConfigError):
                 n = len(exc.problems)
                 detail = f"{n} problem{'s' if n != 1 else ''}: " + "; ".join(map(str, exc.problems))
@@ -335,9 +377,10 @@ class Supervisor:
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
+            self.tls_rejected = False
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
-        self._changed(outcome, reason, time.monotonic() - started)
+        self._changed(outcome, reason, self._clock() - started)
 
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
@@ -346,10 +389,11 @@ class Supervisor:
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)
         self.last_reload_successful = True
+        self.tls_rejected = False
         self.last_reload_success_timestamp = time.time()
         plan = outcome.plan
         what = "; ".join(plan.notes) if plan is not None and plan.notes else "no route changed"
-        now = time.monotonic()
+        now = self._clock()
         # What this edit admits (again) is no longer due to end, wherever it runs.
         self.workers.keep(
             frozenset(servers(self.current.text)),
@@ -385,7 +429,7 @@ class Supervisor:
             return
         self.state = State.STOPPING
         self.watcher.stop()
-        self._stop_deadline = time.monotonic() + self.settings.drain_seconds
+        self._stop_deadline = self._clock() + self.settings.drain_seconds
         if self.haproxy.pid is None:
             self._stop_socklog_soon()
             return
@@ -401,14 +445,14 @@ class Supervisor:
         self._stop_deadline = None
         self.exit_code = ExitCode.FORCED_STOP
         self.haproxy.signal(signal.SIGTERM)  # haproxy's hard stop
-        self._kill_deadline = time.monotonic() + HARD_KILL_AFTER
+        self._kill_deadline = self._clock() + HARD_KILL_AFTER
 
     def _stop_socklog_soon(self) -> None:
         # A moment for the last datagrams in socklog's socket buffer to be written out.
-        self._socklog_stop_at = time.monotonic() + 0.2
+        self._socklog_stop_at = self._clock() + 0.2
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self.state is State.STOPPING:
             self._tick_stopping(now)
             return
@@ -436,7 +480,7 @@ class Supervisor:
 
     def _inputs_digest(self) -> str | None:
         try:
-            return read_inputs(self.settings).digest
+            return read_inputs(self.settings, self._tls_paths()).digest
         except OSError:
             return None
 
@@ -480,11 +524,8 @@ class Supervisor:
             child.signal(signal.SIGKILL)
         # haproxy's workers are the master's children; if the master is gone they are ours.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            pid_file = self.settings.run.pid_file
-            if pid_file.exists():
-                for line in pid_file.read_text().split():
-                    if line.isdigit():
-                        os.kill(int(line), signal.SIGKILL)
+            for pid in pid_file_pids(self.settings.run.pid_file):
+                os.kill(pid, signal.SIGKILL)
 
     # --- reaping -------------------------------------------------------------------------
 
@@ -497,7 +538,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            now = time.monotonic()
+            now = self._clock()
             for child in self.children:
                 if child.pid == pid:
                     self._child_exited(child, status, now)

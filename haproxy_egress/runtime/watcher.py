@@ -19,6 +19,7 @@ import watchfiles
 from haproxy_egress.background import Background
 from haproxy_egress.config.sources import read_snapshot
 from haproxy_egress.config.sources.configdir import secret_dirs
+from haproxy_egress.config.sources.tlsfiles import watched_dirs
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,13 @@ class Watcher(Background):
         debounce: float = 0.3,
         poll: float = 10.0,
         users_file: Path | None = None,
+        tls_paths: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self._directory = directory
         self._users_file = users_file
+        # The TLS files the running config names (they change with the config): a rotated
+        # Secret is a change like an edited key.
+        self._tls_paths = tls_paths
         self._post = post
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
@@ -56,7 +61,7 @@ class Watcher(Background):
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
         try:
-            snapshot = read_snapshot(self._directory, self._users_file)
+            snapshot = read_snapshot(self._directory, self._users_file, self._tls_paths())
         except OSError as exc:
             log.warning("cannot read config directory %s: %s", self._directory, exc)
             return
@@ -73,7 +78,8 @@ class Watcher(Background):
         paths = [self._directory]
         if self._users_file is not None and self._users_file.parent.is_dir():
             paths.append(self._users_file.parent)
-        paths += [Path(d) for d in self._secrets if Path(d).is_dir()]
+        paths += [d for d in watched_dirs(self._tls_paths()) if d not in paths]
+        paths += [Path(d) for d in self._secrets if Path(d).is_dir() and Path(d) not in paths]
         return paths
 
     def _run(self) -> None:
@@ -85,10 +91,10 @@ class Watcher(Background):
                 self._confirm()
                 self._stop.wait(min(self._poll, 1.0))
                 continue
-            watched = self._paths()
+            watching = self._paths()
             try:
                 for _changes in watchfiles.watch(
-                    *watched,
+                    *watching,
                     debounce=self._debounce_ms,
                     step=min(50, self._debounce_ms),
                     stop_event=self._stop,
@@ -100,8 +106,10 @@ class Watcher(Background):
                     raise_interrupt=False,
                 ):
                     self._confirm()
-                    if not self._directory.is_dir() or self._paths() != watched:
-                        break  # the watched inode is gone, or a Secret was added: watch anew
+                    if not self._directory.is_dir():
+                        break  # the watched inode is gone; watch the new one
+                    if self._paths() != watching:
+                        break  # the config names other Secrets now (TLS, parent credentials): watch those
             except (OSError, RuntimeError) as exc:
                 log.warning("watching %s failed (%s); polling", self._directory, exc)
                 self._stop.wait(min(self._poll, 1.0))

@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from haproxy_egress.errors import HaproxyError
-from haproxy_egress.runtime import haproxy
-from haproxy_egress.runtime.changes import Deny, IPNetwork, Plan, Session, parse_sessions
+from haproxy_egress.haproxy import program, show
+from haproxy_egress.haproxy.show import Session, parse_sessions
+from haproxy_egress.runtime.changes import Deny, IPNetwork, Plan
 from haproxy_egress.runtime.live import delete_servers
 
 log = logging.getLogger(__name__)
@@ -138,36 +139,33 @@ class Workers:
         self._enforce(now, [p.pid for p in old])
         conns = rss = 0
         for pid in alive:
-            rss += haproxy.rss_bytes(pid)
+            rss += program.rss_bytes(pid)
             conns += self._curr_conns(pid)
         self.snapshot = OldWorkers(len(alive), conns, rss)
         self.ended_view = (dict(self.workers_ended), dict(self.connections_ended))
 
     # --- the pieces -----------------------------------------------------------------------
 
-    def _old(self) -> list[haproxy.Proc]:
+    def _old(self) -> list[show.Proc]:
         try:
-            return haproxy.parse_old_workers(self.master("show proc"))
+            return show.parse_old_workers(self.master("show proc"))
         except HaproxyError as exc:
             log.debug("show proc failed: %s", exc)
             return []
 
     def _current(self) -> int | None:
         try:
-            procs = haproxy.parse_show_proc(self.master("show proc"))
+            procs = show.parse_show_proc(self.master("show proc"))
         except HaproxyError:
             return None
         return next((p.pid for p in procs if p.kind == "worker"), None)
 
     def _curr_conns(self, pid: int) -> int:
         try:
-            info = self.master(f"@!{pid} show info")
+            info = show.parse_info(self.master(f"@!{pid} show info"))
         except HaproxyError:
             return 0
-        for line in info.splitlines():
-            if line.startswith("CurrConns:"):
-                return int(line.split(":", 1)[1].strip() or 0)
-        return 0
+        return info.current_connections or 0
 
     def _sessions(self, pid: int) -> list[Session]:
         try:
@@ -230,7 +228,7 @@ class Workers:
             elif now - self.retired.get(pid, now) > self.bounds.age:
                 reason = "age"
                 why = f"old for more than {self.bounds.age:.0f}s"
-            elif self.bounds.rss and haproxy.rss_bytes(pid) > self.bounds.rss:
+            elif self.bounds.rss and program.rss_bytes(pid) > self.bounds.rss:
                 reason = "memory"
                 why = f"RSS above {self.bounds.rss // (1024 * 1024)} MB"
             if reason:

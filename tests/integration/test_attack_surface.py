@@ -23,7 +23,7 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.errors import ConfigError
 from tests.figures import record
 from tests.router import Router
-from tests.support import HttpOrigin, free_port, port_open, wait_for
+from tests.support import HAPROXY, HttpOrigin, free_port, port_open, wait_for
 
 NOBODY = 65534
 PASSWORD = "Zq7-unguessable-Pw"
@@ -216,11 +216,15 @@ def test_refused_password_is_not_echoed() -> None:
 # --- readiness ------------------------------------------------------------------------------
 
 
-def _slow_haproxy(tmp_path: Path, delay: float) -> Path:
-    """An haproxy wrapper that waits before starting the master (not before `haproxy -c`)."""
-    wrapper = tmp_path / "slow-haproxy"
+def _gated_haproxy(tmp_path: Path, gate: Path) -> Path:
+    """An haproxy wrapper that holds the master back (not `haproxy -c`) until `gate` exists
+    (a minute at most), so a test decides when the listeners may bind."""
+    wrapper = tmp_path / "gated-haproxy"
     wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" -W "*) sleep {delay};; esac\nexec haproxy "$@"\n'
+        "#!/bin/sh\n"
+        f'case " $* " in *" -W "*) i=0; while [ ! -e "{gate}" ] && [ $i -lt 600 ]; do'
+        " sleep 0.1; i=$((i+1)); done;; esac\n"
+        f'exec {HAPROXY} "$@"\n'
     )
     wrapper.chmod(0o755)
     return wrapper
@@ -241,37 +245,34 @@ def test_readyz_is_not_ready_before_every_listener_is_bound(
             for i, p in enumerate(ports)
         )
     )
+    gate = tmp_path / "gate"
     router = Router(
         tmp_path / "router",
         config_dir=config,
-        env={"EGRESS_HAPROXY_BIN": str(_slow_haproxy(tmp_path, 2.0))},
+        env={"EGRESS_HAPROXY_BIN": str(_gated_haproxy(tmp_path, gate))},
     )
     router.start(wait_ready=False)
     routers.append(router)
-    answers: list[tuple[float, int]] = []
+    answers: list[int] = []
     checks = 0
 
     def all_bound() -> bool:
         return all(port_open(p) for p in ports)
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def readyz() -> int | None:
         try:
-            status = requests.get(router.url("/readyz"), timeout=1).status_code
+            answers.append(requests.get(router.url("/readyz"), timeout=1).status_code)
         except requests.ConnectionError:
-            time.sleep(0.02)
-            continue  # the metrics endpoint itself is not up yet
-        answers.append((time.monotonic(), status))
-        if status == 200:
-            assert all_bound()  # ready implies every listener accepts
-            checks += 1
-            break
-        time.sleep(0.02)
-    not_ready = [a for a in answers if a[1] == 503]
-    assert answers[-1][1] == 200
-    # The endpoint answered "not ready" while haproxy was still held back by the wrapper.
-    assert not_ready
-    assert answers[-1][0] - not_ready[0][0] > 1.5
+            return None  # the metrics endpoint itself is not up yet
+        return answers[-1]
+
+    # haproxy is held back: the endpoint answers, and says "not ready".
+    assert wait_for(readyz, timeout=30) == 503
+    assert not any(port_open(p) for p in ports)
+    gate.touch()
+    # Ready implies every listener accepts, from the first 200 on.
+    wait_for(lambda: readyz() == 200, timeout=30)
+    assert all_bound()
 
     # And again across a restart: while haproxy is away, ready must not be claimed.
     os.kill(router.master_pid(), 9)

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.stat import parse_stat
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import parse_stat, read_snapshot
-from haproxy_egress.runtime.haproxy import CliSocket
+from haproxy_egress.metrics.stats import read_snapshot
 from haproxy_egress.settings import Settings
 from tests.integration.test_exporter_http import (
     PROMETHEUS_HEADERS,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from haproxy_egress.runtime.haproxy import CliSocket
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.runtime.logrelay import read_counters
 from tests.figures import record
 from tests.logload import FastOrigin, wrk_close

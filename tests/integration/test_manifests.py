@@ -1003,3 +1003,28 @@ def test_proxy_users_secret_is_optional_and_named_by_the_env_var(template: dict[
     assert mounts["proxy-users"]["readOnly"] is True
     users = container_env(objects)["EGRESS_PROXY_USERS_FILE"]
     assert users.startswith(mounts["proxy-users"]["mountPath"] + "/")
+
+
+# --- TLS origination: the client certificate and CA Secrets ----------------------------------
+
+
+def test_tls_secrets_are_optional_mounts_without_subpath(template: dict[str, Any]) -> None:
+    """The client certificate (kubernetes.io/tls) and CA Secrets are optional and mounted
+    whole (no subPath, so the kubelet's `..data` swap of a rotation reaches the router), where
+    docs/configuration.md's `tls:` examples point."""
+    objects = processed(template, TLS_CLIENT_SECRET="partner-mtls", TLS_CA_SECRET="partner-ca")
+    for obj in objects.values():
+        validate(obj, K8S_VERSIONS[-1])
+    pod = pod_spec(objects)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls-client"]["secret"] == {"secretName": "partner-mtls", "optional": True}
+    assert volumes["tls-ca"]["secret"] == {"secretName": "partner-ca", "optional": True}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    for name, path in (
+        ("tls-client", "/etc/haproxy-egress-mtls"),
+        ("tls-ca", "/etc/haproxy-egress-ca"),
+    ):
+        assert mounts[name] == {"name": name, "mountPath": path, "readOnly": True}
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    assert "client_cert_dir: /etc/haproxy-egress-mtls" in docs
+    assert "ca_file: /etc/haproxy-egress-ca/ca.crt" in docs

@@ -276,7 +276,7 @@ def test_client_groups_by_source_address(border: Border) -> None:
     assert _status(get(port, target, source="127.0.0.3")) == 403  # the route's own list
     reply = get(port, target, source="127.0.0.4")  # group trial
     assert _status(reply) == 403
-    assert b"rule 1: !127.0.0.1" in reply
+    assert b"rule 1 (!127.0.0.1) (client group trial)" in reply
     wait_for(lambda: origin.accepted == before + 1, 5)  # counted in the accept thread
     wanted = {("ci", "allow"), ("default", "deny"), ("trial", "deny")}
     wait_for(lambda: wanted <= _logged(proxy, "groups", "group", "verdict"), 5)

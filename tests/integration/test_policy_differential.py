@@ -110,6 +110,8 @@ NETWORKS = (
 # Client addresses (all loopback) and the networks client groups are made of.
 SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9")
 GROUP_SOURCES = ("127.0.0.2/32", "127.0.0.2/31", "127.0.0.4/32", "127.0.0.0/29", "::1/128")
+# Some routes take only some of those clients: the others are refused on connect, unlogged.
+ALLOW_FROM = (["127.0.0.0/30"], ["127.0.0.1", "127.0.0.9/32"])
 GUARDS = (["default"], ["default", "private"], ["default", "-loopback"], ["default", "-cgnat"])
 
 
@@ -227,6 +229,7 @@ def _config(dns_port: int) -> tuple[dict[str, Any], list[Case], dict[str, list[s
                 "source": "127.0.0.1",
                 "connect_timeout": "2s",
                 "guard": rng.choice(GUARDS),
+                **({"allow_from": rng.choice(ALLOW_FROM)} if rng.random() < 0.2 else {}),
                 "enforce": rng.random() > 0.2,  # some lists are report-only
                 "clients": [
                     {
@@ -288,17 +291,22 @@ def _send_http(cases: list[Case]) -> None:
         conn.close()
 
 
-def _send_connect(case: Case) -> None:
-    with socket.create_connection(
-        ("127.0.0.1", case.port), timeout=10, source_address=(case.source, 0)
-    ) as s:
-        s.sendall(f"CONNECT {case.authority} HTTP/1.1\r\nHost: {case.authority}\r\n\r\n".encode())
-        s.settimeout(3)
-        try:
-            while (chunk := s.recv(65536)) and b"\r\n\r\n" not in chunk:
+def _send_connect(case: Case) -> bytes:
+    """One CONNECT; what the proxy answered (b"" when it reset or closed at once)."""
+    answer = b""
+    try:
+        with socket.create_connection(
+            ("127.0.0.1", case.port), timeout=10, source_address=(case.source, 0)
+        ) as s:
+            s.sendall(
+                f"CONNECT {case.authority} HTTP/1.1\r\nHost: {case.authority}\r\n\r\n".encode()
+            )
+            s.settimeout(3)
+            while (chunk := s.recv(65536)) and b"\r\n\r\n" not in (answer := answer + chunk):
                 pass
-        except OSError:
-            pass  # reset: the upstream connect failed, the proxy closed
+    except OSError:
+        pass  # reset: refused on connect (allow_from), or the upstream connect failed
+    return answer
 
 
 def _decisions(log: Path) -> dict[tuple[str, str, int, str], set[tuple[str, str, str]]]:
@@ -333,16 +341,28 @@ def test_live_proxy_and_explain_agree_on_every_case(
         for source in SOURCES:
             _send_http([c for c in route_cases if not c.connect and c.source == source])
 
+    def resolve(name: str) -> list[netaddr.IPAddress]:
+        return [ipaddress.ip_address(a) for a in records.get(name.lower(), [])]
+
+    expected = {}
+    for case in cases:
+        verdict = explain(config, case.authority, resolve=resolve, client=case.source)
+        (route_verdict,) = [r for r in verdict.routes if r.route == case.route]
+        expected[case.key] = route_verdict
+    # allow_from refuses these clients on connect: the proxy decides nothing and logs nothing.
+    refused = {k for k, v in expected.items() if v.rule_id == "allow_from"}
+    assert refused, "the corpus must reach allow_from"
+
     # One client thread per route: the order of cases does not matter, the log names each.
     with ThreadPoolExecutor(max_workers=len(by_route)) as pool:
         list(pool.map(send, by_route.values()))
-    keys = {c.key for c in cases}
+    keys = {c.key for c in cases} - refused
     try:
         wait_for(lambda: keys <= set(_decisions(log)), timeout=5)
     except AssertionError:
         # A keep-alive request can meet a connection the proxy is just closing, twice: such a
         # request never reached the proxy; send it once more on a connection of its own.
-        for case in (c for c in cases if c.key not in _decisions(log)):
+        for case in (c for c in cases if c.key in keys and c.key not in _decisions(log)):
             if case.connect:
                 _send_connect(case)
             else:
@@ -353,15 +373,16 @@ def test_live_proxy_and_explain_agree_on_every_case(
         missing = sorted(keys - set(_decisions(log)))
         raise AssertionError(f"{len(missing)} cases not in the log: {missing[:20]}") from None
     live = _decisions(log)
-
-    def resolve(name: str) -> list[netaddr.IPAddress]:
-        return [ipaddress.ip_address(a) for a in records.get(name.lower(), [])]
+    assert not refused & set(live), sorted(refused & set(live))[:20]
+    # A refused client gets no answer at all, not a 403: haproxy closes before reading.
+    for case in [c for c in cases if c.key in refused][:10]:
+        assert _send_connect(case) == b"", case
 
     mismatches = []
     for case in cases:
-        verdict = explain(config, case.authority, resolve=resolve, client=case.source)
-        (expected,) = [r for r in verdict.routes if r.route == case.route]
-        want = (expected.verdict, expected.rule_id, expected.group)
+        if case.key in refused:
+            continue
+        want = (expected[case.key].verdict, expected[case.key].rule_id, expected[case.key].group)
         got = live.get(case.key)
         if got != {want}:
             route = next(r for r in config.routes if r.name == case.route)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
+from haproxy_egress.haproxy.check import check
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import render_maps
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.haproxy import check
 from tests.support import HAPROXY
 
 CASE = Path(__file__).parent.parent / "data" / "policy-golden"

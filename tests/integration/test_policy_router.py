@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from haproxy_egress.config.users import hash_password
 from tests.kubelet import ConfigMapVolume
@@ -150,5 +152,70 @@ def test_a_rotated_users_secret_applies_without_a_reload(
         )
         assert "EGRESS_PROXY_USERS_FILE" in router.stdout() + router.stderr()
         assert status("new-password") == b"HTTP/1.1 200"
+    finally:
+        router.stop()
+
+
+def _tls_request(port: int, server_name: str) -> bytes:
+    """A TLS handshake with `server_name` as SNI, then one request; what came back."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        tls.sendall(f"GET /metrics HTTP/1.1\r\nHost: {server_name}\r\n\r\n".encode())
+        return tls.recv(4096)
+
+
+def test_the_metrics_port_is_the_router_itself_on_proxy_and_tls_routes(
+    tmp_path: Path, dns: DnsServer
+) -> None:
+    """`self` covers every port the router listens on, the metrics endpoint included: with
+    loopback opened (`guard: [default, -loopback]`) and `*` allowed, neither a proxy route nor
+    a tls route reaches the router's own /metrics."""
+    dns.records["metrics.test"] = ["127.0.0.1"]
+    proxy_port, tls_port = free_port(), free_port()
+    while tls_port == proxy_port:
+        tls_port = free_port()
+    metrics_port = free_port()
+    opened = {"source": "127.0.0.1", "guard": ["default", "-loopback"], "policy": ["*"]}
+    doc = {
+        "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"], "timeout": "200ms"},
+        "routes": [
+            {"name": "pxy", "listen": f"127.0.0.1:{proxy_port}", "mode": "proxy", **opened},
+            {
+                "name": "sni",
+                "listen": f"127.0.0.1:{tls_port}",
+                "mode": "tls",
+                "destination_port": metrics_port,
+                **opened,
+            },
+        ],
+    }
+    config = tmp_path / "configmap"
+    config.mkdir()
+    (config / "routes.yaml").write_text(yaml.safe_dump(doc))
+    router = Router(tmp_path / "router", config_dir=config, metrics_port=metrics_port)
+    try:
+        router.start()
+        for url in (
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            f"http://metrics.test:{metrics_port}/metrics",
+        ):
+            host = url.split("/")[2]
+            reply = _proxy_get(proxy_port, url, host)
+            assert reply.startswith(b"HTTP/1.1 403"), reply[:300]
+            assert b"is the router itself" in reply, reply[:300]
+        with pytest.raises((ssl.SSLError, OSError)):
+            _tls_request(tls_port, "metrics.test")  # closed: no handshake, no metrics page
+        denied = {"rule": "guard-self", "verdict": "deny"}
+
+        def both_denied() -> bool:
+            name = "haproxy_egress_policy_decisions_total"
+            return all(router.metric(name, {"route": r, **denied}) for r in ("pxy", "sni"))
+
+        wait_for(both_denied, timeout=10)
     finally:
         router.stop()

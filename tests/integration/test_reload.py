@@ -231,13 +231,22 @@ def test_diff_shows_what_an_edit_would_change(
     env = {
         "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
         "EGRESS_RUN_DIR": str(router.run_dir),
+        "EGRESS_CONFIG_DIR": str(volume.directory),
         "EGRESS_DRAIN_SECONDS": str(router.drain_seconds),
     }
 
-    def diff(directory: Path) -> subprocess.CompletedProcess[str]:
+    def diff(directory: Path, *extra: str, **changed: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "haproxy_egress.cli", "diff", "--config-dir", str(directory)],
-            env=env,
+            [
+                sys.executable,
+                "-m",
+                "haproxy_egress.cli",
+                "diff",
+                "--config-dir",
+                str(directory),
+                *extra,
+            ],
+            env={**env, **changed},
             capture_output=True,
             text=True,
             timeout=30,
@@ -256,6 +265,22 @@ def test_diff_shows_what_an_edit_would_change(
     assert changed.returncode == 1, changed.stderr
     assert "+frontend b\n" in changed.stdout
     assert changed.stdout.startswith("--- running: ")
+    # What the router would do with it, in its own reload log's words.
+    assert "the router would apply it as: reload: route b added; reload (" in changed.stdout
+    (edited / "routes.yaml").write_text(
+        f"routes:\n  - {{name: a, listen: '127.0.0.1:{a}', mode: http, "
+        f"destinations: ['127.0.0.1:{origin.port}', '127.0.0.1:{b}']}}\n"
+    )
+    runtime = diff(edited)
+    assert runtime.returncode == 1, runtime.stderr
+    assert "would apply it as: runtime: route a: destinations" in runtime.stdout
+    assert "applied at runtime; no reload" in runtime.stdout
+    # The run dir comes from --run-dir (or EGRESS_RUN_DIR), and an error names it (exit 2).
+    assert diff(edited, "--run-dir", str(router.run_dir), EGRESS_RUN_DIR="/x").returncode == 1
+    lost = diff(edited, EGRESS_RUN_DIR=str(tmp_path / "nowhere"))
+    assert lost.returncode == 2, lost.stderr
+    assert f"no running configuration in run dir {tmp_path / 'nowhere'}" in lost.stderr
+    assert "--run-dir" in lost.stderr
     (edited / "routes.yaml").write_text("routes:\n  - {name: a, listen: 70000}\n")
     broken = diff(edited)
     assert broken.returncode == 2

@@ -78,7 +78,7 @@ def router(
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
     config = load_snapshot(read_snapshot(cm), env or {})
-    text = render(config, RenderOptions(run_dir=run_dir, log_stdout=True, drain_seconds=1))
+    text = render(config, RenderOptions(run_dir=run_dir, log_stdout=True))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(text)
     staging.write_maps(RunDir(run_dir).maps, pattern_files(config))

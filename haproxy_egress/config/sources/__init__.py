@@ -23,7 +23,7 @@ from haproxy_egress.config.model import (
 )
 from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
-from haproxy_egress.config.sources.http_proxy import read_http_proxy
+from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
 from haproxy_egress.config.sources.legacy import read_legacy
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.config.sources.seed_env import read_seed_env
@@ -208,7 +208,7 @@ def build_config(
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
-    problems += cross_route_problems(located, all_reserved)
+    problems += [with_port_hint(p) for p in cross_route_problems(located, all_reserved)]
     proxy_users = _proxy_users(users, located, problems)
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))
@@ -218,6 +218,7 @@ def build_config(
         stats=stats,
         proxy_users=proxy_users,
         origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
+        reserved=tuple(reserved.values()),
     )
 
 
@@ -268,9 +269,10 @@ def reserved_listeners(settings: Settings) -> dict[str, Listen]:
     }
 
 
-def read_inputs(settings: Settings) -> Snapshot:
-    """Everything a compile reads from files: the config directory and the proxy users."""
-    return read_snapshot(settings.config_dir, settings.proxy_users_file)
+def read_inputs(settings: Settings, tls_paths: Iterable[str] = ()) -> Snapshot:
+    """Everything a compile reads from files: the config directory, the proxy users and the
+    TLS files the running config names (a compile reads those of the new one itself)."""
+    return read_snapshot(settings.config_dir, settings.proxy_users_file, tls_paths)
 
 
 def load(settings: Settings) -> tuple[Snapshot, Config]:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from haproxy_egress.config.sources.tlsfiles import TlsFile, read_tls_files
 from haproxy_egress.errors import Problem
 from haproxy_egress.settings import PROXY_USERS_ENV
 
@@ -38,6 +40,9 @@ class Snapshot:
     # The parent proxies' credentials (`parent.credentials_dir` Secrets), read in the same pass
     # for the same reason: `<dir>/username`, `<dir>/password` → content.
     secrets: tuple[tuple[str, bytes], ...] = ()
+    # The TLS material the routes name (Secrets mounted elsewhere), read in the same pass: a
+    # rotated certificate is a change too (config/sources/tlsfiles.py).
+    tls: tuple[TlsFile, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -46,11 +51,22 @@ class Snapshot:
         for name, data in (*self.files, *((self.users,) if self.users else ()), *self.secrets):
             h.update(f"{name}\0{len(data)}\0".encode())
             h.update(data)
+        for f in self.tls:
+            h.update(f"tls\0{f.path}\0{f.error}\0{len(f.data or b'')}\0".encode())
+            h.update(f.data or b"")
         return h.hexdigest()
 
-    def get(self, name: str) -> bytes | None:
-        """One key's content, or None."""
-        return dict(self.files).get(name)
+    @property
+    def tls_paths(self) -> tuple[str, ...]:
+        """The TLS files this snapshot read."""
+        return tuple(f.path for f in self.tls)
+
+    def with_tls(self, paths: Iterable[str]) -> Snapshot:
+        """This snapshot with exactly these TLS files, read now unless already read."""
+        wanted = tuple(sorted(set(paths)))
+        if wanted == self.tls_paths:
+            return self
+        return replace(self, tls=read_tls_files(wanted))
 
 
 def _read_dir(directory: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
@@ -127,13 +143,21 @@ def _with_secrets(snapshot: Snapshot) -> Snapshot:
     return replace(snapshot, secrets=tuple(secrets))
 
 
-def read_snapshot(directory: Path, users_file: Path | None = None) -> Snapshot:
+def read_snapshot(
+    directory: Path, users_file: Path | None = None, tls_paths: Iterable[str] = ()
+) -> Snapshot:
     """Read every visible key once, through `..data` when the kubelet layout is present;
-    the proxy users file, when there is one; and the parent credentials the keys name."""
-    return _with_secrets(_read_snapshot(directory, users_file))
+    the proxy users file, when there is one; the TLS files the routes name; and the parent
+    credentials the keys name."""
+    return _with_secrets(_read_snapshot(directory, users_file, tls_paths))
 
 
-def _read_snapshot(directory: Path, users_file: Path | None = None) -> Snapshot:
+def _read_snapshot(
+    directory: Path, users_file: Path | None = None, tls_paths: Iterable[str] = ()
+) -> Snapshot:
+    tls_wanted = tuple(tls_paths)
+    if tls_wanted:
+        return _read_snapshot(directory, users_file).with_tls(tls_wanted)
     if users_file is not None:
         users, unreadable = read_users(users_file)
         snapshot = _read_snapshot(directory)

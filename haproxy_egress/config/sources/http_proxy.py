@@ -10,6 +10,7 @@ with its number, in the original's words ("Bad destination '...'").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,7 +55,9 @@ def parse_policy(text: str, source: str = KEY) -> ParsedPolicy:
     return ParsedPolicy(tuple(rules), tuple(problems))
 
 
-def _input(files: Mapping[str, bytes], env: Mapping[str, str]) -> tuple[str, str] | Problem | None:
+def read_input(
+    files: Mapping[str, bytes], env: Mapping[str, str]
+) -> tuple[str, str] | Problem | None:
     """(source, text) from the ConfigMap key or the env var, a problem, or None when unset."""
     in_env = env.get(KEY, "").strip() != ""
     data = files.get(KEY)
@@ -72,7 +75,7 @@ def _input(files: Mapping[str, bytes], env: Mapping[str, str]) -> tuple[str, str
 
 def read_http_proxy(files: Mapping[str, bytes], env: Mapping[str, str]) -> list[Fragment]:
     """The proxy route from EGRESS_HTTP_PROXY_DESTINATION, when it is set anywhere."""
-    found = _input(files, env)
+    found = read_input(files, env)
     if found is None:
         return []
     if isinstance(found, Problem):
@@ -95,3 +98,19 @@ def read_http_proxy(files: Mapping[str, bytes], env: Mapping[str, str]) -> list[
         first = parsed.rules[0][0].number
         frag.routes.append(RawRoute(data, source, ROUTE_PATH, first, lines))
     return [frag]
+
+
+PORT_HINT = (
+    f"; the squid-mode route {ROUTE_NAME!r} is fixed at :{LISTEN_PORT}: convert to YAML to choose"
+    " the port (`haproxy-egress migrate --proxy-port PORT`, docs/migration.md)"
+)
+
+
+def with_port_hint(problem: Problem) -> Problem:
+    """A listen clash that involves this dialect's fixed port, with the way out appended."""
+    about_us = problem.source in (KEY, file_source(KEY)) or f"route {ROUTE_NAME!r}" in (
+        problem.message
+    )
+    if about_us and problem.path.endswith(".listen") and "already used" in problem.message:
+        return dataclasses.replace(problem, message=problem.message + PORT_HINT)
+    return problem

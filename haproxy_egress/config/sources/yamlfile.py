@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from haproxy_egress.config.model import format_loc
+from haproxy_egress.config.model import closest, format_loc
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
 
@@ -295,7 +295,8 @@ def read_yaml(name: str, text: bytes) -> Fragment:
                 Problem(
                     name,
                     where,
-                    f"unknown top-level key (expected one of {', '.join(TOP_LEVEL)})",
+                    f"unknown top-level key ({closest(str(key), TOP_LEVEL)}expected one of"
+                    f" {', '.join(TOP_LEVEL)})",
                     lines.get(where),
                 )
             )

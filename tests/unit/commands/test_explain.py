@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.explain import explain, parse_destination, rule_locations
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.model import Config, Listen
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 
@@ -167,6 +167,60 @@ def test_address_classes_and_self() -> None:
     config = _groups_config()
     v = explain(config, "a.test:80", addresses=["100.64.0.1"])
     assert (v.routes[0].rule_id, v.routes[0].allowed) == ("guard-cgnat", False)
-    assert "carrier-grade NAT" in v.routes[0].reason
+    assert "address class cgnat" in v.routes[0].reason
+    assert "guard: [default, -cgnat]" in v.routes[0].reason
     v = explain(config, "127.0.0.1:3128")
     assert v.routes[0].rule_id == "guard-self"
+
+
+def test_the_metrics_port_is_self_in_explain() -> None:
+    """The process's own listeners (here the metrics endpoint on :9101) are `self` too."""
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(DOC).encode()),))
+    metrics = {"metrics endpoint (SCRAPER_TCP_PORT=9101)": Listen(port=9101)}
+    config = load_snapshot(snap, {}, metrics)
+    (web,) = (r for r in explain(config, "127.0.0.1:9101").routes if r.route == "web")
+    assert (web.rule_id, web.allowed) == ("guard-self", False)
+
+
+def test_allow_from_refuses_a_client_outside_it_before_any_rule() -> None:
+    github = {"name": "github", "listen": 8443, "mode": "tls", "policy": ["api.github.com"]}
+    db = {"name": "db", "listen": 5432, "destinations": ["db.test:5432"]}
+    github |= {"destination_port": 443, "allow_from": ["10.128.0.0/14"]}
+    db["allow_from"] = ["10.128.0.0/14", "2001:db8::/32"]
+    doc = {"resolvers": DOC["resolvers"], "routes": [github, db]}
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    config = load_snapshot(snap, {})
+    addresses = ["198.51.100.7"]
+    outside = explain(config, "https://api.github.com", addresses=addresses, client="192.168.1.1")
+    assert not outside.allowed
+    (route,) = outside.routes
+    assert (route.verdict, route.rule_id) == ("deny", "allow_from")
+    assert "192.168.1.1 is not in allow_from (10.128.0.0/14)" in route.reason
+    inside = explain(config, "https://api.github.com", addresses=addresses, client="10.129.0.5")
+    assert inside.allowed
+    # The IPv4-mapped spelling is the same client, as for haproxy's `src`.
+    assert explain(
+        config, "https://api.github.com", addresses=addresses, client="::ffff:10.129.0.5"
+    ).allowed
+    unknown = explain(config, "https://api.github.com", addresses=addresses)
+    assert unknown.allowed
+    assert "only for clients in allow_from: 10.128.0.0/14" in unknown.routes[0].reason
+    assert not explain(config, "db.test:5432", client="192.168.1.1").allowed
+    assert explain(config, "db.test:5432", client="2001:db8::9").allowed
+
+
+def test_limits_are_named_where_they_could_still_refuse() -> None:
+    doc = {
+        "resolvers": DOC["resolvers"],
+        "routes": [
+            {"name": "capped", "listen": 3128, "mode": "proxy", "policy": ["198.51.100.0/24"]}
+            | {"limits": {"tunnels": 10, "request_rate": 50, "period": "10s"}}
+        ],
+    }
+    snap = Snapshot(Path("/cfg"), (("routes.yaml", yaml.safe_dump(doc).encode()),))
+    (route,) = explain(load_snapshot(snap, {}), "198.51.100.7:443").routes
+    assert route.allowed
+    assert route.reason.endswith(
+        "(while within its limits: at most 10 CONNECT tunnels at a time (503), 50 requests per"
+        " 10s per client (429))"
+    )

@@ -426,7 +426,38 @@ def test_migrate_refuses_bad_names(kwargs: _Names, message: str) -> None:
         migrate({}, **kwargs)
 
 
-def test_migrate_nothing() -> None:
-    result = migrate({}, configmap=None)
-    assert yaml.safe_load(result.text) == {"version": 1, "routes": []}
-    assert result.complete
+def test_migrate_nothing_is_refused() -> None:
+    """An empty result would only be refused by `check` later: say so now."""
+    with pytest.raises(ValueError, match="nothing to migrate: none of EGRESS_DESTINATION"):
+        migrate({}, configmap=None)
+
+
+SQUID_MODE = "# lab\n*.github.com:443\n!10.0.0.0/8\n198.51.100.0/24\n*\n"
+
+
+def test_migrate_squid_mode_to_a_proxy_route_with_the_same_rules(tmp_path: Path) -> None:
+    env = {"EGRESS_HTTP_PROXY_DESTINATION": SQUID_MODE}
+    result = migrate(env, configmap=None)
+    assert result.complete, result.text
+    assert result.routes == 1
+    assert '      - "!10.0.0.0/8"  # line 3' in result.text
+    legacy = _load(tmp_path / "a", {}, env)
+    migrated = _load(tmp_path / "b", {"routes.yaml": result.text}, {})
+    assert migrated.routes == legacy.routes
+    # The port is the user's to choose, and a bad line is not carried over silently.
+    moved = migrate({"EGRESS_HTTP_PROXY_DESTINATION": SQUID_MODE + "bad line\n"}, proxy_port=3128)
+    document = yaml.safe_load(yaml.safe_load(moved.text)["data"]["routes.yaml"])
+    assert document["routes"][0]["listen"] == 3128
+    assert [p.path for p in moved.dropped] == ["line 6"]
+
+
+def test_legacy_port_clash_names_the_way_out(tmp_path: Path) -> None:
+    env = {"EGRESS_HTTP_PROXY_DESTINATION": SQUID_MODE, "EGRESS_DESTINATION": "8080 tcp 1.2.3.4"}
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, {}, env)
+    (problem,) = exc.value.problems
+    assert "listen 8080 is already used by route 'redirect-8080'" in problem.message
+    assert "convert to YAML to choose the port" in problem.message
+    clash = migrate(env, configmap=None)
+    assert "--proxy-port PORT" in clash.text
+    assert migrate(env, configmap=None, proxy_port=3128).complete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,6 @@ from haproxy_egress.render.maps import NAME, render_maps
         ("*.example.com", "allow", "domain", "example.com", ()),
         ("192.168.1.1", "allow", "network", "192.168.1.1/32", ()),
         ("192.168.1.0/24", "allow", "network", "192.168.1.0/24", ()),
-        ("192.168.1.7/24", "allow", "network", "192.168.1.0/24", ()),  # squid masks too
         ("fe80::/10", "allow", "network", "fe80::/10", ()),
         ("!2001:db8::1", "deny", "network", "2001:db8::1/128", ()),
         ("*.github.com:443", "allow", "domain", "github.com", (443,)),
@@ -61,6 +61,22 @@ def test_parse_rule(text: str, action: str, kind: str, value: str, ports: tuple[
 )
 def test_bad_rules(text: str) -> None:
     with pytest.raises(ValueError, match=r"Bad destination|port"):
+        policy.parse_rule(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("192.168.1.7/24", "host bits set: did you mean 192.168.1.0/24?"),
+        ("[2001:db8::1/32]:443", "host bits set: did you mean 2001:db8::/32?"),
+        ("10.0.0.0/33", "prefix /33 is out of range (IPv4: /0 to /32)"),
+        ("!::/129", "prefix /129 is out of range (IPv6: /0 to /128)"),
+    ],
+)
+def test_bad_networks_say_why(text: str, reason: str) -> None:
+    """Host bits are refused with the network to write instead (squid masks them silently,
+    which hid typos), and a prefix out of range says the range: as allow_from does."""
+    with pytest.raises(ValueError, match=re.escape(reason) + "$"):
         policy.parse_rule(text)
 
 

@@ -205,7 +205,10 @@ def test_yaml_errors_carry_file_and_line() -> None:
         ("routes: [\n  {name: a\n", "routes.yaml:3: YAML syntax error: "),
         ("- a\n- b\n", "routes.yaml: top level must be a mapping"),
         ("version: 2\n", "routes.yaml:1: version: unsupported version 2 (only 1)"),
-        ("rutes: []\n", "routes.yaml:1: rutes: unknown top-level key (expected one of version"),
+        (
+            "rutes: []\n",
+            "routes.yaml:1: rutes: unknown top-level key (did you mean `routes`? expected one of",
+        ),
         ("routes: {a: 1}\n", "routes.yaml:1: routes: must be a list"),
         ("routes: [1]\n", "routes.yaml:1: routes[0]: must be a mapping"),
         ("defaults: 5\n", "routes.yaml:1: defaults: must be a mapping"),
@@ -300,6 +303,61 @@ def test_all_problems_at_once_across_sources() -> None:
     ]
 
 
+def test_every_problem_with_its_reason_in_one_pass() -> None:
+    """Bad networks say why (the same text the same way in allow_from and in rules), a
+    misplaced `*` is reported with the other problems, a single value where a list belongs
+    shows the list, and a misspelt field names the closest known one."""
+    got = errors(
+        snap(
+            routes_yaml="""\
+            routes:
+              - name: web
+                listen: 3128
+                mode: proxy
+                allow_from: [10.0.0.1/8, 10.0.0.0/33]
+                policy: ["*", 10.0.0.1/8, 10.0.0.0/33]
+              - name: db
+                listen: 5432
+                allow-from: [10.0.0.0/8]
+                destinations: 127.0.0.1:80
+            """
+        )
+    )
+    assert got == [
+        "routes.yaml:5: routes[0].allow_from[0]: invalid network '10.0.0.1/8': host bits set:"
+        " did you mean 10.0.0.0/8?",
+        "routes.yaml:5: routes[0].allow_from[1]: invalid network '10.0.0.0/33': prefix /33 is"
+        " out of range (IPv4: /0 to /32)",
+        "routes.yaml:6: routes[0].policy: Wildcard must be last rule, if present",
+        "routes.yaml:6: routes[0].policy[1]: Bad destination '10.0.0.1/8': host bits set:"
+        " did you mean 10.0.0.0/8?",
+        "routes.yaml:6: routes[0].policy[2]: Bad destination '10.0.0.0/33': prefix /33 is out"
+        " of range (IPv4: /0 to /32)",
+        "routes.yaml:9: routes[1].allow-from: unknown field (did you mean `allow_from`? see"
+        " `haproxy-egress schema` for every field)",
+        "routes.yaml:10: routes[1].destinations: must be a list, not the single value"
+        " '127.0.0.1:80': write `destinations: [127.0.0.1:80]`, or one `- 127.0.0.1:80` per"
+        " line below `destinations:`",
+    ]
+
+
+def test_allow_from_takes_what_policy_rules_take() -> None:
+    """Bracketed IPv6 and bare addresses mean the same network in allow_from as in rules."""
+    config = load_snapshot(
+        snap(
+            routes_yaml="""\
+            routes:
+              - {name: web, listen: 3128, mode: proxy, allow_from: &nets [
+                  "[2001:db8::/32]", 127.0.0.1, "::1"], policy: *nets}
+            """
+        ),
+        {},
+    )
+    (route,) = config.routes
+    assert [str(n) for n in route.allow_from] == ["2001:db8::/32", "127.0.0.1/32", "::1/128"]
+    assert [r.value for r in route.rules] == ["2001:db8::/32", "127.0.0.1/32", "::1/128"]
+
+
 # --- the directory snapshot ---------------------------------------------------------------
 
 
@@ -331,7 +389,7 @@ def test_kubelet_layout_reads_one_version(tmp_path: Path) -> None:
     kubelet_publish(tmp_path, "2026_11_26_10_05_00.2", {"routes.yaml": ROUTE_B, "more.yaml": ""})
     second = read_snapshot(tmp_path)
     assert [name for name, _ in second.files] == ["more.yaml", "routes.yaml"]
-    assert second.get("routes.yaml") == ROUTE_B.encode()
+    assert dict(second.files)["routes.yaml"] == ROUTE_B.encode()
     assert first.digest != second.digest
     assert read_snapshot(tmp_path).digest == second.digest
     (r,) = load_snapshot(second, {}).routes

@@ -25,26 +25,21 @@ from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from haproxy_egress.errors import ConfigError
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.show import parse_info
+from haproxy_egress.haproxy.stat import StatTable, parse_stat
 from haproxy_egress.metrics.collector import DENIED_STAGES, ScrapeCounters
 from haproxy_egress.metrics.exposition import render_scrape, render_stats
 from haproxy_egress.metrics.families import BACKEND_FAMILIES, FRONTEND_FAMILIES, SERVER_FAMILIES
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.stats import (
-    HaproxySnapshot,
-    StatTable,
-    parse_info,
-    parse_stat,
-    read_snapshot,
-    status_up,
-)
+from haproxy_egress.metrics.stats import HaproxySnapshot, read_snapshot, status_up
 from haproxy_egress.metrics.status import RouterStatus
-from haproxy_egress.runtime.haproxy import CliSocket
 from haproxy_egress.settings import Settings
 
 DATA = Path(__file__).parent.parent.parent / "data"
 STAT = (DATA / "exporter_show_stat.csv").read_text()
 INFO = (DATA / "exporter_show_info.txt").read_text()
-SNAPSHOT = HaproxySnapshot(info=parse_info(INFO), stat=STAT)
+SNAPSHOT = HaproxySnapshot(info=parse_info(INFO).fields, stat=STAT)
 ALL = ExporterOptions(server_metric_fields=None, server_exclude_states=frozenset())
 STATUS = RouterStatus(
     alive=True,
@@ -508,7 +503,7 @@ def _edge_csv() -> str:
 
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_odd_cells_match_the_reference(openmetrics: bool) -> None:
-    snapshot = HaproxySnapshot(info=parse_info(INFO), stat=_edge_csv())
+    snapshot = HaproxySnapshot(info=parse_info(INFO).fields, stat=_edge_csv())
     body = fast_body(snapshot, ALL, openmetrics=openmetrics)
     assert_matches_the_reference(body, parse_stat(snapshot.stat), ALL, openmetrics)
     ours = parse(body, openmetrics)

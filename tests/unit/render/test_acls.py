@@ -22,6 +22,7 @@ class Version:
         self.config = load_snapshot(Snapshot(Path("/cfg"), (("r.yaml", data),)), {})
         self.text = render(self.config, RenderOptions(run_dir=Path("/run/haproxy-egress")))
         self.maps = pattern_files(self.config)
+        self.tls_files: dict[str, str] = {}
 
 
 def _doc(shared: list[str], own: dict[str, list[str]] | None = None) -> dict[str, Any]:

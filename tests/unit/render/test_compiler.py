@@ -32,7 +32,6 @@ OPTIONS = {
     "stats-page": RenderOptions(
         run_dir=Path("/run/haproxy-egress"),
         log_stdout=True,
-        drain_seconds=12.5,
         threads=2,
     ),
 }

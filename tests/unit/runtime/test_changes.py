@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,10 @@ from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.users import hash_password
+from haproxy_egress.haproxy.show import Session
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime.changes import Kind, Plan, Session, parse_sessions, plan
+from haproxy_egress.runtime.changes import Kind, Plan, plan
 
 OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
 
@@ -25,6 +26,7 @@ class Version:
     config: Config
     text: str
     maps: dict[str, str]
+    tls_files: dict[str, str] = field(default_factory=dict)
 
 
 def compiled(*routes: dict[str, Any], **doc: Any) -> Version:
@@ -134,19 +136,6 @@ def test_runtime_changes_off_reload() -> None:
     p = plan(compiled(db()), compiled(db(destinations=["10.0.0.9:1"])), runtime=False)
     assert p.kind is Kind.RELOAD
     assert "EGRESS_RUNTIME_CHANGES" in p.why
-
-
-def test_parse_sessions() -> None:
-    text = (
-        "0x55b244ffee50: proto=tcpv4 src=127.0.0.1:37892 fe=db be=db srv=10.0.0.1_5432 ts=00 "
-        "epoch=0 age=18s calls=3 rate=0 cpu=0 lat=0 rq[f=848000h,i=0,an=00h,rx=59m,wx=,ax=]\n"
-        "0x55b244ff0000: proto=tcpv6 src=::1:4000 fe=web be=web srv=<none> ts=00 age=1s\n"
-        "0x55b2450e1a80: proto=sockpair src=unix:2 fe=GLOBAL be=<NONE> srv=<none> ts=00\n"
-    )
-    assert parse_sessions(text) == [
-        Session("0x55b244ffee50", "db", "10.0.0.1_5432", "127.0.0.1"),
-        Session("0x55b244ff0000", "web", "<none>", "::1"),
-    ]
 
 
 def _with_users(*lines: str) -> Version:

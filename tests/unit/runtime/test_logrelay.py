@@ -176,3 +176,35 @@ def test_loss_warning_is_rate_limited(tmp_path: Path, caplog: pytest.LogCaptureF
     assert warnings[0].startswith("3 log line(s) lost")
     assert warnings[1].startswith("3 log line(s) lost")  # 2 + 1 since the first warning
     assert "6 in all this run" in warnings[1]
+
+
+@pytest.mark.timeout(30)
+def test_a_relay_killed_between_its_read_and_its_count_loses_nothing_uncounted(
+    tmp_path: Path,
+) -> None:
+    """A read from the FIFO is destructive: a relay killed right after it returned had not
+    counted those lines yet. They are in the state file's staging area, and its successor
+    counts them, and the half line they end with, as lost."""
+    state = StateFile(tmp_path / "state")
+    state.set(lines_in=5, lines_out=5, tail_bytes=3, pid=1, starts=1)
+    src_r, src_w = os.pipe()
+    data = b"rest of 6\nline 7\nline 8\nhalf of 9"
+    os.write(src_w, data)
+    # What the dead relay's read did before the kill: the bytes left the pipe for the area.
+    assert os.readv(src_r, [state.staging]) == len(data)
+    relay = Relay(src_r, src_w, StateFile(tmp_path / "state"), 1 << 20)
+    assert relay.recover() == 4  # lines 6, 7 and 8, and the half of 9
+    assert StateFile(tmp_path / "state").staged() == b""
+    counters = read_counters(tmp_path / "state")
+    assert counters is not None
+    assert counters.lost_killed == 4
+
+
+@pytest.mark.timeout(30)
+def test_every_counted_read_leaves_the_staging_area_empty(tmp_path: Path) -> None:
+    relay, src_w, out_r, _ = _relay(tmp_path)
+    os.write(src_w, b"a long first line\nb\nhalf")
+    relay.stop()
+    relay.run()
+    assert _read_until(out_r, 2) == b"a long first line\nb\n"
+    assert relay.state.staged() == b""

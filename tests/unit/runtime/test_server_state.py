@@ -28,5 +28,7 @@ def test_keeps_health_of_listed_servers_and_drops_maintenance_and_moved_ones() -
     decoy = line("10.0.0.2_80", "10.0.0.9", 0, 80)  # same name, another address
     slot = line("api.test_443-1", "192.0.2.7", 0, 443)  # a resolved slot: keep its address
     gone = line("10.0.0.3_80", "10.0.0.3", 0, 80)  # not in the cfg: haproxy ignores it
-    state = "\n".join([HEADER, down, drained, decoy, slot, gone]) + "\n"
+    # Never filled: starts empty, as at a first start, instead of "DOWN after a reload".
+    empty = line("api.test_443-2", "-", 32, 443).replace(" - 443 ", " api.test 443 ")
+    state = "\n".join([HEADER, down, drained, decoy, slot, empty, gone]) + "\n"
     assert state_for(state, TEXT) == "\n".join([HEADER, down, slot, gone]) + "\n"

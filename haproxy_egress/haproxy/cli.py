@@ -1,0 +1,61 @@
+"""The stats socket and the master CLI: one command in, haproxy's answer (text) out.
+
+The answers are read by the typed parsers of `show.py` and `stat.py`; nothing else in the
+package tree parses them."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from haproxy_egress.errors import HaproxyError
+
+# The master CLI's prompt, e.g. "master> " or "master[ReloadFailed]> " (2.6 after a failed
+# reload). In that state the master keeps the connection open after answering, so the master
+# CLI is always spoken in prompt mode and an answer ends at the next prompt, not at EOF.
+_MASTER_PROMPT = re.compile(rb"master(\[[A-Za-z]+\])?> $")
+
+
+@dataclass(frozen=True)
+class CliSocket:
+    """A unix-socket CLI (stats socket or master CLI): one command per connection."""
+
+    path: Path
+    timeout: float = 5.0
+    master: bool = False  # the master CLI: prompt mode, answers end at the next prompt
+
+    def command(self, line: str) -> str:
+        """Send one command and read the whole answer; bounded by `timeout` overall."""
+        deadline = time.monotonic() + self.timeout
+        request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
+        data = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(str(self.path))
+                sock.sendall(request)
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise HaproxyError(f"{self.path}: {line!r} timed out")
+                    sock.settimeout(remaining)
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if self.master and _answered(data):
+                        break
+            except (OSError, TimeoutError) as exc:
+                raise HaproxyError(f"{self.path}: {line!r} failed: {exc}") from exc
+        text = data.decode("utf-8", "replace")
+        if self.master:  # drop the prompts around the answer
+            text = re.sub(r"^master(\[[A-Za-z]+\])?> ", "", text, flags=re.M)
+        return text
+
+
+def _answered(data: bytes) -> bool:
+    """Prompt mode: a first prompt, the answer, then a second prompt."""
+    return bool(_MASTER_PROMPT.search(data)) and data.count(b"> ") >= 2
