@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from bench.bed import connect_rate, rotated
 from bench.policy_proxy import HAPROXY_PORT, RULES, cases, measured, proxy_bed
 from haproxy_egress.config import policy
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.rundir import RunDir
-from haproxy_egress.runtime.haproxy import CliSocket
 from tests.netns import ROUTER_CLIENT_IP
 from tests.squid import Squid
 from tests.support import wait_for

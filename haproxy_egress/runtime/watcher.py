@@ -109,7 +109,7 @@ class Watcher(Background):
                     if not self._directory.is_dir():
                         break  # the watched inode is gone; watch the new one
                     if self._paths() != watching:
-                        break  # the config names other Secrets now (TLS, parent credentials): watch those
+                        break  # the config names other Secrets (TLS, parent auth): watch those
             except (OSError, RuntimeError) as exc:
                 log.warning("watching %s failed (%s); polling", self._directory, exc)
                 self._stop.wait(min(self._poll, 1.0))

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.policy import COMMAND, parse_parent_auth
-from haproxy_egress.runtime.haproxy import CliSocket
 from tests.parents import SquidParent, TinyproxyParent
 from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
 from tests.router import Router
