@@ -54,6 +54,10 @@ LEGACY_VARS = (
 )
 # The policy proxy's credentials file (config/users.py): named in its problems too.
 PROXY_USERS_ENV = "EGRESS_PROXY_USERS_FILE"
+# `parent: env` (config/parent.py): the pod's proxy variables, in the order they are consulted
+# (upper case first, as curl and Go's httpproxy do; lower case is the older convention).
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,11 @@ class Settings:
             proxy_users_file=Path(users)
             if (users := env.get(PROXY_USERS_ENV, "").strip())
             else None,
-            route_env={k: env[k] for k in (*SEED_VARS, *LEGACY_VARS) if k in env},
+            route_env={
+                k: env[k]
+                for k in (*SEED_VARS, *LEGACY_VARS, *PROXY_VARIABLES, *NO_PROXY_VARIABLES)
+                if k in env
+            },
             runtime_changes=env.get("EGRESS_RUNTIME_CHANGES", "1").strip().lower()
             not in ("0", "false", "no", "off"),
             max_old_workers=int(number("EGRESS_MAX_OLD_WORKERS", cls.max_old_workers, 1, 100)),

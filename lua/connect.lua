@@ -30,46 +30,134 @@ local function authority(text)
     return host:lower(), port
 end
 
-core.register_action("egress_connect", { "tcp-req" }, function(txn)
-    local req = txn.req
+-- The head at the start of a channel (request or status line, header lines, blank line):
+-- its lines without the blank one, and its length; or nil and "incomplete" / "too long".
+-- Channel:line yields until a whole line is buffered (bounded by the inspect-delay).
+local function read_head(chn)
+    local lines = {}
     local offset = 0
-    local first = nil
     for _ = 1, MAX_HEAD_LINES do
-        -- Channel:line yields until a whole line is buffered (bounded by inspect-delay).
-        local line = req:line(offset, -1)
+        local line = chn:line(offset, -1)
         if line == nil or line:sub(-1) ~= "\n" then
-            txn:set_var("txn.egress_bad", "incomplete CONNECT request head")
-            return
+            return nil, "incomplete"
         end
         offset = offset + #line
-        local credential = line:match("^[Pp][Rr][Oo][Xx][Yy]%-[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:[ \t]*(.-)[ \t]*\r?\n$")
-        if first == nil then
-            first = line
-        elseif credential ~= nil then
+        if #lines > 0 and (line == "\r\n" or line == "\n") then
+            return lines, offset
+        end
+        lines[#lines + 1] = line
+    end
+    return nil, "too long"
+end
+
+-- Reads the CONNECT head; `keep` leaves it in the buffer (its length in txn.egress_headlen)
+-- for egress_drop_head or egress_parent_connect to take out later: an empty request buffer
+-- may be released while later rules wait (do-resolve), and nothing can be inserted into a
+-- released one.
+local function read_connect(txn, keep)
+    local lines, length = read_head(txn.req)
+    if lines == nil then
+        txn:set_var("txn.egress_bad", length == "incomplete"
+            and "incomplete CONNECT request head" or "CONNECT request head too long")
+        return
+    end
+    for i = 2, #lines do
+        local credential = lines[i]:match("^[Pp][Rr][Oo][Xx][Yy]%-[Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:[ \t]*(.-)[ \t]*\r?\n$")
+        if credential ~= nil then
             -- Checked by the route's ACLs (templates/policy.cfg.j2), never sent on.
             txn:set_var("txn.egress_pauth", credential)
-        elseif line == "\r\n" or line == "\n" then
-            local target = first:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
-            local host, port = nil, nil
-            if target then
-                host, port = authority(target)
-            end
-            if not host then
-                txn:set_var("txn.egress_bad", "malformed CONNECT request line")
-                return
-            end
-            req:remove(0, offset)
-            txn:set_var("txn.dsthost", host)
-            txn:set_var("txn.dstport", port)
-            return
         end
     end
-    txn:set_var("txn.egress_bad", "CONNECT request head too long")
+    local target = lines[1]:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
+    local host, port = nil, nil
+    if target then
+        host, port = authority(target)
+    end
+    if not host then
+        txn:set_var("txn.egress_bad", "malformed CONNECT request line")
+        return
+    end
+    if keep then
+        txn:set_var("txn.egress_headlen", length)
+    else
+        txn.req:remove(0, length)
+    end
+    txn:set_var("txn.dsthost", host)
+    txn:set_var("txn.dstport", port)
+end
+
+core.register_action("egress_connect", { "tcp-req" }, function(txn)
+    read_connect(txn, false)
+end)
+
+-- Routes with parent proxies: the head stays until the route knows where the tunnel goes.
+core.register_action("egress_connect_keep", { "tcp-req" }, function(txn)
+    read_connect(txn, true)
+end)
+
+-- A tunnel that goes direct after all: the client's head is taken out, as egress_connect does.
+core.register_action("egress_drop_head", { "tcp-req" }, function(txn)
+    txn.req:remove(0, txn:get_var("txn.egress_headlen") or 0)
 end)
 
 -- Runs when the tunnel's upstream connection is established: the client may send now.
 core.register_action("egress_established", { "tcp-res" }, function(txn)
     txn.res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
+end)
+
+-- Through a parent proxy: the CONNECT head for the parent replaces the client's. The
+-- destination goes as the client named it (host:port; the parent resolves it); the router's
+-- credential comes from the route's map file (txn.egress_pcred), never from the client,
+-- whose own Proxy-Authorization goes out with its head.
+core.register_action("egress_parent_connect", { "tcp-req" }, function(txn)
+    local host = txn:get_var("txn.dsthost")
+    local port = txn:get_var("txn.dstport")
+    if host:find(":", 1, true) then
+        host = "[" .. host .. "]"
+    end
+    local target = host .. ":" .. tostring(port)
+    local head = "CONNECT " .. target .. " HTTP/1.1\r\nHost: " .. target .. "\r\n"
+    local credential = txn:get_var("txn.egress_pcred")
+    if credential ~= nil and credential ~= "" then
+        head = head .. "Proxy-Authorization: Basic " .. credential .. "\r\n"
+    end
+    -- The client's head (and its Proxy-Authorization) out, the router's in its place.
+    txn.req:remove(0, txn:get_var("txn.egress_headlen") or 0)
+    txn.req:insert(head .. "\r\n", 0)
+end)
+
+-- The parent's answer to that CONNECT. Its 200 becomes our own "200 Connection established"
+-- (the parent's headers stay here); a 407 means the router's credentials were refused, which
+-- is the router's problem, not the destination's: the client gets a 502 saying so, and the
+-- log a parent_status of 407. Any other answer (the parent's 403 or 503 for the
+-- destination) goes to the client as the parent sent it.
+core.register_action("egress_parent_established", { "tcp-res" }, function(txn)
+    local res = txn.res
+    local lines, length = read_head(res)
+    local status = lines and tonumber(lines[1]:match("^HTTP/1%.[01] (%d%d%d)"))
+    if status == nil then
+        -- Not an HTTP answer, or the parent closed mid-head: nothing of it reaches the client.
+        txn:set_var("txn.egress_pstatus", "bad-answer")
+        txn:set_var("txn.egress_pclose", true)
+        res:remove(0, res:input())
+        return
+    end
+    txn:set_var("txn.egress_pstatus", status)
+    if status == 200 then
+        res:remove(0, length)
+        res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
+    elseif status == 407 then
+        local body = string.format(
+            "route %s: the parent proxy refused the router's credentials (407)\n",
+            txn:get_var("txn.egress_route") or "egress")
+        res:remove(0, res:input())
+        -- Sent (forwarded) at once: `tcp-response content close` then drops only what the
+        -- parent sends after it (haproxy 3.0 discards data still waiting in the buffer).
+        res:send(string.format(
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+            #body, body))
+        txn:set_var("txn.egress_pclose", true)
+    end
 end)
 
 -- connect_sni: match. The client sends its TLS ClientHello only after "200 Connection

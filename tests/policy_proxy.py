@@ -39,6 +39,7 @@ class PolicyProxy:
     proc: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=list)
     users: bytes | None = None  # the proxy users file (EGRESS_PROXY_USERS_FILE), if any
+    env: dict[str, str] = field(default_factory=dict)  # e.g. HTTPS_PROXY for `parent: env`
 
     @property
     def run(self) -> RunDir:
@@ -52,7 +53,7 @@ class PolicyProxy:
         data = yaml.safe_dump(self.doc, sort_keys=False).encode()
         users = (f"{PROXY_USERS_ENV} (test)", self.users) if self.users is not None else None
         snapshot = Snapshot(self.directory, (("routes.yaml", data),), users=users)
-        self.config = load_snapshot(snapshot, {})
+        self.config = load_snapshot(snapshot, self.env)
         run = self.run
         run.root.mkdir(parents=True, exist_ok=True)
         hook_set = hooks.resolve(self.config).including(hooks.shipped_lua("connect"))

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
 from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
+from haproxy_egress.config.parent import Parent
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
@@ -62,6 +63,7 @@ class RouteVerdict:
     verdict: str = ""
     rule_id: str = ""
     group: str = ""
+    via: str = ""  # routes with parent proxies: "direct" or "parent" (the log's `via=`)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,11 @@ def _route_verdict(
         reason = f"client group {group.name}: {reason}"
     if verdict == policy.REPORT:
         reason = f"{reason} (report only: allowed, logged as would-deny)"
-    if allowed and address is None and looked_up:
+    via = ""
+    if allowed and route.parents is not None:
+        via, how = _via(route.parents, dest.host, address)
+        reason = f"{reason}; {how}"
+    if allowed and address is None and looked_up and via != "parent":
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
         verdict = "unresolved"
     if allowed:
@@ -219,7 +225,20 @@ def _route_verdict(
         verdict,
         decision.rule_id,
         group.name,
+        via,
     )
+
+
+def _via(parent: Parent, host: str, address: netaddr.IPAddress | None) -> tuple[str, str]:
+    """("direct" | "parent", words): where the proxy sends an allowed destination."""
+    if parent.goes_direct(host, address):
+        return "direct", "direct (on the parent's direct list)"
+    names = [p.hostport for p in parent.proxies]
+    if parent.balance == "first":
+        order = f"{names[0]}" + (f", failing over to {', '.join(names[1:])}" if names[1:] else "")
+    else:
+        order = f"round robin over {', '.join(names)}"
+    return "parent", f"via parent {order} (the parent resolves the name)"
 
 
 def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerdict | None:

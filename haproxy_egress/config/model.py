@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.tls import TlsSpec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
@@ -528,6 +529,8 @@ class Route(RouteSettings):
     # required: every request needs valid proxy credentials (else 407); optional: a request
     # without any falls to the groups that name no users (a wrong one still gets 407).
     proxy_auth: Literal["optional", "required"] = "optional"
+    # Parent proxies (config/parent.py); `env` is resolved from HTTPS_PROXY/NO_PROXY on load.
+    parent: Annotated[Parent | None, BeforeValidator(parent_spec)] = None
     # TLS origination to the destinations (config/tls.py, docs/configuration.md).
     tls: TlsSpec = None
 
@@ -638,13 +641,21 @@ class Route(RouteSettings):
                 "connect_sni_ports",
                 "enforce",
                 "proxy_auth",
+                "parent",
             ):
                 if key in self.model_fields_set:
                     raise ValueError(f"{key} needs mode: proxy")
+        if self.parent is not None and self.connect_sni == "match":
+            raise ValueError("connect_sni: match cannot be combined with parent")
         names = [g.name for g in self.clients]
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"client group {name!r} is listed twice")
+
+    @property
+    def parents(self) -> Parent | None:
+        """The resolved parent proxies (build_config replaces `env`), or None: direct only."""
+        return None if self.parent is None or self.parent.from_env else self.parent
 
     @property
     def is_policy(self) -> bool:

@@ -31,6 +31,21 @@ COMMAND = f"show table {TABLE}"
 _KEY = re.compile(r"([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/(allow|deny|would-deny|unresolved)")
 
 
+# Routes with parent proxies store gpc1 too: the parent's 407s (the router's credentials
+# refused), counted against the decision that sent the request to the parent.
+_PARENT_AUTH = re.compile(r"\bkey=([a-z0-9._-]+)/[^ ]*\s.*\bgpc1=(\d+)")
+
+
+def parse_parent_auth(text: str) -> dict[str, int]:
+    """`show table _egress_policy` output → route → parent-auth failures (407s)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _PARENT_AUTH.search(line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    return out
+
+
 def parse_table(text: str) -> dict[tuple[str, str, str, str], int]:
     """`show table _egress_policy` output → (route, group, rule, verdict) → count."""
     out: dict[tuple[str, str, str, str], int] = {}
@@ -68,23 +83,33 @@ class MultiCollector(Collector):
 
 
 class PolicyCollector(Collector):
-    """`haproxy_egress_policy_decisions_total{route,group,rule,verdict}` from one snapshot."""
+    """`haproxy_egress_policy_decisions_total{route,group,rule,verdict}` and
+    `haproxy_egress_parent_auth_failures_total{route}` from one snapshot."""
 
     def __init__(self, show_table: Callable[[], str]) -> None:
         self._show_table = show_table
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            text = self._show_table()
+        except OSError as exc:
+            log.debug("policy counters unavailable: %s", exc)
+            text = ""
         family = CounterMetricFamily(
             "haproxy_egress_policy_decisions",
             "Egress policy decisions of proxy/tls routes, by route, client group, rule and "
             "verdict.",
             labels=["route", "group", "rule", "verdict"],
         )
-        try:
-            counts = parse_table(self._show_table())
-        except OSError as exc:
-            log.debug("policy counters unavailable: %s", exc)
-            counts = {}
-        for (route, group, rule, verdict), value in sorted(counts.items()):
+        for (route, group, rule, verdict), value in sorted(parse_table(text).items()):
             family.add_metric([route, group, rule, verdict], value)
         yield family
+        refused = CounterMetricFamily(
+            "haproxy_egress_parent_auth_failures",
+            "Requests a parent proxy answered with 407 (it refused the router's credentials), "
+            "by route.",
+            labels=["route"],
+        )
+        for route, value in sorted(parse_parent_auth(text).items()):
+            refused.add_metric([route], value)
+        yield refused

@@ -17,7 +17,7 @@ from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
-from haproxy_egress.render.maps import NONE, route_files
+from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
 from haproxy_egress.render.resources import template_dir
 from haproxy_egress.render.tls import server_options as tls_server_options
 from haproxy_egress.rundir import RunDir
@@ -155,6 +155,8 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["tls_options"] = tls_server_options  # TLS origination (render/tls.py)
     # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
     env.globals["policy_maps"] = route_files
+    env.globals["parent_maps"] = parent_files
+    env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
     env.globals["refusal"] = refusal
     env.globals["default_group"] = DEFAULT_GROUP
     env.globals["no_class"] = NONE

@@ -181,6 +181,37 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
     }
 
 
+# Parent proxies (config/parent.py): the direct list as three lookups (any match: direct), and
+# the parent credential, which only this file holds (mode 0600 in the run dir, swapped at
+# runtime on rotation; never in haproxy.cfg, whose header line names the map only).
+PARENT_TABLES = ("direct-hosts", "direct-domains", "direct-networks", "parent")
+PARENT_CREDENTIAL_KEY = "basic"
+_DIRECT_TABLE = {
+    p.HOSTS: "direct-hosts",
+    p.DOMAINS: "direct-domains",
+    p.NETWORKS: "direct-networks",
+}
+
+
+def parent_files(route: Route) -> dict[str, str]:
+    """Parent table → file name, for the template (empty for a route without parents)."""
+    return {t: file_name(route, t) for t in PARENT_TABLES} if route.parents else {}
+
+
+def parent_maps(route: Route) -> dict[str, str]:
+    """The direct-list and credential map files of a route with parent proxies."""
+    parent = route.parents
+    if parent is None:
+        return {}
+    tables: dict[str, list[tuple[str, str]]] = {t: [] for t in PARENT_TABLES}
+    for rule in parent.direct_rules:
+        if rule.table is not None:
+            tables[_DIRECT_TABLE[rule.table]] += [(k, "direct") for k in rule.patterns()]
+    if parent.credential is not None:
+        tables["parent"].append((PARENT_CREDENTIAL_KEY, parent.credential))
+    return {file_name(route, t): _lines(entries) for t, entries in tables.items()}
+
+
 def _suffixes(name: str) -> Iterable[str]:
     """`a.b.c` → `a.b.c`, `b.c`, `c`: the domains a name is in (DomainRule.matches_target)."""
     labels = name.split(".")
@@ -250,6 +281,7 @@ def render_maps(config: Config) -> dict[str, str]:
     files: dict[str, str] = {}
     for route in config.policy_routes:
         files.update(route_maps(route, config.guard(route), config.proxy_users))
+        files.update(parent_maps(route))
     for name in files:
         if not NAME.match(name):  # route names are validated; this keeps the contract honest
             raise ValueError(f"map file name {name!r} does not match {NAME.pattern}")

@@ -258,6 +258,26 @@ def _model_changes(old: Config, new: Config) -> tuple[list[str], list[Deny]]:
     return notes, denies
 
 
+def _parents_moved(old: Config, new: Config) -> str:
+    """Why a changed list of parent proxies needs a reload ("" if none changed): each parent
+    is a server in two backends, one tracking the other's checks, which `add server` cannot
+    set up; the direct list and the credentials are map files and stay runtime edits."""
+    before = {r.name: r.parents for r in old.routes}
+    for route in new.routes:
+        was, now = before.get(route.name), route.parents
+        if (
+            was is not None
+            and now is not None
+            and (was.proxies, was.balance)
+            != (
+                now.proxies,
+                now.balance,
+            )
+        ):
+            return f"route {route.name}: parent proxies changed"
+    return ""
+
+
 class Version(Protocol):
     """A compiled configuration as the diff sees it (reload.Compiled is one)."""
 
@@ -284,6 +304,8 @@ def plan(old: Version, new: Version, *, runtime: bool = True) -> Plan:
         # Only the Secrets changed: say which material of which route was rotated.
         notes += [_rotated(name) for name, _ in ssl]
     why, add, remove = _structural(_sections(old.text), _sections(new.text))
+    if not why:
+        why = _parents_moved(old.config, new.config)
     if not why and set(old.maps) != set(new.maps):
         why = "pattern files added or removed"
     if not why and set(old_tls) != set(new_tls):

@@ -44,13 +44,18 @@ def pattern_kind(name: str) -> str:
     return "map" if name.endswith(".map") else "acl"
 
 
-def _expect(command: Command, line: str, ok: Iterable[str] = (replies.DONE,)) -> str:
+def _expect(
+    command: Command, line: str, ok: Iterable[str] = (replies.DONE,), shown: str | None = None
+) -> str:
+    """Send `line`; LiveChangeFailed unless haproxy answers one of `ok`. Messages quote
+    `shown` when given (a map payload may hold a parent credential: never in a log line)."""
+    what = shown if shown is not None else repr(line)
     try:
         answer = command(line).strip()
     except HaproxyError as exc:
-        raise LiveChangeFailed(f"{line!r}: {exc}") from exc
+        raise LiveChangeFailed(f"{what}: {exc}") from exc
     if answer not in ok:
-        raise LiveChangeFailed(f"{line!r} was refused: {answer}")
+        raise LiveChangeFailed(f"{what} was refused: {answer}")
     return answer
 
 
@@ -80,7 +85,8 @@ def _swap_file(command: Command, path: Path, content: str) -> None:
     lines = [ln for ln in content.splitlines() if ln.strip()]
     if kind == "map" and lines:
         payload = "\n".join(lines)  # many entries in one command
-        _expect(command, f"add map @{version} {path} <<\n{payload}\n")
+        shown = f"add map @{version} {path} ({len(lines)} entries)"
+        _expect(command, f"add map @{version} {path} <<\n{payload}\n", shown=shown)
     else:  # 2.6 takes no payload for `add acl`: one entry per command
         for entry in lines:
             _expect(command, f"add acl @{version} {path} {entry}")

@@ -18,6 +18,7 @@ import watchfiles
 
 from haproxy_egress.background import Background
 from haproxy_egress.config.sources import read_snapshot
+from haproxy_egress.config.sources.configdir import secret_dirs
 from haproxy_egress.config.sources.tlsfiles import watched_dirs
 
 log = logging.getLogger(__name__)
@@ -54,26 +55,31 @@ class Watcher(Background):
         self._digest = initial_digest
         self._debounce_ms = max(1, int(debounce * 1000))
         self._poll = poll
+        self._secrets: list[str] = []  # parent credentials dirs the config names
         super().__init__("config-watcher")
 
     def _confirm(self) -> None:
         """Read a snapshot; post its digest if it is new."""
         try:
-            digest = read_snapshot(self._directory, self._users_file, self._tls_paths()).digest
+            snapshot = read_snapshot(self._directory, self._users_file, self._tls_paths())
         except OSError as exc:
             log.warning("cannot read config directory %s: %s", self._directory, exc)
             return
+        digest = snapshot.digest
+        self._secrets = secret_dirs(snapshot)
         if digest != self._digest:
             self._digest = digest
             self._post(ConfigChanged(digest))
 
     def _paths(self) -> list[Path]:
-        """The config directory, and the proxy users' Secret mount (its `..data` swaps happen
-        in the file's directory); a users directory that is missing is left to the poll."""
+        """The config directory, the proxy users' Secret mount (its `..data` swaps happen in
+        the file's directory) and the parent credentials' Secrets; a directory that is missing
+        is left to the poll."""
         paths = [self._directory]
         if self._users_file is not None and self._users_file.parent.is_dir():
             paths.append(self._users_file.parent)
         paths += [d for d in watched_dirs(self._tls_paths()) if d not in paths]
+        paths += [Path(d) for d in self._secrets if Path(d).is_dir() and Path(d) not in paths]
         return paths
 
     def _run(self) -> None:
@@ -103,7 +109,7 @@ class Watcher(Background):
                     if not self._directory.is_dir():
                         break  # the watched inode is gone; watch the new one
                     if self._paths() != watching:
-                        break  # the config names other TLS Secrets now: watch those
+                        break  # the config names other Secrets (TLS, parent auth): watch those
             except (OSError, RuntimeError) as exc:
                 log.warning("watching %s failed (%s); polling", self._directory, exc)
                 self._stop.wait(min(self._poll, 1.0))

@@ -21,7 +21,8 @@ from haproxy_egress.config.model import (
     cross_route_problems,
     validate,
 )
-from haproxy_egress.config.sources.configdir import Snapshot, read_snapshot
+from haproxy_egress.config.parent import basic_credential, from_environment
+from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
 from haproxy_egress.config.sources.legacy import read_legacy
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
@@ -142,10 +143,35 @@ def _proxy_users(
     return tuple(found[name] for name in sorted(found))
 
 
+def _parent(item: Located, env: Mapping[str, str], secrets: Mapping[str, bytes]) -> Located:
+    """The route with `parent: env` resolved and its parent's credential read; ValueError says
+    what is wrong (the caller locates it at `<route>.parent`)."""
+    route = item.route
+    parent = route.parent
+    if parent is None:
+        return item
+    if parent.from_env:
+        parent = from_environment(env, parent)
+    credential = None
+    if parent.credentials_dir is not None:
+        where = parent.credentials_dir
+        user, password = secrets.get(f"{where}/username"), secrets.get(f"{where}/password")
+        found = (
+            (user, password) if user is not None and password is not None else read_secret(where)
+        )
+        if isinstance(found, str):
+            raise ValueError(f"credentials_dir: {found}")
+        credential = basic_credential(found[0], found[1], where)
+    resolved = route.model_copy(update={"parent": parent.with_credential(credential)})
+    return Located(resolved, item.source, item.path, item.line)
+
+
 def build_config(
     frags: list[Fragment],
     reserved: Mapping[str, Listen],
     users: tuple[str, bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    secrets: Mapping[str, bytes] | None = None,
 ) -> Config:
     """Merge fragments into one Config, or raise ConfigError listing every problem."""
     problems = [p for f in frags for p in f.problems]
@@ -171,9 +197,14 @@ def build_config(
     for frag in frags:
         for raw in frag.routes:
             try:
-                located.append(_validate_route(raw, defaults))
+                item = _validate_route(raw, defaults)
             except ProblemList as exc:
                 problems += exc.problems
+                continue
+            try:
+                located.append(_parent(item, env or {}, secrets or {}))
+            except ValueError as exc:
+                problems.append(Problem(item.source, f"{item.path}.parent", str(exc), item.line))
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
@@ -219,7 +250,9 @@ def load_snapshot(
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars."""
     with _collector_paused():
-        return build_config(_fragments(snapshot, env), reserved or {}, snapshot.users)
+        return build_config(
+            _fragments(snapshot, env), reserved or {}, snapshot.users, env, dict(snapshot.secrets)
+        )
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:

@@ -37,6 +37,9 @@ class Snapshot:
     # The proxy users file (a Secret mounted elsewhere), read in the same pass: a rotated
     # Secret is a change like an edited key. (source for problems, content)
     users: tuple[str, bytes] | None = None
+    # The parent proxies' credentials (`parent.credentials_dir` Secrets), read in the same pass
+    # for the same reason: `<dir>/username`, `<dir>/password` → content.
+    secrets: tuple[tuple[str, bytes], ...] = ()
     # The TLS material the routes name (Secrets mounted elsewhere), read in the same pass: a
     # rotated certificate is a change too (config/sources/tlsfiles.py).
     tls: tuple[TlsFile, ...] = ()
@@ -45,7 +48,7 @@ class Snapshot:
     def digest(self) -> str:
         """sha256 over names and contents: equal digests mean nothing to reload."""
         h = hashlib.sha256()
-        for name, data in (*self.files, *((self.users,) if self.users else ())):
+        for name, data in (*self.files, *((self.users,) if self.users else ()), *self.secrets):
             h.update(f"{name}\0{len(data)}\0".encode())
             h.update(data)
         for f in self.tls:
@@ -104,17 +107,60 @@ def read_users(path: Path) -> tuple[tuple[str, bytes] | None, tuple[Problem, ...
     return (source, data), ()
 
 
+# `credentials_dir: /path` in a YAML key: found in the text, before parsing, so a rotated
+# Secret changes the digest like an edited key (the loader reads the same paths again).
+_CREDENTIALS_DIR = re.compile(rb"""^[ \t-]*credentials_dir:[ \t]*["']?(/[A-Za-z0-9._/-]+)""", re.M)
+SECRET_KEYS = ("username", "password")
+
+
+def secret_dirs(snapshot: Snapshot) -> list[str]:
+    """The parent credentials directories the snapshot's YAML keys name."""
+    found: list[str] = []
+    for name, data in snapshot.files:
+        if name.endswith((".yaml", ".yml")):
+            found += [m.decode() for m in _CREDENTIALS_DIR.findall(data)]
+    return sorted(set(found))
+
+
+def read_secret(directory: str) -> tuple[bytes, bytes] | str:
+    """A basic-auth Secret's username and password, or why they cannot be read."""
+    values: list[bytes] = []
+    for key in SECRET_KEYS:
+        try:
+            with open(Path(directory) / key, "rb") as fh:
+                values.append(fh.read(4096))
+        except OSError as exc:
+            return f"{directory}/{key} cannot be read: {exc.strerror}"
+    return values[0], values[1]
+
+
+def _with_secrets(snapshot: Snapshot) -> Snapshot:
+    secrets: list[tuple[str, bytes]] = []
+    for directory in secret_dirs(snapshot):
+        found = read_secret(directory)
+        if isinstance(found, tuple):
+            secrets += [(f"{directory}/{k}", v) for k, v in zip(SECRET_KEYS, found, strict=True)]
+    return replace(snapshot, secrets=tuple(secrets))
+
+
 def read_snapshot(
     directory: Path, users_file: Path | None = None, tls_paths: Iterable[str] = ()
 ) -> Snapshot:
     """Read every visible key once, through `..data` when the kubelet layout is present;
-    the proxy users file, when there is one; and the TLS files the routes name."""
+    the proxy users file, when there is one; the TLS files the routes name; and the parent
+    credentials the keys name."""
+    return _with_secrets(_read_snapshot(directory, users_file, tls_paths))
+
+
+def _read_snapshot(
+    directory: Path, users_file: Path | None = None, tls_paths: Iterable[str] = ()
+) -> Snapshot:
     tls_wanted = tuple(tls_paths)
     if tls_wanted:
-        return read_snapshot(directory, users_file).with_tls(tls_wanted)
+        return _read_snapshot(directory, users_file).with_tls(tls_wanted)
     if users_file is not None:
         users, unreadable = read_users(users_file)
-        snapshot = read_snapshot(directory)
+        snapshot = _read_snapshot(directory)
         return replace(snapshot, users=users, problems=(*snapshot.problems, *unreadable))
     if not directory.is_dir():
         return Snapshot(directory, (), exists=False)
