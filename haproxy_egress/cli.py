@@ -18,7 +18,7 @@ from haproxy_egress.commands.explain import explain, rule_locations
 from haproxy_egress.commands.lookup import ConfiguredResolver
 from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config import users
-from haproxy_egress.config.model import Config, Document
+from haproxy_egress.config.document import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.config.tlsmaterial import describe, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, SetupError

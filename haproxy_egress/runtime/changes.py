@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.haproxy.show import Session
 from haproxy_egress.render.tls import parse_staged
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
 from haproxy_egress.config.tlsmaterial import RouteTls, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem

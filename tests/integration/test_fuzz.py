@@ -35,8 +35,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress.commands.explain import explain
-from haproxy_egress.config.model import POLICY_MODES, Config, Resolvers, Route
-from haproxy_egress.config.model import HealthCheck as Check
+from haproxy_egress.config.document import Config, Resolvers
+from haproxy_egress.config.policyfields import POLICY_MODES
+from haproxy_egress.config.route import HealthCheck as Check
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.legacy import DNS_PROXY, GATEWAY, REDIRECT, SOURCE

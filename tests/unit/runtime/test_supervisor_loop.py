@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime.children import ChildState
