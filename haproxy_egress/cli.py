@@ -26,9 +26,10 @@ from haproxy_egress.haproxy.program import running_configs
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled, compile_current
 from haproxy_egress.runtime import changes, preflight
 from haproxy_egress.runtime.cpus import default_threads
-from haproxy_egress.runtime.reload import Compiled, check_compiled, compile_current
+from haproxy_egress.runtime.reload import check_compiled
 from haproxy_egress.runtime.supervisor import Supervisor
 from haproxy_egress.settings import LogFormat, LogSink, Settings
 

@@ -280,7 +280,7 @@ def _parents_moved(old: Config, new: Config) -> str:
 
 
 class Version(Protocol):
-    """A compiled configuration as the diff sees it (reload.Compiled is one)."""
+    """A compiled configuration as the diff sees it (render.pipeline.Compiled is one)."""
 
     @property
     def config(self) -> Config: ...

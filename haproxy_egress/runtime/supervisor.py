@@ -30,12 +30,13 @@ from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
 from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
-from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
+from haproxy_egress.runtime.reload import Outcome, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
 from haproxy_egress.runtime.workers import Bounds, Workers
 from haproxy_egress.settings import LogSink, Settings

@@ -687,7 +687,7 @@ def _accepted_extended(
             assert LUA_LOAD.match(line), line
     with tempfile.TemporaryDirectory(prefix="egress-fuzz-run.") as run:
         # haproxy -c opens the Lua files the config loads: stage them where it looks, as
-        # tests/netns_policy.py does (reload.compile_snapshot does not stage connect.lua yet).
+        # tests/netns_policy.py does (pipeline.compile_snapshot does not stage connect.lua yet).
         hook_set = hooks.resolve(config, snapshot.files)
         if any(r.mode in POLICY_MODES for r in config.routes):
             hook_set = hook_set.including(hooks.shipped_lua("connect"))

@@ -12,8 +12,8 @@ from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.runtime.children import Backoff, ChildState
-from haproxy_egress.runtime.reload import Compiled
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.settings import LogSink, Settings
 from tests.unit.runtime.fakes import FakeClock
