@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
@@ -677,6 +678,7 @@ class Document(Frozen):
     version: Literal[1] = 1
     defaults: RouteSettings | None = None
     resolvers: Resolvers | None = None
+    logging: Logging | None = None
     routes: tuple[Route, ...] = ()
 
 
@@ -689,6 +691,8 @@ class Config:
     stats: StatsPage | None = None
     # The policy proxy's users (EGRESS_PROXY_USERS_FILE), by name.
     proxy_users: tuple[ProxyUser, ...] = ()
+    # Remote syslog targets besides stdout (the `logging` section).
+    logging: Logging = field(default_factory=Logging)
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
 
@@ -793,7 +797,7 @@ def problems_from(error: ValidationError, source: str, prefix: str = "") -> list
     return problems
 
 
-def validate(model: type[Frozen], data: object, source: str, prefix: str = "") -> Any:
+def validate(model: type[BaseModel], data: object, source: str, prefix: str = "") -> Any:
     """Validate `data` as `model`; raise ProblemList with located problems on failure."""
     try:
         return model.model_validate(data)

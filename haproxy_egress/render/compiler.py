@@ -18,6 +18,7 @@ from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, route_files
 from haproxy_egress.render.resources import template_dir
+from haproxy_egress.render.syslog import MAX_LINE, rings
 from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
@@ -140,6 +141,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
+    env.globals["syslog_max_line"] = MAX_LINE
     return env
 
 
@@ -172,6 +174,7 @@ def render(
         hooks=hooks,
         lua_files=lua_files,
         allow_from_files=allow_from_files(config),
+        syslog_rings=rings(config.logging, options.run.syslog_certs),
     )
 
 

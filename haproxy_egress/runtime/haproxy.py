@@ -162,6 +162,42 @@ def parse_old_workers(text: str) -> list[Proc]:
     return sorted(old, key=lambda p: -p.reloads)
 
 
+@dataclass(frozen=True)
+class EventSink:
+    """One line of `show events` (no argument): a sink, its drop counter and description."""
+
+    name: str
+    kind: str  # buffer (a ring), fd (stdout, stderr)
+    dropped: int  # since haproxy last wrote its "N events dropped" line into the sink
+    description: str
+
+
+_SINK = re.compile(r"^\s*(\S+)\s*: type=(\w+), (\d+) dropped, (.*)$")
+
+
+def parse_event_sinks(text: str) -> list[EventSink]:
+    """`show events` without a sink name: the list of sinks (2.6 and 3.x print it alike)."""
+    out = []
+    for line in text.splitlines():
+        found = _SINK.match(line)
+        if found is not None:
+            name, kind, dropped, description = found.groups()
+            out.append(EventSink(name, kind, int(dropped), description.strip()))
+    return out
+
+
+# haproxy's own line in a ring when a write succeeds again after drops, as in
+# `<134>1 2026-12-06T21:23:03.645250+00:00 - haproxy 12557 - - 208 events dropped` (rfc5424)
+# or bare (`format raw`); it resets the sink's counter.
+_ANNOUNCED = re.compile(r"^(?:<\d+>1 \S+ \S+ \S+ \d+ - - )?(\d+) events? dropped$", re.M)
+
+
+def announcements(ring_dump: str) -> list[tuple[str, int]]:
+    """Each "N events dropped" line of a `show events <ring>` dump, with its N, oldest first.
+    An rfc5424 line carries a timestamp in microseconds, so no two are alike."""
+    return [(m.group(0), int(m.group(1))) for m in _ANNOUNCED.finditer(ring_dump)]
+
+
 def rss_bytes(pid: int) -> int:
     """A process's resident memory (VmRSS), 0 if it is gone."""
     try:

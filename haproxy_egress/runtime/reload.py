@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
-from haproxy_egress.render import hooks
+from haproxy_egress.render import hooks, syslog
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.runtime import changes, haproxy, live, staging
@@ -95,6 +95,10 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     staging.stage(compiled.hooks, settings.run.lua)
     # `haproxy -c` opens every pattern file the candidate names.
     staging.write_new_maps(settings.run.maps, compiled.maps)
+    # Ring servers load their client certificate when the config is parsed, `-c` included.
+    staging.stage_client_certs(
+        syslog.client_certs(compiled.config.logging, settings.run.syslog_certs)
+    )
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:
