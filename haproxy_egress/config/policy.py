@@ -238,10 +238,14 @@ def parse_rule(line: str) -> Rule:
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
         return NetworkRule(action, str(_judged_network(network)), ports, text)
-    name = pattern.lower().rstrip(".")
+    name = pattern.lower().translate(netaddr.DOTS).rstrip(".")
     kind: Kind = "host"
     if name.startswith("*."):
         kind, name = "domain", name[2:]
+    try:
+        name = netaddr.a_labels(name)  # one rule for `bücher.example` and its xn-- form
+    except ValueError as exc:
+        raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
     if not _NAME.match(name):
         raise ValueError(
             f"Bad destination {_shown(text)}: expected a host name, *.domain, an IP address or "
