@@ -169,7 +169,13 @@ def _route_verdict(
     # A tls route connects to its upstream port: port rules see that one, as in haproxy.
     port = dest.port if dest.port is not None or route.mode != "tls" else route.upstream_port
     decision = policy.decide(
-        group.rules, dest.host, address, port, guard=config.guard(route), enforce=group.enforce
+        group.rules,
+        dest.host,
+        address,
+        port,
+        guard=config.guard(route),
+        enforce=group.enforce,
+        deny_doh=route.deny_doh,
     )
     location = None
     index = decision.index

@@ -476,6 +476,8 @@ class RouteSettings(Frozen):
     log: bool = True
     # Policy routes: the address classes refused after DNS (classes.py, docs/policy.md).
     guard: GuardList = ("default",)
+    # Policy routes: deny the well-known DNS-over-HTTPS resolvers (`@doh`) before any rule.
+    deny_doh: bool = True
 
 
 class Route(RouteSettings):
@@ -615,6 +617,14 @@ class Route(RouteSettings):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"client group {name!r} is listed twice")
+        if self.is_policy and self.deny_doh:
+            for g in self.groups:
+                for rule in g.rules:
+                    if rule.kind == "category" and rule.action == "allow":
+                        raise ValueError(
+                            f"rule {rule.text!r} allows what deny_doh (on by default) denies "
+                            "before any rule: set deny_doh: false on this route"
+                        )
 
     @property
     def is_policy(self) -> bool:

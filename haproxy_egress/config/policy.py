@@ -36,9 +36,10 @@ from typing import ClassVar, Literal
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
+from haproxy_egress.config.categories import CATEGORIES
 
 Action = Literal["allow", "deny"]
-Kind = Literal["host", "domain", "network", "any"]
+Kind = Literal["host", "domain", "network", "any", "category"]
 Verdict = Literal["allow", "deny"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -64,6 +65,16 @@ class Rule:
     value: str  # host name, domain (no '*.'), network in CIDR form, or '*'
     ports: tuple[int, ...] = ()
     text: str = ""
+
+    @property
+    def ascii_text(self) -> str:
+        """The rule as written, or, if written in Unicode, with its name's A-labels: what
+        haproxy's files and answers carry (they hold ASCII only)."""
+        if self.text.isascii():
+            return self.text
+        ports = ":" + ",".join(map(str, self.ports)) if self.ports else ""
+        star = "*." if self.kind == "domain" else ""
+        return f"{'!' if self.action == 'deny' else ''}{star}{self.value}{ports}"
 
     @property
     def is_address_rule(self) -> bool:
@@ -163,12 +174,39 @@ class AnyRule(Rule):
         return True
 
 
+@dataclass(frozen=True)
+class CategoryRule(Rule):
+    """`@doh`: every name of a shipped list (categories.py), each as a host rule would match
+    it. haproxy: the names are keys of the route's name index, like host rules'."""
+
+    kind: ClassVar[Kind] = "category"
+    table: ClassVar[str | None] = HOSTS
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names this word stands for."""
+        return CATEGORIES[self.value]
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return host in self.names
+
+    def patterns(self) -> tuple[str, ...]:
+        return self.names
+
+    def squid(self) -> str:
+        return " ".join(self.names)
+
+
 RULE_TYPES: dict[Kind, type[Rule]] = {
     "host": HostRule,
     "domain": DomainRule,
     "network": NetworkRule,
     "any": AnyRule,
+    "category": CategoryRule,
 }
+# The category a policy route denies before its rules, unless it sets `deny_doh: false`; its
+# rule id in logs and metrics is the category's name.
+DOH = "doh"
 
 
 def make_rule(
@@ -227,6 +265,11 @@ def parse_rule(line: str) -> Rule:
         pattern, ports = _split_ports(body)
     except ValueError as exc:
         raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
+    if pattern.startswith("@"):
+        if pattern[1:] not in CATEGORIES:
+            known = ", ".join(f"@{c}" for c in CATEGORIES)
+            raise ValueError(f"Bad destination {_shown(text)}: unknown category (known: {known})")
+        return CategoryRule(action, pattern[1:], ports, text)
     if "%" in pattern:
         raise ValueError(
             f"Bad destination {_shown(text)}: IPv6 zone ids ('%...') are not supported"
@@ -325,6 +368,7 @@ class Decision:
     rule: Rule | None
     reason: str
     guard_class: str | None = None
+    category: str | None = None  # denied before the rules as one of a category's names
 
     @property
     def guarded(self) -> bool:
@@ -341,6 +385,8 @@ class Decision:
         """The rule's label in metrics and logs: its index, 'default' or 'guard-CLASS'."""
         if self.guard_class is not None:
             return f"guard-{self.guard_class}"
+        if self.category is not None:
+            return self.category
         return str(self.index) if self.index is not None else "default"
 
 
@@ -352,6 +398,7 @@ def decide(
     *,
     guard: Guard = DEFAULT_GUARD,
     enforce: bool = True,
+    deny_doh: bool = False,
 ) -> Decision:
     """`self` first; then first match wins, and an address class refuses what a name rule
     allowed; no match denies (as squid's `http_access deny all`).
@@ -370,6 +417,11 @@ def decide(
         )
     denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
     found = guard.classify(address) if address is not None else None
+    if deny_doh and host in CATEGORIES[DOH]:
+        if denied == REPORT and found is not None:
+            return _guarded(address, found, None, None, "a report-only @doh deny")
+        reason = f"{host} is a DNS-over-HTTPS resolver (@{DOH}): denied unless deny_doh: false"
+        return Decision(denied, None, None, reason, category=DOH)
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue

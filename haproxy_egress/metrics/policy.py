@@ -2,7 +2,7 @@
 
 haproxy counts each decision of a proxy/tls route in the stick table `_egress_policy`, keyed
 `ROUTE/GROUP/RULE/VERDICT` (GROUP: the client group, `default` for the route's own list;
-RULE: 1-based rule index within the group, `default`, `guard-CLASS`, `no-sni`,
+RULE: 1-based rule index within the group, `default`, `guard-CLASS`, `no-sni`, `non-ascii`,
 `sni-mismatch` or a limit; VERDICT: allow, deny, would-deny or unresolved), value gpc0.
 The collector keeps no state between scrapes and reads one snapshot per scrape through the
 callable it is given (the exporter passes one that asks the stats socket); a failing socket

@@ -89,3 +89,11 @@ def test_explain_takes_either_spelling(asked: str) -> None:
     (web,) = verdict.routes
     assert not web.allowed
     assert web.rule == "!bücher.example"
+
+
+def test_haproxy_gets_the_rule_in_ascii() -> None:
+    assert (
+        parse_rule("!*.bücher.example:443,8443").ascii_text == "!*.xn--bcher-kva.example:443,8443"
+    )
+    assert parse_rule("bücher.example").ascii_text == "xn--bcher-kva.example"
+    assert parse_rule("!*.plain.example").ascii_text == "!*.plain.example"  # as written
