@@ -39,6 +39,10 @@ from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# Per-destination counters of policy routes: one stick table per route, named by this prefix
+# (route names cannot start with '_'), `FACTOR` times the top N in size.
+DESTINATIONS_TABLE_PREFIX = "_egress_dst_"
+DESTINATIONS_TABLE_FACTOR = 4
 _DURATION = re.compile(r"^([0-9]{1,9})(us|ms|s|m|h|d)$")
 _UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Printable ASCII without blanks, quotes, backslash, '#' or '$': safe unquoted in haproxy.cfg.
@@ -478,6 +482,9 @@ class RouteSettings(Frozen):
     guard: GuardList = ("default",)
     # Policy routes: deny the well-known DNS-over-HTTPS resolvers (`@doh`) before any rule.
     deny_doh: bool = True
+    # Policy routes: per-destination counters for the top N destinations (0: off); the series
+    # are at most N + 1 per route whatever clients ask for (docs/metrics.md).
+    destinations_top: int = Field(50, ge=0, le=1000)
 
 
 class Route(RouteSettings):
@@ -625,6 +632,17 @@ class Route(RouteSettings):
                             f"rule {rule.text!r} allows what deny_doh (on by default) denies "
                             "before any rule: set deny_doh: false on this route"
                         )
+
+    @property
+    def destinations_table(self) -> str:
+        """The stick table counting this policy route's destinations (render and metrics)."""
+        return f"{DESTINATIONS_TABLE_PREFIX}{self.name}"
+
+    @property
+    def destinations_table_size(self) -> int:
+        """Entries the table keeps (least recently used go first): room for the top N and
+        for the newcomers that may overtake them. The exporter reads N back from it."""
+        return DESTINATIONS_TABLE_FACTOR * self.destinations_top
 
     @property
     def is_policy(self) -> bool:

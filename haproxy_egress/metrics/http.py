@@ -31,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from haproxy_egress.metrics.collector import ScrapeCounters
+from haproxy_egress.metrics.destinations import DestinationCollector
 from haproxy_egress.metrics.exposition import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
@@ -136,6 +137,7 @@ class MetricsServer:
         collectors: list[Collector] = [
             ProcessCollector(registry=None),
             PolicyCollector(socket_table(query)),
+            DestinationCollector(query),
         ]
         self.web: WebConfigState | None = None
         self._web_watcher: FileWatcher | None = None
