@@ -34,14 +34,12 @@ class Rsyslog:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     _starts: int = field(default=0, repr=False)
+    received: Path = field(init=False)  # what it received, one message a line
+    pid_file: Path = field(init=False)
 
-    @property
-    def received(self) -> Path:
-        return self.directory / "received.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.directory / "rsyslogd.pid"
+    def __post_init__(self) -> None:
+        self.received = self.directory / "received.log"
+        self.pid_file = self.directory / "rsyslogd.pid"
 
     def _config(self) -> str:
         work = self.directory / "work"

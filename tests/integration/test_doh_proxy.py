@@ -20,13 +20,6 @@ POLICY = ["127.0.0.0/8", "*"]
 
 
 @pytest.fixture
-def origin() -> Iterator[HttpOrigin]:
-    o = HttpOrigin("resolver").start()
-    yield o
-    o.stop()
-
-
-@pytest.fixture
 def proxy(tmp_path: Path, origin: HttpOrigin) -> Iterator[PolicyProxy]:
     dns = DnsServer(records={name: ["127.0.0.1"] for name in RESOLVERS}).start()
 

@@ -24,27 +24,15 @@ UTF8_NAMES = [
 ]
 
 
-@pytest.fixture
-def dns() -> Iterator[DnsServer]:
-    server = DnsServer(records={"ok.example": ["192.0.2.1"]}).start()
-    yield server
-    server.stop()
+def _route(name: str, mode: str, policy: list[str]) -> dict[str, object]:
+    return dict(name=name, listen=f"127.0.0.1:{free_port()}", mode=mode, policy=policy)
 
 
 @pytest.fixture
 def proxy(tmp_path: Path, dns: DnsServer) -> Iterator[PolicyProxy]:
-    doc = {
-        "resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]},
-        "routes": [
-            {
-                "name": "pxy",
-                "listen": f"127.0.0.1:{free_port()}",
-                "mode": "proxy",
-                "policy": ["!bücher.example", "*"],
-            },
-            {"name": "sni", "listen": f"127.0.0.1:{free_port()}", "mode": "tls", "policy": ["*"]},
-        ],
-    }
+    dns.records["ok.example"] = ["192.0.2.1"]  # resolved, never connected to
+    routes = [_route("pxy", "proxy", ["!bücher.example", "*"]), _route("sni", "tls", ["*"])]
+    doc = {"resolvers": {"nameservers": [f"127.0.0.1:{dns.port}"]}, "routes": routes}
     p = PolicyProxy(tmp_path, doc).start()
     yield p
     p.stop()

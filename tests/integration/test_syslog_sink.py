@@ -11,14 +11,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from tests.logload import FastOrigin
-from tests.router import Router
+from tests.router import Router, stopped_after
 from tests.rsyslog import ReceiverTls, Rsyslog
-from tests.support import free_port, wait_for, write_configmap
+from tests.support import free_port, loopback_route, wait_for, write_configmap
 from tests.tlscerts import make_ca, make_leaf
 
 # A tcplog line of the route: `127.0.0.1:41000 [06/Dec/2026:00:00:00.000] edge edge/o ...`
@@ -29,40 +29,29 @@ ANNOUNCED = re.compile(r"(\d+) events? dropped$")
 DROPPED = "haproxy_egress_log_dropped_total"
 
 
+class _Stops(Protocol):
+    def stop(self) -> None: ...
+
+
 @pytest.fixture
-def origin() -> Iterator[FastOrigin]:
+def stopped() -> Iterator[list[_Stops]]:
+    """What a test starts (rsyslogd receivers, the origin); each stopped by its pid after."""
+    yield from stopped_after(list[_Stops]())
+
+
+@pytest.fixture
+def origin(stopped: list[_Stops]) -> FastOrigin:
+    """An origin answering from memory (a Python one would measure itself, not the path)."""
     o = FastOrigin().start()
-    yield o
-    o.stop()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Rsyslog]]:
-    started: list[Rsyslog] = []
-    yield started
-    for r in started:
-        r.stop()
-
-
-@pytest.fixture
-def routers() -> Iterator[list[Router]]:
-    started: list[Router] = []
-    yield started
-    for r in started:
-        r.stop()
+    stopped.append(o)
+    return o
 
 
 def _router(
     tmp_path: Path, origin: FastOrigin, target: dict[str, Any], routers: list[Router]
 ) -> tuple[Router, int]:
     port = free_port()
-    route = {
-        "name": "edge",
-        "listen": f"127.0.0.1:{port}",
-        "mode": "tcp",
-        "destinations": [f"127.0.0.1:{origin.port}"],
-        "check": False,
-    }
+    route = loopback_route("edge", port, origin.port, mode="tcp", check=False)
     config_dir = tmp_path / "configmap"
     write_configmap(
         config_dir, {"routes.yaml": {"logging": {"syslog": [target]}, "routes": [route]}}
@@ -123,11 +112,11 @@ def _client_pki(tmp_path: Path) -> tuple[ReceiverTls, Path, Path]:
 
 
 def test_tls_receiver_gets_every_line_of_stdout(
-    tmp_path: Path, origin: FastOrigin, receivers: list[Rsyslog], routers: list[Router]
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
 ) -> None:
     tls, ca, secret = _client_pki(tmp_path)
     receiver = Rsyslog(tmp_path / "rsyslog", tls=tls).start()
-    receivers.append(receiver)
+    stopped.append(receiver)
     target = {
         "address": f"127.0.0.1:{receiver.port}",
         "transport": "tls",
@@ -147,13 +136,13 @@ def test_tls_receiver_gets_every_line_of_stdout(
 
 
 def test_tls_receiver_refusing_the_certificate_never_blocks_traffic(
-    tmp_path: Path, origin: FastOrigin, receivers: list[Rsyslog], routers: list[Router]
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
 ) -> None:
     """A receiver whose certificate the CA did not sign gets nothing; traffic and stdout go on."""
     tls, _, secret = _client_pki(tmp_path)
     stranger_ca = make_ca(tmp_path / "other", "stranger-ca")
     receiver = Rsyslog(tmp_path / "rsyslog", tls=tls).start()
-    receivers.append(receiver)
+    stopped.append(receiver)
     target = {
         "address": f"127.0.0.1:{receiver.port}",
         "transport": "tls",
@@ -168,10 +157,10 @@ def test_tls_receiver_refusing_the_certificate_never_blocks_traffic(
 
 
 def test_tcp_json_format_sends_the_bare_line(
-    tmp_path: Path, origin: FastOrigin, receivers: list[Rsyslog], routers: list[Router]
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
 ) -> None:
     receiver = Rsyslog(tmp_path / "rsyslog").start()
-    receivers.append(receiver)
+    stopped.append(receiver)
     target = {"address": f"127.0.0.1:{receiver.port}", "transport": "tcp", "format": "json"}
     router, port = _router(tmp_path, origin, target, routers)
     for _ in range(25):
@@ -262,13 +251,13 @@ def _outage_under_load(
 
 
 def test_receiver_restart_under_load_every_line_received_or_counted(
-    tmp_path: Path, origin: FastOrigin, receivers: list[Rsyslog], routers: list[Router]
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
 ) -> None:
     """A receiver that restarts: what its ring dropped is counted; what rsyslogd had taken
     into its socket but not yet read when it stopped is lost on its side, which plain syslog
     over TCP (no acknowledgements) cannot tell the sender. docs/operations.md says so."""
     receiver = Rsyslog(tmp_path / "rsyslog").start()
-    receivers.append(receiver)
+    stopped.append(receiver)
     outage = _outage_under_load(tmp_path, origin, routers, receiver)
     assert outage.counted > 0
     # At most what loopback socket buffers hold in flight: a handful of ~200-byte lines.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import load_snapshot
 from tests.unit.config.test_sources import errors, snap
 
@@ -13,11 +14,13 @@ ROUTE = """\
 """
 
 
+def _load(logging: str) -> Config:
+    return load_snapshot(snap(routes_yaml=ROUTE + logging), {})
+
+
 def test_the_issue_example_loads_with_its_names() -> None:
-    config = load_snapshot(
-        snap(
-            routes_yaml=ROUTE
-            + """\
+    config = _load(
+        """\
     logging:
       syslog:
         - address: siem.corp.example:6514
@@ -26,8 +29,6 @@ def test_the_issue_example_loads_with_its_names() -> None:
           client_cert_dir: /etc/egress/siem-client
           format: rfc5424                 # rfc5424 (default) | json
     """
-        ),
-        {},
     )
     (target,) = config.logging.syslog
     assert (target.host, target.port, target.transport, target.format) == (
@@ -41,17 +42,13 @@ def test_the_issue_example_loads_with_its_names() -> None:
 
 
 def test_defaults_port_by_transport_and_brackets_ipv6() -> None:
-    config = load_snapshot(
-        snap(
-            routes_yaml=ROUTE
-            + """\
+    config = _load(
+        """\
     logging:
       syslog:
         - {address: "10.1.2.3", transport: tcp}
         - {address: "[2001:db8::1]", ca_file: /ca.crt}
     """
-        ),
-        {},
     )
     assert [t.label for t in config.logging.syslog] == ["10.1.2.3:514", "[2001:db8::1]:6514"]
     assert config.logging.syslog[1].transport == "tls"  # the default: an audit trail is private
