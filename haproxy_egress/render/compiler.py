@@ -41,6 +41,14 @@ POLICY_LOG_FORMAT = (
     " addr=%[var(txn.dstip)] group=%[var(txn.egress_group)] rule=%[var(txn.egress_rule)]"
     " verdict=%[var(txn.egress_verdict)]"
 )
+# The decision as RFC 5424 structured data (rfc5424 syslog targets only; stdout has no SD).
+# Every value quoted and escaped (+Q,+E: '"', '\\' and ']'); 32473 is the enterprise number
+# RFC 5612 reserves for examples, as no number is registered for this router.
+POLICY_LOG_FORMAT_SD = (
+    "%{+Q,+E}o [egress@32473 route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]"
+    " port=%[var(txn.dstport)] addr=%[var(txn.dstip)] group=%[var(txn.egress_group)]"
+    " rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]]"
+)
 
 # The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
 # it natively; Lua runs only as two converters (a string in, a string out), because a Lua sample
@@ -142,6 +150,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
     env.globals["syslog_max_line"] = MAX_LINE
+    env.globals["policy_log_format_sd"] = POLICY_LOG_FORMAT_SD
     return env
 
 
@@ -175,6 +184,7 @@ def render(
         lua_files=lua_files,
         allow_from_files=allow_from_files(config),
         syslog_rings=rings(config.logging, options.run.syslog_certs),
+        syslog_sd=any(t.format == "rfc5424" for t in config.logging.syslog),
     )
 
 

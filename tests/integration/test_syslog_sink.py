@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.logload import FastOrigin
+from tests.policy_proxy import connect_reply
 from tests.router import Router, stopped_after
 from tests.rsyslog import ReceiverTls, Rsyslog
 from tests.support import free_port, loopback_route, wait_for, write_configmap
@@ -48,10 +49,16 @@ def origin(stopped: list[_Stops]) -> FastOrigin:
 
 
 def _router(
-    tmp_path: Path, origin: FastOrigin, target: dict[str, Any], routers: list[Router]
+    tmp_path: Path,
+    origin: FastOrigin,
+    target: dict[str, Any],
+    routers: list[Router],
+    route: dict[str, Any] | None = None,
 ) -> tuple[Router, int]:
-    port = free_port()
-    route = loopback_route("edge", port, origin.port, mode="tcp", check=False)
+    """A router with `route` (else a tcp route `edge` to the origin) and one syslog target."""
+    if route is None:
+        route = loopback_route("edge", free_port(), origin.port, mode="tcp", check=False)
+    port = int(str(route["listen"]).rsplit(":", 1)[1])
     config_dir = tmp_path / "configmap"
     write_configmap(
         config_dir, {"routes.yaml": {"logging": {"syslog": [target]}, "routes": [route]}}
@@ -133,6 +140,26 @@ def test_tls_receiver_gets_every_line_of_stdout(
     labels = {"stage": "syslog", "target": f"127.0.0.1:{receiver.port}"}
     wait_for(lambda: router.metric(DROPPED, labels) is not None)
     assert router.metric(DROPPED, labels) == 0.0
+
+
+def test_policy_decisions_carry_structured_data(
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
+) -> None:
+    """A proxy route's decision line arrives with its fields as RFC 5424 structured data."""
+    receiver = Rsyslog(tmp_path / "rsyslog").start()
+    stopped.append(receiver)
+    target = {"address": f"127.0.0.1:{receiver.port}", "transport": "tcp"}
+    # No rule allows 192.0.2.1: denied before any connection (an IP literal: no DNS either).
+    route = {"name": "pxy", "listen": f"127.0.0.1:{free_port()}", "mode": "proxy"}
+    router, port = _router(tmp_path, origin, target, routers, {**route, "policy": ["10.0.0.0/8"]})
+    assert connect_reply(port, "192.0.2.1:443").startswith(b"HTTP/1.1 403 ")
+    line = wait_for(lambda: [m for m in receiver.lines() if "egress@32473" in m])[0]
+    assert (
+        '[egress@32473 route="pxy" dst="192.0.2.1" port="443" addr="192.0.2.1" '
+        'group="default" rule="default" verdict="deny"]' in line
+    ), line
+    decision = line.split("] ", 1)[1]  # after the structured data: the line as on stdout
+    assert decision in router.stdout().splitlines()
 
 
 def test_tls_receiver_refusing_the_certificate_never_blocks_traffic(
