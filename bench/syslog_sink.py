@@ -11,6 +11,7 @@ line and one destination update):
 * syslog+dst the same, plus a TCP syslog target (Debian's rsyslogd on loopback, rfc5424 with
              the decision as structured data) and `destinations_top: 50`
 * dst, syslog  each of the two alone, to tell their costs apart
+* syslog-bare  the target with `format: json` (the line alone: no header, no structured data)
 
 Measured interleaved (round 1: each once, round 2: again, ...) so machine noise hits both;
 besides requests/s, each router's haproxy CPU time (/proc/<pid>/stat, utime + stime) over the
@@ -58,7 +59,15 @@ class Variant:
     per_cpu: list[float] = field(default_factory=list)
 
 
-def start(work: Path, name: str, origin: FastOrigin, receiver: Rsyslog | None, top: int) -> Variant:
+def start(
+    work: Path,
+    name: str,
+    origin: FastOrigin,
+    receiver: Rsyslog | None,
+    *,
+    top: int,
+    fmt: str = "rfc5424",
+) -> Variant:
     port = free_port()
     route = {
         "name": "pxy",
@@ -69,7 +78,8 @@ def start(work: Path, name: str, origin: FastOrigin, receiver: Rsyslog | None, t
     }
     doc: dict[str, object] = {"routes": [route]}
     if receiver is not None:
-        doc["logging"] = {"syslog": [{"address": f"127.0.0.1:{receiver.port}", "transport": "tcp"}]}
+        target = {"address": f"127.0.0.1:{receiver.port}", "transport": "tcp", "format": fmt}
+        doc["logging"] = {"syslog": [target]}
     config_dir = work / name / "configmap"
     write_configmap(config_dir, {"routes.yaml": doc})
     router = Router(work / name / "router", config_dir=config_dir, drain_seconds=1)
@@ -107,10 +117,11 @@ def main() -> None:
     variants: list[Variant] = []
     try:
         variants = [
-            start(work, "stdout", origin, None, 0),
-            start(work, "syslog+dst", origin, receiver, 50),
-            start(work, "dst", origin, None, 50),
-            start(work, "syslog", origin, receiver, 0),
+            start(work, "stdout", origin, None, top=0),
+            start(work, "syslog+dst", origin, receiver, top=50),
+            start(work, "dst", origin, None, top=50),
+            start(work, "syslog", origin, receiver, top=0),
+            start(work, "syslog-bare", origin, receiver, top=0, fmt="json"),
         ]
         for round_ in range(args.rounds):
             shift = round_ % len(variants)
