@@ -119,11 +119,13 @@ class DestinationCollector(Collector):
     def __init__(self, query: Query) -> None:
         self._query = query
 
-    def _snapshot(self) -> dict[str, list[tuple[str, Counts]]]:
+    def _snapshot(self, policy_table: str | None) -> dict[str, list[tuple[str, Counts]]]:
         tables = parse_tables(self._query("show table"))
         if not tables:
             return {}
-        totals = route_totals(self._query(POLICY_COMMAND), self._query("show stat"))
+        if policy_table is None:
+            policy_table = self._query(POLICY_COMMAND)
+        totals = route_totals(policy_table, self._query("show stat"))
         out: dict[str, list[tuple[str, Counts]]] = {}
         for route, n in sorted(tables.items()):
             entries = parse_entries(self._query(f"show table {DESTINATIONS_TABLE_PREFIX}{route}"))
@@ -133,8 +135,13 @@ class DestinationCollector(Collector):
         return out
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        return self.collect_with(None)
+
+    def collect_with(self, policy_table: str | None) -> Iterator[CounterMetricFamily]:
+        """The families, from a `show table _egress_policy` answer already read this scrape
+        (None: read it here)."""
         try:
-            snapshot = self._snapshot()
+            snapshot = self._snapshot(policy_table)
         except (HaproxyError, OSError) as exc:
             log.debug("destination counters unavailable: %s", exc)
             snapshot = {}

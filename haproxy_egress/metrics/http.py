@@ -136,8 +136,7 @@ class MetricsServer:
         # proxy's per-rule decisions (a second, short stats-socket command).
         collectors: list[Collector] = [
             ProcessCollector(registry=None),
-            PolicyCollector(socket_table(query)),
-            DestinationCollector(query),
+            PolicyCollector(socket_table(query), DestinationCollector(query)),
         ]
         self.web: WebConfigState | None = None
         self._web_watcher: FileWatcher | None = None

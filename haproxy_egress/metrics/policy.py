@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -56,6 +57,12 @@ def socket_table(query: Query) -> Callable[[], str]:
     return show
 
 
+class DestinationSource(Protocol):
+    """The per-destination families, given this scrape's decision table (destinations.py)."""
+
+    def collect_with(self, policy_table: str | None) -> Iterator[CounterMetricFamily]: ...
+
+
 class MultiCollector(Collector):
     """Several collectors as one (the HTTP endpoint takes one `extra`)."""
 
@@ -70,8 +77,13 @@ class MultiCollector(Collector):
 class PolicyCollector(Collector):
     """`haproxy_egress_policy_decisions_total{route,group,rule,verdict}` from one snapshot."""
 
-    def __init__(self, show_table: Callable[[], str]) -> None:
+    def __init__(
+        self, show_table: Callable[[], str], destinations: DestinationSource | None = None
+    ) -> None:
         self._show_table = show_table
+        # The per-destination families read the stats socket only once this scrape's
+        # decision table came back: a wedged socket costs the scrape one wait, not several.
+        self._destinations = destinations
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
@@ -80,11 +92,15 @@ class PolicyCollector(Collector):
             "verdict.",
             labels=["route", "group", "rule", "verdict"],
         )
+        text = ""
         try:
-            counts = parse_table(self._show_table())
+            text = self._show_table()
+            counts = parse_table(text)
         except OSError as exc:
             log.debug("policy counters unavailable: %s", exc)
             counts = {}
         for (route, group, rule, verdict), value in sorted(counts.items()):
             family.add_metric([route, group, rule, verdict], value)
         yield family
+        if self._destinations is not None and text:
+            yield from self._destinations.collect_with(text)
