@@ -104,14 +104,19 @@ def wrk(port: int, script: Path, seconds: int) -> tuple[int, float]:
     return int(found.group(1)), took
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """--seconds per run (wrk takes whole seconds), --rounds of every variant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     work = Path(tempfile.mkdtemp(prefix="bench-syslog-"))
-    origin = FastOrigin().start()
     receiver = Rsyslog(work / "rsyslog").start()
+    origin = FastOrigin().start()
     script = work / "wrk.lua"
     script.write_text(WRK_SCRIPT.format(origin=origin.port))
     variants: list[Variant] = []
