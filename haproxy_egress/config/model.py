@@ -39,10 +39,13 @@ from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-# Per-destination counters of policy routes: one stick table per route, named by this prefix
-# (route names cannot start with '_'), `FACTOR` times the top N in size.
+# Per-destination counters of policy routes: one stick table per route, `_egress_dst_<N>_<route>`
+# (route names hold no '_', so the exporter reads N and the route back from the name),
+# `FACTOR` times the top N in size, and never tiny: haproxy 3.0 shards a table, and a small
+# one loses busy names to a flood of new ones far sooner than its size says.
 DESTINATIONS_TABLE_PREFIX = "_egress_dst_"
 DESTINATIONS_TABLE_FACTOR = 4
+DESTINATIONS_TABLE_MIN = 1024
 _DURATION = re.compile(r"^([0-9]{1,9})(us|ms|s|m|h|d)$")
 _UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Printable ASCII without blanks, quotes, backslash, '#' or '$': safe unquoted in haproxy.cfg.
@@ -636,13 +639,13 @@ class Route(RouteSettings):
     @property
     def destinations_table(self) -> str:
         """The stick table counting this policy route's destinations (render and metrics)."""
-        return f"{DESTINATIONS_TABLE_PREFIX}{self.name}"
+        return f"{DESTINATIONS_TABLE_PREFIX}{self.destinations_top}_{self.name}"
 
     @property
     def destinations_table_size(self) -> int:
         """Entries the table keeps (least recently used go first): room for the top N and
-        for the newcomers that may overtake them. The exporter reads N back from it."""
-        return DESTINATIONS_TABLE_FACTOR * self.destinations_top
+        for the newcomers that may overtake them."""
+        return max(DESTINATIONS_TABLE_FACTOR * self.destinations_top, DESTINATIONS_TABLE_MIN)
 
     @property
     def is_policy(self) -> bool:

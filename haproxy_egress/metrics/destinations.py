@@ -1,12 +1,12 @@
 """Per-destination counters of policy routes, with a bounded label set.
 
 haproxy counts each destination name of a proxy/tls route in a size-bounded stick table
-(`_egress_dst_<route>`, templates/policy.cfg.j2): attempts (gpc1), denials (gpc0) and the
-bytes of the streams while they live. Each scrape reads those tables, keeps the top N names
-of each route by attempts (N = table size / DESTINATIONS_TABLE_FACTOR, what the route's
-`destinations_top` set) and puts everything else into `destination="other"`: the route's
-totals (its decisions and its frontend's bytes) minus the top N. So a route has at most N + 1
-series per family, whatever names clients ask for, and haproxy does all the counting.
+(`_egress_dst_<N>_<route>`, templates/policy.cfg.j2): attempts (gpc1), denials (gpc0) and the bytes
+of the streams while they live. Each scrape reads those tables, keeps the top N names of each
+route by attempts (N, the route's `destinations_top`, is in the table's name) and puts
+everything else into `destination="other"`: the route's totals (its decisions and its
+frontend's bytes) minus the top N. So a route has at most N + 1 series per family, whatever
+names clients ask for, and haproxy does all the counting.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from haproxy_egress.config.model import DESTINATIONS_TABLE_FACTOR, DESTINATIONS_TABLE_PREFIX
+from haproxy_egress.config.model import DESTINATIONS_TABLE_PREFIX
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.metrics.policy import COMMAND as POLICY_COMMAND
 from haproxy_egress.metrics.policy import parse_table as parse_policy_table
@@ -61,13 +61,14 @@ class Counts:
         )
 
 
-def parse_tables(text: str) -> dict[str, int]:
-    """`show table` (no name): each per-destination table's route and the top N it serves."""
-    return {
-        name[len(DESTINATIONS_TABLE_PREFIX) :]: int(size) // DESTINATIONS_TABLE_FACTOR
-        for name, size in _HEADER.findall(text)
-        if name.startswith(DESTINATIONS_TABLE_PREFIX)
-    }
+def parse_tables(text: str) -> dict[str, tuple[str, int]]:
+    """`show table` (no name): route → its per-destination table and the top N it shows."""
+    out: dict[str, tuple[str, int]] = {}
+    for name, _size in _HEADER.findall(text):
+        top_n, _, route = name.removeprefix(DESTINATIONS_TABLE_PREFIX).partition("_")
+        if name.startswith(DESTINATIONS_TABLE_PREFIX) and top_n.isdigit() and route:
+            out[route] = (name, int(top_n))
+    return out
 
 
 def parse_entries(text: str) -> dict[str, Counts]:
@@ -127,8 +128,8 @@ class DestinationCollector(Collector):
             policy_table = self._query(POLICY_COMMAND)
         totals = route_totals(policy_table, self._query("show stat"))
         out: dict[str, list[tuple[str, Counts]]] = {}
-        for route, n in sorted(tables.items()):
-            entries = parse_entries(self._query(f"show table {DESTINATIONS_TABLE_PREFIX}{route}"))
+        for route, (table, n) in sorted(tables.items()):
+            entries = parse_entries(self._query(f"show table {table}"))
             shown = top(entries, n)
             taken = sum((c for _, c in shown), Counts())
             out[route] = [*shown, (OTHER, totals.get(route, taken) - taken)]

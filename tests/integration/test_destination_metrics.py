@@ -22,7 +22,7 @@ TOP = 10
 DISTINCT = 10_000
 HEAVY = {f"heavy{i}.example": 20 + i for i in range(3)}  # asked for far more often
 NAMES = [f"n{i}.example" for i in range(DISTINCT)]
-TABLE = "show table _egress_dst_pxy"
+TABLE = f"show table _egress_dst_{TOP}_pxy"
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from haproxy_egress.metrics.destinations import (
 )
 
 SHOW_TABLES = (
-    "# table: _egress_dst_pxy, type: string, size:8, used:5\n"
+    "# table: _egress_dst_2_pxy, type: string, size:1024, used:5\n"
     "# table: _egress_dns, type: string, size:65536, used:5\n"
     "# table: _egress_policy, type: string, size:65536, used:1\n"
 )
 # Recorded from haproxy 2.6.12 (templates/policy.cfg.j2's table, five names).
 SHOW_PXY = (
-    "# table: _egress_dst_pxy, type: string, size:8, used:5\n"
+    "# table: _egress_dst_2_pxy, type: string, size:1024, used:5\n"
     "0x7ff4bc04cdb8: key=n0.example use=0 exp=3599477 gpc0=0 bytes_in_cnt=79 "
     "bytes_out_cnt=112 gpc1=1\n"
     "0x557d01616428: key=n1.example use=0 exp=3599499 gpc0=0 bytes_in_cnt=234 "
@@ -41,14 +41,14 @@ _ROW = ["pxy", "FRONTEND", "", "", "0", "1", "1000", "26", "5000", "7000", *[""]
 STAT = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout\n" + ",".join(_ROW) + ",\n"
 ANSWERS = {
     "show table": SHOW_TABLES,
-    "show table _egress_dst_pxy": SHOW_PXY,
+    "show table _egress_dst_2_pxy": SHOW_PXY,
     "show table _egress_policy": POLICY,
     "show stat": STAT,
 }
 
 
 def test_tables_name_their_route_and_top_n() -> None:
-    assert parse_tables(SHOW_TABLES) == {"pxy": 2}  # size 8 = 4 x N
+    assert parse_tables(SHOW_TABLES) == {"pxy": ("_egress_dst_2_pxy", 2)}
 
 
 def test_entries_and_the_top() -> None:
