@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.route import Route, RouteSettings
 from haproxy_egress.config.scalars import SAFE_TOKEN, Duration, EndpointSpecDNS, Frozen, Listen
 from haproxy_egress.config.users import ProxyUser
@@ -50,6 +51,7 @@ class Document(Frozen):
     version: Literal[1] = 1
     defaults: RouteSettings | None = None
     resolvers: Resolvers | None = None
+    logging: Logging | None = None
     routes: tuple[Route, ...] = ()
 
 
@@ -62,6 +64,8 @@ class Config:
     stats: StatsPage | None = None
     # The policy proxy's users (EGRESS_PROXY_USERS_FILE), by name.
     proxy_users: tuple[ProxyUser, ...] = ()
+    # Remote syslog targets besides stdout (the `logging` section).
+    logging: Logging = field(default_factory=Logging)
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
     # The process's own listeners that are not routes (the metrics and probe endpoint): no

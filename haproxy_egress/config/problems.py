@@ -9,7 +9,6 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from haproxy_egress.config.scalars import Frozen
 from haproxy_egress.errors import Problem
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -128,7 +127,7 @@ def problems_from(
     return problems
 
 
-def validate(model: type[Frozen], data: object, source: str, prefix: str = "") -> Any:
+def validate(model: type[BaseModel], data: object, source: str, prefix: str = "") -> Any:
     """Validate `data` as `model`; raise ProblemList with located problems on failure."""
     try:
         return model.model_validate(data)

@@ -42,6 +42,14 @@ from haproxy_egress.config.scalars import (
 )
 from haproxy_egress.config.tls import TlsSpec
 
+# Per-destination counters of policy routes: one stick table per route, `_egress_dst_<N>_<route>`
+# (route names hold no '_', so the exporter reads N and the route back from the name),
+# `FACTOR` times the top N in size, and never tiny: haproxy 3.0 shards a table, and a small
+# one loses busy names to a flood of new ones far sooner than its size says.
+DESTINATIONS_TABLE_PREFIX = "_egress_dst_"
+DESTINATIONS_TABLE_FACTOR = 4
+DESTINATIONS_TABLE_MIN = 1024
+
 
 class HealthCheck(Frozen):
     """Active health checks of the destinations (a TCP connect, or an HTTP GET for http)."""
@@ -83,6 +91,11 @@ class RouteSettings(Frozen):
     log: bool = True
     # Policy routes: the address classes refused after DNS (classes.py, docs/policy.md).
     guard: GuardList = ("default",)
+    # Policy routes: deny the well-known DNS-over-HTTPS resolvers (`@doh`) before any rule.
+    deny_doh: bool = True
+    # Policy routes: per-destination counters for the top N destinations (0: off); the series
+    # are at most N + 1 per route whatever clients ask for (docs/metrics.md).
+    destinations_top: int = Field(50, ge=0, le=1000)
 
 
 class Route(RouteSettings):
@@ -228,6 +241,25 @@ class Route(RouteSettings):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"client group {name!r} is listed twice")
+        if self.is_policy and self.deny_doh:
+            for g in self.groups:
+                for rule in g.rules:
+                    if rule.kind == "category" and rule.action == "allow":
+                        raise ValueError(
+                            f"rule {rule.text!r} allows what deny_doh (on by default) denies "
+                            "before any rule: set deny_doh: false on this route"
+                        )
+
+    @property
+    def destinations_table(self) -> str:
+        """The stick table counting this policy route's destinations (render and metrics)."""
+        return f"{DESTINATIONS_TABLE_PREFIX}{self.destinations_top}_{self.name}"
+
+    @property
+    def destinations_table_size(self) -> int:
+        """Entries the table keeps (least recently used go first): room for the top N and
+        for the newcomers that may overtake them."""
+        return max(DESTINATIONS_TABLE_FACTOR * self.destinations_top, DESTINATIONS_TABLE_MIN)
 
     @property
     def parents(self) -> Parent | None:

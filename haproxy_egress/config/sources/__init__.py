@@ -8,12 +8,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic import BaseModel
+
 from haproxy_egress.config.crossroute import Located, cross_route_problems
 from haproxy_egress.config.document import Config, Resolvers, StatsPage
+from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.problems import ProblemList, validate
 from haproxy_egress.config.route import Route, RouteSettings
-from haproxy_egress.config.scalars import Frozen, Listen
+from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
 from haproxy_egress.config.sources.legacy import read_legacy
@@ -87,7 +90,7 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
 
 
 def _each_section_valid(
-    frags: list[Fragment], name: str, model: type[Frozen], problems: list[Problem]
+    frags: list[Fragment], name: str, model: type[BaseModel], problems: list[Problem]
 ) -> bool:
     """Validate each key's `defaults` or `resolvers` section on its own, before they are
     merged, so a bad value is reported with its file and line; False if any was bad."""
@@ -105,6 +108,19 @@ def _each_section_valid(
             ]
             ok = False
     return ok
+
+
+def _logging(frags: list[Fragment], problems: list[Problem]) -> Logging:
+    """The `logging` section: each key's checked on its own (for lines), then merged."""
+    merged = _merge_section(frags, "logging", problems)
+    if not _each_section_valid(frags, "logging", Logging, problems) or not merged:
+        return Logging()
+    try:
+        logging: Logging = validate(Logging, merged, "logging", "logging")
+    except ProblemList as exc:
+        problems += exc.problems
+        return Logging()
+    return logging
 
 
 def _proxy_users(
@@ -178,6 +194,7 @@ def build_config(
             resolvers = validate(Resolvers, raw_resolvers, "resolvers", "resolvers")
         except ProblemList as exc:
             problems += exc.problems
+    logging = _logging(frags, problems)
     stats: StatsPage | None = None
     raw_stats = _merge_section(frags, "stats", problems)
     if raw_stats:
@@ -209,6 +226,7 @@ def build_config(
         resolvers=resolvers,
         stats=stats,
         proxy_users=proxy_users,
+        logging=logging,
         origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
         reserved=tuple(reserved.values()),
     )
