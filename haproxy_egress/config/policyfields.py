@@ -32,7 +32,7 @@ def _policy_rule(value: str) -> str:
     return value
 
 
-def _rule_list(value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
+def rule_list(value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
     """A rule list: each rule checked (PolicyRuleText), and `*` only last; a misplaced `*`
     is reported in the same pass as the bad rules, not after they are fixed."""
     texts = list(value) if isinstance(value, list | tuple) else []
@@ -124,7 +124,7 @@ class ClientGroup(Frozen):
     def _policy_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
         if not value:
             raise ValueError("a client group needs a policy")
-        return _rule_list(value, handler)
+        return rule_list(value, handler)
 
 
 class Limits(Frozen):

@@ -27,7 +27,7 @@ from haproxy_egress.config.policyfields import (
     GuardList,
     Limits,
     PolicyRuleText,
-    _rule_list,
+    rule_list,
 )
 from haproxy_egress.config.scalars import (
     HTTP_PATH,
@@ -143,7 +143,7 @@ class Route(RouteSettings):
     @field_validator("policy", mode="wrap")
     @classmethod
     def _policy_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
-        return _rule_list(value, handler)
+        return rule_list(value, handler)
 
     @cached_property
     def rules(self) -> tuple[egress_policy.Rule, ...]:
