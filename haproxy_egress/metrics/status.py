@@ -35,6 +35,8 @@ class RouterStatus:
     old_worker_rss_bytes: int = 0
     old_workers_ended: Mapping[str, int] = field(default_factory=dict)
     connections_ended: Mapping[str, int] = field(default_factory=dict)
+    # haproxy -c, run after a runtime change, refused the config the worker serves.
+    config_check_failed: bool = False
 
 
 def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:

@@ -14,12 +14,26 @@ from haproxy_egress.errors import HaproxyCheckError, HaproxyError
 CHECK_TIMEOUT = 120.0  # 10,000 routes check in a few seconds; this only catches a wedge
 
 
+def check_argv(config_path: Path, haproxy_bin: str = "haproxy") -> list[str]:
+    """`haproxy -c` of one file (not -q: it also silences the [ALERT] lines that say what is
+    wrong)."""
+    return [haproxy_bin, "-c", "-f", str(config_path)]
+
+
+def check_verdict(returncode: int, output: str) -> str:
+    """What `haproxy -c` said: its warnings, or HaproxyCheckError if it refused the file."""
+    lines = output.splitlines()
+    text = "\n".join(ln for ln in lines if "[NOTICE]" not in ln and "is valid" not in ln)
+    if returncode != 0:
+        raise HaproxyCheckError(text)
+    return text.replace("Warnings were found.", "").strip()
+
+
 def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
     """Run `haproxy -c` on a file; return its warnings, raise HaproxyCheckError if rejected."""
     try:
         proc = subprocess.run(
-            # Not -q: it also silences the [ALERT] lines that say what is wrong.
-            [haproxy_bin, "-c", "-f", str(config_path)],
+            check_argv(config_path, haproxy_bin),
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,
@@ -29,11 +43,7 @@ def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
         raise HaproxyError(f"haproxy binary not found: {haproxy_bin!r}") from None
     except subprocess.TimeoutExpired:
         raise HaproxyError(f"haproxy -c took longer than {CHECK_TIMEOUT:.0f}s") from None
-    lines = (proc.stdout + proc.stderr).splitlines()
-    output = "\n".join(ln for ln in lines if "[NOTICE]" not in ln and "is valid" not in ln)
-    if proc.returncode != 0:
-        raise HaproxyCheckError(output)
-    return output.replace("Warnings were found.", "").strip()
+    return check_verdict(proc.returncode, proc.stdout + proc.stderr)
 
 
 def master_argv(haproxy_bin: str, config_path: Path, master_socket: Path) -> list[str]:

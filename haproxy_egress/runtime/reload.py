@@ -1,10 +1,12 @@
-"""The change transaction: load → validate → render → diff → `haproxy -c` → install → apply.
+"""The change transaction: load → validate → render → diff → install → apply.
 
 Apply is the runtime API on the running worker when the diff allows it (runtime/changes.py,
-runtime/live.py), else — or when a runtime command fails — a reload via the master, confirmed
-in `show proc`. Any failure leaves the running router untouched and the live haproxy.cfg equal
-to the last good one. Only the supervisor calls this, from its single event loop, so there is
-never more than one transaction at a time.
+runtime/live.py), and the full `haproxy -c` of the file follows off the edit's path
+(runtime/latecheck.py); else — or when a runtime command fails — `haproxy -c` of the
+candidate, then a reload via the master, confirmed in `show proc`. Any failure leaves the
+running router untouched (or brought back) and the live haproxy.cfg equal to the last good
+one. Only the supervisor calls this, from its single event loop, so there is never more than
+one transaction at a time.
 """
 
 from __future__ import annotations
@@ -216,6 +218,8 @@ class Outcome:
     worker_pid: int | None = None  # the new worker, when it reloaded
     plan: changes.Plan | None = None
     fallback: str = ""  # why a runtime change fell back to a reload
+    # False: in effect without `haproxy -c` of the whole file; the caller runs it late.
+    checked: bool = True
 
     @property
     def kind(self) -> changes.Kind:
@@ -241,22 +245,43 @@ def transaction(
     if compiled.text == current.text and compiled.maps == current.maps:
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
-    # Validated exactly as for a reload, whatever the path: a runtime change must never
-    # install something a later reload or restart would refuse.
-    check_compiled(settings, compiled)
+    if plan.kind is changes.Kind.RELOAD:
+        check_compiled(settings, compiled)  # a reload never loads an unchecked file
+        install(settings, compiled.text, compiled.maps)
+        return _reload(settings, current, compiled, plan, "")
+    # Runtime (or nothing for haproxy to do): validated by the compiler, then by haproxy as it
+    # applies each command, and read back. The files go first, so that whatever dies from
+    # here on (haproxy, this process) comes back to them; the full `haproxy -c` of the file
+    # runs after this returns (runtime/latecheck.py), off the path the user waits on.
     install(settings, compiled.text, compiled.maps)
     if plan.kind is changes.Kind.NOOP:
-        return Outcome(True, compiled, None, plan)
-    fallback = ""
-    if plan.kind is changes.Kind.RUNTIME:
-        stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
+        return Outcome(True, compiled, None, plan, checked=False)
+    stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
+    try:
+        live.apply(stats.command, plan, settings.run.maps)
+        return Outcome(True, compiled, None, plan, checked=False)
+    except live.LiveChangeFailed as exc:
+        # The files on disk already hold the new configuration: a reload lands on it, once
+        # it is checked like any reload.
+        fallback = str(exc)
+        log.warning("runtime change failed, reloading instead: %s", fallback)
+    try:
+        check_compiled(settings, compiled)
+    except (ConfigError, HaproxyCheckError):
+        # The worker may hold part of the edit: back to the last good config, files and all.
+        restore_last_good(settings, current.maps)
         try:
-            live.apply(stats.command, plan, settings.run.maps)
-            return Outcome(True, compiled, None, plan)
-        except live.LiveChangeFailed as exc:
-            # The files on disk already hold the new configuration: a reload lands on it.
-            fallback = str(exc)
-            log.warning("runtime change failed, reloading instead: %s", fallback)
+            master_reload(settings)
+        except (ReloadFailed, HaproxyError) as exc:
+            log.error("could not reload back to the last good config: %s", exc)
+        raise
+    return _reload(settings, current, compiled, plan, fallback)
+
+
+def _reload(
+    settings: Settings, current: Compiled, compiled: Compiled, plan: changes.Plan, fallback: str
+) -> Outcome:
+    """Reload onto the installed (and checked) `compiled`; the last good one back on failure."""
     try:
         pid = master_reload(settings)
     except (ReloadFailed, HaproxyError):

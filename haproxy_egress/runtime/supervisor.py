@@ -28,6 +28,7 @@ from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.runtime import haproxy
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
+from haproxy_egress.runtime.latecheck import LateCheck, Verdict
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -70,6 +71,10 @@ class Supervisor:
         self.last_reload_successful = True
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
+        # `haproxy -c` of a config applied at runtime, after the fact; True while haproxy
+        # refuses the file the running config was last installed from.
+        self.late_check = LateCheck(settings.run, settings.haproxy_bin)
+        self.config_check_failed = False
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
         self._rejected_digest: str | None = None
@@ -160,6 +165,7 @@ class Supervisor:
             start_time=self.start_time,
             log=self.log_loss.snapshot(),
             config_changes=self.changes_view,
+            config_check_failed=self.config_check_failed,
             old_workers=self.workers.snapshot.count,
             old_worker_connections=self.workers.snapshot.connections,
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
@@ -342,6 +348,11 @@ class Supervisor:
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
+        if outcome.checked:
+            self.late_check.discard()  # haproxy -c passed on this very text before the reload
+            self.config_check_failed = False
+        else:
+            self.late_check.request(outcome.compiled.text)
         kind = outcome.kind
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)
@@ -385,6 +396,7 @@ class Supervisor:
             return
         self.state = State.STOPPING
         self.watcher.stop()
+        self.late_check.stop()
         self._stop_deadline = time.monotonic() + self.settings.drain_seconds
         if self.haproxy.pid is None:
             self._stop_socklog_soon()
@@ -503,7 +515,28 @@ class Supervisor:
                     self._child_exited(child, status, now)
                     break
             else:
+                if self.late_check.owns(pid):
+                    self._late_checked(self.late_check.exited(status))
+                    continue
                 log.debug("reaped orphan pid:%d (%s)", pid, describe_exit(status))
+
+    def _late_checked(self, verdict: Verdict) -> None:
+        """The `haproxy -c` run after a runtime edit is done: say so loudly if it refused."""
+        if verdict.digest != self.current.text_digest:
+            return  # about a config a later edit has replaced; that one has its own check
+        if verdict.ok:
+            if self.config_check_failed:
+                log.info("haproxy -c accepts config %s again", verdict.digest[:12])
+            self.config_check_failed = False
+            return
+        self.config_check_failed = True
+        log.error(
+            "CONFIG CHECK FAILED after a runtime change: haproxy -c refuses config %s, which "
+            "the running worker already serves; the next reload is refused until an edit "
+            "passes the check: %s",
+            verdict.digest[:12],
+            verdict.error.replace("\n", " | "),
+        )
 
     def _child_exited(self, child: Child, status: int, now: float) -> None:
         expected = self.state is State.STOPPING
