@@ -6,6 +6,7 @@ import gc
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from haproxy_egress.config.model import (
@@ -21,6 +22,7 @@ from haproxy_egress.config.model import (
     cross_route_problems,
     validate,
 )
+from haproxy_egress.config.sources.cache import LoadCache
 from haproxy_egress.config.sources.configdir import Snapshot, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.legacy import read_legacy
@@ -31,14 +33,18 @@ from haproxy_egress.config.users import ProxyUser, parse_users
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.settings import PROXY_USERS_ENV, Settings
 
-__all__ = ["Snapshot", "load", "load_snapshot", "read_inputs", "read_snapshot"]
+__all__ = ["LoadCache", "Snapshot", "load", "load_snapshot", "read_inputs", "read_snapshot"]
+
+# The process's loads share one cache: the supervisor's start-up compile fills it, so the first
+# edit already reuses what did not change (config/sources/cache.py).
+SHARED_CACHE = LoadCache()
 
 
-def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
+def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
     frags: list[Fragment] = []
     for name, data in snapshot.files:
         if name.endswith((".yaml", ".yml")):
-            frags.append(read_yaml(name, data))
+            frags.append(cache.fragment(name, data, read_yaml))
     frags.append(read_seed_env(env))
     # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
     frags.extend(read_legacy(dict(snapshot.files), env))
@@ -146,6 +152,7 @@ def build_config(
     frags: list[Fragment],
     reserved: Mapping[str, Listen],
     users: tuple[str, bytes] | None = None,
+    cache: LoadCache | None = None,
 ) -> Config:
     """Merge fragments into one Config, or raise ConfigError listing every problem."""
     problems = [p for f in frags for p in f.problems]
@@ -168,10 +175,12 @@ def build_config(
         except ProblemList as exc:
             problems += exc.problems
     located: list[Located] = []
+    key = repr(defaults)  # what a cached route was validated against
     for frag in frags:
         for raw in frag.routes:
             try:
-                located.append(_validate_route(raw, defaults))
+                check = partial(_validate_route, raw, defaults)
+                located.append(check() if cache is None else cache.route(raw, key, check))
             except ProblemList as exc:
                 problems += exc.problems
     all_reserved = dict(reserved)
@@ -215,11 +224,20 @@ def _collector_paused() -> Iterator[None]:
 
 
 def load_snapshot(
-    snapshot: Snapshot, env: Mapping[str, str], reserved: Mapping[str, Listen] | None = None
+    snapshot: Snapshot,
+    env: Mapping[str, str],
+    reserved: Mapping[str, Listen] | None = None,
+    cache: LoadCache = SHARED_CACHE,
 ) -> Config:
-    """Build the Config from a directory snapshot plus the route-bearing env vars."""
+    """Build the Config from a directory snapshot plus the route-bearing env vars, reusing
+    from `cache` what the last load parsed and validated from the same input."""
+    cache.begin()
     with _collector_paused():
-        return build_config(_fragments(snapshot, env), reserved or {}, snapshot.users)
+        config = build_config(
+            _fragments(snapshot, env, cache), reserved or {}, snapshot.users, cache
+        )
+    cache.end()
+    return config
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:

@@ -15,7 +15,17 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.users import hash_password
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime.changes import Kind, Plan, Session, parse_sessions, plan
+from haproxy_egress.runtime.changes import (
+    Kind,
+    Plan,
+    Session,
+    _changed_sections,
+    _sections,
+    _structural,
+    parse_sessions,
+    plan,
+    servers,
+)
 
 OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
 
@@ -177,3 +187,21 @@ def test_proxy_users_apply_at_runtime_and_a_revoked_one_ends_the_routes_tunnels(
     assert (deny.route, deny.everything) == ("pxy", True)
     assert deny.covers(Session("0x1", "pxy", "pxy-tunnel/tunnel", "10.0.0.9"))
     assert not deny.covers(Session("0x2", "db", "db/10.0.0.1_5432", "10.0.0.9"))
+
+
+GOLDEN_TEXTS = sorted(
+    (Path(__file__).parent.parent.parent / "data" / "golden").glob("*/haproxy.cfg")
+)
+
+
+@pytest.mark.parametrize("path", GOLDEN_TEXTS, ids=lambda p: p.parent.name)
+def test_servers_and_changed_sections_read_what_the_full_parse_reads(path: Path) -> None:
+    """The fast paths (a regex scan for servers; only sections whose text differs parsed)
+    agree with the section parser on every golden config and every pair of them."""
+    text = path.read_text()
+    sections = _sections(text)
+    assert servers(text) == {s.ref: s for sec in sections.values() for s in sec.servers.values()}
+    for other in GOLDEN_TEXTS:
+        full = _structural(sections, _sections(other.read_text()))
+        fast = _structural(*_changed_sections(text, other.read_text()))
+        assert (bool(fast[0]), fast[1:]) == (bool(full[0]), full[1:])
