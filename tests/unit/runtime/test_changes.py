@@ -205,3 +205,22 @@ def test_servers_and_changed_sections_read_what_the_full_parse_reads(path: Path)
         full = _structural(sections, _sections(other.read_text()))
         fast = _structural(*_changed_sections(text, other.read_text()))
         assert (bool(fast[0]), fast[1:]) == (bool(full[0]), full[1:])
+
+
+@pytest.mark.parametrize("path", GOLDEN_TEXTS, ids=lambda p: p.parent.name)
+def test_changed_sections_agree_with_the_full_parse_on_every_one_line_edit(path: Path) -> None:
+    """Each line deleted, doubled or changed in turn: the sections around the difference
+    decide as the whole texts do (at the start, the end and across section boundaries)."""
+    lines = path.read_text().splitlines(keepends=True)
+    text = "".join(lines)
+    for i, line in enumerate(lines):
+        for edited in (
+            lines[:i] + lines[i + 1 :],
+            lines[: i + 1] + lines[i:],
+            [*lines[:i], line.rstrip("\n") + "x\n", *lines[i + 1 :]],
+        ):
+            other = "".join(edited)
+            for a, b in ((text, other), (other, text)):
+                full = _structural(_sections(a), _sections(b))
+                fast = _structural(*_changed_sections(a, b))
+                assert (bool(fast[0]), fast[1:]) == (bool(full[0]), full[1:]), (i, line)
