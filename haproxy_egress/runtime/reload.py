@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
@@ -44,7 +45,7 @@ class Compiled:
     # (render/acls.py) and the policy routes' lists (render/maps.py).
     maps: Mapping[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def text_digest(self) -> str:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
@@ -250,21 +251,24 @@ def transaction(
         install(settings, compiled.text, compiled.maps)
         return _reload(settings, current, compiled, plan, "")
     # Runtime (or nothing for haproxy to do): validated by the compiler, then by haproxy as it
-    # applies each command, and read back. The files go first, so that whatever dies from
-    # here on (haproxy, this process) comes back to them; the full `haproxy -c` of the file
-    # runs after this returns (runtime/latecheck.py), off the path the user waits on.
-    install(settings, compiled.text, compiled.maps)
+    # applies each command, and read back; the files follow before this returns. Nothing can
+    # restart haproxy in between (only the supervisor's loop does, and it is here), and a
+    # supervisor that dies in between starts over from the ConfigMap. The full `haproxy -c`
+    # of the file runs after this returns (runtime/latecheck.py), off the path the user
+    # waits on.
     if plan.kind is changes.Kind.NOOP:
+        install(settings, compiled.text, compiled.maps)
         return Outcome(True, compiled, None, plan, checked=False)
     stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
     try:
         live.apply(stats.command, plan, settings.run.maps)
+        install(settings, compiled.text, compiled.maps)
         return Outcome(True, compiled, None, plan, checked=False)
     except live.LiveChangeFailed as exc:
-        # The files on disk already hold the new configuration: a reload lands on it, once
-        # it is checked like any reload.
+        # A reload lands on the new files, once they are checked like any reload's.
         fallback = str(exc)
         log.warning("runtime change failed, reloading instead: %s", fallback)
+    install(settings, compiled.text, compiled.maps)
     try:
         check_compiled(settings, compiled)
     except (ConfigError, HaproxyCheckError):
