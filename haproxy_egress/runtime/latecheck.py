@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from haproxy_egress.errors import HaproxyCheckError
@@ -39,6 +40,7 @@ class Verdict:
 
     digest: str  # sha256 of the haproxy.cfg text checked
     error: str  # haproxy's alerts; "" when it accepted the file
+    seconds: float = 0.0  # how long haproxy took
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,7 @@ class LateCheck:
         self.haproxy_bin = haproxy_bin
         self.pid: int | None = None
         self._checking = ""  # digest of the text the running check reads
+        self._started = 0.0
         self._waiting: str | None = None  # text to check once the running one is done
 
     def request(self, text: str) -> None:
@@ -77,11 +80,12 @@ class LateCheck:
             output = self.run.late_check_output.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             output = f"(its output is unreadable: {exc})"
+        took = time.monotonic() - self._started
         try:
             haproxy.check_verdict(code, output)
-            verdict = Verdict(self._checking, "")
+            verdict = Verdict(self._checking, "", took)
         except HaproxyCheckError as exc:
-            verdict = Verdict(self._checking, str(exc) or f"haproxy -c exited with {code}")
+            verdict = Verdict(self._checking, str(exc) or f"haproxy -c exited with {code}", took)
         if self._waiting is not None:
             text, self._waiting = self._waiting, None
             self._spawn(text)
@@ -99,6 +103,7 @@ class LateCheck:
         write_atomic(self.run.late_check, text, mode=0o600)
         out = str(self.run.late_check_output)
         self._checking = hashlib.sha256(text.encode()).hexdigest()
+        self._started = time.monotonic()
         self.pid = os.posix_spawnp(
             self.haproxy_bin,
             haproxy.check_argv(self.run.late_check, self.haproxy_bin),

@@ -26,6 +26,7 @@ from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.runtime import changes, haproxy, live, staging
+from haproxy_egress.runtime.stages import Stages
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,17 @@ class ReloadFailed(EgressError):
     """A reload did not take; the old configuration keeps serving."""
 
 
-def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snapshot) -> Compiled:
+def compile_snapshot(
+    settings: Settings, options: RenderOptions, snapshot: Snapshot, stages: Stages | None = None
+) -> Compiled:
     """Validate and render one snapshot; raises ConfigError naming every problem."""
+    stages = stages or Stages()
     if not snapshot.exists and settings.config_dir != Settings.config_dir:
         # The default directory may legitimately be absent (env-only config); an explicitly
         # configured one that is missing is a mistake, or a mount that vanished.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
     config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
+    stages.lap("validate")
     if not config.routes:
         where = str(settings.config_dir)
         raise ConfigError(
@@ -69,7 +74,9 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
         )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config))
+    maps = pattern_files(config)
+    stages.lap("render")
+    return Compiled(config, text, snapshot.digest, hook_set, maps)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -221,6 +228,7 @@ class Outcome:
     fallback: str = ""  # why a runtime change fell back to a reload
     # False: in effect without `haproxy -c` of the whole file; the caller runs it late.
     checked: bool = True
+    stages: Stages = field(default_factory=Stages, compare=False)
 
     @property
     def kind(self) -> changes.Kind:
@@ -236,20 +244,25 @@ def transaction(
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
     Outcome(changed=False) when there is nothing to do."""
+    stages = Stages()
     snapshot = read_inputs(settings)
+    stages.lap("read")
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
-    compiled = compile_snapshot(settings, options, snapshot)
+    compiled = compile_snapshot(settings, options, snapshot, stages)
     if compiled.text == current.text and compiled.maps == current.maps:
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
+    stages.lap("diff")
     if plan.kind is changes.Kind.RELOAD:
         check_compiled(settings, compiled)  # a reload never loads an unchecked file
+        stages.lap("check")
         install(settings, compiled.text, compiled.maps)
-        return _reload(settings, current, compiled, plan, "")
+        stages.lap("files")
+        return _reload(settings, current, compiled, plan, "", stages=stages)
     # Runtime (or nothing for haproxy to do): validated by the compiler, then by haproxy as it
     # applies each command, and read back; the files follow before this returns. Nothing can
     # restart haproxy in between (only the supervisor's loop does, and it is here), and a
@@ -258,12 +271,15 @@ def transaction(
     # waits on.
     if plan.kind is changes.Kind.NOOP:
         install(settings, compiled.text, compiled.maps)
-        return Outcome(True, compiled, None, plan, checked=False)
+        stages.lap("files")
+        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
     try:
         live.apply(stats.command, plan, settings.run.maps)
+        stages.lap("apply")
         install(settings, compiled.text, compiled.maps)
-        return Outcome(True, compiled, None, plan, checked=False)
+        stages.lap("files")
+        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     except live.LiveChangeFailed as exc:
         # A reload lands on the new files, once they are checked like any reload's.
         fallback = str(exc)
@@ -279,11 +295,18 @@ def transaction(
         except (ReloadFailed, HaproxyError) as exc:
             log.error("could not reload back to the last good config: %s", exc)
         raise
-    return _reload(settings, current, compiled, plan, fallback)
+    stages.lap("check")
+    return _reload(settings, current, compiled, plan, fallback, stages=stages)
 
 
 def _reload(
-    settings: Settings, current: Compiled, compiled: Compiled, plan: changes.Plan, fallback: str
+    settings: Settings,
+    current: Compiled,
+    compiled: Compiled,
+    plan: changes.Plan,
+    fallback: str,
+    *,
+    stages: Stages,
 ) -> Outcome:
     """Reload onto the installed (and checked) `compiled`; the last good one back on failure."""
     try:
@@ -291,4 +314,5 @@ def _reload(
     except (ReloadFailed, HaproxyError):
         restore_last_good(settings, current.maps)
         raise
-    return Outcome(True, compiled, pid, plan, fallback)
+    stages.lap("reload")
+    return Outcome(True, compiled, pid, plan, fallback, stages=stages)

@@ -25,7 +25,7 @@ from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.runtime import haproxy
+from haproxy_egress.runtime import haproxy, memory
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, describe_exit
 from haproxy_egress.runtime.latecheck import LateCheck, Verdict
@@ -241,6 +241,7 @@ class Supervisor:
             self.metrics.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
+        memory.release()  # what the start-up compile freed
         self._haproxy_came_up()
         self.watcher.start()
         self.log_loss.start()
@@ -312,6 +313,7 @@ class Supervisor:
         try:
             outcome = transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
+            memory.release()
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
@@ -344,6 +346,7 @@ class Supervisor:
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self._changed(outcome, reason, time.monotonic() - started)
+        memory.release()  # the previous config and the compile's garbage are free now
 
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
@@ -373,7 +376,7 @@ class Supervisor:
                 why = f"the runtime change failed: {outcome.fallback}"
             log.info(
                 "reloaded (%s): %s; reload (%s); config %s, %d route(s), new worker pid:%s "
-                "in %.2fs",
+                "in %.2fs (%s)",
                 reason,
                 what,
                 why,
@@ -381,10 +384,17 @@ class Supervisor:
                 len(self.current.config.routes),
                 outcome.worker_pid,
                 took,
+                outcome.stages,
             )
             self.workers.after_reload(now, plan)
         elif kind is Kind.RUNTIME and plan is not None:
-            log.info("changed (%s): %s in %.0f ms", reason, plan.summary(), took * 1000)
+            log.info(
+                "changed (%s): %s in %.0f ms (%s)",
+                reason,
+                plan.summary(),
+                took * 1000,
+                outcome.stages,
+            )
             self.workers.after_runtime(now, plan)
         else:
             log.info("changed (%s): %s; nothing for haproxy to do", reason, what)
@@ -525,8 +535,12 @@ class Supervisor:
         if verdict.digest != self.current.text_digest:
             return  # about a config a later edit has replaced; that one has its own check
         if verdict.ok:
-            if self.config_check_failed:
-                log.info("haproxy -c accepts config %s again", verdict.digest[:12])
+            log.info(
+                "haproxy -c %s config %s, applied at runtime, in %.2fs",
+                "accepts again" if self.config_check_failed else "accepts",
+                verdict.digest[:12],
+                verdict.seconds,
+            )
             self.config_check_failed = False
             return
         self.config_check_failed = True

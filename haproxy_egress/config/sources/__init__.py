@@ -22,7 +22,7 @@ from haproxy_egress.config.model import (
     cross_route_problems,
     validate,
 )
-from haproxy_egress.config.sources.cache import LoadCache
+from haproxy_egress.config.sources.cache import LoadCache, Stale
 from haproxy_egress.config.sources.configdir import Snapshot, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.legacy import read_legacy
@@ -231,13 +231,18 @@ def load_snapshot(
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars, reusing
     from `cache` what the last load parsed and validated from the same input."""
-    cache.begin()
     with _collector_paused():
-        config = build_config(
-            _fragments(snapshot, env, cache), reserved or {}, snapshot.users, cache
-        )
-    cache.end()
-    return config
+        for reparse in (False, True):
+            cache.begin(reparse)
+            try:
+                config = build_config(
+                    _fragments(snapshot, env, cache), reserved or {}, snapshot.users, cache
+                )
+            except Stale:  # the merged defaults changed: parse and validate everything
+                continue
+            cache.end()
+            return config
+    raise AssertionError("a load that parses every key uses no kept route")
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:

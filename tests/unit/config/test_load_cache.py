@@ -70,6 +70,12 @@ def test_only_what_the_last_load_used_is_kept() -> None:
     load_snapshot(_snap(a=_key(0, 5)), {}, cache=cache)
     assert list(cache.fragments()) == ["a.yaml"]
     assert cache.routes() == 5
+    # Kept hollow: where each route was, not its data (a validation needs that, not a reuse).
+    (kept,) = cache.fragments().values()
+    assert [(r.path, r.data, dict(r.lines)) for r in kept.routes][:2] == [
+        ("routes[0]", {}, {}),
+        ("routes[1]", {}, {}),
+    ]
 
 
 def test_a_changed_route_that_conflicts_with_an_unchanged_one_is_refused_with_its_location() -> (
