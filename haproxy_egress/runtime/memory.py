@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 from functools import cache
 
-__all__ = ["release"]
+__all__ = ["release", "settle"]
 
 
 @cache
@@ -34,3 +35,13 @@ def release() -> None:
     if libc is not None:
         with contextlib.suppress(OSError):
             libc.malloc_trim(0)
+
+
+def settle() -> None:
+    """After the start-up compile: collect its garbage, then move everything that lives on
+    (the configuration's million objects at 10,000 routes, the libraries) out of the cyclic
+    collector's sight (`gc.freeze`), so that no later pass walks them again. They are still
+    freed by reference counting when an edit replaces them."""
+    gc.collect()
+    gc.freeze()
+    release()

@@ -33,7 +33,15 @@ from haproxy_egress.config.users import ProxyUser, parse_users
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.settings import PROXY_USERS_ENV, Settings
 
-__all__ = ["LoadCache", "Snapshot", "load", "load_snapshot", "read_inputs", "read_snapshot"]
+__all__ = [
+    "LoadCache",
+    "Snapshot",
+    "collector_paused",
+    "load",
+    "load_snapshot",
+    "read_inputs",
+    "read_snapshot",
+]
 
 # The process's loads share one cache: the supervisor's start-up compile fills it, so the first
 # edit already reuses what did not change (config/sources/cache.py).
@@ -205,8 +213,8 @@ def _problem_order(p: Problem) -> tuple[str, int, str, str]:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Hold off the cyclic garbage collector for one load.
+def collector_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector for one load (or one change, which loads).
 
     Loading 10,000 routes allocates millions of tracked objects (YAML nodes, dicts, models)
     and none is garbage before the load ends, yet the collector kept walking the growing
@@ -231,7 +239,7 @@ def load_snapshot(
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars, reusing
     from `cache` what the last load parsed and validated from the same input."""
-    with _collector_paused():
+    with collector_paused():
         for reparse in (False, True):
             cache.begin(reparse)
             try:
