@@ -46,14 +46,22 @@ def _keys(routes: list[Route]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+# The last answer, for the very same routes: one compile asks twice (the template, the files).
+_last: list[tuple[tuple[Route, ...], dict[str, str]]] = []
+
+
 def allow_from_files(config: Config) -> dict[str, str]:
     """Route name → the file (under RunDir.maps) holding its allow_from networks."""
+    if _last and _last[0][0] is config.routes:
+        return _last[0][1]
     routes = sorted((r for r in config.routes if uses_allow_from_file(r)), key=lambda r: r.name)
     keys = _keys(routes)
     first: dict[tuple[str, ...], str] = {}
     for r in routes:
         first.setdefault(keys[r.name], r.name)
-    return {r.name: f"allow-from.{first[keys[r.name]]}.acl" for r in routes}
+    files = {r.name: f"allow-from.{first[keys[r.name]]}.acl" for r in routes}
+    _last[:] = [(config.routes, files)]
+    return files
 
 
 def render_acls(config: Config) -> dict[str, str]:

@@ -186,7 +186,7 @@ def render(
         hooks=hooks,
         lua_files=lua_files,
         allow_from_files=allow_files,
-        route_blocks=route_blocks.block,
+        route_blocks=route_blocks.blocks,
     )
     route_blocks.finish()
     return text
