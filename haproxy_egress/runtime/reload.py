@@ -264,27 +264,24 @@ def transaction(
         stages.lap("files")
         return _reload(settings, current, compiled, plan, "", stages=stages)
     # Runtime (or nothing for haproxy to do): validated by the compiler, then by haproxy as it
-    # applies each command, and read back; the files follow before this returns. Nothing can
-    # restart haproxy in between (only the supervisor's loop does, and it is here), and a
-    # supervisor that dies in between starts over from the ConfigMap. The full `haproxy -c`
-    # of the file runs after this returns (runtime/latecheck.py), off the path the user
-    # waits on.
+    # applies each command, and read back. The files go first: a disk that is full fails the
+    # change before haproxy has taken any of it, and whatever dies later (haproxy, this
+    # process) comes back to them. The full `haproxy -c` of the file runs after this returns
+    # (runtime/latecheck.py), off the path the user waits on.
+    install(settings, compiled.text, compiled.maps)
+    stages.lap("files")
     if plan.kind is changes.Kind.NOOP:
-        install(settings, compiled.text, compiled.maps)
-        stages.lap("files")
         return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     stats = haproxy.CliSocket(settings.run.stats_socket, timeout=5.0)
     try:
         live.apply(stats.command, plan, settings.run.maps)
         stages.lap("apply")
-        install(settings, compiled.text, compiled.maps)
-        stages.lap("files")
         return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     except live.LiveChangeFailed as exc:
-        # A reload lands on the new files, once they are checked like any reload's.
+        # The files on disk already hold the new configuration: a reload lands on it, once
+        # it is checked like any reload's.
         fallback = str(exc)
         log.warning("runtime change failed, reloading instead: %s", fallback)
-    install(settings, compiled.text, compiled.maps)
     try:
         check_compiled(settings, compiled)
     except (ConfigError, HaproxyCheckError):
