@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
@@ -20,6 +21,7 @@ from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
+from haproxy_egress.render.stages import Stages
 from haproxy_egress.render.tls import staged_files
 from haproxy_egress.settings import Settings
 
@@ -45,19 +47,23 @@ class Compiled:
         """The TLS files the text loads (name → content, under RunDir.tls)."""
         return staged_files(self.tls)
 
-    @property
+    @cached_property
     def text_digest(self) -> str:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snapshot) -> Compiled:
+def compile_snapshot(
+    settings: Settings, options: RenderOptions, snapshot: Snapshot, stages: Stages | None = None
+) -> Compiled:
     """Validate and render one snapshot; raises ConfigError naming every problem."""
+    stages = stages or Stages()
     if not snapshot.exists and settings.config_dir != Settings.config_dir:
         # The default directory may legitimately be absent (env-only config); an explicitly
         # configured one that is missing is a mistake, or a mount that vanished.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
     config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
+    stages.lap("validate")
     if not config.routes:
         where = str(settings.config_dir)
         raise ConfigError(
@@ -79,7 +85,9 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
             )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config), material)
+    maps = pattern_files(config)
+    stages.lap("render")
+    return Compiled(config, text, snapshot.digest, hook_set, maps, material)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:

@@ -23,6 +23,7 @@ from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.runtime.children import Child, Clock
 from haproxy_egress.runtime.haproxylog import StderrRelay
+from haproxy_egress.runtime.latecheck import LateCheck
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.supervisor import Event, Parts, Running, Supervisor
@@ -116,6 +117,7 @@ def assemble(
         workers=workers,
         watcher=watcher,
         metrics=metrics,
+        late_check=LateCheck(run, settings.haproxy_bin),
     )
     return Supervisor(settings, options, parts, clock=clock)
 
