@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from haproxy_egress import __version__
@@ -63,17 +64,17 @@ Event = signal.Signals | ConfigChanged
 class Running:
     """What runs, as the threads beside the loop read it: the stderr relay (route names), the
     watcher (the TLS files to look at) and the metrics endpoint (the status). The loop replaces
-    `compiled` and `published` whole (one assignment): a reader sees the old or the new."""
+    `compiled` whole; the supervisor sets `status_source` once, as it is built."""
 
     compiled: Compiled
-    published: RouterStatus | None = None  # the supervisor publishes one after each loop turn
+    status_source: Callable[[], RouterStatus] | None = None
     _route_names_of: tuple[Compiled, frozenset[str]] | None = None
 
     def status(self) -> RouterStatus:
-        """The status the supervisor published last (for /metrics, /healthz and /readyz)."""
-        if self.published is None:
-            raise RuntimeError("no supervisor has published a status yet")
-        return self.published
+        """The supervisor's status now (for /metrics, /healthz and /readyz)."""
+        if self.status_source is None:
+            raise RuntimeError("no supervisor reports status yet")
+        return self.status_source()
 
     def tls_paths(self) -> tuple[str, ...]:
         """The TLS files the running config names (the watcher reads them with each look)."""
@@ -123,6 +124,7 @@ class Supervisor:
         self._clock = clock
         self.options = options
         self._running = parts.running
+        self._running.status_source = self.status
         self.inbox = parts.inbox
         self.state = State.STARTING
         self.exit_code = ExitCode.OK
@@ -157,7 +159,6 @@ class Supervisor:
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
         self.watcher = parts.watcher
         self.metrics = parts.metrics
-        self._publish()
 
     @property
     def current(self) -> Compiled:
@@ -174,13 +175,9 @@ class Supervisor:
         """The TLS files the running config names (the watcher reads them with each look)."""
         return self._running.tls_paths()
 
-    def _publish(self) -> None:
-        """Hand the threads beside the loop a fresh status: one frozen object, built here in
-        the loop that owns every field of it, and replaced whole."""
-        self._running.published = self.status()
-
     def status(self) -> RouterStatus:
-        """The router's state now, as /metrics, /healthz and /readyz show it."""
+        """A frozen snapshot for /metrics, /healthz and /readyz (called from the metrics
+        thread at each request, so counters the log-loss watch updates show at once)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
             # haproxy.ready() checks the process too: between its death and the loop reaping
@@ -269,7 +266,6 @@ class Supervisor:
         self.state = State.RUNNING
         memory.settle()  # the start-up compile: its garbage freed, what it keeps frozen
         self._haproxy_came_up()
-        self._publish()
         self.watcher.start()
         self.log_loss.start()
         try:
@@ -282,7 +278,6 @@ class Supervisor:
                 if event is not None:
                     self._dispatch(event)
                 self._tick()
-                self._publish()
         finally:
             self.watcher.stop()
             self.log_loss.stop()
