@@ -18,7 +18,7 @@ from haproxy_egress.commands.explain import explain, rule_locations
 from haproxy_egress.commands.lookup import ConfiguredResolver
 from haproxy_egress.commands.migrate import migrate
 from haproxy_egress.config import users
-from haproxy_egress.config.model import Config, Document
+from haproxy_egress.config.document import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.config.tlsmaterial import describe, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, SetupError
@@ -26,10 +26,11 @@ from haproxy_egress.haproxy.program import running_configs
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled, compile_current
 from haproxy_egress.runtime import changes, preflight
+from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.cpus import default_threads
-from haproxy_egress.runtime.reload import Compiled, check_compiled, compile_current
-from haproxy_egress.runtime.supervisor import Supervisor
+from haproxy_egress.runtime.reload import check_compiled
 from haproxy_egress.settings import LogFormat, LogSink, Settings
 
 log = logging.getLogger("haproxy_egress")
@@ -114,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = render_options(settings)
     compiled = compile_current(settings, options)  # the only place a bad config is fatal
     check_compiled(settings, compiled)  # a broken Lua hook is named by key and route
-    return Supervisor(settings, options, compiled).run()
+    return assemble(settings, options, compiled).run()
 
 
 def _router_run_dir(args: argparse.Namespace, settings: Settings) -> Settings:

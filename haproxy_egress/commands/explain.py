@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
-from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.parent import Parent
+from haproxy_egress.config.policyfields import DEFAULT_GROUP
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.scalars import format_duration
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment

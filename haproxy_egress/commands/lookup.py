@@ -12,7 +12,7 @@ import dns.exception
 import dns.resolver
 
 from haproxy_egress.config import addresses as netaddr
-from haproxy_egress.config.model import Resolvers
+from haproxy_egress.config.document import Resolvers
 from haproxy_egress.errors import LookupFailed
 
 

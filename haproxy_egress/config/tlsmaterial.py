@@ -20,7 +20,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.sources.tlsfiles import TlsFile
 from haproxy_egress.config.tls import TlsOrigination, material_paths
 from haproxy_egress.errors import Problem

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from haproxy_egress.config.model import DESTINATIONS_TABLE_PREFIX
+from haproxy_egress.config.route import DESTINATIONS_TABLE_PREFIX
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.haproxy import show
 from haproxy_egress.haproxy.stat import parse_stat

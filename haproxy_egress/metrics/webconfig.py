@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from haproxy_egress.config.model import format_loc, problems_from
+from haproxy_egress.config.problems import format_loc, problems_from
 from haproxy_egress.config.sources.yamlfile import load_located
 from haproxy_egress.errors import ConfigError, Problem
 

@@ -1,20 +1,23 @@
-"""Polls the web-config file and the certificate files it names; reports settled changes.
+"""Watches the web-config file and the certificate files it names; reports settled changes.
 
 A Secret volume is updated the kubelet's way (a new `..<timestamp>` dir, then the `..data`
-symlink swapped), so `stat()` through the key's symlink sees a new inode at once. A change is
-reported once the files' signatures have stayed the same for one more poll: two Secrets (one
-for the certificate, one for the CA) updated a moment apart give one reload, not a failure
-and a reload. A few stat() calls per poll cost nothing next to a scrape.
+symlink swapped in the mount's own directory), so events in the files' directories are the
+hint to look (filewatch.py, the poll its backstop), and `stat()` through the key's symlink sees
+a new inode at once. A change is reported once the files' signatures have held still for one
+poll interval: two Secrets (one for the certificate, one for the CA) updated a moment apart
+give one reload, not a failure and a reload. A few stat() calls per look cost nothing next to
+a scrape.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from haproxy_egress.background import Background
+from haproxy_egress.filewatch import FileWatch
 
 __all__ = ["FileWatcher", "signature"]
 
@@ -35,7 +38,7 @@ def signature(files: Sequence[Path]) -> Signature:
     return tuple(out)
 
 
-class FileWatcher(Background):
+class FileWatcher(FileWatch):
     """A daemon thread calling `changed()` when the files `files()` names have changed."""
 
     def __init__(
@@ -47,26 +50,37 @@ class FileWatcher(Background):
         self._files = files
         self._changed = changed
         self._interval = max(0.02, interval)
-        super().__init__("web-config-watcher")
         # The baseline is taken now, right after the caller loaded the files: a change made
         # before start() is still seen.
-        self._baseline = signature(self._files())
+        self._seen = signature(self._files())
+        self._changed_at: float | None = None  # when the signature last moved, unreported
+        super().__init__(
+            "web-config-watcher",
+            self._directories,
+            self._settle,
+            debounce=self._interval / 2,
+            poll=self._interval,
+            recursive=False,  # a Secret's `..data` swap happens in the mount directory itself
+        )
 
-    def _run(self) -> None:
-        seen = self._baseline
-        pending: Signature | None = None
-        while not self._stop.wait(self._interval):
-            now = signature(self._files())
-            if pending is not None and now == pending:
-                pending = None
-                try:
-                    self._changed()
-                except Exception:
-                    logger.exception("web-config reload failed unexpectedly")
-                # The reload may name other files (a new cert path): start from them.
-                seen = signature(self._files())
-            elif now != seen:
-                pending = now  # changed; report once it holds still for one more poll
-                seen = now
-            else:
-                pending = None
+    def _directories(self) -> list[Path]:
+        """The directories holding the files (where their Secret's swaps happen)."""
+        dirs = dict.fromkeys(path.parent for path in self._files())
+        return [d for d in dirs if d.is_dir()]
+
+    def _settle(self) -> None:
+        """Report a change once the signature has held still for one interval."""
+        now = signature(self._files())
+        if now != self._seen:
+            self._seen = now  # changed; report once it holds still
+            self._changed_at = time.monotonic()
+            return
+        if self._changed_at is None or time.monotonic() - self._changed_at < self._interval:
+            return
+        self._changed_at = None
+        try:
+            self._changed()
+        except Exception:
+            logger.exception("web-config reload failed unexpectedly")
+        # The reload may name other files (a new cert path): start from them.
+        self._seen = signature(self._files())

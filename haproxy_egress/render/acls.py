@@ -14,7 +14,8 @@ runtime swap; a route leaving or joining a group of routes changes file names: a
 
 from __future__ import annotations
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 
 __all__ = ["allow_from_files", "render_acls", "uses_allow_from_file"]
 

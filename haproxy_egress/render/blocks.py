@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from haproxy_egress.config.model import Route
+from haproxy_egress.config.route import Route
 from haproxy_egress.render.hooks import HookSet
 
 __all__ = ["BlockCache", "Blocks"]

@@ -15,7 +15,10 @@ import jinja2
 
 from haproxy_egress import __version__
 from haproxy_egress.config import policy as egress_policy
-from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.policyfields import DEFAULT_GROUP
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.scalars import format_duration
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.blocks import BlockCache
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve

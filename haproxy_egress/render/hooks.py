@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.hookuse import HookPhase, HookUse
+from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.haproxy.check import parse_alerts
 from haproxy_egress.render.resources import lua_dir

@@ -40,7 +40,8 @@ from collections.abc import Iterable, Sequence
 from haproxy_egress.config import classes
 from haproxy_egress.config import policy as p
 from haproxy_egress.config.categories import CATEGORIES
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.users import ProxyUser
 from haproxy_egress.render.acls import render_acls
 

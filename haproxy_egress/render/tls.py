@@ -12,7 +12,8 @@ import enum
 from collections.abc import Iterable
 from pathlib import Path
 
-from haproxy_egress.config.model import Endpoint, Route
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.scalars import Endpoint
 from haproxy_egress.config.tlsmaterial import RouteTls
 
 __all__ = [

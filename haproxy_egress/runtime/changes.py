@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.haproxy.show import Session
 from haproxy_egress.render.tls import parse_staged
 
@@ -366,7 +367,7 @@ def _parents_moved(old: Config, new: Config) -> str:
 
 
 class Version(Protocol):
-    """A compiled configuration as the diff sees it (reload.Compiled is one)."""
+    """A compiled configuration as the diff sees it (render.pipeline.Compiled is one)."""
 
     @property
     def config(self) -> Config: ...

@@ -1,4 +1,4 @@
-"""The change transaction: load → validate → render → diff → install → apply.
+"""The change transaction: compile (render/pipeline.py) → diff → install → apply.
 
 Apply is the runtime API on the running worker when the diff allows it (runtime/changes.py,
 runtime/live.py), and the full `haproxy -c` of the file follows off the edit's path
@@ -11,27 +11,23 @@ one transaction at a time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
-from haproxy_egress.config.model import Config
-from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
-from haproxy_egress.config.tlsmaterial import RouteTls, load_material, material_paths_of
+from haproxy_egress.config.sources import read_inputs
+from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, HaproxyError, Problem
 from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks, syslog
-from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
-from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.render.tls import staged_files
+from haproxy_egress.render.compiler import RenderOptions, write_atomic
+from haproxy_egress.render.pipeline import Compiled, compile_snapshot
+from haproxy_egress.render.stages import Stages
 from haproxy_egress.runtime import changes, live, staging
-from haproxy_egress.runtime.stages import Stages
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,75 +35,8 @@ log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT = 30.0  # the new worker parses, binds and answers well within this
 
 
-@dataclass(frozen=True)
-class Compiled:
-    """A validated configuration and the haproxy.cfg text it renders to."""
-
-    config: Config
-    text: str
-    digest: str  # of the config directory snapshot (what the watcher compares)
-    hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
-    # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
-    # (render/acls.py) and the policy routes' lists (render/maps.py).
-    maps: Mapping[str, str] = field(default_factory=dict)
-    # The TLS-originating routes' checked material (config/tlsmaterial.py).
-    tls: tuple[RouteTls, ...] = ()
-
-    @property
-    def tls_files(self) -> dict[str, str]:
-        """The TLS files the text loads (name → content, under RunDir.tls)."""
-        return staged_files(self.tls)
-
-    @cached_property
-    def text_digest(self) -> str:
-        """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-
 class ReloadFailed(EgressError):
     """A reload did not take; the old configuration keeps serving."""
-
-
-def compile_snapshot(
-    settings: Settings, options: RenderOptions, snapshot: Snapshot, stages: Stages | None = None
-) -> Compiled:
-    """Validate and render one snapshot; raises ConfigError naming every problem."""
-    stages = stages or Stages()
-    if not snapshot.exists and settings.config_dir != Settings.config_dir:
-        # The default directory may legitimately be absent (env-only config); an explicitly
-        # configured one that is missing is a mistake, or a mount that vanished.
-        raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
-    config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
-    stages.lap("validate")
-    if not config.routes:
-        where = str(settings.config_dir)
-        raise ConfigError(
-            [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
-        )
-    # The TLS files this config names: read now if the snapshot was taken for other ones
-    # (a route added or its Secret moved), so the digest covers exactly what is loaded.
-    snapshot = snapshot.with_tls(material_paths_of(config))
-    material, problems = load_material(config, snapshot.tls, time.time())
-    if problems:
-        raise ConfigError(problems)
-    for m in material:
-        if m.settings.insecure_skip_verify:
-            # Loud on every load: verification is off only because the route says so.
-            log.warning(
-                "route %s: insecure_skip_verify: the destination's certificate and name are "
-                "NOT verified",
-                m.route,
-            )
-    hook_set = hooks.resolve(config, snapshot.files)
-    text = render(config, options, hooks=hook_set)
-    maps = pattern_files(config)
-    stages.lap("render")
-    return Compiled(config, text, snapshot.digest, hook_set, maps, material)
-
-
-def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
-    """Read the config directory and environment now and render; raises ConfigError."""
-    return compile_snapshot(settings, options, read_inputs(settings))
 
 
 def check_candidate(settings: Settings, text: str) -> str:

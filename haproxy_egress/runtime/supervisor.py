@@ -18,29 +18,28 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import collector_paused, read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
-from haproxy_egress.haproxy.cli import CliSocket
-from haproxy_egress.haproxy.program import master_argv, pid_file_pids
-from haproxy_egress.haproxy.show import parse_info
+from haproxy_egress.haproxy.program import pid_file_pids
 from haproxy_egress.metrics.http import MetricsServer
-from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.runtime import memory
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
 from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.latecheck import LateCheck, Verdict
 from haproxy_egress.runtime.logloss import LogLossWatch
-from haproxy_egress.runtime.logrelay import LogPipe, relay_child
-from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
+from haproxy_egress.runtime.logrelay import LogPipe
+from haproxy_egress.runtime.reload import Outcome, install, transaction
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
-from haproxy_egress.runtime.workers import Bounds, Workers
-from haproxy_egress.settings import LogSink, Settings
+from haproxy_egress.runtime.workers import Workers
+from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,54 @@ class State(enum.Enum):
 Event = signal.Signals | ConfigChanged
 
 
+@dataclass
+class Running:
+    """What runs, as the threads beside the loop read it: the stderr relay (route names), the
+    watcher (the TLS files to look at) and the metrics endpoint (the status). The loop replaces
+    `compiled` whole; the supervisor sets `status_source` once, as it is built."""
+
+    compiled: Compiled
+    status_source: Callable[[], RouterStatus] | None = None
+    _route_names_of: tuple[Compiled, frozenset[str]] | None = None
+
+    def status(self) -> RouterStatus:
+        """The supervisor's status now (for /metrics, /healthz and /readyz)."""
+        if self.status_source is None:
+            raise RuntimeError("no supervisor reports status yet")
+        return self.status_source()
+
+    def tls_paths(self) -> tuple[str, ...]:
+        """The TLS files the running config names (the watcher reads them with each look)."""
+        return material_paths_of(self.compiled.config)
+
+    def route_names(self) -> frozenset[str]:
+        """The live config's route names, for the stderr relay's thread (built once per
+        config: haproxy may print a line per route at a reload)."""
+        current = self.compiled
+        cached = self._route_names_of
+        if cached is None or cached[0] is not current:
+            cached = (current, frozenset(r.name for r in current.config.routes))
+            self._route_names_of = cached  # one assignment: the thread sees old or new
+        return cached[1]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The supervisor's collaborators, built by `assembly.assemble` and handed in."""
+
+    running: Running
+    inbox: queue.SimpleQueue[Event]
+    haproxy: Child
+    log_child: Child | None  # socklog or the log relay, whichever the log sink needs
+    log_pipe: LogPipe | None  # the relay's FIFO, held open by this process
+    haproxy_stderr: StderrRelay
+    log_loss: LogLossWatch
+    workers: Workers
+    watcher: Watcher
+    metrics: MetricsServer
+    late_check: LateCheck  # the `haproxy -c` of a config applied at runtime, after the fact
+
+
 class Supervisor:
     """The process tree's root: one loop, one inbox, short handlers."""
 
@@ -68,15 +115,17 @@ class Supervisor:
         self,
         settings: Settings,
         options: RenderOptions,
-        compiled: Compiled,
+        parts: Parts,
         clock: Clock = time.monotonic,
-        child_factory: Callable[..., Child] = Child,  # tests hand in children without a process
     ) -> None:
+        """`parts` come from `assembly.assemble`, which builds them for these settings (tests
+        hand in children without a process through its child factory)."""
         self.settings = settings
         self._clock = clock
         self.options = options
-        self.current = compiled
-        self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._running = parts.running
+        self._running.status_source = self.status
+        self.inbox = parts.inbox
         self.state = State.STARTING
         self.exit_code = ExitCode.OK
         self.start_time = time.time()
@@ -88,7 +137,7 @@ class Supervisor:
         self.tls_rejected = False  # the last change was refused for its TLS material
         # `haproxy -c` of a config applied at runtime, after the fact; True while haproxy
         # refuses the file the running config was last installed from.
-        self.late_check = LateCheck(settings.run, settings.haproxy_bin)
+        self.late_check = parts.late_check
         self.config_check_failed = False
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
@@ -100,87 +149,39 @@ class Supervisor:
         self._stop_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._socklog_stop_at: float | None = None
-        run = settings.run
-        # The log path (docs/operations.md "Logging"): haproxy's stdout is the relay's FIFO,
-        # which this process holds open so that no relay restart loses what it buffers.
-        self.log_pipe: LogPipe | None = None
-        self.logrelay: Child | None = None
-        if settings.log_sink is LogSink.RELAY:
-            self.log_pipe = LogPipe(run.log_pipe, settings.log_pipe_bytes)
-            self.logrelay = relay_child(
-                self.log_pipe, run.log_relay_state, settings.log_buffer_bytes, settings.log_format
-            )
-        self.log_loss = LogLossWatch(
-            run.master_socket,
-            run.log_relay_state if self.logrelay else None,
-            settings.log_warn_interval,
-        )
-        # haproxy's own notices and warnings: relayed in the router's format, route named.
-        self._route_names_of: tuple[Compiled, frozenset[str]] | None = None
-        self.haproxy_stderr = StderrRelay(self._route_names)
-        self.haproxy = child_factory(
-            "haproxy",
-            master_argv(settings.haproxy_bin, run.config, run.master_socket),
-            probe=self._haproxy_answers,
-            before_start=self.log_pipe.ensure if self.log_pipe else None,
-            stdout=run.log_pipe if self.log_pipe else None,
-            stderr=self.haproxy_stderr.write_fd,
-        )
-        self.socklog: Child | None = None
-        if settings.log_sink is LogSink.SOCKLOG:
-            self.socklog = child_factory(
-                "socklog",
-                [settings.socklog_bin, "unix", str(run.log_socket)],
-                probe=run.log_socket.exists,
-                # A socket left by the previous socklog would pass the probe at once.
-                before_start=lambda: run.log_socket.unlink(missing_ok=True),
-            )
-        self.workers = Workers(
-            CliSocket(run.master_socket, timeout=5.0, master=True).command,
-            settings.drain_seconds,
-            Bounds(
-                settings.max_old_workers, settings.old_worker_max_age, settings.old_worker_max_rss
-            ),
-        )
+        self.log_pipe = parts.log_pipe
+        self.log_loss = parts.log_loss
+        self.haproxy_stderr = parts.haproxy_stderr
+        self.haproxy = parts.haproxy
+        self.workers = parts.workers
         # In start order: logs must flow before haproxy has anything to say.
-        self.log_child = self.socklog or self.logrelay
+        self.log_child = parts.log_child
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
-        for child in self.children:
-            child.clock = clock
-            child.backoff.stable_after = settings.restart_stable_seconds
-        self.watcher = Watcher(
-            settings.config_dir,
-            self.inbox.put_nowait,
-            compiled.digest,
-            debounce=settings.reload_debounce,
-            poll=settings.poll_seconds,
-            users_file=settings.proxy_users_file,
-            tls_paths=self._tls_paths,
-        )
-        exporter_options = ExporterOptions.from_settings(settings)
-        stats = CliSocket(run.stats_socket, timeout=exporter_options.scrape_timeout)
-        self.metrics = MetricsServer(
-            settings.metrics_address,
-            settings.metrics_port,
-            stats.command,
-            self.status,
-            exporter_options,
-            web_config=settings.web_config_file,  # re-read on change by the server itself
-            reload_interval=settings.reload_debounce,
-        )
+        self.watcher = parts.watcher
+        self.metrics = parts.metrics
+
+    @property
+    def current(self) -> Compiled:
+        """The configuration in effect (kept where the threads beside the loop read it)."""
+        return self._running.compiled
+
+    @current.setter
+    def current(self, compiled: Compiled) -> None:
+        self._running.compiled = compiled  # one assignment: a reader sees the old or the new
 
     # --- what other threads may read ------------------------------------------------------
 
     def _tls_paths(self) -> tuple[str, ...]:
         """The TLS files the running config names (the watcher reads them with each look)."""
-        return material_paths_of(self.current.config)
+        return self._running.tls_paths()
 
     def status(self) -> RouterStatus:
-        """A snapshot for /metrics, /healthz and /readyz (called from the metrics thread)."""
+        """A frozen snapshot for /metrics, /healthz and /readyz (called from the metrics
+        thread at each request, so counters the log-loss watch updates show at once)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
             # haproxy.ready() checks the process too: between its death and the loop reaping
-            # it, its state still says RUNNING while its listeners are already gone.
+            # it (SIGCHLD wakes the loop at once), its state still says RUNNING.
             ready=self.state is State.RUNNING and self.haproxy.ready(),
             reloads_total=self.reloads_total,
             reload_failures_total=self.reload_failures_total,
@@ -237,25 +238,6 @@ class Supervisor:
                 raise EgressError(f"{child.name} exited during start-up; see its log above")
             time.sleep(0.02)
         raise EgressError(f"{child.name} was not ready within {STARTUP_TIMEOUT:.0f}s")
-
-    def _haproxy_answers(self) -> bool:
-        """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
-        try:
-            stats = CliSocket(self.settings.run.stats_socket, timeout=1.0)
-            info = parse_info(stats.command("show info"))
-        except EgressError:
-            return False
-        return info.pid is not None
-
-    def _route_names(self) -> frozenset[str]:
-        """The live config's route names, for the stderr relay's thread (built once per
-        config: haproxy may print a line per route at a reload)."""
-        current = self.current
-        cached = self._route_names_of
-        if cached is None or cached[0] is not current:
-            cached = (current, frozenset(r.name for r in current.config.routes))
-            self._route_names_of = cached  # one assignment: the thread sees old or new
-        return cached[1]
 
     def run(self) -> int:
         """Start everything, then serve events until stopped; returns the exit code."""
@@ -633,4 +615,4 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-__all__ = ["Event", "State", "Supervisor"]
+__all__ = ["Event", "Parts", "Running", "State", "Supervisor"]

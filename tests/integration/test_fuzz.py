@@ -35,8 +35,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress.commands.explain import explain
-from haproxy_egress.config.model import POLICY_MODES, Config, Resolvers, Route
-from haproxy_egress.config.model import HealthCheck as Check
+from haproxy_egress.config.document import Config, Resolvers
+from haproxy_egress.config.policyfields import POLICY_MODES
+from haproxy_egress.config.route import HealthCheck as Check
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.legacy import DNS_PROXY, GATEWAY, REDIRECT, SOURCE
@@ -685,7 +687,7 @@ def _accepted_extended(
             assert LUA_LOAD.match(line), line
     with tempfile.TemporaryDirectory(prefix="egress-fuzz-run.") as run:
         # haproxy -c opens the Lua files the config loads: stage them where it looks, as
-        # tests/netns_policy.py does (reload.compile_snapshot does not stage connect.lua yet).
+        # tests/netns_policy.py does (pipeline.compile_snapshot does not stage connect.lua yet).
         hook_set = hooks.resolve(config, snapshot.files)
         if any(r.mode in POLICY_MODES for r in config.routes):
             hook_set = hook_set.including(hooks.shipped_lua("connect"))

@@ -1,7 +1,7 @@
 """Lua hooks through real haproxy: `haproxy -c`'s verdict on hook files, and each hook serving.
 
 The pure parts (resolution, staging, recorded alerts) are in tests/unit/render/test_hooks.py.
-Everything runs on the production path (`reload.compile_snapshot`, `reload.check_compiled`):
+Everything runs on the production path (`pipeline.compile_snapshot`, `reload.check_compiled`):
 the ConfigMap directory is read, hooks resolved, the Lua files staged content-addressed in the
 run dir, and haproxy itself loads them. The audit hook's stdout and the reload guarantees are
 in test_hooks_router.py (a supervised router).
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haproxy_egress.errors import ConfigError
-from haproxy_egress.runtime.reload import Compiled, check_compiled
+from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.runtime.reload import check_compiled
 from tests.support import (
     EchoOrigin,
     HaproxyProcess,

@@ -26,7 +26,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.errors import ConfigError, Problem

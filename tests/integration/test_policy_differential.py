@@ -31,7 +31,7 @@ import pytest
 
 from haproxy_egress.commands.explain import explain
 from haproxy_egress.config import addresses as netaddr
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from tests.policy_proxy import PolicyProxy
 from tests.support import DnsServer, free_port, wait_for
 

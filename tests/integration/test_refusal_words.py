@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.commands.explain import explain
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from tests.policy_proxy import PolicyProxy, connect_reply, get
 from tests.support import free_port
 

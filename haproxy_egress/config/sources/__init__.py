@@ -11,20 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from haproxy_egress.config.crossroute import Located, cross_route_problems
+from haproxy_egress.config.document import Config, Resolvers, StatsPage
 from haproxy_egress.config.logtargets import Logging
-from haproxy_egress.config.model import (
-    Config,
-    Listen,
-    Located,
-    ProblemList,
-    Resolvers,
-    Route,
-    RouteSettings,
-    StatsPage,
-    cross_route_problems,
-    validate,
-)
 from haproxy_egress.config.parent import basic_credential, from_environment
+from haproxy_egress.config.problems import ProblemList, validate
+from haproxy_egress.config.route import Route, RouteSettings
+from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sources.cache import LoadCache, Stale
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint

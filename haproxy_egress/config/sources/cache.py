@@ -25,7 +25,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from haproxy_egress.config.model import Located
+from haproxy_egress.config.crossroute import Located
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 
 __all__ = ["LoadCache", "Stale", "Stats"]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from haproxy_egress.config import addresses as netaddr
-from haproxy_egress.config.model import NAME_PATTERN
+from haproxy_egress.config.scalars import NAME_PATTERN
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from haproxy_egress.config.model import closest, format_loc
+from haproxy_egress.config.problems import closest, format_loc
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
 

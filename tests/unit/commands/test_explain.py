@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.explain import explain, parse_destination, rule_locations
-from haproxy_egress.config.model import Config, Listen
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 

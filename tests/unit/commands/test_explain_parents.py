@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from haproxy_egress.commands.explain import explain
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 

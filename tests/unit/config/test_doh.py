@@ -11,7 +11,7 @@ import yaml
 
 from haproxy_egress.commands.explain import explain
 from haproxy_egress.config.categories import DOH
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.policy import CategoryRule, decide, parse_rule
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot

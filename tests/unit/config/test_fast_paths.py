@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haproxy_egress.config import addresses as netaddr
-from haproxy_egress.config.model import ProblemList, Route, _duration_ms, format_duration, validate
+from haproxy_egress.config.problems import ProblemList, validate
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.scalars import _duration_ms, format_duration
 
 # Dotted quads and near misses: leading zeros, short forms, blanks, big octets, IPv6.
 _ADDRESS = st.one_of(

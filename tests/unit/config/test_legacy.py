@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.migrate import migrate
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.config.sources.legacy import (
     DNS_PROXY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import load_snapshot
 from tests.unit.config.test_sources import errors, snap
 

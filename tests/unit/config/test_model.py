@@ -8,20 +8,11 @@ import pydantic
 import pytest
 
 from haproxy_egress.config import addresses as netaddr
-from haproxy_egress.config.model import (
-    Document,
-    Endpoint,
-    Listen,
-    Located,
-    ProblemList,
-    Resolvers,
-    Route,
-    StatsPage,
-    cross_route_problems,
-    format_duration,
-    format_loc,
-    validate,
-)
+from haproxy_egress.config.crossroute import Located, cross_route_problems
+from haproxy_egress.config.document import Document, Resolvers, StatsPage
+from haproxy_egress.config.problems import ProblemList, format_loc, validate
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.scalars import Endpoint, Listen, format_duration
 from haproxy_egress.errors import Problem
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_egress.config.model import Config, Listen
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sources import load, load_snapshot, read_snapshot
 from haproxy_egress.config.sources.configdir import MAX_KEY_BYTES, Snapshot
 from haproxy_egress.errors import ConfigError

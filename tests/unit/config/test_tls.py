@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from haproxy_egress.config.model import Config, ProblemList, Route, validate
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.problems import ProblemList, validate
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.sources.tlsfiles import TlsFile, read_tls_files
 from haproxy_egress.config.tls import material_paths
 from haproxy_egress.config.tlsmaterial import Identity, RouteTls, load_material

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import LoadCache, load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.render.blocks import BlockCache

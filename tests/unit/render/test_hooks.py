@@ -16,9 +16,9 @@ from haproxy_egress.config.sources import read_snapshot
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled, compile_snapshot
 from haproxy_egress.rundir import RunDir
 from haproxy_egress.runtime import staging
-from haproxy_egress.runtime.reload import Compiled, compile_snapshot
 from haproxy_egress.settings import Settings
 from tests.support import loopback_route, write_configmap
 from tests.unit.haproxy.recorded import DATA, VERSIONS
@@ -36,7 +36,7 @@ def route(name: str, port: int, dest_port: int, **extra: Any) -> dict[str, Any]:
 
 
 def compile_keys(tmp_path: Path, keys: Mapping[str, object]) -> tuple[Settings, Compiled]:
-    """ConfigMap keys → Compiled via the reload transaction's own compile step."""
+    """ConfigMap keys → Compiled via the production compile step (render/pipeline.py)."""
     cm = tmp_path / "configmap"
     write_configmap(cm, keys)
     run_dir = tmp_path / "run"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from haproxy_egress.config.model import Config
+from haproxy_egress.config.document import Config
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.users import hash_password

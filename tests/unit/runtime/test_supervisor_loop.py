@@ -2,7 +2,7 @@
 
 Real haproxy and socklog runs are in tests/integration/test_supervisor.py; here each event is
 pushed into the inbox the way a signal handler or the watcher posts it, and dispatched. No
-process starts: the supervisor's child factory makes FakeChilds, whose exits the test reports
+process starts: the assembly's child factory makes FakeChilds, whose exits the test reports
 as the reaper would.
 """
 
@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_egress.config.model import Config, Route
+from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.children import ChildState
-from haproxy_egress.runtime.reload import Compiled
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.runtime.watcher import ConfigChanged
 from haproxy_egress.settings import LogSink, Settings
@@ -40,7 +42,7 @@ def supervisor(tmp_path: Path, clock: FakeClock) -> Supervisor:
     )
     route = Route.model_validate({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
     compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
-    sup = Supervisor(
+    sup = assemble(
         settings,
         RenderOptions(run_dir=settings.run_dir),
         compiled,

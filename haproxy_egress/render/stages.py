@@ -1,4 +1,5 @@
-"""Where a change's time went, stage by stage, for its log line (and the scale benchmark)."""
+"""Where a change's time went, stage by stage (compile here, then the transaction in runtime/),
+for its log line and the scale benchmark."""
 
 from __future__ import annotations
 
