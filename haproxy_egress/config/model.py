@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config import vocabulary
 from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.tls import TlsSpec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
@@ -368,7 +369,7 @@ class HookUse(Frozen):
 # --- egress policy rules: each entry is one EGRESS_HTTP_PROXY_DESTINATION line ---
 
 POLICY_MODES = ("proxy", "tls")
-DEFAULT_GROUP = egress_policy.DEFAULT_GROUP
+DEFAULT_GROUP = vocabulary.DEFAULT_GROUP
 
 
 def _policy_rule(value: str) -> str:

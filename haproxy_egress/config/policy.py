@@ -36,8 +36,10 @@ from typing import ClassVar, Literal
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
+from haproxy_egress.config import vocabulary as vocab
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, RuleId, Verdict, guard_rule
 
-Action = Literal["allow", "deny"]
+Action = Literal[vocab.Action.ALLOW, vocab.Action.DENY]
 Kind = Literal["host", "domain", "network", "any"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -212,16 +214,16 @@ def parse_rule(line: str) -> Rule:
     text = line.strip()
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"Bad destination {_shown(text)}: one rule per line, no blanks")
-    action: Action = "allow"
+    action: Action = vocab.Action.ALLOW
     body = text
     if body.startswith("!"):
-        action, body = "deny", body[1:]
+        action, body = vocab.Action.DENY, body[1:]
     if body == "*":
-        if action == "deny":
+        if action == vocab.Action.DENY:
             raise ValueError(
                 "Bad destination '!*': leave out '*' instead (everything not allowed is denied)"
             )
-        return AnyRule("allow", "*", (), text)
+        return AnyRule(vocab.Action.ALLOW, "*", (), text)
     try:
         pattern, ports = _split_ports(body)
     except ValueError as exc:
@@ -304,8 +306,7 @@ OWN_NETWORKS: tuple[Network, ...] = tuple(
     ipaddress.ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128")
 )
 DEFAULT_GUARD = Guard()
-REPORT: Literal["would-deny"] = "would-deny"
-DEFAULT_GROUP = "default"  # the route's own `policy`, for every client no group takes
+REPORT: Literal[Verdict.WOULD_DENY] = Verdict.WOULD_DENY
 
 # The words of every refusal, each saying which rule decided and what would change it. Defined
 # once: `decide` (for `explain`) fills them with values, the proxy's haproxy.cfg with sample
@@ -354,7 +355,7 @@ class Decision:
     the request is allowed, logged and counted as such.
     """
 
-    verdict: Literal["allow", "deny", "would-deny"]
+    verdict: Literal[Verdict.ALLOW, Verdict.DENY, Verdict.WOULD_DENY]
     index: int | None
     rule: Rule | None
     reason: str
@@ -368,14 +369,14 @@ class Decision:
     @property
     def allowed(self) -> bool:
         """Whether the request goes through (report mode lets would-deny through)."""
-        return self.verdict != "deny"
+        return self.verdict != Verdict.DENY
 
     @property
     def rule_id(self) -> str:
         """The rule's label in metrics and logs: its index, 'default' or 'guard-CLASS'."""
         if self.guard_class is not None:
-            return f"guard-{self.guard_class}"
-        return str(self.index) if self.index is not None else "default"
+            return guard_rule(self.guard_class)
+        return str(self.index) if self.index is not None else RuleId.DEFAULT
 
 
 def decide(
@@ -400,24 +401,24 @@ def decide(
     words = {"route": route, "group": group, "host": host, "port": port, "address": address}
     if address is not None and guard.is_self(address, port):
         reason = REFUSALS["self"].format(**words)
-        return Decision("deny", None, None, reason, guard_class=classes.SELF)
-    denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
+        return Decision(Verdict.DENY, None, None, reason, guard_class=classes.SELF)
+    denied: Literal[Verdict.DENY, Verdict.WOULD_DENY] = Verdict.DENY if enforce else REPORT
     found = guard.classify(address) if address is not None else None
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue
         at = {**words, "rule": index, "text": rule.text, "cls": found}
-        if rule.action == "deny":
+        if rule.action == vocab.Action.DENY:
             if denied == REPORT and found is not None:
                 # Report mode lets a denied request through, but never into a refused class.
-                return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
+                return Decision(Verdict.DENY, index, rule, REFUSALS["guard"].format(**at), found)
             return Decision(denied, index, rule, REFUSALS["deny"].format(**at))
         if found is not None and not rule.is_address_rule:
-            return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
-        return Decision("allow", index, rule, f"allowed by rule {index} ({rule.text})")
+            return Decision(Verdict.DENY, index, rule, REFUSALS["guard"].format(**at), found)
+        return Decision(Verdict.ALLOW, index, rule, f"allowed by rule {index} ({rule.text})")
     if denied == REPORT and found is not None:
         reason = REFUSALS["guard-default"].format(**words, cls=found)
-        return Decision("deny", None, None, reason, guard_class=found)
+        return Decision(Verdict.DENY, None, None, reason, guard_class=found)
     return Decision(denied, None, None, REFUSALS["default"].format(**words))
 
 

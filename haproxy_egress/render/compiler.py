@@ -14,7 +14,8 @@ import jinja2
 
 from haproxy_egress import __version__
 from haproxy_egress.config import policy as egress_policy
-from haproxy_egress.config.model import DEFAULT_GROUP, Config, Route, format_duration
+from haproxy_egress.config.model import Config, Route, format_duration
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
@@ -38,9 +39,9 @@ TABLES = Tables()
 # the destination, the address it resolved to, the rule and the verdict.
 POLICY_LOG_FORMAT = (
     "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
-    " egress route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]:%[var(txn.dstport)]"
-    " addr=%[var(txn.dstip)] group=%[var(txn.egress_group)] rule=%[var(txn.egress_rule)]"
-    " verdict=%[var(txn.egress_verdict)]"
+    f" egress route=%[var({VARS.route})] dst=%[var({VARS.dsthost})]:%[var({VARS.dstport})]"
+    f" addr=%[var({VARS.dstip})] group=%[var({VARS.group})] rule=%[var({VARS.rule})]"
+    f" verdict=%[var({VARS.verdict})]"
 )
 
 # The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
@@ -57,11 +58,12 @@ AUDIT_HEAD = (
     ',"route":"%f","client":{"address":"%ci","port":%cp}'
     ',"destination":{"name":%{+Q}[srv_name,lua.egress_audit_name]'
     ',"address":%{+Q}[bc_dst],"port":%{+Q}[bc_dst_port]}'
-    ',"verdict":%{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict]'
-    ',"rule":%{+Q}[var(txn.egress_rule),bytes(0,64),json(utf8s)]'
+    f',"verdict":%{{+Q}}[var({VARS.rule},),lua.egress_audit_verdict]'
+    f',"rule":%{{+Q}}[var({VARS.rule}),bytes(0,64),json(utf8s)]'
 )
 AUDIT_HTTP = (
-    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)],"host":%{+Q}[var(txn.audit_host),json(utf8s)]'
+    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)]'
+    f',"host":%{{+Q}}[var({VARS.audit_host}),json(utf8s)]'
 )
 AUDIT_TAIL = ',"bytes_up":%U,"bytes_down":%B,"duration_ms":%Tt,"termination":"%ts"'
 
@@ -124,12 +126,12 @@ def _address(value: object) -> str:
 # What fills each word of a refusal (config/policy.py REFUSALS) in the proxy: the values of
 # the request, as the decision left them in its variables.
 _REFUSAL_SAMPLES = {
-    "host": "%[var(txn.dsthost)]",
-    "port": "%[var(txn.dstport)]",
-    "address": "%[var(txn.dstip)]",
-    "cls": "%[var(txn.egress_class)]",
-    "rule": "%[var(txn.egress_idx)]",
-    "group": "%[var(txn.egress_group)]",
+    "host": f"%[var({VARS.dsthost})]",
+    "port": f"%[var({VARS.dstport})]",
+    "address": f"%[var({VARS.dstip})]",
+    "cls": f"%[var({VARS.cls})]",
+    "rule": f"%[var({VARS.idx})]",
+    "group": f"%[var({VARS.group})]",
 }
 
 
@@ -158,6 +160,8 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["parent_maps"] = parent_files
     env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
     env.globals["refusal"] = refusal
+    # The policy vocabulary (config/vocabulary.py): every variable name and word of a decision.
+    env.globals["V"] = VOCABULARY
     env.globals["default_group"] = DEFAULT_GROUP
     env.globals["no_class"] = NONE
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT

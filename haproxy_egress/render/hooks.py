@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
+from haproxy_egress.config.vocabulary import VARS, RuleId
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.haproxy.check import parse_alerts
 from haproxy_egress.render.resources import lua_dir
@@ -72,9 +73,9 @@ SHIPPED: dict[str, ShippedHook] = {
             # The page answers the requests allow_from refuses, before any other request hook.
             binding=Binding(
                 "service",
-                (("txn.egress_rule", "allow_from"),),
+                ((VARS.rule, RuleId.ALLOW_FROM),),
                 " unless client_allowed",
-                when="allow_from",
+                when="allow_from",  # the Route field
             ),
         ),
         ShippedHook(

@@ -15,8 +15,8 @@ a handful of lookups whose number does not depend on the rules (or on the client
   group's rules that match: every rule matching a destination covers its most specific
   match, so that one entry answers for all. `*/<group>` is the group's `*` rule.
   The template takes the lowest of the three answers: first match.
-- `<route>.rules.map`: `<group>/<index>` → `allow`, `allow-address`, `deny` or `report`
-  (a deny of a report-only group), and `<group>/default` for no match; `<route>.reasons.map`
+- `<route>.rules.map`: `<group>/<index>` → a `vocabulary.Action` (`report`: a deny of a
+  report-only group), and `<group>/<RuleId.DEFAULT>` for no match; `<route>.reasons.map`
   the rule as written, for the 403 body.
 - `<route>.groups.map` (`map_ip` on the client address) → the client group; on a route that
   asks for proxy credentials, → a label of the groups whose sources hold the address, and
@@ -39,6 +39,7 @@ from haproxy_egress.config import classes
 from haproxy_egress.config import policy as p
 from haproxy_egress.config.model import Config, Route
 from haproxy_egress.config.users import ProxyUser
+from haproxy_egress.config.vocabulary import Action, RuleId
 from haproxy_egress.render.acls import render_acls
 
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
@@ -146,14 +147,14 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
         wildcard = [i for i, r in enumerate(rules, start=1) if r.kind == "any"]
         if wildcard:
             index.append((f"*/{g.name}", str(wildcard[0])))
-        deny = "deny" if g.enforce else "report"
+        deny = Action.DENY if g.enforce else Action.REPORT
         for i, r in enumerate(rules, start=1):
-            action = deny if r.action == "deny" else "allow"
-            if action == "allow" and r.is_address_rule:
-                action = "allow-address"
+            action = deny if r.action == Action.DENY else Action.ALLOW
+            if action == Action.ALLOW and r.is_address_rule:
+                action = Action.ALLOW_ADDRESS
             actions.append((f"{g.name}/{i}", action))
             reasons.append((f"{g.name}/{i}", r.text))
-        actions.append((f"{g.name}/default", deny))
+        actions.append((f"{g.name}/{RuleId.DEFAULT}", deny))
 
     if route.asks_credentials:
         sources, members = _member_entries(groups)
