@@ -6,7 +6,7 @@
 -- fields. Lua adds only what haproxy cannot say, as two converters (string in, string out; a
 -- Lua sample fetch would build a TXN object per log line, which cost 40% of the request rate):
 --   %{+Q}[srv_name,lua.egress_audit_name]              the destination's configured name
---   %{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict] allowed, or denied when a rule is set
+--   %{+Q}[var(<egress.var.rule>,),lua.egress_audit_verdict] allowed, or denied when a rule is set
 -- The log-format quotes both (%{+Q}), so they return bare text.
 --
 -- Uses only APIs present in HAProxy 2.6 (Lua 5.3) and 3.0 (Lua 5.4): core.register_converters.
@@ -44,7 +44,7 @@ end
 
 core.register_converters("egress_audit_name", destination_name)
 
--- A refusal names its rule in txn.egress_rule (deny_page, user hooks); the log-format passes ""
+-- A refusal names its rule in egress.var.rule (deny_page, user hooks); the log-format passes ""
 -- when it is not set.
 core.register_converters("egress_audit_verdict", function(rule)
     if rule == nil or rule == "" then

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
-from haproxy_egress.config.vocabulary import VARS, RuleId
+from haproxy_egress.config.vocabulary import VARS, RuleId, lua_module
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.haproxy.check import parse_alerts
 from haproxy_egress.render.resources import lua_dir
@@ -180,6 +180,11 @@ def _shipped_content(name: str, directory: Path) -> bytes:
 def shipped_lua(name: str) -> LuaFile:
     """A file of the image's `lua/` directory (any, e.g. connect.lua) as a LuaFile."""
     return LuaFile(f"{name}.lua", _shipped_content(name, lua_dir()), shipped=True)
+
+
+# The policy vocabulary for Lua (config/vocabulary.py): generated, and loaded before every other
+# Lua file so that each finds the global table `egress` (variable names, verdicts, rule ids).
+VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module().encode(), shipped=True)
 
 
 def _split_origin(origin: str) -> tuple[str, str]:
@@ -340,6 +345,8 @@ def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> H
         # The policy proxy's CONNECT handler: resolved here, with every other Lua file, so it
         # is staged in the run dir and loaded once like the rest.
         hook_set = hook_set.including(shipped_lua("connect"))
+    if hook_set.files:
+        hook_set = replace(hook_set, files=(VOCABULARY_LUA, *hook_set.files))
     return hook_set
 
 
