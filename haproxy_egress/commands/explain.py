@@ -23,7 +23,7 @@ from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
 from haproxy_egress.config.sources.yamlfile import read_yaml
 from haproxy_egress.config.tlsmaterial import RouteTls, describe
-from haproxy_egress.config.vocabulary import DEFAULT_GROUP, RuleId, Via
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Via
 from haproxy_egress.config.vocabulary import Verdict as Word
 
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
@@ -299,9 +299,9 @@ def _credentials_refused(config: Config, route: Route, user: str | None) -> str 
     if not route.asks_credentials:
         return None
     if user is not None and user not in {u.name for u in config.proxy_users}:
-        return f"407: {policy.REFUSALS['auth-wrong'].format(route=route.name)} ({user!r})"
+        return f"407: {policy.REFUSALS[Reason.AUTH_WRONG].format(route=route.name)} ({user!r})"
     if user is None and route.proxy_auth == "required":
-        missing = policy.REFUSALS["auth-missing"].format(route=route.name)
+        missing = policy.REFUSALS[Reason.AUTH_MISSING].format(route=route.name)
         return f"407: {missing} (proxy_auth: required; try --user NAME)"
     return None
 

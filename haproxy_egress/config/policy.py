@@ -37,7 +37,7 @@ from typing import ClassVar, Literal
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
 from haproxy_egress.config import vocabulary as vocab
-from haproxy_egress.config.vocabulary import DEFAULT_GROUP, RuleId, Verdict, guard_rule
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Verdict, guard_rule
 
 Action = Literal[vocab.Action.ALLOW, vocab.Action.DENY]
 Kind = Literal["host", "domain", "network", "any"]
@@ -312,34 +312,34 @@ REPORT: Literal[Verdict.WOULD_DENY] = Verdict.WOULD_DENY
 # once: `decide` (for `explain`) fills them with values, the proxy's haproxy.cfg with sample
 # expressions (render/compiler.py `refusal`), so a 403 body and `explain` say the same thing.
 REFUSALS = {
-    "default": (
+    Reason.DEFAULT: (
         "no rule of route {route} allows {host} port {port} (client group {group}): everything"
         " not allowed is denied; to allow it, add a rule such as {host}:{port} to that policy"
     ),
-    "deny": (
+    Reason.DENY: (
         "denied by route {route} rule {rule} ({text}) (client group {group}): to allow it,"
         " remove or narrow that rule, or allow it in a rule placed before rule {rule}"
     ),
-    "guard": (
+    Reason.GUARD: (
         "{address} is in address class {cls}: route {route} rule {rule} ({text}) matched, but"
         " only an address rule may let this class through; to allow it, take the class out of"
         " the route's guard (guard: [default, -{cls}]) or place an address rule such as"
         " {address} before rule {rule}"
     ),
-    "guard-default": (
+    Reason.GUARD_DEFAULT: (
         "{address} is in address class {cls}: no rule of route {route} matched and report-only"
         " lets no refused class through; to allow it, take the class out of the route's guard"
         " (guard: [default, -{cls}]) or add an address rule such as {address}"
     ),
-    "self": (
+    Reason.SELF: (
         "{address} port {port} is the router itself (class self): no rule or guard setting of"
         " route {route} can allow it; connect to that listener directly"
     ),
-    "auth-missing": (
+    Reason.AUTH_MISSING: (
         "route {route}: proxy authentication required: send Proxy-Authorization (Basic) with"
         " the name and password of a proxy user (EGRESS_PROXY_USERS_FILE)"
     ),
-    "auth-wrong": (
+    Reason.AUTH_WRONG: (
         "route {route}: wrong proxy credentials: no proxy user with that name and password"
         " (EGRESS_PROXY_USERS_FILE)"
     ),
@@ -400,7 +400,7 @@ def decide(
     """
     words = {"route": route, "group": group, "host": host, "port": port, "address": address}
     if address is not None and guard.is_self(address, port):
-        reason = REFUSALS["self"].format(**words)
+        reason = REFUSALS[Reason.SELF].format(**words)
         return Decision(Verdict.DENY, None, None, reason, guard_class=classes.SELF)
     denied: Literal[Verdict.DENY, Verdict.WOULD_DENY] = Verdict.DENY if enforce else REPORT
     found = guard.classify(address) if address is not None else None
@@ -411,15 +411,17 @@ def decide(
         if rule.action == vocab.Action.DENY:
             if denied == REPORT and found is not None:
                 # Report mode lets a denied request through, but never into a refused class.
-                return Decision(Verdict.DENY, index, rule, REFUSALS["guard"].format(**at), found)
-            return Decision(denied, index, rule, REFUSALS["deny"].format(**at))
+                return Decision(
+                    Verdict.DENY, index, rule, REFUSALS[Reason.GUARD].format(**at), found
+                )
+            return Decision(denied, index, rule, REFUSALS[Reason.DENY].format(**at))
         if found is not None and not rule.is_address_rule:
-            return Decision(Verdict.DENY, index, rule, REFUSALS["guard"].format(**at), found)
+            return Decision(Verdict.DENY, index, rule, REFUSALS[Reason.GUARD].format(**at), found)
         return Decision(Verdict.ALLOW, index, rule, f"allowed by rule {index} ({rule.text})")
     if denied == REPORT and found is not None:
-        reason = REFUSALS["guard-default"].format(**words, cls=found)
+        reason = REFUSALS[Reason.GUARD_DEFAULT].format(**words, cls=found)
         return Decision(Verdict.DENY, None, None, reason, guard_class=found)
-    return Decision(denied, None, None, REFUSALS["default"].format(**words))
+    return Decision(denied, None, None, REFUSALS[Reason.DEFAULT].format(**words))
 
 
 @dataclass(frozen=True)

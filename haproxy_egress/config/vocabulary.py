@@ -29,6 +29,7 @@ __all__ = [
     "Action",
     "Auth",
     "Limit",
+    "Reason",
     "RuleId",
     "Vars",
     "Verdict",
@@ -91,6 +92,18 @@ class Auth(StrEnum):
 
     MISSING = "missing"
     WRONG = "wrong"
+
+
+class Reason(StrEnum):
+    """Which refusal's words (config/policy.py REFUSALS) a 403/407 body and `explain` say."""
+
+    DEFAULT = "default"  # no rule matched
+    DENY = "deny"  # a deny rule matched
+    GUARD = "guard"  # a rule matched, but the address class is refused
+    GUARD_DEFAULT = "guard-default"  # report-only with no match, into a refused class
+    SELF = "self"  # the router itself
+    AUTH_MISSING = "auth-missing"
+    AUTH_WRONG = "auth-wrong"
 
 
 class Via(StrEnum):
@@ -190,6 +203,7 @@ class Vocabulary:
     rule: type[RuleId] = RuleId
     limit: type[Limit] = Limit
     auth: type[Auth] = Auth
+    reason: type[Reason] = Reason
     via: type[Via] = Via
     guard_prefix: str = GUARD_PREFIX
     limit_prefix: str = LIMIT_PREFIX

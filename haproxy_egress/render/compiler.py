@@ -15,7 +15,7 @@ import jinja2
 from haproxy_egress import __version__
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.model import Config, Route, format_duration
-from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY, Reason
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
@@ -135,7 +135,7 @@ _REFUSAL_SAMPLES = {
 }
 
 
-def refusal(kind: str, route: str, text: str = "") -> str:
+def refusal(kind: Reason, route: str, text: str = "") -> str:
     """A refusal's words (REFUSALS[kind]) for haproxy's set-var-fmt: the route's name, and
     sample expressions for the rest; `text` is the expression of the rule's text."""
     return egress_policy.REFUSALS[kind].format(route=route, text=text, **_REFUSAL_SAMPLES)

@@ -121,6 +121,11 @@ class LuaFile:
         return f"{self.key} (shipped)" if self.shipped else self.key
 
 
+# The policy vocabulary for Lua (config/vocabulary.py): generated, and loaded before every other
+# Lua file so that each finds the global table `egress` (variable names, verdicts, rule ids).
+VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module().encode(), shipped=True)
+
+
 @dataclass(frozen=True)
 class Attachment:
     """One hook rule of a route: the rule keyword, the action, and the args to set first."""
@@ -155,14 +160,18 @@ class HookSet:
         return dict(self.routes).get(name, RouteHooks())
 
     def including(self, *files: LuaFile) -> HookSet:
-        """This set plus more files to load (e.g. the policy proxy's connect.lua), each once."""
+        """This set plus more files to load (e.g. the policy proxy's connect.lua), each once;
+        the vocabulary first whenever any file is loaded."""
         have = {f.digest for f in self.files}
         extra = []
         for f in files:
             if f.digest not in have:
                 extra.append(f)
                 have.add(f.digest)
-        return replace(self, files=(*self.files, *extra))
+        loaded = (*self.files, *extra)
+        if loaded and VOCABULARY_LUA.digest not in have:
+            loaded = (VOCABULARY_LUA, *loaded)
+        return replace(self, files=loaded)
 
     def users_of(self, key: str) -> tuple[str, ...]:
         """Descriptions of the routes that use the file `key`."""
@@ -180,11 +189,6 @@ def _shipped_content(name: str, directory: Path) -> bytes:
 def shipped_lua(name: str) -> LuaFile:
     """A file of the image's `lua/` directory (any, e.g. connect.lua) as a LuaFile."""
     return LuaFile(f"{name}.lua", _shipped_content(name, lua_dir()), shipped=True)
-
-
-# The policy vocabulary for Lua (config/vocabulary.py): generated, and loaded before every other
-# Lua file so that each finds the global table `egress` (variable names, verdicts, rule ids).
-VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module().encode(), shipped=True)
 
 
 def _split_origin(origin: str) -> tuple[str, str]:
@@ -345,9 +349,7 @@ def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> H
         # The policy proxy's CONNECT handler: resolved here, with every other Lua file, so it
         # is staged in the run dir and loaded once like the rest.
         hook_set = hook_set.including(shipped_lua("connect"))
-    if hook_set.files:
-        hook_set = replace(hook_set, files=(VOCABULARY_LUA, *hook_set.files))
-    return hook_set
+    return hook_set.including()
 
 
 def lua_paths(hooks: HookSet, lua_dir: Path) -> list[str]:

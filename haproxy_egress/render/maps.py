@@ -39,7 +39,7 @@ from haproxy_egress.config import classes
 from haproxy_egress.config import policy as p
 from haproxy_egress.config.model import Config, Route
 from haproxy_egress.config.users import ProxyUser
-from haproxy_egress.config.vocabulary import Action, RuleId
+from haproxy_egress.config.vocabulary import Action, RuleId, Via
 from haproxy_egress.render.acls import render_acls
 
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
@@ -207,7 +207,7 @@ def parent_maps(route: Route) -> dict[str, str]:
     tables: dict[str, list[tuple[str, str]]] = {t: [] for t in PARENT_TABLES}
     for rule in parent.direct_rules:
         if rule.table is not None:
-            tables[_DIRECT_TABLE[rule.table]] += [(k, "direct") for k in rule.patterns()]
+            tables[_DIRECT_TABLE[rule.table]] += [(k, Via.DIRECT) for k in rule.patterns()]
     if parent.credential is not None:
         tables["parent"].append((PARENT_CREDENTIAL_KEY, parent.credential))
     return {file_name(route, t): _lines(entries) for t, entries in tables.items()}
