@@ -150,9 +150,8 @@ core.register_action("egress_parent_established", { "tcp-res" }, function(txn)
         res:remove(0, length)
         res:insert("HTTP/1.1 200 Connection established\r\n\r\n", 0)
     elseif status == 407 then
-        local body = string.format(
-            "route %s: the parent proxy refused the router's credentials (407)\n",
-            txn:get_var(var.route) or "egress")
+        local body = string.format(egress.reason.PARENT_AUTH, txn:get_var(var.route) or "egress")
+            .. "\n"
         res:remove(0, res:input())
         -- Sent (forwarded) at once: `tcp-response content close` then drops only what the
         -- parent sends after it (haproxy 3.0 discards data still waiting in the buffer).

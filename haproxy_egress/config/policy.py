@@ -343,6 +343,16 @@ REFUSALS = {
         "route {route}: wrong proxy credentials: no proxy user with that name and password"
         " (EGRESS_PROXY_USERS_FILE)"
     ),
+    Reason.LIMIT_TUNNELS: (
+        "route {route}: at most {tunnels} CONNECT tunnels at a time; try again later"
+    ),
+    Reason.LIMIT_CONNECTION_RATE: (
+        "route {route}: at most {rate} connections per {period} from {client}"
+    ),
+    Reason.LIMIT_REQUEST_RATE: "route {route}: at most {rate} requests per {period} from {client}",
+    Reason.UNRESOLVED: "cannot resolve {host}",
+    Reason.NO_PARENT: "route {route}: no parent proxy reachable",
+    Reason.PARENT_AUTH: "route {route}: the parent proxy refused the router's credentials (407)",
 }
 
 

@@ -132,13 +132,16 @@ _REFUSAL_SAMPLES = {
     "cls": f"%[var({VARS.cls})]",
     "rule": f"%[var({VARS.idx})]",
     "group": f"%[var({VARS.group})]",
+    "client": "%[src]",
 }
 
 
-def refusal(kind: Reason, route: str, text: str = "") -> str:
+def refusal(kind: Reason, route: str, text: str = "", **values: object) -> str:
     """A refusal's words (REFUSALS[kind]) for haproxy's set-var-fmt: the route's name, and
-    sample expressions for the rest; `text` is the expression of the rule's text."""
-    return egress_policy.REFUSALS[kind].format(route=route, text=text, **_REFUSAL_SAMPLES)
+    sample expressions for the rest; `text` is the expression of the rule's text, `values` the
+    route's own figures (a limit and its period)."""
+    samples = {**_REFUSAL_SAMPLES, **values}
+    return egress_policy.REFUSALS[kind].format(route=route, text=text, **samples)
 
 
 @cache

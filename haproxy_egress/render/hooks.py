@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from haproxy_egress.config.model import Config, HookPhase, HookUse, Route
+from haproxy_egress.config.policy import REFUSALS
 from haproxy_egress.config.vocabulary import VARS, RuleId, lua_module
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.haproxy.check import parse_alerts
@@ -123,7 +124,7 @@ class LuaFile:
 
 # The policy vocabulary for Lua (config/vocabulary.py): generated, and loaded before every other
 # Lua file so that each finds the global table `egress` (variable names, verdicts, rule ids).
-VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module().encode(), shipped=True)
+VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module(REFUSALS).encode(), shipped=True)
 
 
 @dataclass(frozen=True)

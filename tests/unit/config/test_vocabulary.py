@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.config import vocabulary as v
+from haproxy_egress.config.policy import REFUSALS
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGE = ROOT / "haproxy_egress"
@@ -185,12 +186,16 @@ def test_variables_are_distinct_txn_names() -> None:
 
 
 def test_lua_module_holds_every_variable_and_word() -> None:
-    text = v.lua_module()
+    text = v.lua_module(REFUSALS)
     for name in VARIABLES:
         assert f'"{name}",' in text
     for enum in (v.Verdict, v.RuleId, v.Limit, v.Auth, v.Via):
         for member in enum:
             assert f'{member.name} = "{member.value}",' in text
+    # The refusals Lua sends itself, as string.format patterns for the route.
+    parent_auth = REFUSALS[v.Reason.PARENT_AUTH].replace("{route}", "%s")
+    assert f'PARENT_AUTH = "{parent_auth}",' in text
+    assert "LIMIT_TUNNELS" not in text  # more blanks than the route: haproxy fills those
 
 
 def test_templates_get_the_conditions_the_vocabulary_builds() -> None:
