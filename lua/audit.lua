@@ -10,6 +10,7 @@
 -- The log-format quotes both (%{+Q}), so they return bare text.
 --
 -- Uses only APIs present in HAProxy 2.6 (Lua 5.3) and 3.0 (Lua 5.4): core.register_converters.
+-- Its words (egress.audit) come from haproxy_egress/config/vocabulary.py, loaded first.
 
 -- JSON string contents, ASCII only: control characters, '"', '\' and bytes >= 0x80 are
 -- escaped as \u00XX. Server names are the compiler's, so this is defence, not decoding.
@@ -48,7 +49,7 @@ core.register_converters("egress_audit_name", destination_name)
 -- when it is not set.
 core.register_converters("egress_audit_verdict", function(rule)
     if rule == nil or rule == "" then
-        return "allowed"
+        return egress.audit.ALLOWED
     end
-    return "denied"
+    return egress.audit.DENIED
 end)

@@ -28,6 +28,7 @@ __all__ = [
     "VARS",
     "VOCABULARY",
     "Action",
+    "AuditVerdict",
     "Auth",
     "Limit",
     "Reason",
@@ -53,6 +54,13 @@ class Verdict(StrEnum):
 
 # The verdicts that let a request through.
 PASSING = (Verdict.ALLOW, Verdict.WOULD_DENY)
+
+
+class AuditVerdict(StrEnum):
+    """The audit hook's `"verdict"` (lua/audit.lua): denied when a refusal named its rule."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
 
 
 class Action(StrEnum):
@@ -258,6 +266,7 @@ def lua_module(refusals: Mapping[Reason, str]) -> str:
         "limit": {m.name: m.value for m in Limit},
         "auth": {m.name: m.value for m in Auth},
         "via": {m.name: m.value for m in Via},
+        "audit": {m.name: m.value for m in AuditVerdict},
         "reason": by_route,
     }
     return (

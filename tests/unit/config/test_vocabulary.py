@@ -37,7 +37,9 @@ _VARIABLE = re.compile(
     + "|".join(re.escape(n) + r"(?!\w)" for n in VARIABLES if not n.startswith("txn.egress_"))
 )
 WORDS = frozenset(
-    str(w) for e in (v.Verdict, v.Action, v.RuleId, v.Limit, v.Auth, v.Via, v.Reason) for w in e
+    str(w)
+    for e in (v.Verdict, v.AuditVerdict, v.Action, v.RuleId, v.Limit, v.Auth, v.Via, v.Reason)
+    for w in e
 ) | {v.GUARD_PREFIX, v.LIMIT_PREFIX}
 # Words that cannot be mistaken for English: never spelled in code outside the vocabulary.
 DISTINCT = frozenset(w for w in WORDS if "-" in w or "_" in w) - {"allow_from"}
@@ -189,7 +191,7 @@ def test_lua_module_holds_every_variable_and_word() -> None:
     text = v.lua_module(REFUSALS)
     for name in VARIABLES:
         assert f'"{name}",' in text
-    for enum in (v.Verdict, v.RuleId, v.Limit, v.Auth, v.Via):
+    for enum in (v.Verdict, v.AuditVerdict, v.RuleId, v.Limit, v.Auth, v.Via):
         for member in enum:
             assert f'{member.name} = "{member.value}",' in text
     # The refusals Lua sends itself, as string.format patterns for the route.
