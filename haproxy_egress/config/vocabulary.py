@@ -79,6 +79,8 @@ class RuleId(StrEnum):
     PROXY_AUTH = "proxy-auth"  # a 407: missing or wrong proxy credentials
     SNI_MISMATCH = "sni-mismatch"  # connect_sni: match, and the ClientHello named another host
     NO_SNI = "no-sni"  # a tls route's ClientHello without a server name
+    NON_ASCII = "non-ascii"  # a CONNECT target or SNI outside ASCII (names travel as A-labels)
+    DOH = "doh"  # a DNS-over-HTTPS resolver (the @doh category), denied before any rule
     GUARD_SELF = "guard-self"  # the router itself
     NO_PARENT = "no-parent"  # every parent proxy is down: fail closed
     ALLOW_FROM = "allow_from"  # the client is outside the route's allow_from
@@ -113,6 +115,7 @@ class Reason(StrEnum):
     SELF = "self"  # the router itself
     AUTH_MISSING = "auth-missing"
     AUTH_WRONG = "auth-wrong"
+    DOH = "doh"  # a DNS-over-HTTPS resolver, denied before any rule (deny_doh)
     LIMIT_TUNNELS = "limit-tunnels"
     LIMIT_CONNECTION_RATE = "limit-connection-rate"
     LIMIT_REQUEST_RATE = "limit-request-rate"
