@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 APT_RUN=(python3 python3-venv haproxy socklog ca-certificates)
 APT_TEST=("${APT_RUN[@]}" iproute2 iptables nftables procps psmisc curl prometheus
   prometheus-haproxy-exporter squid iperf3 wrk openssl docker.io debootstrap
-  nginx libnginx-mod-stream tinyproxy patchelf)
+  nginx libnginx-mod-stream tinyproxy patchelf rsyslog rsyslog-gnutls)
 
 apt_install() {
   local missing=()

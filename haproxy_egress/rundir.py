@@ -82,6 +82,12 @@ class RunDir:
         per route and kind, mode 600; the runtime API updates them in place by name."""
         return self.root / "tls"
 
+    @property
+    def syslog_certs(self) -> Path:
+        """Client certificates for syslog targets: a Secret's tls.crt and tls.key in one PEM
+        (`<ring>.pem`), the one form haproxy's `crt` reads for a ring's server."""
+        return self.root / "syslog"
+
     def stale(self) -> tuple[Path, ...]:
         """What a previous run may have left that must not outlive it (sockets, pid file)."""
         return (self.stats_socket, self.master_socket, self.log_socket, self.pid_file)

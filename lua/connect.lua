@@ -73,6 +73,12 @@ local function read_connect(txn, keep)
     end
     local target = lines[1]:match("^CONNECT ([^ ]+) HTTP/1%.[01]\r?\n$")
     local host, port = nil, nil
+    if target and target:find("[\128-\255]") then
+        -- Never resolved nor sent on: a name travels as A-labels (docs/policy.md).
+        txn:set_var(var.rule, egress.rule.NON_ASCII)
+        txn:set_var(var.bad, "CONNECT target is not ASCII: send international names as A-labels (xn--...)")
+        return
+    end
     if target then
         host, port = authority(target)
     end

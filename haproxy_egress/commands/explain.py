@@ -196,6 +196,7 @@ def _route_verdict(
         enforce=group.enforce,
         route=route.name,
         group=group.name,
+        deny_doh=route.deny_doh,
     )
     location = None
     index = decision.index

@@ -10,6 +10,8 @@ import ipaddress
 import re
 import socket
 
+import idna
+
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1..63 chars, 253 in all.
 # Underscores are refused: they are not valid in host names and haproxy's resolver drops them.
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -17,6 +19,25 @@ _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The dots UTS #46 maps to '.': ideographic, fullwidth and halfwidth ideographic full stops.
+DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def a_labels(name: str) -> str:
+    """A DNS name with every label as DNS carries it: Unicode labels become A-labels
+    (`bücher.example` → `xn--bcher-kva.example`, IDNA 2008 with the UTS #46 mapping: case
+    folded, the three other full stops read as dots) and each `xn--` label is checked, so both
+    spellings of one name are one string. ASCII names without `xn--` are returned as they are.
+    """
+    dotted = name.translate(DOTS)
+    if dotted.isascii() and "xn--" not in dotted.lower():
+        return dotted
+    trailing = "." if dotted.endswith(".") else ""
+    try:
+        return idna.encode(dotted.rstrip("."), uts46=True).decode("ascii") + trailing
+    except idna.IDNAError as exc:
+        raise ValueError(f"not a valid international domain name: {exc}") from None
 
 
 def parse_port(text: str | int, what: str = "port") -> int:
@@ -129,6 +150,10 @@ def normalize_host(text: str) -> str:
             raise ValueError(f"not a valid host: {text!r}") from None
     if looks_like_ipv4(host):
         return str(parse_ip(host))
+    try:
+        host = a_labels(host)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {text!r}") from None
     if not _HOSTNAME.match(host):
         raise ValueError(f"not a valid host name or IP address: {text!r}")
     return host.rstrip(".").lower()

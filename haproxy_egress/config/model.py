@@ -37,12 +37,20 @@ from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config import vocabulary
+from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.tls import TlsSpec
 from haproxy_egress.config.users import USER_NAME, ProxyUser
 from haproxy_egress.errors import Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# Per-destination counters of policy routes: one stick table per route, `_egress_dst_<N>_<route>`
+# (route names hold no '_', so the exporter reads N and the route back from the name),
+# `FACTOR` times the top N in size, and never tiny: haproxy 3.0 shards a table, and a small
+# one loses busy names to a flood of new ones far sooner than its size says.
+DESTINATIONS_TABLE_PREFIX = "_egress_dst_"
+DESTINATIONS_TABLE_FACTOR = 4
+DESTINATIONS_TABLE_MIN = 1024
 _DURATION = re.compile(r"^([0-9]{1,9})(us|ms|s|m|h|d)$")
 _UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Printable ASCII without blanks, quotes, backslash, '#' or '$': safe unquoted in haproxy.cfg.
@@ -507,6 +515,11 @@ class RouteSettings(Frozen):
     log: bool = True
     # Policy routes: the address classes refused after DNS (classes.py, docs/policy.md).
     guard: GuardList = ("default",)
+    # Policy routes: deny the well-known DNS-over-HTTPS resolvers (`@doh`) before any rule.
+    deny_doh: bool = True
+    # Policy routes: per-destination counters for the top N destinations (0: off); the series
+    # are at most N + 1 per route whatever clients ask for (docs/metrics.md).
+    destinations_top: int = Field(50, ge=0, le=1000)
 
 
 class Route(RouteSettings):
@@ -652,6 +665,25 @@ class Route(RouteSettings):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"client group {name!r} is listed twice")
+        if self.is_policy and self.deny_doh:
+            for g in self.groups:
+                for rule in g.rules:
+                    if rule.kind == "category" and rule.action == vocabulary.Action.ALLOW:
+                        raise ValueError(
+                            f"rule {rule.text!r} allows what deny_doh (on by default) denies "
+                            "before any rule: set deny_doh: false on this route"
+                        )
+
+    @property
+    def destinations_table(self) -> str:
+        """The stick table counting this policy route's destinations (render and metrics)."""
+        return f"{DESTINATIONS_TABLE_PREFIX}{self.destinations_top}_{self.name}"
+
+    @property
+    def destinations_table_size(self) -> int:
+        """Entries the table keeps (least recently used go first): room for the top N and
+        for the newcomers that may overtake them."""
+        return max(DESTINATIONS_TABLE_FACTOR * self.destinations_top, DESTINATIONS_TABLE_MIN)
 
     @property
     def parents(self) -> Parent | None:
@@ -720,6 +752,7 @@ class Document(Frozen):
     version: Literal[1] = 1
     defaults: RouteSettings | None = None
     resolvers: Resolvers | None = None
+    logging: Logging | None = None
     routes: tuple[Route, ...] = ()
 
 
@@ -732,6 +765,8 @@ class Config:
     stats: StatsPage | None = None
     # The policy proxy's users (EGRESS_PROXY_USERS_FILE), by name.
     proxy_users: tuple[ProxyUser, ...] = ()
+    # Remote syslog targets besides stdout (the `logging` section).
+    logging: Logging = field(default_factory=Logging)
     # Where each route was defined (route name → "routes.yaml: routes[2]"), for messages.
     origins: tuple[tuple[str, str], ...] = ()
     # The process's own listeners that are not routes (the metrics and probe endpoint): no
@@ -891,7 +926,7 @@ def problems_from(
     return problems
 
 
-def validate(model: type[Frozen], data: object, source: str, prefix: str = "") -> Any:
+def validate(model: type[BaseModel], data: object, source: str, prefix: str = "") -> Any:
     """Validate `data` as `model`; raise ProblemList with located problems on failure."""
     try:
         return model.model_validate(data)

@@ -37,10 +37,11 @@ from typing import ClassVar, Literal
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
 from haproxy_egress.config import vocabulary as vocab
+from haproxy_egress.config.categories import CATEGORIES
 from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Verdict, guard_rule
 
 Action = Literal[vocab.Action.ALLOW, vocab.Action.DENY]
-Kind = Literal["host", "domain", "network", "any"]
+Kind = Literal["host", "domain", "network", "any", "category"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -65,6 +66,16 @@ class Rule:
     value: str  # host name, domain (no '*.'), network in CIDR form, or '*'
     ports: tuple[int, ...] = ()
     text: str = ""
+
+    @property
+    def ascii_text(self) -> str:
+        """The rule as written, or, if written in Unicode, with its name's A-labels: what
+        haproxy's files and answers carry (they hold ASCII only)."""
+        if self.text.isascii():
+            return self.text
+        ports = ":" + ",".join(map(str, self.ports)) if self.ports else ""
+        star = "*." if self.kind == "domain" else ""
+        return f"{'!' if self.action == vocab.Action.DENY else ''}{star}{self.value}{ports}"
 
     @property
     def is_address_rule(self) -> bool:
@@ -164,12 +175,39 @@ class AnyRule(Rule):
         return True
 
 
+@dataclass(frozen=True)
+class CategoryRule(Rule):
+    """`@doh`: every name of a shipped list (categories.py), each as a host rule would match
+    it. haproxy: the names are keys of the route's name index, like host rules'."""
+
+    kind: ClassVar[Kind] = "category"
+    table: ClassVar[str | None] = HOSTS
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names this word stands for."""
+        return CATEGORIES[self.value]
+
+    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+        return host in self.names
+
+    def patterns(self) -> tuple[str, ...]:
+        return self.names
+
+    def squid(self) -> str:
+        return " ".join(self.names)
+
+
 RULE_TYPES: dict[Kind, type[Rule]] = {
     "host": HostRule,
     "domain": DomainRule,
     "network": NetworkRule,
     "any": AnyRule,
+    "category": CategoryRule,
 }
+# The category a policy route denies before its rules, unless it sets `deny_doh: false`; its
+# rule id in logs and metrics is the category's name.
+DOH = RuleId.DOH
 
 
 def make_rule(
@@ -228,6 +266,11 @@ def parse_rule(line: str) -> Rule:
         pattern, ports = _split_ports(body)
     except ValueError as exc:
         raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
+    if pattern.startswith("@"):
+        if pattern[1:] not in CATEGORIES:
+            known = ", ".join(f"@{c}" for c in CATEGORIES)
+            raise ValueError(f"Bad destination {_shown(text)}: unknown category (known: {known})")
+        return CategoryRule(action, pattern[1:], ports, text)
     if "%" in pattern:
         raise ValueError(
             f"Bad destination {_shown(text)}: IPv6 zone ids ('%...') are not supported"
@@ -240,10 +283,14 @@ def parse_rule(line: str) -> Rule:
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
         return NetworkRule(action, str(_judged_network(network)), ports, text)
-    name = pattern.lower().rstrip(".")
+    name = pattern.lower().translate(netaddr.DOTS).rstrip(".")
     kind: Kind = "host"
     if name.startswith("*."):
         kind, name = "domain", name[2:]
+    try:
+        name = netaddr.a_labels(name)  # one rule for `bücher.example` and its xn-- form
+    except ValueError as exc:
+        raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
     if not _NAME.match(name):
         raise ValueError(
             f"Bad destination {_shown(text)}: expected a host name, *.domain, an IP address or "
@@ -331,6 +378,10 @@ REFUSALS = {
         " lets no refused class through; to allow it, take the class out of the route's guard"
         " (guard: [default, -{cls}]) or add an address rule such as {address}"
     ),
+    Reason.DOH: (
+        "{host} is a DNS-over-HTTPS resolver (@doh): route {route} denies the well-known"
+        " resolvers before any rule; to allow it, set deny_doh: false on the route"
+    ),
     Reason.SELF: (
         "{address} port {port} is the router itself (class self): no rule or guard setting of"
         " route {route} can allow it; connect to that listener directly"
@@ -370,6 +421,7 @@ class Decision:
     rule: Rule | None
     reason: str
     guard_class: str | None = None
+    category: str | None = None  # denied before the rules as one of a category's names
 
     @property
     def guarded(self) -> bool:
@@ -386,6 +438,8 @@ class Decision:
         """The rule's label in metrics and logs: its index, 'default' or 'guard-CLASS'."""
         if self.guard_class is not None:
             return guard_rule(self.guard_class)
+        if self.category is not None:
+            return self.category
         return str(self.index) if self.index is not None else RuleId.DEFAULT
 
 
@@ -399,6 +453,7 @@ def decide(
     enforce: bool = True,
     route: str = "?",
     group: str = DEFAULT_GROUP,
+    deny_doh: bool = False,
 ) -> Decision:
     """`self` first; then first match wins, and an address class refuses what a name rule
     allowed; no match denies (as squid's `http_access deny all`).
@@ -414,6 +469,11 @@ def decide(
         return Decision(Verdict.DENY, None, None, reason, guard_class=classes.SELF)
     denied: Literal[Verdict.DENY, Verdict.WOULD_DENY] = Verdict.DENY if enforce else REPORT
     found = guard.classify(address) if address is not None else None
+    if deny_doh and host in CATEGORIES[DOH]:
+        if denied == REPORT and found is not None:
+            reason = REFUSALS[Reason.GUARD_DEFAULT].format(**words, cls=found)
+            return Decision(Verdict.DENY, None, None, reason, guard_class=found)
+        return Decision(denied, None, None, REFUSALS[Reason.DOH].format(**words), category=DOH)
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue

@@ -269,6 +269,22 @@ def parse_table(text: str) -> list[TableEntry]:
     ]
 
 
+@dataclass(frozen=True)
+class TableInfo:
+    """One table of `show table` (no name): its name and its size in entries."""
+
+    name: str
+    size: int
+
+
+_TABLE_HEADER = re.compile(r"^# table: (\S+), type: \w+, size:(\d+), used:\d+")
+
+
+def parse_table_list(text: str) -> list[TableInfo]:
+    """The tables `show table` lists (2.6 and 3.0 alike; 3.0 adds fields after `used`)."""
+    return [TableInfo(m.group(1), int(m.group(2))) for m in _matching_lines(_TABLE_HEADER, text)]
+
+
 # --- show acl|map <file>, prepare acl|map -----------------------------------------------------
 
 
@@ -312,3 +328,42 @@ def parse_show_ssl(text: str) -> SslEntry:
         elif key == "Status":
             used = value.strip() == "Used"
     return SslEntry(tuple(serials), tuple(updates), used)
+
+
+# --- show events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventSink:
+    """One line of `show events` (no argument): a sink, its drop counter and description."""
+
+    name: str
+    kind: str  # buffer (a ring), fd (stdout, stderr)
+    dropped: int  # since haproxy last wrote its "N events dropped" line into the sink
+    description: str
+
+
+_SINK = re.compile(r"^\s*(\S+)\s*: type=(\w+), (\d+) dropped, (.*)$")
+
+
+def parse_event_sinks(text: str) -> list[EventSink]:
+    """`show events` without a sink name: the list of sinks (2.6 and 3.x print it alike)."""
+    out = []
+    for line in text.splitlines():
+        found = _SINK.match(line)
+        if found is not None:
+            name, kind, dropped, description = found.groups()
+            out.append(EventSink(name, kind, int(dropped), description.strip()))
+    return out
+
+
+# haproxy's own line in a ring when a write succeeds again after drops, as in
+# `<134>1 2026-12-06T21:23:03.645250+00:00 - haproxy 12557 - - 208 events dropped` (rfc5424)
+# or bare (`format raw`); it resets the sink's counter.
+_ANNOUNCED = re.compile(r"^(?:<\d+>1 \S+ \S+ \S+ \d+ - - )?(\d+) events? dropped$", re.M)
+
+
+def announcements(ring_dump: str) -> list[tuple[str, int]]:
+    """Each "N events dropped" line of a `show events <ring>` dump, with its N, oldest first.
+    An rfc5424 line carries a timestamp in microseconds, so no two are alike."""
+    return [(m.group(0), int(m.group(1))) for m in _ANNOUNCED.finditer(ring_dump)]

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from haproxy_egress.metrics.destinations import DestinationCollector
 from haproxy_egress.metrics.exposition import (
     CONTENT_TYPE_OPENMETRICS,
     CONTENT_TYPE_TEXT,
@@ -136,7 +137,7 @@ class MetricsServer:
         # proxy's per-rule decisions (a second, short stats-socket command).
         collectors: list[Collector] = [
             ProcessCollector(registry=None),
-            PolicyCollector(socket_table(query)),
+            PolicyCollector(socket_table(query), DestinationCollector(query)),
         ]
         self.web: WebConfigState | None = None
         self._web_watcher: FileWatcher | None = None

@@ -12,7 +12,9 @@ HELP_DROPPED = (
     "Log lines that never reached stdout. stage=haproxy: haproxy's DroppedLogs summed over "
     "every worker of this run, old and exited ones included (the sink could not take the line); "
     "stage=relay: lines the log relay had read but could not write (reason=killed: the relay "
-    "died with them; reason=stdout_closed: stdout refused them)."
+    "died with them; reason=stdout_closed: stdout refused them); stage=syslog: lines a "
+    "remote syslog target's ring could not take while its receiver was slow or away (target: "
+    "its host:port)."
 )
 
 
@@ -35,11 +37,23 @@ class LogLoss:
     relay_lines: int = 0  # whole lines the relay wrote to stdout
     relay_lost_killed: int = 0
     relay_lost_stdout: int = 0
+    # Remote syslog targets (the `logging` section): host:port → lines their ring dropped.
+    syslog_dropped: tuple[tuple[str, int], ...] = ()
 
     @property
     def total(self) -> int:
         """Every lost line, wherever it was lost."""
+        return self.stdout_lost + self.syslog_lost
+
+    @property
+    def stdout_lost(self) -> int:
+        """Lines lost on the way to stdout."""
         return self.haproxy_dropped + self.relay_lost_killed + self.relay_lost_stdout
+
+    @property
+    def syslog_lost(self) -> int:
+        """Lines lost on the way to any remote syslog target."""
+        return sum(count for _, count in self.syslog_dropped)
 
 
 def log_families(loss: LogLoss | None) -> list[Metric]:
@@ -55,6 +69,10 @@ def log_families(loss: LogLoss | None) -> list[Metric]:
     )
     for w in loss.workers:
         per_worker.add_metric([str(w.pid), w.role], w.dropped)
+    for target, count in loss.syslog_dropped:
+        # Its own label set (target instead of reason): one family, so one alert covers all.
+        labels = {"stage": "syslog", "target": target}
+        dropped.add_sample(DROPPED_FAMILY, labels, count)
     out: list[Metric] = [dropped, per_worker]
     if loss.relay:
         dropped.add_metric(["relay", "killed"], loss.relay_lost_killed)

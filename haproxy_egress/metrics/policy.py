@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -33,18 +34,15 @@ _VERDICTS = "|".join(re.escape(v) for v in Verdict)
 _KEY = re.compile(rf"([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/({_VERDICTS})")
 
 
-# Routes with parent proxies store gpc1 too: the parent's 407s (the router's credentials
-# refused), counted against the decision that sent the request to the parent.
-_PARENT_AUTH = re.compile(r"\bkey=([a-z0-9._-]+)/[^ ]*\s.*\bgpc1=(\d+)")
-
-
 def parse_parent_auth(text: str) -> dict[str, int]:
-    """`show table _egress_policy` output → route → parent-auth failures (407s)."""
+    """`show table _egress_policy` output → route → parent-auth failures (407s): routes with
+    parent proxies store gpc1 too, counted against the decision that sent the request on."""
     out: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _PARENT_AUTH.search(line)
-        if m:
-            out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2))
+    for entry in show.parse_table(text):
+        route = entry.key.split("/", 1)[0]
+        count = entry.data.get("gpc1", "")
+        if count.isdigit():
+            out[route] = out.get(route, 0) + int(count)
     return out
 
 
@@ -73,6 +71,12 @@ def socket_table(query: Query) -> Callable[[], str]:
     return show
 
 
+class DestinationSource(Protocol):
+    """The per-destination families, given this scrape's decision table (destinations.py)."""
+
+    def collect_with(self, policy_table: str | None) -> Iterator[CounterMetricFamily]: ...
+
+
 class MultiCollector(Collector):
     """Several collectors as one (the HTTP endpoint takes one `extra`)."""
 
@@ -88,8 +92,13 @@ class PolicyCollector(Collector):
     """`haproxy_egress_policy_decisions_total{route,group,rule,verdict}` and
     `haproxy_egress_parent_auth_failures_total{route}` from one snapshot."""
 
-    def __init__(self, show_table: Callable[[], str]) -> None:
+    def __init__(
+        self, show_table: Callable[[], str], destinations: DestinationSource | None = None
+    ) -> None:
         self._show_table = show_table
+        # The per-destination families read the stats socket only once this scrape's
+        # decision table came back: a wedged socket costs the scrape one wait, not several.
+        self._destinations = destinations
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         try:
@@ -115,3 +124,5 @@ class PolicyCollector(Collector):
         for route, value in sorted(parse_parent_auth(text).items()):
             refused.add_metric([route], value)
         yield refused
+        if self._destinations is not None and text:
+            yield from self._destinations.collect_with(text)

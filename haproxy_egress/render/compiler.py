@@ -20,6 +20,7 @@ from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
 from haproxy_egress.render.resources import template_dir
+from haproxy_egress.render.syslog import MAX_LINE, rings
 from haproxy_egress.render.tls import server_options as tls_server_options
 from haproxy_egress.rundir import RunDir
 
@@ -42,6 +43,14 @@ POLICY_LOG_FORMAT = (
     f" egress route=%[var({VARS.route})] dst=%[var({VARS.dsthost})]:%[var({VARS.dstport})]"
     f" addr=%[var({VARS.dstip})] group=%[var({VARS.group})] rule=%[var({VARS.rule})]"
     f" verdict=%[var({VARS.verdict})]"
+)
+# The decision as RFC 5424 structured data (rfc5424 syslog targets only; stdout has no SD).
+# Every value quoted and escaped (+Q,+E: '"', '\\' and ']'); 32473 is the enterprise number
+# RFC 5612 reserves for examples, as no number is registered for this router.
+POLICY_LOG_FORMAT_SD = (
+    f"%{{+Q,+E}}o [egress@32473 route=%[var({VARS.route})] dst=%[var({VARS.dsthost})]"
+    f" port=%[var({VARS.dstport})] addr=%[var({VARS.dstip})] group=%[var({VARS.group})]"
+    f" rule=%[var({VARS.rule})] verdict=%[var({VARS.verdict})]]"
 )
 
 # The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
@@ -170,6 +179,8 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT
     env.globals["tables"] = TABLES
     env.globals["audit_log_format"] = audit_log_format
+    env.globals["syslog_max_line"] = MAX_LINE
+    env.globals["policy_log_format_sd"] = POLICY_LOG_FORMAT_SD
     return env
 
 
@@ -202,6 +213,8 @@ def render(
         hooks=hooks,
         lua_files=lua_files,
         allow_from_files=allow_from_files(config),
+        syslog_rings=rings(config.logging, options.run.syslog_certs),
+        syslog_sd=any(t.format == "rfc5424" for t in config.logging.syslog),
     )
 
 

@@ -23,7 +23,9 @@ a handful of lookups whose number does not depend on the rules (or on the client
   `<route>.members.map` (`<label>/<user>`, `<label>/` for no user) → the first of them that
   admits the user; `<route>.users.map` → each proxy user's `SALT:DIGEST` (config/users.py);
   `<route>.classes.map` (`map_ip`) → the refused address class, `none` where none is;
-  `<route>.self.map` → the router's own addresses; `<route>.ports.acl` its listen ports.
+  `<route>.self.map` → the router's own addresses; `<route>.ports.acl` its listen ports;
+  `<route>.doh.acl` the DNS-over-HTTPS resolvers denied before any rule (`deny_doh`), whose
+  `<group>/doh` entries in the rules and reasons maps say deny (or report) and `@doh`.
 
 The rule kinds' own `table`/`patterns` (config/policy.py) say which key each rule occupies;
 tests/integration/test_policy_differential.py proves the lookups equal `policy.decide`.
@@ -37,6 +39,7 @@ from collections.abc import Iterable, Sequence
 
 from haproxy_egress.config import classes
 from haproxy_egress.config import policy as p
+from haproxy_egress.config.categories import CATEGORIES
 from haproxy_egress.config.model import Config, Route
 from haproxy_egress.config.users import ProxyUser
 from haproxy_egress.config.vocabulary import Action, RuleId, Via
@@ -44,7 +47,7 @@ from haproxy_egress.render.acls import render_acls
 
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
 CREDENTIAL_TABLES = ("members", "users")  # only routes that ask for proxy credentials
-ACLS = ("ports",)
+ACLS = ("ports", "doh")
 NAME = re.compile(r"^[a-z0-9._-]+\.(map|acl)$")
 NONE = "none"
 ALL = ("0.0.0.0/0", "::/0")
@@ -90,7 +93,9 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
     """The map files of one policy route, with its guard (Config.guard) and, when it asks for
     credentials, the proxy users."""
     groups = route.groups
-    hosts = sorted({r.value for g in groups for r in g.rules if r.kind == "host"})
+    hosts = sorted(
+        {n for g in groups for r in g.rules if r.kind in ("host", "category") for n in r.patterns()}
+    )
     domains = sorted(
         {r.value for g in groups for r in g.rules if r.kind == "domain"},
         key=lambda d: (-len(d), d),
@@ -110,8 +115,9 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
     by_name = {g.name: g for g in groups}
     for g in groups:
         for i, r in enumerate(g.rules, start=1):
-            if r.kind == "host":
-                hosts_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
+            if r.kind in ("host", "category"):  # a category: each of its names, as a host
+                for name in r.patterns():
+                    hosts_of.setdefault(name, {}).setdefault(g.name, []).append(i)
             elif r.kind == "domain":
                 domains_of.setdefault(r.value, {}).setdefault(g.name, []).append(i)
             elif isinstance(r, p.NetworkRule):
@@ -153,8 +159,11 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
             if action == Action.ALLOW and r.is_address_rule:
                 action = Action.ALLOW_ADDRESS
             actions.append((f"{g.name}/{i}", action))
-            reasons.append((f"{g.name}/{i}", r.text))
+            reasons.append((f"{g.name}/{i}", r.ascii_text))
         actions.append((f"{g.name}/{RuleId.DEFAULT}", deny))
+        if route.deny_doh:
+            actions.append((f"{g.name}/{p.DOH}", deny))
+            reasons.append((f"{g.name}/{p.DOH}", f"@{p.DOH}"))
 
     if route.asks_credentials:
         sources, members = _member_entries(groups)
@@ -179,6 +188,10 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
             if any(k.covered_by(n) for n in guard.own_networks)
         ),
         file_name(route, "ports"): "".join(f"{port}\n" for port in guard.own_ports),
+        # deny_doh: the names denied before any rule (the template loads it only then).
+        file_name(route, "doh"): "".join(f"{n}\n" for n in CATEGORIES[p.DOH])
+        if route.deny_doh
+        else "",
     }
 
 

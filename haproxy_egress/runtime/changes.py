@@ -255,6 +255,8 @@ def _model_changes(old: Config, new: Config) -> tuple[list[str], list[Deny]]:
         notes.append("resolvers changed")
     if old.stats != new.stats:
         notes.append("stats page changed")
+    if old.logging != new.logging:
+        notes.append("syslog targets changed")
     return notes, denies
 
 

@@ -1,17 +1,25 @@
 """Counting lost log lines: haproxy's DroppedLogs of every worker (old ones included, through
-the master CLI) plus the log relay's own losses; and one rate-limited warning when any grew."""
+the master CLI) plus the log relay's own losses, and what each remote syslog ring dropped; and
+one rate-limited warning when any grew."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from haproxy_egress.background import Background
+from haproxy_egress.config.logtargets import RING_PREFIX
 from haproxy_egress.errors import EgressError
 from haproxy_egress.haproxy.cli import CliSocket
-from haproxy_egress.haproxy.show import parse_info, parse_proc_table
+from haproxy_egress.haproxy.show import (
+    announcements,
+    parse_event_sinks,
+    parse_info,
+    parse_proc_table,
+)
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
 from haproxy_egress.runtime.logrelay import read_counters
 
@@ -51,6 +59,7 @@ class LogLossWatch(Background):
         self._warned_at = -1e9
         self._snapshot = LogLoss(relay=relay_state is not None)
         self._polling = threading.Lock()  # the thread's polls and the final one at exit
+        self._rings = RingDrops()
         super().__init__("log-loss")
 
     def _run(self) -> None:
@@ -88,6 +97,7 @@ class LogLossWatch(Background):
             relay_lines=relay.lines_out if relay else 0,
             relay_lost_killed=relay.lost_killed if relay else 0,
             relay_lost_stdout=relay.lost_unwritable if relay else 0,
+            syslog_dropped=self._rings.totals(),
         )
         self._maybe_warn(now)
         return self._snapshot
@@ -97,8 +107,10 @@ class LogLossWatch(Background):
             pids = worker_pids(self._master.command("show proc"))
         except EgressError:
             return None
+        self._rings.retire({pid for pid, _ in pids})
         out = []
         for pid, role in pids:
+            self._poll_rings(pid)
             try:
                 dropped = parse_info(self._master.command(f"@!{pid} show info")).dropped_logs
             except EgressError:
@@ -109,20 +121,99 @@ class LogLossWatch(Background):
                 out.append(WorkerLogDrops(pid, role, self._last[pid]))
         return out
 
+    def _poll_rings(self, pid: int) -> None:
+        """One worker's syslog ring counters, and haproxy's "N events dropped" lines."""
+        # Rings with drops in play are read first, the counters after: a line haproxy
+        # writes in between is booked at the next poll (never counted twice).
+        for ring in self._rings.to_read(pid):
+            try:
+                dump = self._master.command(f"@!{pid} show events {ring}")
+            except EgressError:
+                continue
+            self._rings.read(pid, ring, announcements(dump))
+        try:
+            sinks = parse_event_sinks(self._master.command(f"@!{pid} show events"))
+        except EgressError:
+            return  # it exited meanwhile: what was seen last is retired with it
+        for sink in sinks:
+            if sink.kind == "buffer" and sink.name.startswith(RING_PREFIX):
+                self._rings.see(pid, sink.name, sink.description, sink.dropped)
+
     def _maybe_warn(self, now: float) -> None:
         s = self._snapshot
         if s.total <= self._warned_total or now - self._warned_at < self._warn_interval:
             return
         log.warning(
             "%d log line(s) lost since the last warning (haproxy could not write %d, the relay "
-            "lost %d); %d in all this run: see haproxy_egress_log_dropped_total",
+            "lost %d, remote syslog rings dropped %d); %d in all this run: see "
+            "haproxy_egress_log_dropped_total",
             s.total - self._warned_total,
             s.haproxy_dropped,
             s.relay_lost_killed + s.relay_lost_stdout,
+            s.syslog_lost,
             s.total,
         )
         self._warned_total = s.total
         self._warned_at = now
 
 
-__all__ = ["LogLossWatch", "worker_pids"]
+class RingDrops:
+    """Lines each syslog ring dropped, summed over workers and over haproxy's resets.
+
+    haproxy counts a ring's drops per worker and, at its next successful write, writes
+    "N events dropped" into the ring (so the receiver learns of them too) and starts the
+    count again from 0. So a ring's drops are the announced Ns plus the current count. The
+    announcements are read from the ring itself while drops are in play; each is booked once
+    (the ring is first in, first out, so a line seen once never comes back). Pure
+    bookkeeping: the watch feeds it what the master CLI said.
+    """
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[int, str], int] = {}  # (pid, ring) → not yet announced
+        self._target: dict[tuple[int, str], str] = {}  # (pid, ring) → host:port
+        self._seen: dict[tuple[int, str], frozenset[str]] = {}  # announcements in the ring
+        self._active: set[tuple[int, str]] = set()  # read the ring at the next poll
+        self._booked: dict[str, int] = {}  # host:port → announced, or of workers gone
+
+    def to_read(self, pid: int) -> list[str]:
+        """The rings of `pid` whose announcements the next poll must read."""
+        return sorted(ring for p, ring in self._active if p == pid)
+
+    def read(self, pid: int, ring: str, found: Sequence[tuple[str, int]]) -> None:
+        """Book the announcements (line, N) of a ring dump not booked before."""
+        key = (pid, ring)
+        seen = self._seen.get(key, frozenset())
+        new = [n for line, n in found if line not in seen]
+        target = self._target.get(key, ring)
+        self._booked[target] = self._booked.get(target, 0) + sum(new)
+        self._seen[key] = frozenset(line for line, _ in found)
+        if not new:
+            self._active.discard(key)  # kept below if the counter still moves
+
+    def see(self, pid: int, ring: str, target: str, dropped: int) -> None:
+        """Record a ring's counter as `show events` printed it."""
+        key = (pid, ring)
+        before = self._count.get(key, 0)
+        self._count[key] = dropped
+        self._target[key] = target
+        self._booked.setdefault(target, 0)
+        if dropped or before:
+            self._active.add(key)  # drops to announce, or just announced: read the ring
+
+    def retire(self, live: set[int]) -> None:
+        """Keep what workers that are gone had counted."""
+        for key in [k for k in self._count if k[0] not in live]:
+            target = self._target.pop(key)
+            self._booked[target] = self._booked.get(target, 0) + self._count.pop(key)
+            self._seen.pop(key, None)
+            self._active.discard(key)
+
+    def totals(self) -> tuple[tuple[str, int], ...]:
+        """host:port → every line dropped for it this run, in name order."""
+        out = dict(self._booked)
+        for key, count in self._count.items():
+            out[self._target[key]] += count
+        return tuple(sorted(out.items()))
+
+
+__all__ = ["LogLossWatch", "RingDrops", "worker_pids"]

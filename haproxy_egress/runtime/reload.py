@@ -23,7 +23,7 @@ from haproxy_egress.errors import ConfigError, EgressError, HaproxyCheckError, H
 from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
-from haproxy_egress.render import hooks
+from haproxy_egress.render import hooks, syslog
 from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.render.tls import staged_files
@@ -124,6 +124,10 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
     # `haproxy -c` opens every pattern file and TLS file the candidate names.
     staging.write_new_maps(settings.run.maps, compiled.maps)
     staging.write_new_maps(settings.run.tls, compiled.tls_files)
+    # Ring servers load their client certificate when the config is parsed, `-c` included.
+    staging.stage_client_certs(
+        syslog.client_certs(compiled.config.logging, settings.run.syslog_certs)
+    )
     try:
         return check_candidate(settings, compiled.text)
     except HaproxyCheckError as exc:

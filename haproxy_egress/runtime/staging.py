@@ -14,8 +14,10 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render.compiler import write_atomic
 from haproxy_egress.render.hooks import LUA_FILE, HookSet
+from haproxy_egress.render.syslog import ClientCert
 
 
 def stage(hooks: HookSet, lua_dir: Path) -> None:
@@ -74,3 +76,27 @@ def write_maps(maps_dir: Path, files: Mapping[str, str]) -> None:
     for entry in maps_dir.iterdir():
         if entry.is_file() and entry.name not in files and not entry.name.startswith("."):
             entry.unlink(missing_ok=True)
+
+
+def stage_client_certs(certs: Sequence[ClientCert]) -> None:
+    """Join each Secret's tls.crt and tls.key into the one PEM haproxy's `crt` reads (it looks
+    for a key only in `<crt>.key`, not in a Secret's `tls.key`); private: mode 0600."""
+    problems = []
+    for cert in certs:
+        try:
+            parts = [(cert.secret_dir / name).read_bytes() for name in ("tls.crt", "tls.key")]
+        except OSError as exc:
+            reason = f"cannot read {exc.filename}: {exc.strerror} (a kubernetes.io/tls Secret?)"
+            problems.append(Problem("logging", f"{cert.where}.client_cert_dir", reason))
+            continue
+        pem = b"\n".join(part.rstrip(b"\n") for part in parts) + b"\n"
+        if cert.pem.exists() and cert.pem.read_bytes() == pem:
+            continue
+        cert.pem.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cert.pem.with_name(f".{cert.pem.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        os.replace(tmp, cert.pem)
+    if problems:
+        raise ConfigError(problems)

@@ -201,7 +201,7 @@ def test_schema(tmp_path: Path) -> None:
     schema = json.loads(proc.stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "haproxy-egress ConfigMap key"
-    assert set(schema["properties"]) == {"version", "defaults", "resolvers", "routes"}
+    assert set(schema["properties"]) == {"version", "defaults", "resolvers", "logging", "routes"}
     assert "Route" in schema["$defs"]
     assert "Resolvers" in schema["$defs"]
 

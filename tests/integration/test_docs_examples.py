@@ -26,6 +26,7 @@ import yaml
 
 from tests.router import _kill_leftovers
 from tests.support import free_port, wait_for
+from tests.tlscerts import make_ca, make_crl, make_leaf
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
@@ -196,6 +197,58 @@ def test_migration_squid_example_is_what_migrate_prints(shell: Shell) -> None:
     assert done.stdout == after
 
 
+# Fields whose value is a mounted Secret or file: the example's absolute path moves under the
+# test's directory (like the ports, outside the text's meaning), and the test makes what the
+# page says is mounted there.
+MOUNTS = ("ca_file", "crl_file", "client_cert_dir", "credentials_dir")
+
+
+def _mounts(data: object) -> set[tuple[str, str]]:
+    """Every (field, path) of MOUNTS anywhere in a YAML document."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key in MOUNTS and isinstance(value, str) and value.startswith("/"):
+                found.add((key, value))
+            else:
+                found |= _mounts(value)
+    elif isinstance(data, list):
+        for item in data:
+            found |= _mounts(item)
+    return found
+
+
+def _mount_secrets(block: str, root: Path) -> str:
+    """The example with its mounted paths under `root`, each made there: one CA (its
+    certificate for every ca_file, its CRL for every crl_file), a client certificate for every
+    client_cert_dir, a basic-auth pair for every credentials_dir."""
+    mounts = _mounts(yaml.safe_load(block))
+    if not mounts:
+        return block
+    ca = make_ca(root / "pki", "docs-ca")
+    for field, path in sorted(mounts, key=lambda m: -len(m[1])):
+        target = root / path.lstrip("/")
+        if field == "ca_file":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(ca[0].read_bytes())
+        elif field == "crl_file":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(make_crl(root / "pki", ca).read_bytes())
+        elif field == "client_cert_dir":
+            target.mkdir(parents=True, exist_ok=True)
+            cert, key = make_leaf(
+                root / "pki", target.name, ca, sans="DNS:egress", usage="clientAuth"
+            )
+            (target / "tls.crt").write_bytes(cert.read_bytes())
+            (target / "tls.key").write_bytes(key.read_bytes())
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "username").write_text("egress")
+            (target / "password").write_text("pw-egress")
+        block = block.replace(path, str(target))
+    return block
+
+
 def _documents() -> list[tuple[str, str]]:
     """Every YAML block of the docs and the README that is a whole routes document."""
     found = []
@@ -214,9 +267,10 @@ def test_every_routes_example_in_the_docs_passes_check(shell: Shell) -> None:
     documents = _documents()
     assert len(documents) >= 6, [name for name, _ in documents]
     hello = blocks((ROOT / "docs" / "lua.md").read_text(encoding="utf-8"), "lua")[0]
-    for name, block in documents:
+    for name, written in documents:
         config = shell.cwd / name.replace(" ", "-")
         config.mkdir()
+        block = _mount_secrets(written, config / "mounted")
         (config / "routes.yaml").write_text(block)
         if "use: hello" in block:
             (config / "hello.lua").write_text(hello)

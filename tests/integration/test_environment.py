@@ -92,9 +92,17 @@ def test_read_only_commands_run_as_an_arbitrary_uid_and_write_nothing(world: Pat
     # What a running router left there, owned by another user: diff reads it, nobody writes.
     (run_dir / "haproxy.cfg").write_text("# an older configuration\n")
     run_dir.chmod(0o555)
-    env = {"EGRESS_CONFIG_DIR": str(world / "config"), "EGRESS_RUN_DIR": str(run_dir)}
+    # The commands' own temporary directory (TMPDIR), so that what other processes on this
+    # machine write to /tmp meanwhile cannot be mistaken for theirs.
+    scratch = world.parent / f"{world.name}-tmp"
+    scratch.mkdir(mode=0o1777)
+    scratch.chmod(0o1777)
+    env = {
+        "EGRESS_CONFIG_DIR": str(world / "config"),
+        "EGRESS_RUN_DIR": str(run_dir),
+        "TMPDIR": str(scratch),
+    }
     before = snapshot(world)
-    tmp_before = set(os.listdir("/tmp"))
     results = {
         "render": cli(["render"], env),
         "check": cli(["check"], env),
@@ -111,7 +119,7 @@ def test_read_only_commands_run_as_an_arbitrary_uid_and_write_nothing(world: Pat
     assert results["check"].stdout == "configuration OK: 2 routes\n"
     assert snapshot(world) == before
     # `check` works in a scratch directory of its own and removes it again.
-    assert set(os.listdir("/tmp")) - tmp_before == set()
+    assert list(scratch.iterdir()) == []
 
 
 def test_run_with_an_unwritable_run_dir_says_which_uid_and_what_to_mount(world: Path) -> None:

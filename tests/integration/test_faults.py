@@ -235,7 +235,10 @@ def test_crash_loop_gives_up_so_the_kubelet_restarts_the_pod(
             kills += 1
     code = router.wait(60)
     assert code == 4  # ExitCode.CRASHLOOP
-    assert kills == 6
+    # Every kill is a crash; a restart that fails at once (an orphaned worker of the killed
+    # master still holding the port, on a loaded machine) is one too, so six crashes may take
+    # fewer kills.
+    assert 1 <= kills <= 6
     assert "giving up so the kubelet restarts the pod" in router.stderr()
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_ours(p, router)]
     assert leftovers == []

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.policy_proxy import get
 from tests.router import Router
 from tests.support import HttpOrigin, free_port, loopback_route, write_configmap
+from tests.tlscerts import make_ca, make_crl, make_leaf
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 ROW = re.compile(r"^\| `((?:haproxy|process)_[a-z0-9_]*\*?)`", re.M)
@@ -43,9 +44,25 @@ def covered(name: str, names: set[str]) -> bool:
 def test_metrics_page_and_endpoint_agree(tmp_path: Path, origin: HttpOrigin) -> None:
     proxy = free_port()
     config = tmp_path / "config"
+    # A TLS-originating route too, so the TLS families are served (its destination need not
+    # answer: the families come from the material and the route's backend).
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "ca")
+    mtls = tmp_path / "mtls"
+    mtls.mkdir()
+    cert, key = make_leaf(pki, "egress", ca, sans="DNS:egress", usage="clientAuth")
+    (mtls / "tls.crt").write_bytes(cert.read_bytes())
+    (mtls / "tls.key").write_bytes(key.read_bytes())
+    tls = {
+        "server_name": "partner.test",
+        "ca_file": str(ca[0]),
+        "client_cert_dir": str(mtls),
+        "crl_file": str(make_crl(pki, ca)),
+    }
     routes = [
         loopback_route("web", free_port(), origin.port),
         {"name": "pxy", "listen": f"127.0.0.1:{proxy}", "mode": "proxy", "policy": ["a.test"]},
+        {**loopback_route("partner", free_port(), free_port(), mode="tcp"), "tls": tls},
     ]
     write_configmap(config, {"routes.yaml": {"version": 1, "routes": routes}})
     router = Router(tmp_path / "router", config_dir=config).start()

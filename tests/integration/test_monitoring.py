@@ -23,6 +23,7 @@ from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.metrics.http import MetricsServer
 from tests.integration.test_exporter_http import STATUS
 from tests.kubelet import ConfigMapVolume
+from tests.policy_proxy import connect_reply
 from tests.router import Router
 from tests.support import HttpOrigin, free_port, http_get, wait_for
 from tests.unit.metrics.test_exporter import ALL
@@ -424,11 +425,11 @@ def test_dashboard_queries_pass_promtool(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def live_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Sample names on /metrics of a real router: an HTTP route, a TCP route with a dead
-    second destination and an allow_from route, after some traffic on each."""
+    second destination, an allow_from route and a proxy route, after some traffic on each."""
     tmp = tmp_path_factory.mktemp("monitoring")
     origin = HttpOrigin("origin-a").start()
     volume = ConfigMapVolume(tmp / "configmap")
-    api, db, blocked = free_port(), free_port(), free_port()
+    api, db, blocked, web = free_port(), free_port(), free_port(), free_port()
     dead = free_port()
     volume.write(
         {
@@ -451,6 +452,12 @@ def live_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
                         "allow_from": ["127.0.0.2/32"],
                         "destinations": [f"127.0.0.1:{origin.port}"],
                     },
+                    {
+                        "name": "web",
+                        "listen": f"127.0.0.1:{web}",
+                        "mode": "proxy",
+                        "policy": ["127.0.0.0/8"],
+                    },
                 ]
             }
         }
@@ -462,6 +469,9 @@ def live_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             assert http_get(api) == "origin-a"
             with pytest.raises(ConnectionError):  # refused: 127.0.0.1 is not in allow_from
                 http_get(blocked, timeout=2)
+        # A CONNECT the policy denies (no rule allows it; an IP literal: no DNS, nor a
+        # connection): the proxy route's decision and per-destination counters.
+        assert connect_reply(web, "192.0.2.1:443").startswith(b"HTTP/1.1 403 ")
         wait_for(lambda: router.metric("haproxy_server_up", {"backend": "db"}) is not None, 10)
         text = requests.get(router.url("/metrics"), timeout=5).text
     finally:

@@ -37,7 +37,8 @@ DOC: dict[str, Any] = {
 }
 # A map line: one key without blanks, one blank, a value of printable ASCII (a rule as written).
 MAP_LINE = re.compile(r"^[0-9A-Za-z.*:/=_-]+ [!-~]+$")
-ACL_LINE = re.compile(r"^[0-9]+$")  # the .acl files hold ports
+ACL_LINE = re.compile(r"^[0-9]+$")  # the ports .acl files hold ports
+NAME_LINE = re.compile(r"^[a-z0-9.-]+$")  # the doh .acl files hold the shipped names
 
 
 def _texts(snapshot: Snapshot, env: dict[str, str]) -> tuple[str, dict[str, str]] | None:
@@ -65,7 +66,9 @@ def _check(snapshot: Snapshot, env: dict[str, str], baseline: str) -> None:
         assert text == baseline
     for name, content in maps.items():
         assert content == "" or content.endswith("\n"), name
-        shape = ACL_LINE if name.endswith(".acl") else MAP_LINE
+        shape = MAP_LINE
+        if name.endswith(".acl"):
+            shape = NAME_LINE if name.endswith(".doh.acl") else ACL_LINE
         for line in content.splitlines():
             assert shape.match(line), (name, line)
     with tempfile.TemporaryDirectory(prefix="egress-policy-inj.") as tmp:

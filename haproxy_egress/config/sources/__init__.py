@@ -8,9 +8,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic import BaseModel
+
+from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.model import (
     Config,
-    Frozen,
     Listen,
     Located,
     ProblemList,
@@ -95,7 +97,7 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
 
 
 def _each_section_valid(
-    frags: list[Fragment], name: str, model: type[Frozen], problems: list[Problem]
+    frags: list[Fragment], name: str, model: type[BaseModel], problems: list[Problem]
 ) -> bool:
     """Validate each key's `defaults` or `resolvers` section on its own, before they are
     merged, so a bad value is reported with its file and line; False if any was bad."""
@@ -113,6 +115,19 @@ def _each_section_valid(
             ]
             ok = False
     return ok
+
+
+def _logging(frags: list[Fragment], problems: list[Problem]) -> Logging:
+    """The `logging` section: each key's checked on its own (for lines), then merged."""
+    merged = _merge_section(frags, "logging", problems)
+    if not _each_section_valid(frags, "logging", Logging, problems) or not merged:
+        return Logging()
+    try:
+        logging: Logging = validate(Logging, merged, "logging", "logging")
+    except ProblemList as exc:
+        problems += exc.problems
+        return Logging()
+    return logging
 
 
 def _proxy_users(
@@ -186,6 +201,7 @@ def build_config(
             resolvers = validate(Resolvers, raw_resolvers, "resolvers", "resolvers")
         except ProblemList as exc:
             problems += exc.problems
+    logging = _logging(frags, problems)
     stats: StatsPage | None = None
     raw_stats = _merge_section(frags, "stats", problems)
     if raw_stats:
@@ -217,6 +233,7 @@ def build_config(
         resolvers=resolvers,
         stats=stats,
         proxy_users=proxy_users,
+        logging=logging,
         origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
         reserved=tuple(reserved.values()),
     )

@@ -32,5 +32,6 @@ class Fragment:
     lines: Mapping[str, int] = field(default_factory=dict)
     resolvers: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
+    logging: dict[str, Any] | None = None  # remote syslog targets (config/logtargets.py)
     routes: list[RawRoute] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)

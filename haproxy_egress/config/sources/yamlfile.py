@@ -1,4 +1,5 @@
-"""The YAML dialect: one ConfigMap key holding `version`, `defaults`, `resolvers`, `routes`."""
+"""The YAML dialect: one ConfigMap key holding `version`, `defaults`, `resolvers`, `logging`,
+`routes`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from haproxy_egress.config.model import closest, format_loc
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
 
-TOP_LEVEL = ("version", "defaults", "resolvers", "routes")
+TOP_LEVEL = ("version", "defaults", "resolvers", "logging", "routes")
 
 
 # Both walks below keep an explicit stack: libyaml parses nesting ~1,000 levels deep, which
@@ -329,7 +330,7 @@ def read_yaml(name: str, text: bytes) -> Fragment:
                 lines.get("version"),
             )
         )
-    for key in ("defaults", "resolvers"):
+    for key in ("defaults", "resolvers", "logging"):
         value = data.get(key)
         if value is not None and not isinstance(value, dict):
             frag.problems.append(Problem(name, key, "must be a mapping", lines.get(key)))
@@ -338,6 +339,8 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         frag.defaults_lines = lines
     if isinstance(data.get("resolvers"), dict):
         frag.resolvers = data["resolvers"]
+    if isinstance(data.get("logging"), dict):
+        frag.logging = data["logging"]
     routes = data.get("routes")
     if routes is None:
         return frag

@@ -296,7 +296,14 @@ def test_problem_format() -> None:
 
 def test_json_schema_covers_the_public_shape() -> None:
     schema = Document.model_json_schema()
-    assert set(schema["properties"]) == {"version", "defaults", "resolvers", "routes"}
+    assert set(schema["properties"]) == {"version", "defaults", "resolvers", "logging", "routes"}
+    assert set(schema["$defs"]["SyslogTarget"]["properties"]) >= {
+        "address",
+        "transport",
+        "ca_file",
+        "client_cert_dir",
+        "format",
+    }
     route_props = schema["$defs"]["Route"]["properties"]
     for field in (
         "name",

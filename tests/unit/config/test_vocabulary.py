@@ -58,10 +58,10 @@ POLICY_MODULES = frozenset(
         "metrics/policy.py",
     )
 )
-# Names that only look like a word: map table names in render/maps.py ("parent", "self")
+# Names that only look like a word: map table names in render/maps.py ("parent", "self", "doh")
 # (not `Via.PARENT`), the Route field `allow_from` a hook binding tests in render/hooks.py.
 _TABLE_NAMES = {
-    PACKAGE / "render/maps.py": {"parent", "self"},
+    PACKAGE / "render/maps.py": {"parent", "self", "doh"},
     PACKAGE / "render/hooks.py": {"allow_from"},
 }
 

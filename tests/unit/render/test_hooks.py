@@ -184,22 +184,20 @@ def test_recorded_lua_error_names_the_key_line_and_route(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_recorded_unregistered_action_names_the_file(version: str) -> None:
+@pytest.mark.parametrize(
+    ("recording", "phase"),
+    # haproxy words an http-request refusal `but got 'lua.x'` and a tcp-request one
+    # `(got 'lua.x')`: either way the key is named.
+    [("check_unregistered", "http-request"), ("check_unregistered_tcp", "tcp-request")],
+)
+def test_recorded_unregistered_action_names_the_file(
+    version: str, recording: str, phase: str
+) -> None:
     lua = hooks.LuaFile("nothere.lua", b"-- registers hello only", shipped=False)
-    output = (DATA / version / "check_unregistered.txt").read_text()
-    (problem,) = [str(p) for p in hooks.explain_check(output, hooks.HookSet(files=(lua,)))]
-    assert problem.startswith("nothere.lua: does not register the action 'nothere' for "), problem
-    assert problem.endswith("used by no route")
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_recorded_unregistered_tcp_action_names_the_file(version: str) -> None:
-    """haproxy words a tcp-request refusal `(got 'lua.x')`, not `but got`: the key is named."""
-    lua = hooks.LuaFile("nothere.lua", b"-- registers hello only", shipped=False)
-    output = (DATA / version / "check_unregistered_tcp.txt").read_text()
+    output = (DATA / version / f"{recording}.txt").read_text()
     (problem,) = [str(p) for p in hooks.explain_check(output, hooks.HookSet(files=(lua,)))]
     assert problem == (
-        "nothere.lua: does not register the action 'nothere' for tcp-request "
+        f"nothere.lua: does not register the action 'nothere' for {phase} "
         "(core.register_action('nothere', ...)); used by no route"
     )
 
