@@ -183,7 +183,7 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
         file_name(route, "reasons"): _lines(reasons),
         file_name(route, "classes"): _lines(_class_entries(guard)),
         file_name(route, "self"): _lines(
-            (str(k.prefix), "self")
+            (str(k.prefix), classes.SELF)
             for k in classes.key_prefixes(guard.own_networks)
             if any(k.covered_by(n) for n in guard.own_networks)
         ),

@@ -56,6 +56,8 @@ POLICY_MODULES = frozenset(
         "render/hooks.py",
         "commands/explain.py",
         "metrics/policy.py",
+        "metrics/destinations.py",
+        "config/categories.py",
     )
 )
 # Names that only look like a word: map table names in render/maps.py ("parent", "self", "doh")
