@@ -35,24 +35,43 @@ FIRST_PORT = 20000
 BASE_IP = ipaddress.IPv4Address("198.18.0.1")  # benchmarking range; never contacted
 
 
-def write_routes(directory: Path, n: int, allow_from: bool = True) -> None:
-    """n routes in 10 ConfigMap keys, two IP destinations each, a mix of tcp and http."""
+def route_keys(
+    n: int,
+    allow_from: bool = True,
+    *,
+    mode: str | None = None,
+    address: str | None = None,
+    check: bool | None = None,
+) -> dict[str, str]:
+    """n routes in 10 ConfigMap keys (key name → YAML), two IP destinations each; a mix of
+    tcp and http unless `mode` is given, on every address unless `address` is, health
+    checks as the default unless `check` is given."""
     per_key = max(1, n // 10)
+    keys = {}
     for key in range(0, n, per_key):
         routes = []
         for i in range(key, min(n, key + per_key)):
-            routes.append(
-                {
-                    "name": f"route-{i}",
-                    "listen": FIRST_PORT + i,
-                    "mode": "http" if i % 4 == 0 else "tcp",
-                    "destinations": [f"{BASE_IP + 2 * i}:443", f"{BASE_IP + 2 * i + 1}:443"],
-                }
-            )
+            route: dict[str, object] = {
+                "name": f"route-{i}",
+                "listen": f"{address}:{FIRST_PORT + i}" if address else FIRST_PORT + i,
+                "mode": mode or ("http" if i % 4 == 0 else "tcp"),
+                "destinations": [f"{BASE_IP + 2 * i}:443", f"{BASE_IP + 2 * i + 1}:443"],
+            }
+            if check is not None:
+                route["check"] = check
             if allow_from:
-                routes[-1]["allow_from"] = ["10.128.0.0/14"]
-        text = yaml.safe_dump({"version": 1, "routes": routes}, sort_keys=False)
-        (directory / f"routes-{key:05d}.yaml").write_text(text)
+                route["allow_from"] = ["10.128.0.0/14"]
+            routes.append(route)
+        keys[f"routes-{key:05d}.yaml"] = yaml.safe_dump(
+            {"version": 1, "routes": routes}, sort_keys=False
+        )
+    return keys
+
+
+def write_routes(directory: Path, n: int, allow_from: bool = True) -> None:
+    """`route_keys` written as files into `directory`."""
+    for name, text in route_keys(n, allow_from).items():
+        (directory / name).write_text(text)
 
 
 def _children_cpu() -> float:

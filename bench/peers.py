@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/peers.py [--duration 3] [--repeat 3] [--pin] [--tuned t1,splice]
     .venv/bin/python bench/peers.py --quick     # CI smoke run: every cell once, < 60 s
+    .venv/bin/python bench/peers.py --haproxy /usr/local/bin/haproxy30   # the image's 3.0
+
+`--haproxy` is the binary haproxy-egress and the hand-tuned peers run (default: Debian 12's
+2.6, or EGRESS_HAPROXY_BIN); the header names its version, so runs on 2.6 and 3.0 can be put
+side by side.
 
 One interleaved run in the namespaces of tests/netns.py (client → router → external host,
 198.18.0.0/15 only; bench/bed.py has the origins and load generators). Candidates:
@@ -65,6 +70,7 @@ from bench.bed import (
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
 from haproxy_egress.config.vocabulary import Action
+from haproxy_egress.haproxy.program import version
 from tests.netns import (
     EXTERNAL_IP,
     ROUTER_CLIENT_IP,
@@ -378,6 +384,7 @@ class Bench:
     wrk_proxy: dict[bool, Wrk] = field(init=False)
     dns: DnsServer | None = None
     netns_etc: Path | None = None
+    haproxy: str = HAPROXY  # the binary haproxy-egress and the tuned peers run
 
     def __post_init__(self) -> None:
         self.wrk_small = Wrk(threads=1, connections=16)
@@ -448,7 +455,9 @@ class Bench:
         env = {"EGRESS_DESTINATION": "\n".join(lines), "EGRESS_SOURCE": source}
         workdir = self.workdir / name.replace(":", "-")
         with self.proxy_cpu():
-            started, _ = start_router(self.bed, workdir, {"bench.yaml": key}, env, [])
+            started, _ = start_router(
+                self.bed, workdir, {"bench.yaml": key}, env, [], haproxy_bin=self.haproxy
+            )
         return self._ready(name, "ours", started, ports)
 
     def tuned(self, index: int, name: str, source: str) -> Candidate:
@@ -456,7 +465,8 @@ class Bench:
         cfg = self.workdir / f"tuned-{name}.cfg"
         cfg.write_text(tuned_config(TUNED[name], self.proxy_cpus, ports, source))
         with self.proxy_cpu():
-            started = self.bed.start(self.bed.router, [HAPROXY, "-db", "-f", str(cfg)], name=name)
+            argv = [self.haproxy, "-db", "-f", str(cfg)]
+            started = self.bed.start(self.bed.router, argv, name=name)
         return self._ready(f"tuned:{name}", "peer", started, ports)
 
     def nginx(self, source: str) -> Candidate:
@@ -569,7 +579,9 @@ def run(args: argparse.Namespace) -> int:
     rounds = 0
     with tempfile.TemporaryDirectory(prefix="egress-peers-") as tmp, TestBed(Path(tmp)) as bed:
         workdir = Path(tmp)
-        bench = Bench(bed, workdir, args.duration, args.settle, args.pin, proxy_cpus)
+        bench = Bench(
+            bed, workdir, args.duration, args.settle, args.pin, proxy_cpus, haproxy=args.haproxy
+        )
         origins = Origins(bed, workdir, args.file_mib << 20)
         try:
             origins.start()
@@ -596,6 +608,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"# peers: {args.duration}s per measurement, median of {rounds} rounds, "
         f"{os.cpu_count()} CPUs{', --pin' if args.pin else ''}, "
+        f"haproxy {version(args.haproxy)} ({args.haproxy}), "
         f"{time.monotonic() - started:.0f}s in all"
     )
     print(header)
@@ -719,6 +732,12 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.3, help="pause after a measurement")
     parser.add_argument("--max-seconds", type=float, default=1800, help="no new round after")
     parser.add_argument("--only", action="append", help="run only workloads containing this")
+    parser.add_argument(
+        "--haproxy",
+        default=HAPROXY,
+        help="the haproxy binary haproxy-egress and the tuned peers run, e.g. "
+        "/usr/local/bin/haproxy30 (the image's 3.0; tools/haproxy30.sh)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -32,6 +32,16 @@ class RunDir:
         return self.root / "haproxy.cfg.last-good"
 
     @property
+    def late_check(self) -> Path:
+        """A copy of a config applied at runtime, for the `haproxy -c` run after the edit."""
+        return self.root / "haproxy.cfg.late-check"
+
+    @property
+    def late_check_output(self) -> Path:
+        """What that `haproxy -c` said (a file: a pipe could fill and stall it)."""
+        return self.root / "haproxy.cfg.late-check.out"
+
+    @property
     def stats_socket(self) -> Path:
         """haproxy's admin-level stats socket (mode 600)."""
         return self.root / "haproxy.sock"

@@ -172,8 +172,11 @@ def start_router(
     keys: Mapping[str, object],
     env: Mapping[str, str],
     ports: list[int],
+    *,
+    haproxy_bin: str = HAPROXY,
 ) -> tuple[Started, Path]:
-    """Compile, stage Lua files, `haproxy -c`, run haproxy in the router ns; (process, cfg)."""
+    """Compile, stage Lua files, `haproxy -c`, run haproxy (`haproxy_bin`) in the router ns;
+    (process, cfg)."""
     configmap = tmp_path / "configmap"
     write_configmap(configmap, keys)
     snapshot = read_snapshot(configmap)
@@ -188,8 +191,8 @@ def start_router(
     staging.write_maps(RunDir(run_dir).maps, pattern_files(config))
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
-    check(cfg, HAPROXY)
-    haproxy = bed.start(bed.router, [HAPROXY, "-db", "-f", str(cfg)], name="haproxy")
+    check(cfg, haproxy_bin)
+    haproxy = bed.start(bed.router, [haproxy_bin, "-db", "-f", str(cfg)], name="haproxy")
     for port in ports:
         wait_port(bed.client, ROUTER_CLIENT_IP, port, proc=haproxy)
     return haproxy, run_dir

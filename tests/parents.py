@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from tests.netns import stop_process
 from tests.support import free_port, port_open, wait_for
 
 SQUID = os.environ.get("EGRESS_SQUID_BIN", "/usr/sbin/squid")
@@ -91,13 +92,8 @@ class _Parent:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, grace=10)
         self.proc = None
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.netns import stop_process
 from tests.support import free_port, port_open, wait_for
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
@@ -92,13 +92,7 @@ class Rsyslog:
         """SIGTERM (rsyslogd writes out what it took in), SIGKILL if it lingers."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=10)
         self.proc = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.pid_file)

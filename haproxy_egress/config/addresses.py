@@ -159,6 +159,12 @@ def normalize_host(text: str) -> str:
     return host.rstrip(".").lower()
 
 
+def join_host_port(host: str, port: int) -> str:
+    """host:port as haproxy's server lines and URLs want it: IPv6 literals in brackets."""
+    ip = ip_or_none(host)
+    return f"[{host}]:{port}" if ip is not None and ip.version == 6 else f"{host}:{port}"
+
+
 def split_host_port(text: str) -> tuple[str, str | None]:
     """Split 'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 literal; no validation."""
     raw = text.strip()

@@ -100,9 +100,7 @@ class SyslogTarget(_Strict):
     @property
     def hostport(self) -> str:
         """host:port as haproxy's server line wants it (IPv6 in brackets)."""
-        ip = netaddr.ip_or_none(self.host)
-        host = f"[{self.host}]" if ip is not None and ip.version == 6 else self.host
-        return f"{host}:{self.port}"
+        return netaddr.join_host_port(self.host, self.port)
 
     @property
     def host_is_name(self) -> bool:

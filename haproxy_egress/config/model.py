@@ -115,9 +115,7 @@ class Endpoint(Frozen):
     @cached_property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
-        ip = self.ip
-        host = f"[{self.host}]" if ip is not None and ip.version == 6 else self.host
-        return f"{host}:{self.port}"
+        return netaddr.join_host_port(self.host, self.port)
 
     @property
     def server_name(self) -> str:

@@ -56,9 +56,7 @@ class ParentProxy(_Frozen):
     @property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals (haproxy's `server` address)."""
-        ip = netaddr.ip_or_none(self.host)
-        host = f"[{self.host}]" if ip is not None and ip.version == 6 else self.host
-        return f"{host}:{self.port}"
+        return netaddr.join_host_port(self.host, self.port)
 
     @property
     def is_name(self) -> bool:

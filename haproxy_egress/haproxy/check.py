@@ -12,12 +12,17 @@ from haproxy_egress.errors import HaproxyCheckError, HaproxyError
 CHECK_TIMEOUT = 120.0  # 10,000 routes check in a few seconds; this only catches a wedge
 
 
+def check_argv(config_path: Path, haproxy_bin: str = "haproxy") -> list[str]:
+    """`haproxy -c` of one file (not -q: it also silences the [ALERT] lines that say what is
+    wrong)."""
+    return [haproxy_bin, "-c", "-f", str(config_path)]
+
+
 def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
     """Run `haproxy -c` on a file; return its warnings, raise HaproxyCheckError if rejected."""
     try:
         proc = subprocess.run(
-            # Not -q: it also silences the [ALERT] lines that say what is wrong.
-            [haproxy_bin, "-c", "-f", str(config_path)],
+            check_argv(config_path, haproxy_bin),
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,

@@ -152,6 +152,12 @@ def router_families(status: RouterStatus | None, haproxy_version: str) -> list[M
             "Unix time of the last successful (re)load; 0 if none yet.",
             value=status.last_reload_success_timestamp,
         ),
+        GaugeMetricFamily(
+            "haproxy_egress_config_check_failed",
+            "1 if haproxy -c, run after a runtime change, refused the configuration the worker "
+            "serves; the next reload is refused until an edit passes the check.",
+            value=1 if status.config_check_failed else 0,
+        ),
         InfoMetricFamily(
             "haproxy_egress_config",
             "sha256 of the configuration haproxy runs.",

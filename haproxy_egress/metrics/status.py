@@ -40,6 +40,8 @@ class RouterStatus:
     # refused for its TLS material (metrics/tls.py).
     tls: tuple[RouteTls, ...] = ()
     tls_rejected: bool = False
+    # haproxy -c, run after a runtime change, refused the config the worker serves.
+    config_check_failed: bool = False
 
 
 def safe_status(status: Callable[[], RouterStatus]) -> RouterStatus | None:

@@ -24,24 +24,52 @@ def uses_allow_from_file(route: Route) -> bool:
     return bool(route.allow_from) and not route.is_policy
 
 
-def _key(route: Route) -> tuple[str, ...]:
-    return tuple(str(net) for net in route.allow_from)
+# The text of each allow_from list seen by the last call, by the identity of the route's
+# tuple: routes the load cache handed back unchanged keep their tuple, and formatting 10,000
+# lists of networks on every edit was most of what an edit's render cost.
+_texts: dict[int, tuple[tuple[object, ...], tuple[str, ...]]] = {}
+
+
+def _keys(routes: list[Route]) -> dict[str, tuple[str, ...]]:
+    """Route name → its allow_from networks as text."""
+    seen: dict[int, tuple[tuple[object, ...], tuple[str, ...]]] = {}
+    out = {}
+    for r in routes:
+        nets = r.allow_from
+        known = _texts.get(id(nets)) or seen.get(id(nets))
+        if known is None or known[0] is not nets:
+            known = (nets, tuple(str(net) for net in nets))
+        seen[id(nets)] = known  # holds the tuple, so its id names nothing else meanwhile
+        out[r.name] = known[1]
+    _texts.clear()
+    _texts.update(seen)
+    return out
+
+
+# The last answer, for the very same routes: one compile asks twice (the template, the files).
+_last: list[tuple[tuple[Route, ...], dict[str, str]]] = []
 
 
 def allow_from_files(config: Config) -> dict[str, str]:
     """Route name → the file (under RunDir.maps) holding its allow_from networks."""
+    if _last and _last[0][0] is config.routes:
+        return _last[0][1]
     routes = sorted((r for r in config.routes if uses_allow_from_file(r)), key=lambda r: r.name)
+    keys = _keys(routes)
     first: dict[tuple[str, ...], str] = {}
     for r in routes:
-        first.setdefault(_key(r), r.name)
-    return {r.name: f"allow-from.{first[_key(r)]}.acl" for r in routes}
+        first.setdefault(keys[r.name], r.name)
+    files = {r.name: f"allow-from.{first[keys[r.name]]}.acl" for r in routes}
+    _last[:] = [(config.routes, files)]
+    return files
 
 
 def render_acls(config: Config) -> dict[str, str]:
     """Every allow_from ACL file of `config`: name → content, one network per line."""
     files = allow_from_files(config)
     by_name = {r.name: r for r in config.routes}
-    return {
-        file: "".join(f"{net}\n" for net in by_name[name].allow_from)
-        for name, file in files.items()
-    }
+    out: dict[str, str] = {}
+    for name, file in files.items():
+        if file not in out:  # a shared file: every route of it has the same list
+            out[file] = "".join(f"{net}\n" for net in by_name[name].allow_from)
+    return out

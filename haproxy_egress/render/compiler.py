@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import tempfile
@@ -17,6 +18,7 @@ from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.model import Config, Route, format_duration
 from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY, Reason
 from haproxy_egress.render.acls import allow_from_files
+from haproxy_egress.render.blocks import BlockCache
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
 from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
 from haproxy_egress.render.resources import template_dir
@@ -25,6 +27,8 @@ from haproxy_egress.render.tls import server_options as tls_server_options
 from haproxy_egress.rundir import RunDir
 
 TEMPLATE = "haproxy.cfg.j2"
+# The process's renders share one cache of route blocks (render/blocks.py).
+SHARED_BLOCKS = BlockCache()
 
 
 @dataclass(frozen=True)
@@ -189,20 +193,30 @@ def render(
     options: RenderOptions,
     directory: Path | None = None,
     hooks: HookSet | None = None,
+    blocks: BlockCache = SHARED_BLOCKS,
 ) -> str:
     """The haproxy.cfg text for `config`; pure and deterministic.
 
     `hooks` is `hooks.resolve(config, snapshot.files)`; without it only shipped hooks resolve
     (a route using a ConfigMap `*.lua` key then raises ConfigError: no such key was given).
+    A route's block is taken from `blocks` when the last render printed it for the same
+    route and inputs.
     """
-    template = _environment(directory or template_dir()).get_template(TEMPLATE)
+    directory = directory or template_dir()
+    template = _environment(directory).get_template(TEMPLATE)
     if hooks is None:
         hooks = resolve(config)
     # Every Lua file the config loads, each once (lua-load-per-thread), connect.lua included.
     lua_files = lua_paths(hooks, options.run.lua)
-    return template.render(
+    origins = dict(config.origins)
+    allow_files = allow_from_files(config)
+    # Whatever a block may print besides its route's own inputs: if any of it differs from
+    # the last render, no block of that render is reused.
+    scope = (directory, options, hooks.files, dataclasses.replace(config, routes=(), origins=()))
+    route_blocks = blocks.begin(scope, origins, hooks, allow_files)
+    text = template.render(
         config=config,
-        origins=dict(config.origins),
+        origins=origins,
         version=__version__,
         paths=_PathsOnce(options.run),
         log_stdout=options.log_stdout,
@@ -212,10 +226,13 @@ def render(
         threads=options.threads,
         hooks=hooks,
         lua_files=lua_files,
-        allow_from_files=allow_from_files(config),
+        allow_from_files=allow_files,
+        route_blocks=route_blocks.blocks,
         syslog_rings=rings(config.logging, options.run.syslog_certs),
         syslog_sd=any(t.format == "rfc5424" for t in config.logging.syslog),
     )
+    route_blocks.finish()
+    return text
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:

@@ -1,10 +1,12 @@
-"""The change transaction: load → validate → render → diff → `haproxy -c` → install → apply.
+"""The change transaction: load → validate → render → diff → install → apply.
 
 Apply is the runtime API on the running worker when the diff allows it (runtime/changes.py,
-runtime/live.py), else — or when a runtime command fails — a reload via the master, confirmed
-in `show proc`. Any failure leaves the running router untouched and the live haproxy.cfg equal
-to the last good one. Only the supervisor calls this, from its single event loop, so there is
-never more than one transaction at a time.
+runtime/live.py), and the full `haproxy -c` of the file follows off the edit's path
+(runtime/latecheck.py); else — or when a runtime command fails — `haproxy -c` of the
+candidate, then a reload via the master, confirmed in `show proc`. Any failure leaves the
+running router untouched (or brought back) and the live haproxy.cfg equal to the last good
+one. Only the supervisor calls this, from its single event loop, so there is never more than
+one transaction at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from haproxy_egress.config.model import Config
 from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, reserved_listeners
@@ -28,6 +31,7 @@ from haproxy_egress.render.compiler import RenderOptions, render, write_atomic
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.render.tls import staged_files
 from haproxy_egress.runtime import changes, live, staging
+from haproxy_egress.runtime.stages import Stages
 from haproxy_egress.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class Compiled:
         """The TLS files the text loads (name → content, under RunDir.tls)."""
         return staged_files(self.tls)
 
-    @property
+    @cached_property
     def text_digest(self) -> str:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
@@ -64,13 +68,17 @@ class ReloadFailed(EgressError):
     """A reload did not take; the old configuration keeps serving."""
 
 
-def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snapshot) -> Compiled:
+def compile_snapshot(
+    settings: Settings, options: RenderOptions, snapshot: Snapshot, stages: Stages | None = None
+) -> Compiled:
     """Validate and render one snapshot; raises ConfigError naming every problem."""
+    stages = stages or Stages()
     if not snapshot.exists and settings.config_dir != Settings.config_dir:
         # The default directory may legitimately be absent (env-only config); an explicitly
         # configured one that is missing is a mistake, or a mount that vanished.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory does not exist")])
     config = load_snapshot(snapshot, settings.route_env, reserved_listeners(settings))
+    stages.lap("validate")
     if not config.routes:
         where = str(settings.config_dir)
         raise ConfigError(
@@ -92,7 +100,9 @@ def compile_snapshot(settings: Settings, options: RenderOptions, snapshot: Snaps
             )
     hook_set = hooks.resolve(config, snapshot.files)
     text = render(config, options, hooks=hook_set)
-    return Compiled(config, text, snapshot.digest, hook_set, pattern_files(config), material)
+    maps = pattern_files(config)
+    stages.lap("render")
+    return Compiled(config, text, snapshot.digest, hook_set, maps, material)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:
@@ -260,6 +270,9 @@ class Outcome:
     worker_pid: int | None = None  # the new worker, when it reloaded
     plan: changes.Plan | None = None
     fallback: str = ""  # why a runtime change fell back to a reload
+    # False: in effect without `haproxy -c` of the whole file; the caller runs it late.
+    checked: bool = True
+    stages: Stages = field(default_factory=Stages, compare=False)
 
     @property
     def kind(self) -> changes.Kind:
@@ -275,13 +288,15 @@ def transaction(
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
     Outcome(changed=False) when there is nothing to do."""
+    stages = Stages()
     snapshot = read_inputs(settings, material_paths_of(current.config))
+    stages.lap("read")
     if snapshot.digest == current.digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
-    compiled = compile_snapshot(settings, options, snapshot)
+    compiled = compile_snapshot(settings, options, snapshot, stages)
     if (
         compiled.text == current.text
         and compiled.maps == current.maps
@@ -289,25 +304,61 @@ def transaction(
     ):
         return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
-    # Validated exactly as for a reload, whatever the path: a runtime change must never
-    # install something a later reload or restart would refuse.
-    check_compiled(settings, compiled)
+    stages.lap("diff")
+    if plan.kind is changes.Kind.RELOAD:
+        check_compiled(settings, compiled)  # a reload never loads an unchecked file
+        stages.lap("check")
+        install(settings, compiled.text, compiled.maps, compiled.tls_files)
+        stages.lap("files")
+        return _reload(settings, current, compiled, plan, "", stages=stages)
+    # Runtime (or nothing for haproxy to do): validated by the compiler (TLS material by
+    # config/tlsmaterial.py), then by haproxy as it applies each command, and read back. The
+    # files go first: a disk that is full fails the change before haproxy has taken any of
+    # it, and whatever dies later (haproxy, this process) comes back to them. The full
+    # `haproxy -c` of the file runs after this returns (runtime/latecheck.py), off the path
+    # the user waits on.
     install(settings, compiled.text, compiled.maps, compiled.tls_files)
+    stages.lap("files")
     if plan.kind is changes.Kind.NOOP:
-        return Outcome(True, compiled, None, plan)
-    fallback = ""
-    if plan.kind is changes.Kind.RUNTIME:
-        stats = CliSocket(settings.run.stats_socket, timeout=5.0)
+        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
+    stats = CliSocket(settings.run.stats_socket, timeout=5.0)
+    try:
+        live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
+        stages.lap("apply")
+        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
+    except live.LiveChangeFailed as exc:
+        # The files on disk already hold the new configuration: a reload lands on it, once
+        # it is checked like any reload's.
+        fallback = str(exc)
+        log.warning("runtime change failed, reloading instead: %s", fallback)
+    try:
+        check_compiled(settings, compiled)
+    except (ConfigError, HaproxyCheckError):
+        # The worker may hold part of the edit: back to the last good config, files and all.
+        restore_last_good(settings, current.maps, current.tls_files)
         try:
-            live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
-            return Outcome(True, compiled, None, plan)
-        except live.LiveChangeFailed as exc:
-            # The files on disk already hold the new configuration: a reload lands on it.
-            fallback = str(exc)
-            log.warning("runtime change failed, reloading instead: %s", fallback)
+            master_reload(settings)
+        except (ReloadFailed, HaproxyError) as exc:
+            log.error("could not reload back to the last good config: %s", exc)
+        raise
+    stages.lap("check")
+    return _reload(settings, current, compiled, plan, fallback, stages=stages)
+
+
+def _reload(
+    settings: Settings,
+    current: Compiled,
+    compiled: Compiled,
+    plan: changes.Plan,
+    fallback: str,
+    *,
+    stages: Stages,
+) -> Outcome:
+    """Reload onto the installed (and checked) `compiled`; the last good one back on failure."""
     try:
         pid = master_reload(settings)
     except (ReloadFailed, HaproxyError):
         restore_last_good(settings, current.maps, current.tls_files)
         raise
-    return Outcome(True, compiled, pid, plan, fallback)
+    stages.lap("reload")
+    return Outcome(True, compiled, pid, plan, fallback, stages=stages)

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from haproxy_egress import __version__
-from haproxy_egress.config.sources import read_inputs
+from haproxy_egress.config.sources import collector_paused, read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.haproxy.cli import CliSocket
@@ -30,9 +30,11 @@ from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.runtime import memory
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
 from haproxy_egress.runtime.haproxylog import StderrRelay
+from haproxy_egress.runtime.latecheck import LateCheck, Verdict
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe, relay_child
 from haproxy_egress.runtime.reload import Compiled, Outcome, install, transaction
@@ -84,6 +86,10 @@ class Supervisor:
         self.last_reload_success_timestamp = time.time()
         self.pending_reload = False
         self.tls_rejected = False  # the last change was refused for its TLS material
+        # `haproxy -c` of a config applied at runtime, after the fact; True while haproxy
+        # refuses the file the running config was last installed from.
+        self.late_check = LateCheck(settings.run, settings.haproxy_bin)
+        self.config_check_failed = False
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
         self._rejected_digest: str | None = None
@@ -186,6 +192,7 @@ class Supervisor:
             start_time=self.start_time,
             log=self.log_loss.snapshot(),
             config_changes=self.changes_view,
+            config_check_failed=self.config_check_failed,
             old_workers=self.workers.snapshot.count,
             old_worker_connections=self.workers.snapshot.connections,
             old_worker_rss_bytes=self.workers.snapshot.rss_bytes,
@@ -275,6 +282,7 @@ class Supervisor:
             self.haproxy_stderr.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
+        memory.settle()  # the start-up compile: its garbage freed, what it keeps frozen
         self._haproxy_came_up()
         self.watcher.start()
         self.log_loss.start()
@@ -314,6 +322,11 @@ class Supervisor:
 
     def handle_config_changed(self, event: ConfigChanged) -> None:
         """Watcher: the config directory has new content; reload if it compiles."""
+        if event.digest == self._rejected_digest:
+            # Already tried and refused (haproxy's restart found it first): one edit, one
+            # rejection, one log line.
+            log.debug("config directory changed to %s, already refused", event.digest[:12])
+            return
         log.info("config directory changed (digest %s)", event.digest[:12])
         self._reload("config directory changed", force=False)
 
@@ -345,8 +358,12 @@ class Supervisor:
             return
         started = self._clock()
         try:
-            outcome = transaction(self.settings, self.options, self.current, force=force)
+            # No collector pass in the middle of a change: at 10,000 routes one walks a
+            # million objects for a few hundred milliseconds the edit would wait for.
+            with collector_paused():
+                outcome = transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
+            memory.release()
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
@@ -376,6 +393,7 @@ class Supervisor:
                 self.config_changes[Kind.NOOP.value] += 1
                 self.changes_view = dict(self.config_changes)
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
+            self._rejected_digest = None
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
@@ -383,10 +401,17 @@ class Supervisor:
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self._changed(outcome, reason, self._clock() - started)
+        memory.release()  # the previous config and the compile's garbage are free now
 
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
+        self._rejected_digest = None  # the refused edit is history: its return is news
+        if outcome.checked:
+            self.late_check.discard()  # haproxy -c passed on this very text before the reload
+            self.config_check_failed = False
+        else:
+            self.late_check.request(outcome.compiled.text)
         kind = outcome.kind
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)
@@ -408,7 +433,7 @@ class Supervisor:
                 why = f"the runtime change failed: {outcome.fallback}"
             log.info(
                 "reloaded (%s): %s; reload (%s); config %s, %d route(s), new worker pid:%s "
-                "in %.2fs",
+                "in %.2fs (%s)",
                 reason,
                 what,
                 why,
@@ -416,10 +441,17 @@ class Supervisor:
                 len(self.current.config.routes),
                 outcome.worker_pid,
                 took,
+                outcome.stages,
             )
             self.workers.after_reload(now, plan)
         elif kind is Kind.RUNTIME and plan is not None:
-            log.info("changed (%s): %s in %.0f ms", reason, plan.summary(), took * 1000)
+            log.info(
+                "changed (%s): %s in %.0f ms (%s)",
+                reason,
+                plan.summary(),
+                took * 1000,
+                outcome.stages,
+            )
             self.workers.after_runtime(now, plan)
         else:
             log.info("changed (%s): %s; nothing for haproxy to do", reason, what)
@@ -431,6 +463,7 @@ class Supervisor:
             return
         self.state = State.STOPPING
         self.watcher.stop()
+        self.late_check.stop()
         self._stop_deadline = self._clock() + self.settings.drain_seconds
         if self.haproxy.pid is None:
             self._stop_socklog_soon()
@@ -546,7 +579,32 @@ class Supervisor:
                     self._child_exited(child, status, now)
                     break
             else:
+                if self.late_check.owns(pid):
+                    self._late_checked(self.late_check.exited(status))
+                    continue
                 log.debug("reaped orphan pid:%d (%s)", pid, describe_exit(status))
+
+    def _late_checked(self, verdict: Verdict) -> None:
+        """The `haproxy -c` run after a runtime edit is done: say so loudly if it refused."""
+        if verdict.digest != self.current.text_digest:
+            return  # about a config a later edit has replaced; that one has its own check
+        if verdict.ok:
+            log.info(
+                "haproxy -c %s config %s, applied at runtime, in %.2fs",
+                "accepts again" if self.config_check_failed else "accepts",
+                verdict.digest[:12],
+                verdict.seconds,
+            )
+            self.config_check_failed = False
+            return
+        self.config_check_failed = True
+        log.error(
+            "CONFIG CHECK FAILED after a runtime change: haproxy -c refuses config %s, which "
+            "the running worker already serves; the next reload is refused until an edit "
+            "passes the check: %s",
+            verdict.digest[:12],
+            verdict.error.replace("\n", " | "),
+        )
 
     def _child_exited(self, child: Child, status: int, now: float) -> None:
         expected = self.state is State.STOPPING

@@ -1,6 +1,9 @@
 """Destination and allow_from edits through the runtime API: the same worker, no failed
 request under load, the files on disk describing what runs, and a validated reload whenever
-a runtime command fails, or haproxy dies halfway. Real router, real haproxy, kubelet swaps."""
+a runtime command fails, or haproxy dies halfway. The full `haproxy -c` of the file runs right
+after a runtime edit: a refusal there is reported and the next reload refused; a supervisor
+killed in the middle of an apply comes back consistent. Real router, real haproxy, kubelet
+swaps."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from tests.load import LoadGen
 from tests.longlived import changes, recovery_time
 from tests.router import Router
 from tests.router import web_route as _web
-from tests.support import HttpOrigin, free_port, http_get, wait_for
+from tests.support import HAPROXY, HttpOrigin, free_port, http_get, loopback_route, wait_for
 
 
 @pytest.fixture
@@ -241,3 +244,111 @@ def test_crash_to_serving_in_under_a_second(
         # The next victim is the process that replaced this one.
         wait_for(lambda killed=killed: victim_pid() != killed)  # type: ignore[misc]
     assert statistics.median(outages) <= 1.0, outages
+
+
+def _gated_check_haproxy(tmp_path: Path, gate: Path) -> Path:
+    """The real haproxy; while `gate` exists, `haproxy -c` is also handed a file with an
+    unknown keyword, so haproxy itself refuses the check (the running master and its reloads
+    are untouched). What the router renders passes the check by construction, so this is how
+    a test gets a file the running worker serves and `haproxy -c` refuses."""
+    broken = tmp_path / "broken.cfg"
+    broken.write_text("frontend x\n    bind :1\n    no-such-directive\n")
+    wrapper = tmp_path / "haproxy"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-c" ] && [ -e {gate} ]; then exec {HAPROXY} "$@" -f {broken}; fi\n'
+        f'exec {HAPROXY} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.timeout(90)
+def test_late_check_failure_is_reported_and_blocks_the_next_reload(
+    volume: ConfigMapVolume, *, origin: HttpOrigin, origin_b: HttpOrigin, router: Router
+) -> None:
+    gate = router.workdir.parent / "refuse-checks"
+    router.env = {"EGRESS_HAPROXY_BIN": str(_gated_check_haproxy(router.workdir.parent, gate))}
+    port, other = free_port(), free_port()
+    _publish(volume, _web(port, origin))
+    router.start()
+    worker = router.worker_pid()
+    assert router.metric("haproxy_egress_config_check_failed") == 0
+
+    # A destination edit: in effect through the runtime API, then the late check refuses it.
+    gate.touch()
+    _publish(volume, _web(port, origin_b))
+    wait_for(lambda: router.metric("haproxy_egress_config_check_failed") == 1, 20)
+    assert changes(router)["runtime"] == 1
+    assert http_get(port) == "origin-b"  # the edit is in effect: the check came after it
+    log = router.stderr()
+    assert "CONFIG CHECK FAILED after a runtime change" in log
+    assert "unknown keyword 'no-such-directive'" in log
+    assert router.worker_pid() == worker
+
+    # The next edit needs a reload (a new listener): its check is refused, so is the reload.
+    _publish(volume, _web(port, origin_b), loopback_route("other", other, origin.port))
+    wait_for(lambda: router.metric("haproxy_egress_reload_failures_total") == 1, 20)
+    assert router.worker_pid() == worker
+    assert router.metric("haproxy_egress_config_check_failed") == 1
+    with pytest.raises(ConnectionError):
+        http_get(other, timeout=1)
+    assert http_get(port) == "origin-b"
+
+    # Whatever broke the check is gone: the reload checks again and goes through.
+    gate.unlink()
+    router.signal(signal.SIGHUP)
+    wait_for(lambda: router.metric("haproxy_egress_config_check_failed") == 0, 20)
+    wait_for(lambda: http_get(other, timeout=1) == "origin-a", 20)
+    assert router.worker_pid() != worker
+    assert changes(router)["reload"] == 1
+
+
+def _served(port: int) -> set[str]:
+    return {http_get(port, timeout=1) for _ in range(6)}
+
+
+def _consistent(router: Router) -> bool:
+    """The worker's servers of route "web" (not in maintenance) are the cfg's on disk."""
+    return _servers(router) == _cfg_servers(router)
+
+
+@pytest.mark.timeout(180)
+def test_supervisor_killed_during_an_incremental_apply_restarts_consistent(
+    volume: ConfigMapVolume,
+    *,
+    origin: HttpOrigin,
+    origin_b: HttpOrigin,
+    router: Router,
+) -> None:
+    """kill -9 of the supervisor at several moments of runtime edits; the pod restarts (its
+    container's processes die with it, the run dir, an emptyDir, stays): the router serves
+    exactly what the ConfigMap says, and the files on disk are what the worker runs."""
+    port = free_port()
+    sets = [(origin,), (origin, origin_b), (origin_b,)]
+    _publish(volume, _web(port, *sets[0]))
+    router.start()
+    for i, delay in enumerate((0.0, 0.1, 0.2, 0.3)):
+        dests = sets[(i + 1) % len(sets)]
+        _publish(volume, _web(port, *dests))
+        time.sleep(delay)
+        assert router.proc is not None
+        os.kill(router.proc.pid, signal.SIGKILL)
+        router.stop()  # reaps it and kills what the container runtime would (haproxy, checks)
+        router.start()
+        want = {o.name for o in dests}
+
+        def serves_exactly(w: set[str] = want) -> bool:
+            return _served(port) == w
+
+        wait_for(serves_exactly, 20)
+        wait_for(lambda: _consistent(router), 10)
+        # Edits keep working after the restart, through the runtime API.
+        before = changes(router)["runtime"]
+        _publish(volume, _web(port, *sets[i % len(sets)]))
+
+        def applied(b: float = before) -> bool:
+            return changes(router)["runtime"] > b
+
+        wait_for(applied, 20)
+        assert _consistent(router)

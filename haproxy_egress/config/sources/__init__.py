@@ -6,6 +6,7 @@ import gc
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,6 +25,7 @@ from haproxy_egress.config.model import (
     validate,
 )
 from haproxy_egress.config.parent import basic_credential, from_environment
+from haproxy_egress.config.sources.cache import LoadCache, Stale
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
 from haproxy_egress.config.sources.legacy import read_legacy
@@ -34,14 +36,26 @@ from haproxy_egress.config.users import ProxyUser, parse_users
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.settings import PROXY_USERS_ENV, Settings
 
-__all__ = ["Snapshot", "load", "load_snapshot", "read_inputs", "read_snapshot"]
+__all__ = [
+    "LoadCache",
+    "Snapshot",
+    "collector_paused",
+    "load",
+    "load_snapshot",
+    "read_inputs",
+    "read_snapshot",
+]
+
+# The process's loads share one cache: the supervisor's start-up compile fills it, so the first
+# edit already reuses what did not change (config/sources/cache.py).
+SHARED_CACHE = LoadCache()
 
 
-def _fragments(snapshot: Snapshot, env: Mapping[str, str]) -> list[Fragment]:
+def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
     frags: list[Fragment] = []
     for name, data in snapshot.files:
         if name.endswith((".yaml", ".yml")):
-            frags.append(read_yaml(name, data))
+            frags.append(cache.fragment(name, data, read_yaml))
     frags.append(read_seed_env(env))
     # The retired Red Hat dialects, from env vars or from ConfigMap keys of the same name.
     frags.extend(read_legacy(dict(snapshot.files), env))
@@ -187,6 +201,8 @@ def build_config(
     users: tuple[str, bytes] | None = None,
     env: Mapping[str, str] | None = None,
     secrets: Mapping[str, bytes] | None = None,
+    *,
+    cache: LoadCache | None = None,
 ) -> Config:
     """Merge fragments into one Config, or raise ConfigError listing every problem."""
     problems = [p for f in frags for p in f.problems]
@@ -210,10 +226,12 @@ def build_config(
         except ProblemList as exc:
             problems += exc.problems
     located: list[Located] = []
+    key = repr(defaults)  # what a cached route was validated against
     for frag in frags:
         for raw in frag.routes:
             try:
-                item = _validate_route(raw, defaults)
+                check = partial(_validate_route, raw, defaults)
+                item = check() if cache is None else cache.route(raw, key, check)
             except ProblemList as exc:
                 problems += exc.problems
                 continue
@@ -244,8 +262,8 @@ def _problem_order(p: Problem) -> tuple[str, int, str, str]:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Hold off the cyclic garbage collector for one load.
+def collector_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector for one load (or one change, which loads).
 
     Loading 10,000 routes allocates millions of tracked objects (YAML nodes, dicts, models)
     and none is garbage before the load ends, yet the collector kept walking the growing
@@ -263,13 +281,30 @@ def _collector_paused() -> Iterator[None]:
 
 
 def load_snapshot(
-    snapshot: Snapshot, env: Mapping[str, str], reserved: Mapping[str, Listen] | None = None
+    snapshot: Snapshot,
+    env: Mapping[str, str],
+    reserved: Mapping[str, Listen] | None = None,
+    cache: LoadCache = SHARED_CACHE,
 ) -> Config:
-    """Build the Config from a directory snapshot plus the route-bearing env vars."""
-    with _collector_paused():
-        return build_config(
-            _fragments(snapshot, env), reserved or {}, snapshot.users, env, dict(snapshot.secrets)
-        )
+    """Build the Config from a directory snapshot plus the route-bearing env vars, reusing
+    from `cache` what the last load parsed and validated from the same input."""
+    with collector_paused():
+        for reparse in (False, True):
+            cache.begin(reparse)
+            try:
+                config = build_config(
+                    _fragments(snapshot, env, cache),
+                    reserved or {},
+                    snapshot.users,
+                    env,
+                    dict(snapshot.secrets),
+                    cache=cache,
+                )
+            except Stale:  # the merged defaults changed: parse and validate everything
+                continue
+            cache.end()
+            return config
+    raise AssertionError("a load that parses every key uses no kept route")
 
 
 def reserved_listeners(settings: Settings) -> dict[str, Listen]:

@@ -16,7 +16,15 @@ from haproxy_egress.config.users import hash_password
 from haproxy_egress.haproxy.show import Session
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
-from haproxy_egress.runtime.changes import Kind, Plan, plan
+from haproxy_egress.runtime.changes import (
+    Kind,
+    Plan,
+    _changed_sections,
+    _sections,
+    _structural,
+    plan,
+    servers,
+)
 
 OPTIONS = RenderOptions(run_dir=Path("/run/haproxy-egress"))
 
@@ -166,3 +174,40 @@ def test_proxy_users_apply_at_runtime_and_a_revoked_one_ends_the_routes_tunnels(
     assert (deny.route, deny.everything) == ("pxy", True)
     assert deny.covers(Session("0x1", "pxy", "pxy-tunnel/tunnel", "10.0.0.9"))
     assert not deny.covers(Session("0x2", "db", "db/10.0.0.1_5432", "10.0.0.9"))
+
+
+GOLDEN_TEXTS = sorted(
+    (Path(__file__).parent.parent.parent / "data" / "golden").glob("*/haproxy.cfg")
+)
+
+
+@pytest.mark.parametrize("path", GOLDEN_TEXTS, ids=lambda p: p.parent.name)
+def test_servers_and_changed_sections_read_what_the_full_parse_reads(path: Path) -> None:
+    """The fast paths (a regex scan for servers; only sections whose text differs parsed)
+    agree with the section parser on every golden config and every pair of them."""
+    text = path.read_text()
+    sections = _sections(text)
+    assert servers(text) == {s.ref: s for sec in sections.values() for s in sec.servers.values()}
+    for other in GOLDEN_TEXTS:
+        full = _structural(sections, _sections(other.read_text()))
+        fast = _structural(*_changed_sections(text, other.read_text()))
+        assert (bool(fast[0]), fast[1:]) == (bool(full[0]), full[1:])
+
+
+@pytest.mark.parametrize("path", GOLDEN_TEXTS, ids=lambda p: p.parent.name)
+def test_changed_sections_agree_with_the_full_parse_on_every_one_line_edit(path: Path) -> None:
+    """Each line deleted, doubled or changed in turn: the sections around the difference
+    decide as the whole texts do (at the start, the end and across section boundaries)."""
+    lines = path.read_text().splitlines(keepends=True)
+    text = "".join(lines)
+    for i, line in enumerate(lines):
+        for edited in (
+            lines[:i] + lines[i + 1 :],
+            lines[: i + 1] + lines[i:],
+            [*lines[:i], line.rstrip("\n") + "x\n", *lines[i + 1 :]],
+        ):
+            other = "".join(edited)
+            for a, b in ((text, other), (other, text)):
+                full = _structural(_sections(a), _sections(b))
+                fast = _structural(*_changed_sections(a, b))
+                assert (bool(fast[0]), fast[1:]) == (bool(full[0]), full[1:]), (i, line)

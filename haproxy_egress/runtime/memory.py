@@ -1,0 +1,47 @@
+"""Giving back to the system the memory a compile freed.
+
+A compile of 10,000 routes allocates and frees tens of megabytes. glibc keeps freed heap
+pages for reuse, so without this the supervisor's RSS crept up by a few megabytes with each
+edit until it plateaued well above what it holds; `malloc_trim(0)` returns the free pages
+(about a millisecond), after each change and once after the start-up compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+from functools import cache
+
+__all__ = ["release", "settle"]
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None  # glibc only (not musl)
+
+
+def release() -> None:
+    """Return freed heap pages to the system, where the C library can."""
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(OSError):
+            libc.malloc_trim(0)
+
+
+def settle() -> None:
+    """After the start-up compile: collect its garbage, then move everything that lives on
+    (the configuration's million objects at 10,000 routes, the libraries) out of the cyclic
+    collector's sight (`gc.freeze`), so that no later pass walks them again. They are still
+    freed by reference counting when an edit replaces them."""
+    gc.collect()
+    gc.freeze()
+    release()
