@@ -69,6 +69,7 @@ from bench.bed import (
 )
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
+from haproxy_egress.config.vocabulary import Action
 from haproxy_egress.haproxy.program import version
 from tests.netns import (
     EXTERNAL_IP,
@@ -227,9 +228,9 @@ def tinyproxy_filter(rules: Sequence[policy.Rule]) -> list[str]:
     """
     lines = []
     for i, rule in enumerate(rules):
-        if rule.action == "deny":
+        if rule.action == Action.DENY:
             for later in rules[i + 1 :]:
-                if later.action == "allow" and _overlap(rule, later):
+                if later.action == Action.ALLOW and _overlap(rule, later):
                     raise ValueError(f"tinyproxy cannot express {rule.text} before {later.text}")
             continue
         if rule.kind == "host":

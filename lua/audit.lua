@@ -6,10 +6,11 @@
 -- fields. Lua adds only what haproxy cannot say, as two converters (string in, string out; a
 -- Lua sample fetch would build a TXN object per log line, which cost 40% of the request rate):
 --   %{+Q}[srv_name,lua.egress_audit_name]              the destination's configured name
---   %{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict] allowed, or denied when a rule is set
+--   %{+Q}[var(<egress.var.rule>,),lua.egress_audit_verdict] allowed, or denied when a rule is set
 -- The log-format quotes both (%{+Q}), so they return bare text.
 --
 -- Uses only APIs present in HAProxy 2.6 (Lua 5.3) and 3.0 (Lua 5.4): core.register_converters.
+-- Its words (egress.audit) come from haproxy_egress/config/vocabulary.py, loaded first.
 
 -- JSON string contents, ASCII only: control characters, '"', '\' and bytes >= 0x80 are
 -- escaped as \u00XX. Server names are the compiler's, so this is defence, not decoding.
@@ -44,11 +45,11 @@ end
 
 core.register_converters("egress_audit_name", destination_name)
 
--- A refusal names its rule in txn.egress_rule (deny_page, user hooks); the log-format passes ""
+-- A refusal names its rule in egress.var.rule (deny_page, user hooks); the log-format passes ""
 -- when it is not set.
 core.register_converters("egress_audit_verdict", function(rule)
     if rule == nil or rule == "" then
-        return "allowed"
+        return egress.audit.ALLOWED
     end
-    return "denied"
+    return egress.audit.DENIED
 end)

@@ -3,13 +3,14 @@
 -- See docs/lua.md.
 --
 -- Interface (also used by the policy proxy for its refusals):
---   http-request set-var(txn.egress_rule) str(<rule name>)   [if <refused>]
+--   http-request set-var(<egress.var.rule>) str(<rule name>)   [if <refused>]
 --   http-request use-service lua.deny_page                    [if <refused>]
--- Inputs: the route is the frontend's name; the rule is txn.egress_rule; an optional
+-- Inputs: the route is the frontend's name; the rule is egress.var.rule; an optional
 -- txn.arg.deny_page.contact (the hook's `contact` argument) says whom to ask for access.
 --
 -- Uses only APIs present in HAProxy 2.6 (Lua 5.3) and 3.0 (Lua 5.4): core.register_service,
 -- AppletHTTP set_status/add_header/start_response/send/get_var, applet.f.
+-- Its words (egress.var, egress.rule) come from haproxy_egress/config/vocabulary.py, loaded first.
 
 -- Every value shown was validated by the compiler; the filter keeps the page plain text
 -- even if a future caller passes something else.
@@ -22,13 +23,13 @@ end
 
 -- What would change each rule's refusal, for the reader of the page (no router insides).
 local remedies = {
-    allow_from = "your address is not in this route's allow_from list; "
+    [egress.rule.ALLOW_FROM] = "your address is not in this route's allow_from list; "
         .. "its owner can add your network to it",
 }
 
 core.register_service("deny_page", "http", function(applet)
     local route = clean(applet.f:fe_name(), "?")
-    local rule = clean(applet:get_var("txn.egress_rule"), "not named")
+    local rule = clean(applet:get_var(egress.var.rule), "not named")
     local contact = applet:get_var("txn.arg.deny_page.contact")
     local lines = {
         "403 Forbidden",

@@ -18,7 +18,6 @@ from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.parent import Parent
-from haproxy_egress.config.policyfields import DEFAULT_GROUP
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import format_duration
 from haproxy_egress.config.sources.configdir import Snapshot
@@ -26,11 +25,11 @@ from haproxy_egress.config.sources.http_proxy import read_http_proxy
 from haproxy_egress.config.sources.raw import Fragment
 from haproxy_egress.config.sources.yamlfile import read_yaml
 from haproxy_egress.config.tlsmaterial import RouteTls, describe
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Via
+from haproxy_egress.config.vocabulary import Verdict as Word
 
 Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
-AUTH = "proxy-auth"  # the rule the proxy logs and counts for a 407
-ALLOW_FROM = "allow_from"  # a client outside the route's allow_from: refused on connect
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,8 @@ class RouteVerdict:
     """One route's answer: allowed or not, the rule (with its location), and why.
 
     `verdict` and `rule_id` are what the live proxy logs and counts for the same request
-    (`verdict=`, `rule=`): allow, deny, would-deny (report-only) or unresolved; a rule
-    index, `default` or `guard-CLASS`. tests/integration/test_policy_differential.py holds
+    (`verdict=`, `rule=`): a `vocabulary.Verdict`; a rule index or a `vocabulary.RuleId`,
+    `guard-CLASS`. tests/integration/test_policy_differential.py holds
     the proxy to them.
     """
 
@@ -66,7 +65,7 @@ class RouteVerdict:
     verdict: str = ""
     rule_id: str = ""
     group: str = ""
-    via: str = ""  # routes with parent proxies: "direct" or "parent" (the log's `via=`)
+    via: str = ""  # routes with parent proxies: a `vocabulary.Via` (the log's `via=`)
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,9 @@ def _route_verdict(
     address = preferred[0] if preferred else None
     refused = _credentials_refused(config, route, user)
     if refused is not None:
-        return RouteVerdict(route.name, route.mode, False, refused, verdict="deny", rule_id=AUTH)
+        return RouteVerdict(
+            route.name, route.mode, False, refused, verdict=Word.DENY, rule_id=RuleId.PROXY_AUTH
+        )
     group = policy.select_group(route.groups, client, user if route.asks_credentials else None)
     if group is None:  # cannot happen: the route's own list admits everyone
         return RouteVerdict(route.name, route.mode, False, "no client group admits it", None)
@@ -209,14 +210,14 @@ def _route_verdict(
     if group.name != DEFAULT_GROUP and allowed:
         reason = f"client group {group.name}: {reason}"
     if verdict == policy.REPORT:
-        reason = f"{reason} (report only: allowed, logged as would-deny)"
+        reason = f"{reason} (report only: allowed, logged as {Word.WOULD_DENY})"
     via = ""
     if allowed and route.parents is not None:
         via, how = _via(route.parents, dest.host, address)
         reason = f"{reason}; {how}"
-    if allowed and address is None and looked_up and via != "parent":
+    if allowed and address is None and looked_up and via != Via.PARENT:
         allowed, reason = False, f"{reason}, but the name does not resolve (503)"
-        verdict = "unresolved"
+        verdict = Word.UNRESOLVED
     if allowed:
         reason += _clients_note(route, client) + _limits_note(route)
     return RouteVerdict(
@@ -234,15 +235,15 @@ def _route_verdict(
 
 
 def _via(parent: Parent, host: str, address: netaddr.IPAddress | None) -> tuple[str, str]:
-    """("direct" | "parent", words): where the proxy sends an allowed destination."""
+    """(a `Via`, words): where the proxy sends an allowed destination."""
     if parent.goes_direct(host, address):
-        return "direct", "direct (on the parent's direct list)"
+        return Via.DIRECT, "direct (on the parent's direct list)"
     names = [p.hostport for p in parent.proxies]
     if parent.balance == "first":
         order = f"{names[0]}" + (f", failing over to {', '.join(names[1:])}" if names[1:] else "")
     else:
         order = f"round robin over {', '.join(names)}"
-    return "parent", f"via parent {order} (the parent resolves the name)"
+    return Via.PARENT, f"via parent {order} (the parent resolves the name)"
 
 
 def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerdict | None:
@@ -258,8 +259,8 @@ def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerd
         False,
         f"client {client} is not in allow_from ({networks}): the connection is refused "
         f"before any rule (add the client's network to allow_from to change it)",
-        verdict="deny",
-        rule_id=ALLOW_FROM,
+        verdict=Word.DENY,
+        rule_id=RuleId.ALLOW_FROM,
     )
 
 
@@ -301,9 +302,9 @@ def _credentials_refused(config: Config, route: Route, user: str | None) -> str 
     if not route.asks_credentials:
         return None
     if user is not None and user not in {u.name for u in config.proxy_users}:
-        return f"407: {policy.REFUSALS['auth-wrong'].format(route=route.name)} ({user!r})"
+        return f"407: {policy.REFUSALS[Reason.AUTH_WRONG].format(route=route.name)} ({user!r})"
     if user is None and route.proxy_auth == "required":
-        missing = policy.REFUSALS["auth-missing"].format(route=route.name)
+        missing = policy.REFUSALS[Reason.AUTH_MISSING].format(route=route.name)
         return f"407: {missing} (proxy_auth: required; try --user NAME)"
     return None
 

@@ -13,6 +13,8 @@ providers and the providers' own documentation. Exact names, lower case, A-label
 
 from __future__ import annotations
 
+from haproxy_egress.config.vocabulary import RuleId
+
 DOH: tuple[str, ...] = (
     # Google Public DNS
     "dns.google",
@@ -74,6 +76,7 @@ DOH: tuple[str, ...] = (
 )
 
 # Rule word (after `@`) → the names it stands for.
-CATEGORIES: dict[str, tuple[str, ...]] = {"doh": DOH}
+# The word is also the rule id a denial logs (config/vocabulary.py).
+CATEGORIES: dict[str, tuple[str, ...]] = {RuleId.DOH: DOH}
 
 __all__ = ["CATEGORIES", "DOH"]

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.vocabulary import SELF_CLASS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 V4 = ipaddress.IPv4Network
@@ -141,7 +142,7 @@ CLASSES: tuple[AddressClass, ...] = (
 )
 BY_NAME = {c.name: c for c in CLASSES}
 DEFAULT = tuple(c.name for c in CLASSES if c.default)
-SELF = "self"  # the router's own listen addresses and ports: always on, see policy.Guard
+SELF = SELF_CLASS  # the router's own listen addresses and ports: always on, see policy.Guard
 NAMES = (*BY_NAME, SELF)
 
 

@@ -32,6 +32,7 @@ from pydantic import (
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.vocabulary import Action
 from haproxy_egress.settings import NO_PROXY_VARIABLES, PROXY_VARIABLES
 
 ENV = "env"
@@ -89,7 +90,7 @@ def _direct_rule(text: str) -> str:
     """A direct-list entry: a name, `*.domain`, an address or network, or `*`; no `!`, no ports
     (a destination either skips the parent or not: exceptions belong in the policy)."""
     rule = egress_policy.parse_rule(text)
-    if rule.action == "deny":
+    if rule.action == Action.DENY:
         raise ValueError(f"{text!r}: a direct list takes no '!' (deny in the policy instead)")
     if rule.ports:
         raise ValueError(f"{text!r}: a direct list takes no ports")

@@ -36,9 +36,11 @@ from typing import ClassVar, Literal
 
 from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
+from haproxy_egress.config import vocabulary as vocab
 from haproxy_egress.config.categories import CATEGORIES
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Verdict, guard_rule
 
-Action = Literal["allow", "deny"]
+Action = Literal[vocab.Action.ALLOW, vocab.Action.DENY]
 Kind = Literal["host", "domain", "network", "any", "category"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,7 +75,7 @@ class Rule:
             return self.text
         ports = ":" + ",".join(map(str, self.ports)) if self.ports else ""
         star = "*." if self.kind == "domain" else ""
-        return f"{'!' if self.action == 'deny' else ''}{star}{self.value}{ports}"
+        return f"{'!' if self.action == vocab.Action.DENY else ''}{star}{self.value}{ports}"
 
     @property
     def is_address_rule(self) -> bool:
@@ -205,7 +207,7 @@ RULE_TYPES: dict[Kind, type[Rule]] = {
 }
 # The category a policy route denies before its rules, unless it sets `deny_doh: false`; its
 # rule id in logs and metrics is the category's name.
-DOH = "doh"
+DOH = RuleId.DOH
 
 
 def make_rule(
@@ -250,16 +252,16 @@ def parse_rule(line: str) -> Rule:
     text = line.strip()
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"Bad destination {_shown(text)}: one rule per line, no blanks")
-    action: Action = "allow"
+    action: Action = vocab.Action.ALLOW
     body = text
     if body.startswith("!"):
-        action, body = "deny", body[1:]
+        action, body = vocab.Action.DENY, body[1:]
     if body == "*":
-        if action == "deny":
+        if action == vocab.Action.DENY:
             raise ValueError(
                 "Bad destination '!*': leave out '*' instead (everything not allowed is denied)"
             )
-        return AnyRule("allow", "*", (), text)
+        return AnyRule(vocab.Action.ALLOW, "*", (), text)
     try:
         pattern, ports = _split_ports(body)
     except ValueError as exc:
@@ -351,48 +353,57 @@ OWN_NETWORKS: tuple[Network, ...] = tuple(
     ipaddress.ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128")
 )
 DEFAULT_GUARD = Guard()
-REPORT: Literal["would-deny"] = "would-deny"
-DEFAULT_GROUP = "default"  # the route's own `policy`, for every client no group takes
+REPORT: Literal[Verdict.WOULD_DENY] = Verdict.WOULD_DENY
 
 # The words of every refusal, each saying which rule decided and what would change it. Defined
 # once: `decide` (for `explain`) fills them with values, the proxy's haproxy.cfg with sample
 # expressions (render/compiler.py `refusal`), so a 403 body and `explain` say the same thing.
 REFUSALS = {
-    "default": (
+    Reason.DEFAULT: (
         "no rule of route {route} allows {host} port {port} (client group {group}): everything"
         " not allowed is denied; to allow it, add a rule such as {host}:{port} to that policy"
     ),
-    "deny": (
+    Reason.DENY: (
         "denied by route {route} rule {rule} ({text}) (client group {group}): to allow it,"
         " remove or narrow that rule, or allow it in a rule placed before rule {rule}"
     ),
-    "guard": (
+    Reason.GUARD: (
         "{address} is in address class {cls}: route {route} rule {rule} ({text}) matched, but"
         " only an address rule may let this class through; to allow it, take the class out of"
         " the route's guard (guard: [default, -{cls}]) or place an address rule such as"
         " {address} before rule {rule}"
     ),
-    "guard-default": (
+    Reason.GUARD_DEFAULT: (
         "{address} is in address class {cls}: no rule of route {route} matched and report-only"
         " lets no refused class through; to allow it, take the class out of the route's guard"
         " (guard: [default, -{cls}]) or add an address rule such as {address}"
     ),
-    "doh": (
+    Reason.DOH: (
         "{host} is a DNS-over-HTTPS resolver (@doh): route {route} denies the well-known"
         " resolvers before any rule; to allow it, set deny_doh: false on the route"
     ),
-    "self": (
+    Reason.SELF: (
         "{address} port {port} is the router itself (class self): no rule or guard setting of"
         " route {route} can allow it; connect to that listener directly"
     ),
-    "auth-missing": (
+    Reason.AUTH_MISSING: (
         "route {route}: proxy authentication required: send Proxy-Authorization (Basic) with"
         " the name and password of a proxy user (EGRESS_PROXY_USERS_FILE)"
     ),
-    "auth-wrong": (
+    Reason.AUTH_WRONG: (
         "route {route}: wrong proxy credentials: no proxy user with that name and password"
         " (EGRESS_PROXY_USERS_FILE)"
     ),
+    Reason.LIMIT_TUNNELS: (
+        "route {route}: at most {tunnels} CONNECT tunnels at a time; try again later"
+    ),
+    Reason.LIMIT_CONNECTION_RATE: (
+        "route {route}: at most {rate} connections per {period} from {client}"
+    ),
+    Reason.LIMIT_REQUEST_RATE: "route {route}: at most {rate} requests per {period} from {client}",
+    Reason.UNRESOLVED: "cannot resolve {host}",
+    Reason.NO_PARENT: "route {route}: no parent proxy reachable",
+    Reason.PARENT_AUTH: "route {route}: the parent proxy refused the router's credentials (407)",
 }
 
 
@@ -405,7 +416,7 @@ class Decision:
     the request is allowed, logged and counted as such.
     """
 
-    verdict: Literal["allow", "deny", "would-deny"]
+    verdict: Literal[Verdict.ALLOW, Verdict.DENY, Verdict.WOULD_DENY]
     index: int | None
     rule: Rule | None
     reason: str
@@ -420,16 +431,16 @@ class Decision:
     @property
     def allowed(self) -> bool:
         """Whether the request goes through (report mode lets would-deny through)."""
-        return self.verdict != "deny"
+        return self.verdict != Verdict.DENY
 
     @property
     def rule_id(self) -> str:
         """The rule's label in metrics and logs: its index, 'default' or 'guard-CLASS'."""
         if self.guard_class is not None:
-            return f"guard-{self.guard_class}"
+            return guard_rule(self.guard_class)
         if self.category is not None:
             return self.category
-        return str(self.index) if self.index is not None else "default"
+        return str(self.index) if self.index is not None else RuleId.DEFAULT
 
 
 def decide(
@@ -454,31 +465,33 @@ def decide(
     """
     words = {"route": route, "group": group, "host": host, "port": port, "address": address}
     if address is not None and guard.is_self(address, port):
-        reason = REFUSALS["self"].format(**words)
-        return Decision("deny", None, None, reason, guard_class=classes.SELF)
-    denied: Literal["deny", "would-deny"] = "deny" if enforce else REPORT
+        reason = REFUSALS[Reason.SELF].format(**words)
+        return Decision(Verdict.DENY, None, None, reason, guard_class=classes.SELF)
+    denied: Literal[Verdict.DENY, Verdict.WOULD_DENY] = Verdict.DENY if enforce else REPORT
     found = guard.classify(address) if address is not None else None
     if deny_doh and host in CATEGORIES[DOH]:
         if denied == REPORT and found is not None:
-            reason = REFUSALS["guard-default"].format(**words, cls=found)
-            return Decision("deny", None, None, reason, guard_class=found)
-        return Decision(denied, None, None, REFUSALS["doh"].format(**words), category=DOH)
+            reason = REFUSALS[Reason.GUARD_DEFAULT].format(**words, cls=found)
+            return Decision(Verdict.DENY, None, None, reason, guard_class=found)
+        return Decision(denied, None, None, REFUSALS[Reason.DOH].format(**words), category=DOH)
     for index, rule in enumerate(rules, start=1):
         if not rule.matches(host, address, port):
             continue
         at = {**words, "rule": index, "text": rule.text, "cls": found}
-        if rule.action == "deny":
+        if rule.action == vocab.Action.DENY:
             if denied == REPORT and found is not None:
                 # Report mode lets a denied request through, but never into a refused class.
-                return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
-            return Decision(denied, index, rule, REFUSALS["deny"].format(**at))
+                return Decision(
+                    Verdict.DENY, index, rule, REFUSALS[Reason.GUARD].format(**at), found
+                )
+            return Decision(denied, index, rule, REFUSALS[Reason.DENY].format(**at))
         if found is not None and not rule.is_address_rule:
-            return Decision("deny", index, rule, REFUSALS["guard"].format(**at), found)
-        return Decision("allow", index, rule, f"allowed by rule {index} ({rule.text})")
+            return Decision(Verdict.DENY, index, rule, REFUSALS[Reason.GUARD].format(**at), found)
+        return Decision(Verdict.ALLOW, index, rule, f"allowed by rule {index} ({rule.text})")
     if denied == REPORT and found is not None:
-        reason = REFUSALS["guard-default"].format(**words, cls=found)
-        return Decision("deny", None, None, reason, guard_class=found)
-    return Decision(denied, None, None, REFUSALS["default"].format(**words))
+        reason = REFUSALS[Reason.GUARD_DEFAULT].format(**words, cls=found)
+        return Decision(Verdict.DENY, None, None, reason, guard_class=found)
+    return Decision(denied, None, None, REFUSALS[Reason.DEFAULT].format(**words))
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config import vocabulary
 from haproxy_egress.config.scalars import ClientNetwork, Duration, Frozen
 from haproxy_egress.config.users import USER_NAME
 
 POLICY_MODES = ("proxy", "tls")
-DEFAULT_GROUP = egress_policy.DEFAULT_GROUP
+DEFAULT_GROUP = vocabulary.DEFAULT_GROUP
 
 
 def _policy_rule(value: str) -> str:

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config import vocabulary
 from haproxy_egress.config.hookuse import HookUse
 from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.policyfields import (
@@ -244,7 +245,7 @@ class Route(RouteSettings):
         if self.is_policy and self.deny_doh:
             for g in self.groups:
                 for rule in g.rules:
-                    if rule.kind == "category" and rule.action == "allow":
+                    if rule.kind == "category" and rule.action == vocabulary.Action.ALLOW:
                         raise ValueError(
                             f"rule {rule.text!r} allows what deny_doh (on by default) denies "
                             "before any rule: set deny_doh: false on this route"

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from haproxy_egress.config.route import DESTINATIONS_TABLE_PREFIX
+from haproxy_egress.config.vocabulary import Verdict
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.haproxy import show
 from haproxy_egress.haproxy.stat import parse_stat
@@ -94,7 +95,7 @@ def route_totals(policy_table: str, stat: str) -> dict[str, Counts]:
     """Each policy route's decisions (and denials) and its frontend's bytes."""
     totals: dict[str, Counts] = {}
     for (route, _group, _rule, verdict), count in parse_policy_table(policy_table).items():
-        denied = count if verdict == "deny" else 0
+        denied = count if verdict == Verdict.DENY else 0
         totals[route] = totals.get(route, Counts()) + Counts(count, denied)
     for row in parse_stat(stat).frontends:
         total = totals.get(row[0])

@@ -2,8 +2,8 @@
 
 haproxy counts each decision of a proxy/tls route in the stick table `_egress_policy`, keyed
 `ROUTE/GROUP/RULE/VERDICT` (GROUP: the client group, `default` for the route's own list;
-RULE: 1-based rule index within the group, `default`, `guard-CLASS`, `no-sni`, `non-ascii`,
-`sni-mismatch` or a limit; VERDICT: allow, deny, would-deny or unresolved), value gpc0.
+RULE: 1-based rule index within the group or a `vocabulary.RuleId`, `guard-CLASS` or
+`limit-KIND`; VERDICT: a `vocabulary.Verdict`), value gpc0.
 The collector keeps no state between scrapes and reads one snapshot per scrape through the
 callable it is given (the exporter passes one that asks the stats socket); a failing socket
 yields no samples, never an exception.
@@ -19,6 +19,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from haproxy_egress.config.vocabulary import Verdict
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.haproxy import show
 from haproxy_egress.metrics.stats import Query
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 TABLE = TABLES.policy
 COMMAND = f"show table {TABLE}"
 # The keys the template writes: ROUTE/GROUP/RULE/VERDICT.
-_KEY = re.compile(r"([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/(allow|deny|would-deny|unresolved)")
+_VERDICTS = "|".join(re.escape(v) for v in Verdict)
+_KEY = re.compile(rf"([a-z0-9._-]+)/([a-z0-9_-]+)/([a-z0-9-]+)/({_VERDICTS})")
 
 
 def parse_parent_auth(text: str) -> dict[str, int]:

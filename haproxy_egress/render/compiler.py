@@ -16,9 +16,9 @@ import jinja2
 from haproxy_egress import __version__
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.document import Config
-from haproxy_egress.config.policyfields import DEFAULT_GROUP
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import format_duration
+from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY, Reason
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.blocks import BlockCache
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
@@ -46,17 +46,17 @@ TABLES = Tables()
 # the destination, the address it resolved to, the rule and the verdict.
 POLICY_LOG_FORMAT = (
     "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc"
-    " egress route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]:%[var(txn.dstport)]"
-    " addr=%[var(txn.dstip)] group=%[var(txn.egress_group)] rule=%[var(txn.egress_rule)]"
-    " verdict=%[var(txn.egress_verdict)]"
+    f" egress route=%[var({VARS.route})] dst=%[var({VARS.dsthost})]:%[var({VARS.dstport})]"
+    f" addr=%[var({VARS.dstip})] group=%[var({VARS.group})] rule=%[var({VARS.rule})]"
+    f" verdict=%[var({VARS.verdict})]"
 )
 # The decision as RFC 5424 structured data (rfc5424 syslog targets only; stdout has no SD).
 # Every value quoted and escaped (+Q,+E: '"', '\\' and ']'); 32473 is the enterprise number
 # RFC 5612 reserves for examples, as no number is registered for this router.
 POLICY_LOG_FORMAT_SD = (
-    "%{+Q,+E}o [egress@32473 route=%[var(txn.egress_route)] dst=%[var(txn.dsthost)]"
-    " port=%[var(txn.dstport)] addr=%[var(txn.dstip)] group=%[var(txn.egress_group)]"
-    " rule=%[var(txn.egress_rule)] verdict=%[var(txn.egress_verdict)]]"
+    f"%{{+Q,+E}}o [egress@32473 route=%[var({VARS.route})] dst=%[var({VARS.dsthost})]"
+    f" port=%[var({VARS.dstport})] addr=%[var({VARS.dstip})] group=%[var({VARS.group})]"
+    f" rule=%[var({VARS.rule})] verdict=%[var({VARS.verdict})]]"
 )
 
 # The audit hook (docs/lua.md): the route's log line is one JSON object. haproxy builds
@@ -73,11 +73,12 @@ AUDIT_HEAD = (
     ',"route":"%f","client":{"address":"%ci","port":%cp}'
     ',"destination":{"name":%{+Q}[srv_name,lua.egress_audit_name]'
     ',"address":%{+Q}[bc_dst],"port":%{+Q}[bc_dst_port]}'
-    ',"verdict":%{+Q}[var(txn.egress_rule,),lua.egress_audit_verdict]'
-    ',"rule":%{+Q}[var(txn.egress_rule),bytes(0,64),json(utf8s)]'
+    f',"verdict":%{{+Q}}[var({VARS.rule},),lua.egress_audit_verdict]'
+    f',"rule":%{{+Q}}[var({VARS.rule}),bytes(0,64),json(utf8s)]'
 )
 AUDIT_HTTP = (
-    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)],"host":%{+Q}[var(txn.audit_host),json(utf8s)]'
+    ',"method":%{+Q}[method,bytes(0,16),json(utf8s)]'
+    f',"host":%{{+Q}}[var({VARS.audit_host}),json(utf8s)]'
 )
 AUDIT_TAIL = ',"bytes_up":%U,"bytes_down":%B,"duration_ms":%Tt,"termination":"%ts"'
 
@@ -140,19 +141,22 @@ def _address(value: object) -> str:
 # What fills each word of a refusal (config/policy.py REFUSALS) in the proxy: the values of
 # the request, as the decision left them in its variables.
 _REFUSAL_SAMPLES = {
-    "host": "%[var(txn.dsthost)]",
-    "port": "%[var(txn.dstport)]",
-    "address": "%[var(txn.dstip)]",
-    "cls": "%[var(txn.egress_class)]",
-    "rule": "%[var(txn.egress_idx)]",
-    "group": "%[var(txn.egress_group)]",
+    "host": f"%[var({VARS.dsthost})]",
+    "port": f"%[var({VARS.dstport})]",
+    "address": f"%[var({VARS.dstip})]",
+    "cls": f"%[var({VARS.cls})]",
+    "rule": f"%[var({VARS.idx})]",
+    "group": f"%[var({VARS.group})]",
+    "client": "%[src]",
 }
 
 
-def refusal(kind: str, route: str, text: str = "") -> str:
+def refusal(kind: Reason, route: str, text: str = "", **values: object) -> str:
     """A refusal's words (REFUSALS[kind]) for haproxy's set-var-fmt: the route's name, and
-    sample expressions for the rest; `text` is the expression of the rule's text."""
-    return egress_policy.REFUSALS[kind].format(route=route, text=text, **_REFUSAL_SAMPLES)
+    sample expressions for the rest; `text` is the expression of the rule's text, `values` the
+    route's own figures (a limit and its period)."""
+    samples = {**_REFUSAL_SAMPLES, **values}
+    return egress_policy.REFUSALS[kind].format(route=route, text=text, **samples)
 
 
 @cache
@@ -174,6 +178,8 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals["parent_maps"] = parent_files
     env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
     env.globals["refusal"] = refusal
+    # The policy vocabulary (config/vocabulary.py): every variable name and word of a decision.
+    env.globals["V"] = VOCABULARY
     env.globals["default_group"] = DEFAULT_GROUP
     env.globals["no_class"] = NONE
     env.globals["policy_log_format"] = POLICY_LOG_FORMAT

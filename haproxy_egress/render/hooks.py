@@ -23,7 +23,9 @@ from pathlib import Path
 
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.hookuse import HookPhase, HookUse
+from haproxy_egress.config.policy import REFUSALS
 from haproxy_egress.config.route import Route
+from haproxy_egress.config.vocabulary import VARS, RuleId, lua_module
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.haproxy.check import parse_alerts
 from haproxy_egress.render.resources import lua_dir
@@ -74,9 +76,9 @@ SHIPPED: dict[str, ShippedHook] = {
             # The page answers the requests allow_from refuses, before any other request hook.
             binding=Binding(
                 "service",
-                (("txn.egress_rule", "allow_from"),),
+                ((VARS.rule, RuleId.ALLOW_FROM),),
                 " unless client_allowed",
-                when="allow_from",
+                when="allow_from",  # the Route field
             ),
         ),
         ShippedHook(
@@ -122,6 +124,11 @@ class LuaFile:
         return f"{self.key} (shipped)" if self.shipped else self.key
 
 
+# The policy vocabulary for Lua (config/vocabulary.py): generated, and loaded before every other
+# Lua file so that each finds the global table `egress` (variable names, verdicts, rule ids).
+VOCABULARY_LUA = LuaFile("vocabulary.lua", lua_module(REFUSALS).encode(), shipped=True)
+
+
 @dataclass(frozen=True)
 class Attachment:
     """One hook rule of a route: the rule keyword, the action, and the args to set first."""
@@ -156,14 +163,18 @@ class HookSet:
         return dict(self.routes).get(name, RouteHooks())
 
     def including(self, *files: LuaFile) -> HookSet:
-        """This set plus more files to load (e.g. the policy proxy's connect.lua), each once."""
+        """This set plus more files to load (e.g. the policy proxy's connect.lua), each once;
+        the vocabulary first whenever any file is loaded."""
         have = {f.digest for f in self.files}
         extra = []
         for f in files:
             if f.digest not in have:
                 extra.append(f)
                 have.add(f.digest)
-        return replace(self, files=(*self.files, *extra))
+        loaded = (*self.files, *extra)
+        if loaded and VOCABULARY_LUA.digest not in have:
+            loaded = (VOCABULARY_LUA, *loaded)
+        return replace(self, files=loaded)
 
     def users_of(self, key: str) -> tuple[str, ...]:
         """Descriptions of the routes that use the file `key`."""
@@ -341,7 +352,7 @@ def resolve(config: Config, config_files: Iterable[tuple[str, bytes]] = ()) -> H
         # The policy proxy's CONNECT handler: resolved here, with every other Lua file, so it
         # is staged in the run dir and loaded once like the rest.
         hook_set = hook_set.including(shipped_lua("connect"))
-    return hook_set
+    return hook_set.including()
 
 
 def lua_paths(hooks: HookSet, lua_dir: Path) -> list[str]:

@@ -15,8 +15,8 @@ a handful of lookups whose number does not depend on the rules (or on the client
   group's rules that match: every rule matching a destination covers its most specific
   match, so that one entry answers for all. `*/<group>` is the group's `*` rule.
   The template takes the lowest of the three answers: first match.
-- `<route>.rules.map`: `<group>/<index>` → `allow`, `allow-address`, `deny` or `report`
-  (a deny of a report-only group), and `<group>/default` for no match; `<route>.reasons.map`
+- `<route>.rules.map`: `<group>/<index>` → a `vocabulary.Action` (`report`: a deny of a
+  report-only group), and `<group>/<RuleId.DEFAULT>` for no match; `<route>.reasons.map`
   the rule as written, for the 403 body.
 - `<route>.groups.map` (`map_ip` on the client address) → the client group; on a route that
   asks for proxy credentials, → a label of the groups whose sources hold the address, and
@@ -43,6 +43,7 @@ from haproxy_egress.config.categories import CATEGORIES
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.users import ProxyUser
+from haproxy_egress.config.vocabulary import Action, RuleId, Via
 from haproxy_egress.render.acls import render_acls
 
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
@@ -153,14 +154,14 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
         wildcard = [i for i, r in enumerate(rules, start=1) if r.kind == "any"]
         if wildcard:
             index.append((f"*/{g.name}", str(wildcard[0])))
-        deny = "deny" if g.enforce else "report"
+        deny = Action.DENY if g.enforce else Action.REPORT
         for i, r in enumerate(rules, start=1):
-            action = deny if r.action == "deny" else "allow"
-            if action == "allow" and r.is_address_rule:
-                action = "allow-address"
+            action = deny if r.action == Action.DENY else Action.ALLOW
+            if action == Action.ALLOW and r.is_address_rule:
+                action = Action.ALLOW_ADDRESS
             actions.append((f"{g.name}/{i}", action))
             reasons.append((f"{g.name}/{i}", r.ascii_text))
-        actions.append((f"{g.name}/default", deny))
+        actions.append((f"{g.name}/{RuleId.DEFAULT}", deny))
         if route.deny_doh:
             actions.append((f"{g.name}/{p.DOH}", deny))
             reasons.append((f"{g.name}/{p.DOH}", f"@{p.DOH}"))
@@ -183,7 +184,7 @@ def route_maps(route: Route, guard: p.Guard, users: Sequence[ProxyUser] = ()) ->
         file_name(route, "reasons"): _lines(reasons),
         file_name(route, "classes"): _lines(_class_entries(guard)),
         file_name(route, "self"): _lines(
-            (str(k.prefix), "self")
+            (str(k.prefix), classes.SELF)
             for k in classes.key_prefixes(guard.own_networks)
             if any(k.covered_by(n) for n in guard.own_networks)
         ),
@@ -220,7 +221,7 @@ def parent_maps(route: Route) -> dict[str, str]:
     tables: dict[str, list[tuple[str, str]]] = {t: [] for t in PARENT_TABLES}
     for rule in parent.direct_rules:
         if rule.table is not None:
-            tables[_DIRECT_TABLE[rule.table]] += [(k, "direct") for k in rule.patterns()]
+            tables[_DIRECT_TABLE[rule.table]] += [(k, Via.DIRECT) for k in rule.patterns()]
     if parent.credential is not None:
         tables["parent"].append((PARENT_CREDENTIAL_KEY, parent.credential))
     return {file_name(route, t): _lines(entries) for t, entries in tables.items()}

@@ -119,7 +119,8 @@ def test_only_used_hooks_are_loaded_each_once_shipped_first(tmp_path: Path) -> N
         "unused.lua": b"this is not Lua at all (",  # never loaded, so never an error
     }
     settings, compiled = compile_keys(tmp_path, keys)
-    assert [f.key for f in compiled.hooks.files] == ["audit.lua", "stamp.lua"]
+    # The generated policy vocabulary first (config/vocabulary.py), so every hook can read it.
+    assert [f.key for f in compiled.hooks.files] == ["vocabulary.lua", "audit.lua", "stamp.lua"]
     loads = [ln.split()[1] for ln in compiled.text.splitlines() if "lua-load" in ln]
     assert loads == [str(settings.run_dir / "lua" / f.file_name) for f in compiled.hooks.files]
     assert not settings.run.lua.exists()  # compiling writes nothing; the check stages

@@ -549,6 +549,7 @@ def check_hooks_outcome(snapshot: Snapshot) -> None:
 def test_hook_base_inputs_are_valid() -> None:
     config, hook_set, _ = _render_hooks(_hooks_snapshot(HOOKS_DOC), Path("/run/x"))
     assert [f.key for f in hook_set.files] == [
+        "vocabulary.lua",  # generated (config/vocabulary.py), loaded first
         "audit.lua",
         "deny_page.lua",
         "proxy_auth.lua",

@@ -18,6 +18,7 @@ import pytest
 from bench.peers import QUICK_TUNED, WORKLOADS, plan, tinyproxy_filter
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
+from haproxy_egress.config.vocabulary import Verdict
 from tests.netns import available
 
 pytestmark = pytest.mark.netns
@@ -72,6 +73,6 @@ def test_tinyproxy_gets_the_same_allow_list(host: str) -> None:
     for address literals (a name's address is not looked at: tinyproxy cannot)."""
     rules = policy.parse_rules(RULES)
     address = ipaddress.ip_address(host) if host[0].isdigit() else None
-    expected = policy.decide(rules, host, address, 80).verdict == "allow"
+    expected = policy.decide(rules, host, address, 80).verdict == Verdict.ALLOW
     patterns = tinyproxy_filter(rules)
     assert any(re.search(p, host) for p in patterns) == expected

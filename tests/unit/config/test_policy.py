@@ -14,6 +14,7 @@ from haproxy_egress.config import classes, policy
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import parse_policy
+from haproxy_egress.config.vocabulary import Verdict
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.metrics.policy import PolicyCollector, parse_table
 from haproxy_egress.render.maps import NAME, render_maps
@@ -83,8 +84,8 @@ def test_first_match_wins_and_default_deny() -> None:
     rules = policy.parse_rules(["!*.bad.test", "*.test", "!10.0.0.0/8", "10.0.0.0/7"])
     ip = ipaddress.ip_address
     assert policy.decide(rules, "x.bad.test", ip("10.0.0.1"), 80).rule_id == "1"
-    assert policy.decide(rules, "bad.test", None, 80).verdict == "deny"
-    assert policy.decide(rules, "a.test", ip("10.0.0.1"), 80).verdict == "allow"
+    assert policy.decide(rules, "bad.test", None, 80).verdict == Verdict.DENY
+    assert policy.decide(rules, "a.test", ip("10.0.0.1"), 80).verdict == Verdict.ALLOW
     assert policy.decide(rules, "a.example", ip("10.0.0.1"), 80).rule_id == "3"
     assert policy.decide(rules, "a.example", ip("11.0.0.1"), 80).rule_id == "4"
     d = policy.decide(rules, "a.example", ip("12.0.0.1"), 80)
@@ -95,7 +96,10 @@ def test_first_match_wins_and_default_deny() -> None:
 def test_wildcard_only_last() -> None:
     with pytest.raises(ValueError, match=policy.WILDCARD_LAST):
         policy.parse_rules(["*", "a.test"])
-    assert policy.decide(policy.parse_rules(["!a.test", "*"]), "b.test", None, 1).verdict == "allow"
+    assert (
+        policy.decide(policy.parse_rules(["!a.test", "*"]), "b.test", None, 1).verdict
+        == Verdict.ALLOW
+    )
 
 
 def test_guard_needs_an_address_rule() -> None:
@@ -103,19 +107,21 @@ def test_guard_needs_an_address_rule() -> None:
     rules = policy.parse_rules(["*.corp.test", "127.0.0.1", "*"])
     d = policy.decide(rules, "x.corp.test", ip("127.0.0.1"), 80)
     assert (d.verdict, d.rule_id) == ("deny", "guard-loopback")
-    assert policy.decide(rules, "127.0.0.1", ip("127.0.0.1"), 80).verdict == "allow"
-    assert policy.decide(rules, "m.test", ip("169.254.169.254"), 80).verdict == "deny"
-    assert policy.decide(rules, "m.test", ip("fd00:ec2::254"), 80).verdict == "deny"
+    assert policy.decide(rules, "127.0.0.1", ip("127.0.0.1"), 80).verdict == Verdict.ALLOW
+    assert policy.decide(rules, "m.test", ip("169.254.169.254"), 80).verdict == Verdict.DENY
+    assert policy.decide(rules, "m.test", ip("fd00:ec2::254"), 80).verdict == Verdict.DENY
     # An embedded IPv4 address is judged as that address: by the address rule too.
     assert policy.decide(rules, "m.test", ip("::ffff:127.0.0.1"), 80).rule_id == "2"
-    assert policy.decide(rules[:1], "x.corp.test", ip("::ffff:127.0.0.1"), 80).verdict == "deny"
-    assert policy.decide(rules, "m.test", ip("198.18.0.1"), 80).verdict == "allow"
+    assert (
+        policy.decide(rules[:1], "x.corp.test", ip("::ffff:127.0.0.1"), 80).verdict == Verdict.DENY
+    )
+    assert policy.decide(rules, "m.test", ip("198.18.0.1"), 80).verdict == Verdict.ALLOW
 
 
 def test_ports() -> None:
     rules = policy.parse_rules(["*.github.com:443"])
-    assert policy.decide(rules, "api.github.com", None, 443).verdict == "allow"
-    assert policy.decide(rules, "api.github.com", None, 80).verdict == "deny"
+    assert policy.decide(rules, "api.github.com", None, 443).verdict == Verdict.ALLOW
+    assert policy.decide(rules, "api.github.com", None, 80).verdict == Verdict.DENY
 
 
 def test_legacy_reader_reports_lines_in_the_original_words() -> None:
