@@ -47,6 +47,9 @@ class FileWatch(Background):
     def _run(self) -> None:
         # A change between the caller's load and this watch raised no event: look once now.
         self._look()
+        # From here on every change is seen: the line an operator (or a test) can wait for.
+        watched = ", ".join(str(p) for p in self._watch_paths()) or "nothing yet"
+        log.info("%s: watching %s for changes", self._thread.name, watched)
         while not self._stop.is_set():
             watching = self._watch_paths()
             if not watching:

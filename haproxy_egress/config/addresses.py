@@ -115,7 +115,8 @@ def parse_network(text: str) -> Network:
         raise ValueError("not an IP address or network") from None
     bits = ip.max_prefixlen
     if slash and not (prefix.isdigit() and int(prefix) <= bits):
-        raise ValueError(f"prefix /{prefix} is out of range (IPv{ip.version}: /0 to /{bits})")
+        shown = prefix if prefix.isprintable() else repr(prefix)  # a problem stays one line
+        raise ValueError(f"prefix /{shown} is out of range (IPv{ip.version}: /0 to /{bits})")
     length = int(prefix) if slash else bits
     network = ipaddress.ip_network((ip, length), strict=False)
     if network.network_address != ip:

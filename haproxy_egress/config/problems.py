@@ -69,6 +69,10 @@ def _not_a_list(err: Mapping[str, Any]) -> str:
     """A single value where a list belongs, with the list spelled out for this value."""
     got = err["input"]
     name = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "field")
+    if not isinstance(got, str) or not got.isprintable():
+        # A value with a line break or a control character is shown quoted, never spelled
+        # into the example: a problem stays one line.
+        return f"must be a list, not the single value {got!r}"
     return (
         f"must be a list, not the single value {got!r}: write `{name}: [{got}]`, "
         f"or one `- {got}` per line below `{name}:`"

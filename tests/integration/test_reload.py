@@ -112,6 +112,11 @@ def test_sighup_rereads_the_config_now(
     )
     try:
         r.start()
+        # Once the watcher has taken its first look it sees nothing within its 20 s debounce:
+        # from then on only SIGHUP can apply the edit.
+        # (And the supervisor has seen haproxy come up, when it compares the inputs once.)
+        wait_for(lambda: "config-watcher: watching" in r.stderr(), timeout=30)
+        wait_for(lambda: "ready: haproxy" in r.stderr(), timeout=30)
         volume.write({"routes.yaml": {"routes": [_route("a", a, origin), _route("b", b, origin)]}})
         r.signal(signal.SIGHUP)
         wait_for(lambda: http_get(b, timeout=1) == "origin-a", timeout=5)

@@ -134,3 +134,11 @@ def test_parse_listen(value: str | int, expected: tuple[str | None, int]) -> Non
 def test_parse_listen_refuses(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         netaddr.parse_listen(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["0.0.0.0/\n", "10.0.0.0/\t8", "::/\r"])
+def test_a_bad_prefix_is_refused_in_one_line(text: str) -> None:
+    with pytest.raises(ValueError, match="out of range") as refused:
+        netaddr.parse_network(text)
+    assert "\n" not in str(refused.value)
+    assert "\r" not in str(refused.value)

@@ -436,3 +436,8 @@ def test_load_from_settings_reserves_the_metrics_port(tmp_path: Path) -> None:
     assert isinstance(config, Config)
     assert snapshot.exists
     assert config.routes[0].name == "a"
+
+
+def test_a_single_value_with_a_line_break_is_shown_quoted_in_one_line() -> None:
+    (got,) = errors(snap(routes_yaml='defaults:\n  allow_from: "\\n"\nroutes: []\n'))
+    assert got == "routes.yaml:2: defaults.allow_from: must be a list, not the single value '\\n'"
