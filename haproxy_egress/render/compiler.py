@@ -171,22 +171,25 @@ def _environment(directory: Path) -> jinja2.Environment:
     )
     env.filters["duration"] = format_duration
     env.filters["address"] = _address
-    env.globals["server_options"] = _server_options
-    env.globals["tls_options"] = tls_server_options  # TLS origination (render/tls.py)
-    # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
-    env.globals["policy_maps"] = route_files
-    env.globals["parent_maps"] = parent_files
-    env.globals["parent_key"] = PARENT_CREDENTIAL_KEY
-    env.globals["refusal"] = refusal
-    # The policy vocabulary (config/vocabulary.py): every variable name and word of a decision.
-    env.globals["V"] = VOCABULARY
-    env.globals["default_group"] = DEFAULT_GROUP
-    env.globals["no_class"] = NONE
-    env.globals["policy_log_format"] = POLICY_LOG_FORMAT
-    env.globals["tables"] = TABLES
-    env.globals["audit_log_format"] = audit_log_format
-    env.globals["syslog_max_line"] = MAX_LINE
-    env.globals["policy_log_format_sd"] = POLICY_LOG_FORMAT_SD
+    env.globals.update(
+        server_options=_server_options,
+        tls_options=tls_server_options,  # TLS origination (render/tls.py)
+        # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
+        policy_maps=route_files,
+        parent_maps=parent_files,
+        parent_key=PARENT_CREDENTIAL_KEY,
+        refusal=refusal,
+        # The policy vocabulary (config/vocabulary.py): every variable name and word of a
+        # decision.
+        V=VOCABULARY,
+        default_group=DEFAULT_GROUP,
+        no_class=NONE,
+        policy_log_format=POLICY_LOG_FORMAT,
+        tables=TABLES,
+        audit_log_format=audit_log_format,
+        syslog_max_line=MAX_LINE,
+        policy_log_format_sd=POLICY_LOG_FORMAT_SD,
+    )
     return env
 
 
