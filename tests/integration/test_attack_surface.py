@@ -234,7 +234,12 @@ def _gated_haproxy(tmp_path: Path, gate: Path) -> Path:
 def test_readyz_is_not_ready_before_every_listener_is_bound(
     tmp_path: Path, origin: HttpOrigin, routers: list[Router]
 ) -> None:
-    ports = [free_port() for _ in range(50)]
+    # 51 distinct ports: bind(0) may hand out a port again once it is closed, and a route on
+    # the metrics port (or two on one port) is a config the router refuses to start with.
+    taken: set[int] = set()
+    while len(taken) < 51:
+        taken.add(free_port())
+    metrics_port, *ports = sorted(taken)
     config = tmp_path / "config"
     config.mkdir()
     (config / "routes.yaml").write_text(
@@ -250,6 +255,7 @@ def test_readyz_is_not_ready_before_every_listener_is_bound(
         tmp_path / "router",
         config_dir=config,
         env={"EGRESS_HAPROXY_BIN": str(_gated_haproxy(tmp_path, gate))},
+        metrics_port=metrics_port,
     )
     router.start(wait_ready=False)
     routers.append(router)
