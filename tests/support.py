@@ -27,11 +27,21 @@ from dnslib.server import BaseResolver, DNSLogger, DNSServer
 HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port() gave this test process
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel just handed out (bind to 0); good enough for tests on loopback."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port the kernel just handed out (bind to 0), never one this process got before: the
+    kernel may hand a closed port out again, and a test that asks for several ports (routes,
+    metrics, origins) must get distinct ones or its router refuses the clash."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no port left that this test process has not used already")
 
 
 T = TypeVar("T")
