@@ -279,12 +279,21 @@ def test_config_dir_fault_keeps_the_last_good_config(
         expected = "directory disappeared" if fault == "disappears" else "no routes"
     router = Router(tmp_path / "router", config_dir=directory)
     routers.append(router.start())
+    # The fault comes once the router has settled: the supervisor has compared the inputs
+    # with what runs, and the watcher has taken its first look (else the start-up would meet
+    # the fault half-made, and report it in other words).
+    wait_for(lambda: "ready: haproxy" in router.stderr(), timeout=30)
+    wait_for(lambda: "config-watcher: watching" in router.stderr(), timeout=30)
     worker = router.worker_pid()
     live = (router.run_dir / "haproxy.cfg").read_text()
     probe = Probe([a], expect="origin-a").start()
     try:
         if fault == "disappears":
-            shutil.rmtree(directory)
+            # At once, as an unmounted volume goes: rmtree in place would show the watcher a
+            # directory emptied file by file first ("no routes", then "disappeared").
+            gone = tmp_path / "config.gone"
+            directory.rename(gone)
+            shutil.rmtree(gone)
         elif fault == "empty":
             volume.write({})
         else:
