@@ -321,15 +321,18 @@ def test_kill9_of_the_relay_loses_at_most_what_was_in_flight_and_counts_it(
     assert not clients.failed, clients.failed[:5]
     lines = _settled(router, clients.ok)
     _check_lines(lines, audit=False)  # the line a killed relay held half is skipped, not cut
-    wait_for(
-        lambda: _dropped(router, "relay") + len(_route_lines(router.stdout())) >= clients.ok, 30
-    )
+
+    # While a relay restarts the FIFO fills; on a loaded machine it can fill up, and haproxy
+    # then drops and counts (stage haproxy). Every missing line is counted at one stage or
+    # the other; none is doubled. (A relay killed between writing a batch and counting it has
+    # that batch counted as lost too: an over-count, never a gap.)
+    def counted() -> float:
+        return _dropped(router, "relay") + _dropped(router, "haproxy")
+
+    wait_for(lambda: counted() + len(_route_lines(router.stdout())) >= clients.ok, 30)
     lost = _dropped(router, "relay")
-    # Every missing line is counted; none is doubled. (A relay killed between writing a batch
-    # and counting it has that batch counted as lost too: an over-count, never a gap.)
-    assert len(lines) <= clients.ok <= len(lines) + lost, (len(lines), lost, clients.ok)
+    assert len(lines) <= clients.ok <= len(lines) + counted(), (len(lines), counted(), clients.ok)
     assert lost <= 3 * 2000, lost  # at most what each relay held (one read of 64 KiB each)
-    assert _dropped(router, "haproxy") == 0.0
     assert router.metric("haproxy_egress_child_restarts_total", {"child": "log-relay"}) == 3.0
     record("logs: relay kill -9 x3", connections=clients.ok, lines=len(lines), counted_lost=lost)
 
