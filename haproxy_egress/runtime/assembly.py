@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from haproxy_egress.errors import EgressError
 from haproxy_egress.haproxy.cli import CliSocket
@@ -21,7 +22,7 @@ from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled
-from haproxy_egress.runtime.children import Child, Clock
+from haproxy_egress.runtime.children import Child, Clock, child_of
 from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.latecheck import LateCheck
 from haproxy_egress.runtime.logloss import LogLossWatch
@@ -62,11 +63,13 @@ def assemble(
     haproxy = child_factory(
         "haproxy",
         master_argv(settings.haproxy_bin, run.config, run.master_socket),
-        probe=lambda: haproxy_answers(settings),
+        # Filled in below, once the child exists: the probe asks for a worker of *its* master.
+        probe=lambda: False,
         before_start=log_pipe.ensure if log_pipe else None,
         stdout=run.log_pipe if log_pipe else None,
         stderr=haproxy_stderr.write_fd,
     )
+    haproxy.probe = lambda: haproxy_answers(run.stats_socket, haproxy.pid)
     socklog: Child | None = None
     if settings.log_sink is LogSink.SOCKLOG:
         socklog = child_factory(
@@ -122,14 +125,17 @@ def assemble(
     return Supervisor(settings, options, parts, clock=clock)
 
 
-def haproxy_answers(settings: Settings) -> bool:
-    """haproxy answers on its stats socket: a worker runs the config, listeners bound."""
+def haproxy_answers(stats_socket: Path, master_pid: int | None) -> bool:
+    """A worker of the master `master_pid` answers on the stats socket: it runs the config,
+    listeners bound. Whose worker matters: after the master is killed, its orphaned worker
+    answers on the old socket until it notices and exits, while the new master has bound
+    nothing yet; taking that answer would claim ready with no listener behind it."""
     try:
-        stats = CliSocket(settings.run.stats_socket, timeout=1.0)
+        stats = CliSocket(stats_socket, timeout=1.0)
         info = parse_info(stats.command("show info"))
     except EgressError:
         return False
-    return info.pid is not None
+    return info.pid is not None and child_of(info.pid, master_pid)
 
 
 __all__ = ["assemble", "haproxy_answers"]

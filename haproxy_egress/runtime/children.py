@@ -29,6 +29,23 @@ class ChildState(enum.Enum):
     EXITED = "exited"
 
 
+def proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...] (the name may hold
+    spaces and parentheses, so the fields start after its last ')'). OSError if unreadable."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def child_of(pid: int, parent: int | None) -> bool:
+    """`pid` is a live child of `parent` (False once either is gone)."""
+    if parent is None:
+        return False
+    try:
+        fields = proc_stat(pid)
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[1]) == parent
+
+
 def describe_exit(status: int) -> str:
     """A waitpid status in words: 'exit status 1', 'killed by SIGKILL, perhaps out of memory?'."""
     if os.WIFSIGNALED(status):
@@ -157,7 +174,7 @@ class Child:
         if pid is None:
             return False
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = proc_stat(pid)
         except FileNotFoundError:
             return False
         except OSError:  # no /proc: the signal probe says at least whether it exists
@@ -166,7 +183,7 @@ class Child:
             except ProcessLookupError:
                 return False
             return True
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return fields[0] not in ("Z", "X")
 
     def exited(self, status: int, now: float, expected: bool) -> str:
         """Record the child's exit; returns the log text; schedules a restart if unexpected."""

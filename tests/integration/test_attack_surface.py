@@ -21,6 +21,7 @@ import requests
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.errors import ConfigError
+from haproxy_egress.runtime.assembly import haproxy_answers
 from tests.figures import record
 from tests.router import Router
 from tests.support import HAPROXY, HttpOrigin, free_port, port_open, wait_for
@@ -314,3 +315,27 @@ def test_readyz_is_not_ready_before_every_listener_is_bound(
         watcher.join(5)
     assert violations == []
     record("attack surface: /readyz honest", probes=len(answers) + checks, failures=0)
+
+
+def test_readiness_is_claimed_only_for_a_worker_of_the_current_master(
+    tmp_path: Path, origin: HttpOrigin, routers: list[Router]
+) -> None:
+    # After a master is killed its orphaned worker still answers on the stats socket until it
+    # notices and exits, while the master started in its place has bound nothing yet: the
+    # probe must take an answer only from a worker whose parent is the master it started.
+    config = tmp_path / "config"
+    config.mkdir()
+    port = free_port()
+    (config / "routes.yaml").write_text(
+        f"routes:\n  - name: r\n    listen: {port}\n    destinations: ['127.0.0.1:{origin.port}']\n"
+    )
+    router = Router(tmp_path / "router", config_dir=config).start()
+    routers.append(router)
+    stats_socket = router.run_dir / "haproxy.sock"
+    assert haproxy_answers(stats_socket, router.master_pid())
+    # Any other pid stands for "a master started since": the router itself, haproxy's
+    # grandparent, and the worker's own pid.
+    assert router.proc is not None
+    assert not haproxy_answers(stats_socket, router.proc.pid)
+    assert not haproxy_answers(stats_socket, router.worker_pid())
+    assert not haproxy_answers(stats_socket, None)
