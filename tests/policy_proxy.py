@@ -67,10 +67,21 @@ class PolicyProxy:
             self.proc = subprocess.Popen(
                 [HAPROXY, "-db", "-f", str(run.config)], stdout=out, stderr=out
             )
-        for route in self.config.routes:
-            port = route.listen.port
-            wait_for(functools.partial(_accepts, port), timeout=10)
+        try:
+            for route in self.config.routes:
+                wait_for(functools.partial(self._settled, route.listen.port), timeout=60)
+                if self.proc.poll() is not None:
+                    output = self.log.read_text(errors="replace")
+                    raise RuntimeError(f"haproxy exited ({self.proc.returncode}):\n{output}")
+        except BaseException:
+            self.stop()  # a proxy that never came up must not outlive the test
+            raise
         return self
+
+    def _settled(self, port: int) -> bool:
+        """`port` accepts, or haproxy exited (no use waiting then)."""
+        assert self.proc is not None
+        return self.proc.poll() is not None or _accepts(port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
