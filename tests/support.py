@@ -4,10 +4,12 @@ fixture that started it."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.server
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -29,19 +31,80 @@ HAPROXY = os.environ.get("EGRESS_HAPROXY_BIN", "haproxy")
 
 _HANDED_OUT: set[int] = set()  # every port free_port() gave this test process
 
+# Ports are handed out below the kernel's ephemeral range: a port from bind(0), closed and
+# bound again later by haproxy, could meanwhile be taken by any process's bind(0) or by the
+# local end of an outgoing connection (both draw from that range), and a second test job on
+# the machine would then make routers fail with "Address already in use". Below it, only
+# another test process could take it, and each port taken is claimed in a file naming its pid.
+_PORT_CLAIMS = Path("/tmp/haproxy-egress-test-ports")
+_PORT_RANGE = (10000, 32767)
+_RANDOM = random.Random(os.urandom(16))
+
+
+def _claim(port: int) -> bool:
+    """Claim `port` for this process, unless a live test process holds the claim."""
+    _PORT_CLAIMS.mkdir(mode=0o1777, exist_ok=True)
+    claim = _PORT_CLAIMS / str(port)
+    mine = str(os.getpid()).encode()
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(claim.read_bytes() or b"0")
+            except (OSError, ValueError):
+                return False
+            if owner and _alive(owner):
+                return False
+            claim.unlink(missing_ok=True)  # its process is gone: the claim is stale
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(mine)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@atexit.register
+def _release_claims() -> None:
+    for port in _HANDED_OUT:
+        with contextlib.suppress(OSError):
+            claim = _PORT_CLAIMS / str(port)
+            if claim.read_bytes() == str(os.getpid()).encode():
+                claim.unlink()
+
+
+def _bindable(host: str, port: int, kind: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel just handed out (bind to 0), never one this process got before: the
-    kernel may hand a closed port out again, and a test that asks for several ports (routes,
+    """A free port no test process on this machine got before (see _PORT_RANGE): never the
+    same twice in one process either, since a test that asks for several ports (routes,
     metrics, origins) must get distinct ones or its router refuses the clash."""
     for _ in range(1000):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        port = _RANDOM.randint(*_PORT_RANGE)
+        if port in _HANDED_OUT or not _bindable(host, port, kind):
+            continue
+        if _claim(port):
             _HANDED_OUT.add(port)
             return port
-    raise RuntimeError("no port left that this test process has not used already")
+    raise RuntimeError("no free port left below the ephemeral range for this test process")
 
 
 T = TypeVar("T")
