@@ -150,9 +150,11 @@ class Router:
     def worker_pid(self) -> int:
         return self._proc_pid("worker")
 
-    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    def metric(
+        self, name: str, labels: Mapping[str, str] | None = None, timeout: float = 5
+    ) -> float | None:
         """One sample's value from /metrics, parsed with prometheus_client's parser."""
-        text = requests.get(self.url("/metrics"), timeout=5).text
+        text = requests.get(self.url("/metrics"), timeout=timeout).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(

@@ -39,6 +39,7 @@ from tests.support import (
     HttpOrigin,
     TcpOrigin,
     free_port,
+    free_ports,
     http_get,
     wait_for,
     with_pattern_files,
@@ -557,24 +558,6 @@ def test_hanging_and_resetting_destinations_are_taken_out(
 # --- 10,000 routes ------------------------------------------------------------------------------
 
 N_ROUTES = 10_000
-PORT_RANGE = range(
-    20_000, 32_000
-)  # below the kernel's ephemeral range: free_port() never hands these out
-
-
-def _free_ports(n: int) -> list[int]:
-    """n ports of PORT_RANGE that nothing on 127.0.0.1 holds right now."""
-    ports: list[int] = []
-    for port in PORT_RANGE:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise AssertionError(f"fewer than {n} free ports in {PORT_RANGE}")
 
 
 def _many_routes(ports: list[int], origin: HttpOrigin) -> str:
@@ -592,7 +575,7 @@ def _many_routes(ports: list[int], origin: HttpOrigin) -> str:
 def test_ten_thousand_routes_compile_check_start_and_reload(
     tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin, routers: list[Router]
 ) -> None:
-    ports = _free_ports(N_ROUTES)
+    ports = free_ports(N_ROUTES)
     text = _many_routes(ports, origin)
     started = time.monotonic()
     config = load_snapshot(Snapshot(Path("/cfg"), (("routes.yaml", text.encode()),)), {})
@@ -638,7 +621,10 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
     finally:
         probe.stop()
     assert probe.failures == [], probe.failures[:5]
-    wait_for(lambda: router.metric("haproxy_egress_reloads_total") == 1.0, timeout=30)
+    # A scrape of 10,000 routes' stats is slow on a loaded machine: wait on the log line,
+    # then read the counter once, with time for the scrape.
+    wait_for(lambda: "reloaded (" in router.stderr(), timeout=60)
+    assert router.metric("haproxy_egress_reloads_total", timeout=120) == 1.0
     record(
         "faults: 10,000 routes",
         routes=N_ROUTES,
