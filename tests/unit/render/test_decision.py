@@ -1,0 +1,176 @@
+"""The decision chain (render/decision.py): each rule, term and comment renders its own haproxy
+text, and a route's chain comes in the order haproxy must run it.
+
+That the chain decides as `explain` does is proven against live haproxy by
+tests/integration/test_policy_differential.py; that the rendered config is what it was, by the
+golden files (tests/data/golden/, tests/data/policy-golden/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haproxy_egress.config.route import Route
+from haproxy_egress.config.sources import load_snapshot
+from haproxy_egress.config.sources.configdir import Snapshot
+from haproxy_egress.config.vocabulary import VARS, VOCABULARY, Limit, RuleId, Verdict
+from haproxy_egress.render.decision import (
+    BLANK,
+    PASSES,
+    Comment,
+    Cond,
+    Line,
+    PolicyChain,
+    Rule,
+    RuleAction,
+    Term,
+)
+
+MAPS = Path("/run/haproxy-egress/maps")
+# Proxy users with fixed salts (a Secret mount in the golden case).
+USERS = Path(__file__).parents[2] / "data" / "policy-golden" / "secret" / "users"
+
+
+def _route(**fields: Any) -> Route:
+    route = {"name": "web", "listen": 8080, "mode": "proxy", "policy": ["*.example.com"]}
+    doc = {"resolvers": {"nameservers": ["127.0.0.1:53"]}, "routes": [route | fields]}
+    data = yaml.safe_dump(doc).encode()
+    snapshot = Snapshot(Path("/cfg"), (("r.yaml", data),), users=("users", USERS.read_bytes()))
+    (only,) = load_snapshot(snapshot, {}).routes
+    return only
+
+
+def _text(lines: tuple[Line, ...], prefix: str = "http-request") -> list[str]:
+    return [line.line(prefix) for line in lines]
+
+
+def _index(lines: list[str], fragment: str) -> int:
+    """The position of the first line holding `fragment`."""
+    return next(i for i, line in enumerate(lines) if fragment in line)
+
+
+def test_a_term_renders_its_braces_and_its_negation() -> None:
+    term = Term(f"var({VARS.dstip})", "-m found")
+    assert str(term) == "{ var(txn.dstip) -m found }"
+    assert str(~term) == "!{ var(txn.dstip) -m found }"
+    assert str(~~term) == str(term)
+    assert str(PASSES) == VOCABULARY.passes  # the template's condition, built the same way
+
+
+def test_a_condition_joins_its_terms_after_if_or_unless() -> None:
+    a, b = Term("var(txn.a)", "-m found"), Term("var(txn.b),sub(txn.c)", "lt 0")
+    assert str(Cond("if", (a, ~b))) == "if { var(txn.a) -m found } !{ var(txn.b),sub(txn.c) lt 0 }"
+    assert str(Cond("unless", (a,))) == "unless { var(txn.a) -m found }"
+
+
+def test_an_action_renders_its_keyword_arguments_and_operand() -> None:
+    assert str(RuleAction("set-var", ("txn.x",), "str(y)")) == "set-var(txn.x) str(y)"
+    assert str(RuleAction("unset-var", ("txn.x",))) == "unset-var(txn.x)"
+    assert (
+        str(RuleAction("do-resolve", ("txn.ip", "dns", "ipv4"), "var(txn.h)"))
+        == "do-resolve(txn.ip,dns,ipv4) var(txn.h)"
+    )
+    assert str(RuleAction("track-sc1", (), "var(txn.h) table t")) == "track-sc1 var(txn.h) table t"
+
+
+def test_a_line_puts_the_prefix_before_a_rule_only() -> None:
+    rule = Rule(RuleAction("set-var", ("txn.x",), "bool(true)"), Cond("if", (PASSES,)))
+    assert rule.line("tcp-request content") == (
+        "    tcp-request content set-var(txn.x) bool(true)"
+        " if { var(txn.egress_verdict) -m str allow would-deny }"
+    )
+    assert Rule(RuleAction("set-var", ("txn.x",), "dst")).line("http-request") == (
+        "    http-request set-var(txn.x) dst"
+    )
+    assert Comment("why").line("http-request") == "    # why"
+    assert BLANK.line("http-request") == ""
+
+
+def test_decide_runs_address_group_first_match_guard_verdict_then_reasons() -> None:
+    lines = _text(PolicyChain(_route(), MAPS).decide)
+    order = [
+        f"set-var({VARS.route}) str(web)",
+        f"do-resolve({VARS.dstip},dns,ipv4)",
+        f"set-var({VARS.group}) src,map_ip({MAPS}/web.groups.map,default)",
+        f"set-var({VARS.ni}) var({VARS.key}),concat(,{VARS.dstport},),map_str_int(",
+        f"set-var({VARS.idx}) var({VARS.ni})",
+        f"set-var({VARS.rule}) str({RuleId.DOH})",
+        f"set-var({VARS.action}) var({VARS.group})",
+        f"set-var({VARS.cls}) var({VARS.dstip}),map_ip({MAPS}/web.classes.map)",
+        f"set-var({VARS.verdict}) str({Verdict.DENY}) unless",
+        f"set-var({VARS.verdict}) str({Verdict.UNRESOLVED})",
+        "cannot resolve",
+    ]
+    positions = [_index(lines, fragment) for fragment in order]
+    assert positions == sorted(positions)
+    assert lines[0].startswith("    # -- the policy (first match wins; docs/policy.md)")
+    assert lines[-1] == ""  # a blank line closes the part, as the template always printed
+
+
+def test_decide_follows_the_route_switches() -> None:
+    plain = _text(PolicyChain(_route(), MAPS).decide)
+    assert not any("txn.egress_via" in line for line in plain)
+    assert any("table_gpt0(_egress_dns)" in line for line in plain)  # resolve_prefer: ipv4
+    ipv6 = _text(PolicyChain(_route(resolve_prefer="ipv6", deny_doh=False), MAPS).decide)
+    assert not any("table_gpt0" in line or "doh" in line for line in ipv6)
+    assert any("do-resolve(txn.dstip,dns,ipv6)" in line for line in ipv6)
+
+
+def test_with_parents_the_choice_comes_after_the_verdict_and_fails_closed() -> None:
+    route = _route(parent={"proxies": ["192.0.2.20:3128"], "direct": ["*"]})
+    lines = _text(PolicyChain(route, MAPS).decide, "tcp-request content")
+    everything_direct = _index(
+        lines, f"set-var({VARS.via}) str(direct) if {PASSES}"
+    )  # the direct list holds `*`
+    assert _index(lines, f"str({Verdict.DENY}) unless") < everything_direct
+    no_parent = _index(lines, f"set-var({VARS.rule}) str({RuleId.NO_PARENT}) if")
+    assert lines[no_parent].endswith("{ nbsrv(web-parent-tunnel) eq 0 }")
+    assert everything_direct < no_parent
+
+
+def test_limits_judge_what_the_phase_can_count() -> None:
+    route = _route(limits={"tunnels": 3, "connection_rate": 5, "request_rate": 7, "period": "10s"})
+    chain = PolicyChain(route, MAPS)
+    connect = _text(chain.limits(True), "tcp-request content")
+    plain = _text(chain.limits(False))
+    assert any(
+        f"str({Limit.TUNNELS})" in line and "be_conn(web-tunnel) ge 3" in line for line in connect
+    )
+    assert not any("sc2_http_req_rate" in line for line in connect)
+    assert not any("be_conn" in line for line in plain)
+    assert any("{ sc2_http_req_rate gt 7 }" in line for line in plain)
+    # The verdict and reason come after every limit was judged.
+    assert _index(plain, "sc2_conn_rate gt 5") < _index(plain, f"set-var({VARS.verdict})")
+    assert any("at most 7 requests per 10s from %[src]" in line for line in plain)
+    assert PolicyChain(_route(), MAPS).limits(True) == (BLANK,)
+
+
+def test_counting_and_its_conditions() -> None:
+    chain = PolicyChain(_route(), MAPS)
+    assert _text(chain.count) == [
+        "    http-request track-sc0 str(web/),concat(,txn.egress_group,/),"
+        "concat(,txn.egress_rule,/),concat(,txn.egress_verdict,) table _egress_policy",
+        "    http-request sc-inc-gpc0(0)",
+    ]
+    early, others = chain.count_early(True), chain.count_early(False)
+    assert all(str(line).endswith(" if { var(txn.egress_early) -m bool }") for line in early)
+    assert all(str(line).endswith(" if !{ var(txn.egress_early) -m bool }") for line in others)
+
+
+def test_authentication_asks_for_credentials_only_when_required() -> None:
+    users = {"clients": [{"name": "b", "users": ["alice"], "policy": ["*"]}]}
+    optional = _text(PolicyChain(_route(**users), MAPS).authenticate)
+    required = _text(PolicyChain(_route(proxy_auth="required"), MAPS).authenticate)
+    assert not any("str(missing)" in line for line in optional)
+    assert any(line.endswith("unless { var(txn.egress_pauth) -m found }") for line in required)
+    # Denied and counted once a cause is known.
+    assert _index(required, f"str({RuleId.PROXY_AUTH})") < _index(required, "track-sc0")
+
+
+def test_the_sni_lookup_runs_only_once_there_is_an_sni() -> None:
+    lines = PolicyChain(_route(connect_sni="match"), MAPS).sni_index
+    assert len(lines) == 7
+    assert all(isinstance(line, Rule) and line.cond for line in lines)
+    assert all("{ var(txn.egress_sni) -m found }" in str(line) for line in lines)
