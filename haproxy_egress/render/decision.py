@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.route import Route
@@ -50,7 +50,9 @@ __all__ = [
     "BLANK",
     "PASSES",
     "RESOLVERS",
+    "SNI_PORT",
     "TABLES",
+    "Acl",
     "Blank",
     "Comment",
     "Cond",
@@ -96,22 +98,32 @@ class Term:
 
 
 @dataclass(frozen=True, slots=True)
+class Acl:
+    """A named ACL the frontend declared (`acl egress_sni_port ...`), as a term."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
 class Cond:
     """A rule's condition: all terms hold (`if`), or not all of them (`unless`)."""
 
     keyword: Literal["if", "unless"]
-    terms: tuple[Term, ...]
+    terms: tuple[Term | Acl, ...]
 
     def __str__(self) -> str:
         return f"{self.keyword} {' '.join(str(t) for t in self.terms)}"
 
 
-def when(*terms: Term) -> Cond:
+def when(*terms: Term | Acl) -> Cond:
     """`if` all of `terms`."""
     return Cond("if", terms)
 
 
-def unless(*terms: Term) -> Cond:
+def unless(*terms: Term | Acl) -> Cond:
     """`unless` all of `terms`."""
     return Cond("unless", terms)
 
@@ -148,6 +160,8 @@ def in_networks(name: str, *networks: str) -> Term:
 
 # The policy lets the request through (its verdict is one of PASSING).
 PASSES = equals(VARS.verdict, *PASSING)
+# connect_sni: match: the CONNECT names one of the route's TLS ports (policy.cfg.j2 declares it).
+SNI_PORT = Acl("egress_sni_port")
 
 
 # -- actions --
@@ -289,6 +303,9 @@ class PolicyChain:
     Each part is a sequence of `Line`s; built on first use and kept, since a proxy route runs
     the same parts in its CONNECT (tcp-request content) and its plain HTTP (http-request) phase.
     """
+
+    # The ACL the template declares for connect_sni: match (its TLS ports), named once here.
+    sni_port: ClassVar[Acl] = SNI_PORT
 
     def __init__(self, route: Route, maps_dir: Path | str) -> None:
         self.route = route
@@ -767,9 +784,155 @@ class PolicyChain:
             BLANK,
         )
 
+    # -- what follows a decision: the answer, and where the stream goes --
+
     @cached_property
-    def sni_index(self) -> tuple[Line, ...]:
-        """connect_sni: match: the lowest index of the rules that match the ClientHello's SNI,
-        looked up as the CONNECT host was."""
+    def connect_bad(self) -> tuple[Line, ...]:
+        """A CONNECT head connect.lua refused: a 400 naming the reason it left in the variable."""
         v = VARS
-        return tuple(self._name_index(v.sni, v.sni_dotted, v.sni_idx, (found(v.sni),)))
+        bad = when(found(v.bad))
+        return (
+            Rule(set_var(v.status, "int(400)"), bad),
+            Rule(set_var(v.reason, var(v.bad)), bad),
+            Rule(_REFUSE, bad),
+        )
+
+    @cached_property
+    def connect_auth(self) -> tuple[Line, ...]:
+        """A CONNECT without the credentials the route asks for: a 407."""
+        auth = when(found(VARS.auth))
+        return (Rule(set_var(VARS.status, "int(407)"), auth), Rule(_REFUSE, auth))
+
+    @cached_property
+    def connect_status(self) -> tuple[Line, ...]:
+        """The status of a refused CONNECT (egress_refuse sends it): a full tunnel count 503,
+        a rate 429, a denial 403, no address 503."""
+        v = VARS
+        unset = ~found(v.status)
+        return (
+            Rule(set_var(v.status, "int(503)"), when(equals(v.limit, Limit.TUNNELS))),
+            Rule(set_var(v.status, "int(429)"), when(found(v.limit), unset)),
+            Rule(set_var(v.status, "int(403)"), when(equals(v.verdict, Verdict.DENY), unset)),
+            Rule(set_var(v.status, "int(503)"), when(equals(v.verdict, Verdict.UNRESOLVED))),
+        )
+
+    @cached_property
+    def connect_early(self) -> tuple[Line, ...]:
+        """connect_sni: match: an allowed CONNECT to a TLS port is judged again on its SNI."""
+        return (Rule(set_var(VARS.early, "bool(true)"), when(PASSES, SNI_PORT)),)
+
+    @cached_property
+    def connect_forward(self) -> tuple[Line, ...]:
+        """A CONNECT the policy let through goes to the address it decided; any other is
+        refused with its status."""
+        v = VARS
+        lines: list[Line] = [Rule(_REFUSE, unless(PASSES))]
+        if self.route.parents is not None:
+            lines.append(Rule(RuleAction("lua.egress_drop_head"), when(equals(v.via, Via.DIRECT))))
+        return (
+            *lines,
+            *_set_destination(),
+            *_comments(
+                'Only a real tunnel gets "200 Connection established", and only once it is'
+                " connected",
+                "(unless connect_sni sent it already).",
+            ),
+            Rule(set_var(v.tunnel, "bool(true)"), unless(is_true(v.early))),
+        )
+
+    @cached_property
+    def http_auth(self) -> tuple[Line, ...]:
+        """A plain request without the credentials the route asks for: a 407 and its realm."""
+        realm = f"hdr Proxy-Authenticate 'Basic realm=\"{self.route.name}\"'"
+        return (Rule(_answer(407, realm), when(found(VARS.auth))),)
+
+    @cached_property
+    def http_forward(self) -> tuple[Line, ...]:
+        """A refused plain request gets its status and reason; an allowed one goes to the
+        address the policy decided."""
+        v = VARS
+        return (
+            Rule(_answer(429), when(found(v.limit))),
+            Rule(_answer(403), when(equals(v.verdict, Verdict.DENY))),
+            Rule(_answer(503), when(equals(v.verdict, Verdict.UNRESOLVED))),
+            *_set_destination(),
+        )
+
+    @cached_property
+    def tls_sni(self) -> tuple[Line, ...]:
+        """A tls route's destination: the ClientHello's server name, on the route's port."""
+        v = VARS
+        non_ascii = RuleId.NON_ASCII
+        return (
+            Rule(set_var(v.dstport, f"int({self.route.upstream_port})")),
+            Rule(set_var(v.dsthost, "req.ssl_sni,lower"), when(Term("req.ssl_hello_type", "1"))),
+            Rule(set_var(v.rule, f"str({RuleId.NO_SNI})"), unless(found(v.dsthost))),
+            Comment(
+                "An SNI outside ASCII never reaches DNS nor a destination: the connection is"
+                " closed."
+            ),
+            Rule(
+                set_var(v.rule, f"str({non_ascii})"),
+                when(Term(var(v.dsthost), "-m reg [^[:ascii:]]")),
+            ),
+            Rule(unset_var(v.dsthost), when(equals(v.rule, non_ascii))),
+        )
+
+    @cached_property
+    def tls_forward(self) -> tuple[Line, ...]:
+        """A tls stream the policy let through goes to the address it decided; any other is
+        closed."""
+        return (Rule(RuleAction("reject"), unless(PASSES)), *_set_destination())
+
+    @cached_property
+    def sni_check(self) -> tuple[Line, ...]:
+        """connect_sni: match, in the tunnel backend: the early 200, then the ClientHello's
+        name must be the CONNECT host or one the same rule allows; else the stream is closed,
+        logged and counted as an SNI mismatch."""
+        v = VARS
+        early = is_true(v.early)
+        mismatch = equals(v.rule, RuleId.SNI_MISMATCH)
+        return (
+            Rule(RuleAction("lua.egress_early_established"), when(early, ~is_true(v.sent))),
+            Rule(set_var(v.sent, "bool(true)"), when(early)),
+            Rule(
+                set_var(v.sni, "req.ssl_sni,lower"),
+                when(early, Term("req.ssl_hello_type", "1")),
+            ),
+            Rule(set_var(v.sni_dotted, f"str(.),concat(,{v.sni},)"), when(found(v.sni))),
+            *self._name_index(v.sni, v.sni_dotted, v.sni_idx, (found(v.sni),)),
+            Rule(
+                set_var(v.sni_ok, "bool(true)"),
+                when(Term(f"{var(v.sni)},strcmp({v.dsthost})", "eq 0")),
+            ),
+            Rule(
+                set_var(v.sni_ok, "bool(true)"),
+                when(Term(f"{var(v.sni_idx)},sub({v.idx})", "eq 0")),
+            ),
+            Rule(set_var(v.rule, f"str({RuleId.SNI_MISMATCH})"), when(early, ~is_true(v.sni_ok))),
+            Rule(set_var(v.verdict, f"str({Verdict.DENY})"), when(mismatch)),
+            *self._count(early),
+            Comment(
+                "A mismatch, or no TLS at all, after the early 200: closed, logged and counted."
+            ),
+            Rule(RuleAction("reject"), when(mismatch)),
+        )
+
+
+# The refusal of a CONNECT: connect.lua's service answers with the status and reason.
+_REFUSE = RuleAction("use-service", (), "lua.egress_refuse")
+
+
+def _answer(status: int, extra: str = "") -> RuleAction:
+    """`return` a plain request's refusal: its status, and the reason as the body."""
+    tail = f" {extra}" if extra else ""
+    body = f'lf-string "%[{var(VARS.reason)}]"{tail}'
+    return RuleAction("return", (), f"status {status} content-type text/plain {body}")
+
+
+def _set_destination() -> tuple[Rule, ...]:
+    """Connect to the address and port the decision chose."""
+    return (
+        Rule(RuleAction("set-dst", (), var(VARS.dstip))),
+        Rule(RuleAction("set-dst-port", (), var(VARS.dstport))),
+    )

@@ -169,8 +169,55 @@ def test_authentication_asks_for_credentials_only_when_required() -> None:
     assert _index(required, f"str({RuleId.PROXY_AUTH})") < _index(required, "track-sc0")
 
 
-def test_the_sni_lookup_runs_only_once_there_is_an_sni() -> None:
-    lines = PolicyChain(_route(connect_sni="match"), MAPS).sni_index
-    assert len(lines) == 7
-    assert all(isinstance(line, Rule) and line.cond for line in lines)
-    assert all("{ var(txn.egress_sni) -m found }" in str(line) for line in lines)
+def test_the_sni_check_looks_the_name_up_once_there_is_one_then_judges_and_closes() -> None:
+    lines = _text(PolicyChain(_route(connect_sni="match"), MAPS).sni_check, "tcp-request content")
+    lookups = [line for line in lines if f"set-var({VARS.sni_idx})" in line]
+    assert len(lookups) == 4
+    assert all("{ var(txn.egress_sni) -m found }" in line for line in lookups)
+    order = [
+        "lua.egress_early_established",
+        f"set-var({VARS.sni}) req.ssl_sni,lower",
+        f"set-var({VARS.sni_idx})",
+        f"set-var({VARS.sni_ok})",
+        f"str({RuleId.SNI_MISMATCH})",
+        "track-sc0",
+        "reject if",
+    ]
+    positions = [_index(lines, fragment) for fragment in order]
+    assert positions == sorted(positions)
+    assert lines[-1] == (
+        f"    tcp-request content reject if {{ var({VARS.rule}) -m str {RuleId.SNI_MISMATCH} }}"
+    )
+
+
+def test_a_refused_connect_gets_the_status_of_its_first_cause() -> None:
+    chain = PolicyChain(_route(), MAPS)
+    assert [str(line) for line in chain.connect_status] == [
+        "set-var(txn.egress_status) int(503) if { var(txn.egress_limit) -m str tunnels }",
+        "set-var(txn.egress_status) int(429) if { var(txn.egress_limit) -m found }"
+        " !{ var(txn.egress_status) -m found }",
+        "set-var(txn.egress_status) int(403) if { var(txn.egress_verdict) -m str deny }"
+        " !{ var(txn.egress_status) -m found }",
+        "set-var(txn.egress_status) int(503) if { var(txn.egress_verdict) -m str unresolved }",
+    ]
+    forward = [str(line) for line in chain.connect_forward if isinstance(line, Rule)]
+    assert forward[0] == f"use-service lua.egress_refuse unless {PASSES}"
+    assert forward[1:3] == ["set-dst var(txn.dstip)", "set-dst-port var(txn.dstport)"]
+    # With parents, a direct tunnel drops the CONNECT head the parent would have read.
+    route = _route(parent={"proxies": ["192.0.2.20:3128"]})
+    with_parents = [str(line) for line in PolicyChain(route, MAPS).connect_forward]
+    assert with_parents[1] == "lua.egress_drop_head if { var(txn.egress_via) -m str direct }"
+
+
+def test_a_refused_plain_request_is_answered_with_its_reason() -> None:
+    lines = _text(PolicyChain(_route(), MAPS).http_forward)
+    assert lines[0] == (
+        "    http-request return status 429 content-type text/plain"
+        ' lf-string "%[var(txn.egress_reason)]" if { var(txn.egress_limit) -m found }'
+    )
+    assert lines[-2:] == [
+        "    http-request set-dst var(txn.dstip)",
+        "    http-request set-dst-port var(txn.dstport)",
+    ]
+    (auth,) = _text(PolicyChain(_route(proxy_auth="required"), MAPS).http_auth)
+    assert "hdr Proxy-Authenticate 'Basic realm=\"web\"' if" in auth
