@@ -2,7 +2,7 @@
 haproxy.cfg, so editing a list changes only file contents (the runtime API can swap them).
 
 Pure: `render_maps(config)` → file name → content; runtime/staging.write_maps writes them into
-RunDir.maps, and templates/policy.cfg.j2 loads each as `{{ paths.maps }}/<name>`.
+RunDir.maps, and the decision chain (render/decision.py) reads each as `<maps dir>/<name>`.
 
 First match over rules of three kinds (names, domains, networks) and a final `*` is turned into
 a handful of lookups whose number does not depend on the rules (or on the client groups):
