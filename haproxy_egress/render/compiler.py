@@ -149,6 +149,7 @@ def _environment(directory: Path) -> jinja2.Environment:
         # policy routes: templates/policy.cfg.j2 prints the decision chain render/decision.py
         # builds; their lists are in map files (render/maps.py)
         policy_chain=decision.PolicyChain,
+        rules=decision.rules,
         parent_maps=parent_files,
         parent_key=PARENT_CREDENTIAL_KEY,
         refusal=decision.refusal,

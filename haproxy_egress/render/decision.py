@@ -13,16 +13,18 @@ program as typed values, so no template splices a condition together:
   haproxy.cfg gets; `BLANK` an empty line where the rendered text has always had one.
 
 `PolicyChain(route, maps_dir)` gives each part of a route's chain in the order haproxy runs it;
-templates/policy.cfg.j2 prints each line after its rule prefix (`http-request` or
-`tcp-request content`: the same chain runs in both phases of a proxy route) and decides nothing.
+templates/policy.cfg.j2 prints each part with `rules(prefix, part)`, every rule after its prefix
+(`http-request` or `tcp-request content`: the same chain runs in both phases of a proxy route),
+and decides nothing. (Printing in Python, not a Jinja loop: a loop over 10,000 routes' lines
+cost Jinja's call overhead per line.)
 Every word comes from config/vocabulary.py; the refusal texts from config/policy.py REFUSALS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -63,6 +65,7 @@ __all__ = [
     "Tables",
     "Term",
     "refusal",
+    "rules",
 ]
 
 
@@ -91,10 +94,15 @@ class Term:
     negated: bool = False
 
     def __invert__(self) -> Term:
-        return Term(self.sample, self.test, not self.negated)
+        return _negated(self)
 
     def __str__(self) -> str:
         return f"{'!' if self.negated else ''}{{ {self.sample} {self.test} }}"
+
+
+@cache
+def _negated(term: Term) -> Term:
+    return Term(term.sample, term.test, not term.negated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +121,26 @@ class Cond:
 
     keyword: Literal["if", "unless"]
     terms: tuple[Term | Acl, ...]
+    # Printed once per render or twice (both phases of a proxy route): kept as text.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = f"{self.keyword} {' '.join(str(t) for t in self.terms)}"
+        object.__setattr__(self, "text", text)
 
     def __str__(self) -> str:
-        return f"{self.keyword} {' '.join(str(t) for t in self.terms)}"
+        return self.text
 
 
+# Most conditions are the same for every route: kept, so each is built and printed once (a
+# bounded cache, since some name the route).
+@lru_cache(maxsize=2048)
 def when(*terms: Term | Acl) -> Cond:
     """`if` all of `terms`."""
     return Cond("if", terms)
 
 
+@lru_cache(maxsize=256)
 def unless(*terms: Term | Acl) -> Cond:
     """`unless` all of `terms`."""
     return Cond("unless", terms)
@@ -133,26 +151,31 @@ def var(name: str) -> str:
     return f"var({name})"
 
 
+@cache
 def found(name: str) -> Term:
     """The variable is set."""
     return Term(var(name), "-m found")
 
 
+@cache
 def is_true(name: str) -> Term:
     """The boolean variable is true."""
     return Term(var(name), "-m bool")
 
 
+@cache
 def equals(name: str, *words: str) -> Term:
     """The variable is one of `words`."""
     return Term(var(name), f"-m str {' '.join(words)}")
 
 
+@cache
 def begins(name: str, prefix: str) -> Term:
     """The variable begins with `prefix`."""
     return Term(var(name), f"-m beg {prefix}")
 
 
+@cache
 def in_networks(name: str, *networks: str) -> Term:
     """The variable is an address in one of `networks`."""
     return Term(var(name), f"-m ip {' '.join(networks)}")
@@ -176,10 +199,14 @@ class RuleAction:
     keyword: str
     args: tuple[str, ...] = ()
     operand: str = ""
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        head = f"{self.keyword}({','.join(self.args)})" if self.args else self.keyword
+        object.__setattr__(self, "text", f"{head} {self.operand}" if self.operand else head)
 
     def __str__(self) -> str:
-        head = f"{self.keyword}({','.join(self.args)})" if self.args else self.keyword
-        return f"{head} {self.operand}" if self.operand else head
+        return self.text
 
 
 def set_var(name: str, sample: str) -> RuleAction:
@@ -213,13 +240,18 @@ class Rule:
 
     action: RuleAction
     cond: Cond | None = None
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        action = self.action.text
+        object.__setattr__(self, "text", f"{action} {self.cond.text}" if self.cond else action)
 
     def __str__(self) -> str:
-        return f"{self.action} {self.cond}" if self.cond else str(self.action)
+        return self.text
 
     def line(self, prefix: str) -> str:
         """The rule as a line of its section, after `prefix` (http-request, ...)."""
-        return f"{_INDENT}{prefix} {self}"
+        return f"{_INDENT}{prefix} {self.text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +276,12 @@ class Blank:
 
 BLANK = Blank()
 Line = Rule | Comment | Blank
+
+
+def rules(prefix: str, lines: Sequence[Line]) -> str:
+    """The text of a part of the chain: its lines, each rule after `prefix` (`http-request`,
+    `tcp-request content`), joined without a newline at the end (the template's `rules`)."""
+    return "\n".join(line.line(prefix) for line in lines)
 
 
 def _comments(*texts: str) -> list[Line]:
