@@ -50,6 +50,7 @@ from haproxy_egress.render.maps import MATCH, NONE, parent_files, route_files
 
 __all__ = [
     "BLANK",
+    "OR",
     "PASSES",
     "RESOLVERS",
     "SNI_PORT",
@@ -59,6 +60,7 @@ __all__ = [
     "Comment",
     "Cond",
     "Line",
+    "Or",
     "PolicyChain",
     "Rule",
     "RuleAction",
@@ -116,11 +118,23 @@ class Acl:
 
 
 @dataclass(frozen=True, slots=True)
+class Or:
+    """`||` between the terms of a condition: either side may hold."""
+
+    def __str__(self) -> str:
+        return "||"
+
+
+OR = Or()
+
+
+@dataclass(frozen=True, slots=True)
 class Cond:
-    """A rule's condition: all terms hold (`if`), or not all of them (`unless`)."""
+    """A rule's condition: all terms hold (`if`), or not all of them (`unless`); `OR`
+    between terms separates alternatives."""
 
     keyword: Literal["if", "unless"]
-    terms: tuple[Term | Acl, ...]
+    terms: tuple[Term | Acl | Or, ...]
     # Printed once per render or twice (both phases of a proxy route): kept as text.
     text: str = field(init=False, repr=False, compare=False)
 
@@ -135,13 +149,13 @@ class Cond:
 # Most conditions are the same for every route: kept, so each is built and printed once (a
 # bounded cache, since some name the route).
 @lru_cache(maxsize=2048)
-def when(*terms: Term | Acl) -> Cond:
+def when(*terms: Term | Acl | Or) -> Cond:
     """`if` all of `terms`."""
     return Cond("if", terms)
 
 
 @lru_cache(maxsize=256)
-def unless(*terms: Term | Acl) -> Cond:
+def unless(*terms: Term | Acl | Or) -> Cond:
     """`unless` all of `terms`."""
     return Cond("unless", terms)
 
@@ -876,6 +890,53 @@ class PolicyChain:
                 "(unless connect_sni sent it already).",
             ),
             Rule(set_var(v.tunnel, "bool(true)"), unless(is_true(v.early))),
+        )
+
+    @cached_property
+    def http_destination(self) -> tuple[Line, ...]:
+        """A plain request's destination: the host and port of its absolute URI (haproxy has
+        checked that Host matches), IPv6 literals without their brackets."""
+        v = VARS
+        absolute = Term(var(v.url), "-m beg -i http://")
+        authority = "url,field(3,/)"
+        return (
+            Rule(set_var(v.url, "url")),
+            Rule(
+                RuleAction(
+                    "return",
+                    (),
+                    "status 400 content-type text/plain string"
+                    ' "absolute http:// URI expected (use CONNECT for https)"',
+                ),
+                unless(absolute),
+            ),
+            Rule(set_var(v.dsthost, f"{authority},host_only,lower")),
+            Rule(set_var(v.dstport, f"{authority},port_only")),
+            Rule(set_var(v.dstport, "int(80)"), when(Term(var(v.dstport), "-m int 0"))),
+            Rule(set_var(v.dsthost, rf"{var(v.dsthost)},regsub(^\\[,),regsub(\\]$,)")),
+        )
+
+    @cached_property
+    def http_credentials(self) -> tuple[Line, ...]:
+        """A plain request's proxy credentials: its Proxy-Authorization header."""
+        return (Rule(set_var(VARS.pauth, "req.fhdr(proxy-authorization)")),)
+
+    @cached_property
+    def origin_form(self) -> tuple[Line, ...]:
+        """A plain request goes on in origin form (a parent gets the absolute URI), without
+        the headers meant for the proxy."""
+        v, parents = VARS, self.route.parents is not None
+        direct = (equals(v.via, Via.DIRECT),) if parents else ()
+        path = found(v.pathq)
+        empty = Term(var(v.pathq), "-m len 0")
+        to_parent = " (the parent gets the absolute URI)" if parents else ""
+        return (
+            Comment(f"Origin form towards the origin{to_parent}; proxy-only headers stay here."),
+            Rule(set_var(v.pathq, "pathq")),
+            Rule(RuleAction("set-uri", (), f"%[{var(v.pathq)}]"), when(path, ~empty, *direct)),
+            Rule(RuleAction("set-uri", (), "/"), when(~path, *direct, OR, empty, *direct)),
+            Rule(RuleAction("del-header", (), "proxy-connection")),
+            Rule(RuleAction("del-header", (), "proxy-authorization")),
         )
 
     @cached_property

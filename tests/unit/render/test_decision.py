@@ -18,6 +18,7 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.vocabulary import VARS, Limit, RuleId, Verdict
 from haproxy_egress.render.decision import (
     BLANK,
+    OR,
     PASSES,
     Comment,
     Cond,
@@ -221,3 +222,33 @@ def test_a_refused_plain_request_is_answered_with_its_reason() -> None:
     ]
     (auth,) = _text(PolicyChain(_route(proxy_auth="required"), MAPS).http_auth)
     assert "hdr Proxy-Authenticate 'Basic realm=\"web\"' if" in auth
+
+
+def test_or_separates_alternatives_of_a_condition() -> None:
+    a, b = Term("var(txn.a)", "-m found"), Term("var(txn.b)", "-m len 0")
+    assert str(Cond("if", (~a, OR, b))) == "if !{ var(txn.a) -m found } || { var(txn.b) -m len 0 }"
+
+
+def test_origin_form_keeps_the_absolute_uri_for_a_parent() -> None:
+    direct = [str(line) for line in PolicyChain(_route(), MAPS).origin_form]
+    assert direct[2:4] == [
+        "set-uri %[var(txn.egress_pathq)] if { var(txn.egress_pathq) -m found }"
+        " !{ var(txn.egress_pathq) -m len 0 }",
+        "set-uri / if !{ var(txn.egress_pathq) -m found } || { var(txn.egress_pathq) -m len 0 }",
+    ]
+    route = _route(parent={"proxies": ["192.0.2.20:3128"]})
+    parents = [str(line) for line in PolicyChain(route, MAPS).origin_form]
+    via = "{ var(txn.egress_via) -m str direct }"
+    assert parents[3] == (
+        f"set-uri / if !{{ var(txn.egress_pathq) -m found }} {via}"
+        f" || {{ var(txn.egress_pathq) -m len 0 }} {via}"
+    )
+    assert "(the parent gets the absolute URI)" in parents[0]
+
+
+def test_a_plain_request_names_its_destination_before_anything_is_decided() -> None:
+    lines = _text(PolicyChain(_route(), MAPS).http_destination)
+    assert lines[1].endswith("unless { var(txn.egress_url) -m beg -i http:// }")
+    assert lines[-1] == (
+        "    http-request set-var(txn.dsthost) var(txn.dsthost),regsub(^\\\\[,),regsub(\\\\]$,)"
+    )
