@@ -7,6 +7,7 @@ golden files (tests/data/golden/, tests/data/policy-golden/)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,30 @@ def test_a_plain_request_names_its_destination_before_anything_is_decided() -> N
     assert lines[-1] == (
         "    http-request set-var(txn.dsthost) var(txn.dsthost),regsub(^\\\\[,),regsub(\\\\]$,)"
     )
+
+
+POLICY_TEMPLATE = Path(__file__).parents[3] / "templates" / "policy.cfg.j2"
+# What policy.cfg.j2 may still name itself: the CONNECT intake and the backend choice, the
+# decision log's extra fields, the parent proxies' backends. None of it decides.
+_NOT_THE_DECISION = {
+    "V.var.connect",  # CONNECT or plain HTTP: which backend
+    "V.var.dstport",  # the connect_sni ports' ACL
+    "V.var.user",  # log-format
+    "V.var.via",  # log-format; use_backend to the parent
+    "V.via.PARENT",  # use_backend to the parent
+    "V.var.pstatus",  # the parent's answer, in the parent backends
+    "V.var.pcred",  # the router's credential for the parent
+    "V.var.pclose",  # the parent backend closes what the parent refused
+    "V.var.tunnel",  # the tunnel backend's "200 Connection established"
+    "V.reason.PARENT_AUTH",  # the parent refused the router's credentials (its 502)
+}
+
+
+def test_the_policy_template_prints_the_chain_and_decides_nothing() -> None:
+    """Verdicts, rule ids, map actions and the decision's variables are render/decision.py's:
+    the template names none of them (a new step of the decision is a rule there)."""
+    text = POLICY_TEMPLATE.read_text()
+    named = set(re.findall(r"\bV\.\w+(?:\.\w+)?", text))
+    assert named <= _NOT_THE_DECISION, sorted(named - _NOT_THE_DECISION)
+    assert "rules(" in text
+    assert "refusal(V.reason.PARENT_AUTH" in text  # the one refusal outside the chain
