@@ -102,7 +102,7 @@ class Term:
         return f"{'!' if self.negated else ''}{{ {self.sample} {self.test} }}"
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: a term may name a route
 def _negated(term: Term) -> Term:
     return Term(term.sample, term.test, not term.negated)
 
@@ -165,6 +165,8 @@ def var(name: str) -> str:
     return f"var({name})"
 
 
+# The tests on a variable name no route (their arguments are variable names and vocabulary
+# words): each is built once per process, not once per route.
 @cache
 def found(name: str) -> Term:
     """The variable is set."""
