@@ -9,14 +9,15 @@ program as typed values, so no template splices a condition together:
   a `Cond` the `if`/`unless` of a rule, made of terms;
 - a `RuleAction` (`set-var`, `set-var-fmt`, `unset-var`, `do-resolve`, `track-sc<n>`, ...) with
   its arguments renders its own haproxy words;
-- a `Rule` is an action and its condition; a `Comment` is a line the reader of the live
-  haproxy.cfg gets; `BLANK` an empty line where the rendered text has always had one.
+- a `Rule` is an action and its condition; an `AclLine` declares a named ACL; a `Comment` is a
+  line the reader of the live haproxy.cfg gets; `BLANK` an empty line where the rendered text
+  has always had one.
 
-`PolicyChain(route, maps_dir)` gives each part of a route's chain in the order haproxy runs it;
-templates/policy.cfg.j2 prints each part with `rules(prefix, part)`, every rule after its prefix
-(`http-request` or `tcp-request content`: the same chain runs in both phases of a proxy route),
-and decides nothing. (Printing in Python, not a Jinja loop: a loop over 10,000 routes' lines
-cost Jinja's call overhead per line.)
+`PolicyChain(route, maps_dir)` gives a route's chain per phase (`connect`, `plain`, `tls`), its
+parts in the order haproxy runs them; templates/policy.cfg.j2 prints a chain with
+`rules(prefix, chain)`, every rule after its prefix (`tcp-request content` or `http-request`:
+a proxy route runs the same `decide` in both), and decides nothing. (Printed in Python, not
+by a Jinja loop, which cost Jinja's call overhead on every line of every route.)
 Every word comes from config/vocabulary.py; the refusal texts from config/policy.py REFUSALS.
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property, lru_cache
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.route import Route
@@ -56,6 +57,7 @@ __all__ = [
     "SNI_PORT",
     "TABLES",
     "Acl",
+    "AclLine",
     "Blank",
     "Comment",
     "Cond",
@@ -109,7 +111,7 @@ def _negated(term: Term) -> Term:
 
 @dataclass(frozen=True, slots=True)
 class Acl:
-    """A named ACL the frontend declared (`acl egress_sni_port ...`), as a term."""
+    """A named ACL an `AclLine` declared (`acl egress_sni_port ...`), as a term."""
 
     name: str
 
@@ -199,7 +201,7 @@ def in_networks(name: str, *networks: str) -> Term:
 
 # The policy lets the request through (its verdict is one of PASSING).
 PASSES = equals(VARS.verdict, *PASSING)
-# connect_sni: match: the CONNECT names one of the route's TLS ports (policy.cfg.j2 declares it).
+# connect_sni: match: the CONNECT names one of the route's TLS ports (declared in `connect`).
 SNI_PORT = Acl("egress_sni_port")
 
 
@@ -291,7 +293,21 @@ class Blank:
 
 
 BLANK = Blank()
-Line = Rule | Comment | Blank
+
+
+@dataclass(frozen=True, slots=True)
+class AclLine:
+    """The declaration of a named ACL (`acl <name> <criterion>`), which later rules test."""
+
+    acl: Acl
+    criterion: str
+
+    def line(self, prefix: str) -> str:
+        """The declaration (an acl line takes no rule prefix)."""
+        return f"{_INDENT}acl {self.acl} {self.criterion}"
+
+
+Line = Rule | Comment | Blank | AclLine
 
 
 def rules(prefix: str, lines: Sequence[Line]) -> str:
@@ -357,9 +373,6 @@ class PolicyChain:
     Each part is a sequence of `Line`s; built on first use and kept, since a proxy route runs
     the same parts in its CONNECT (tcp-request content) and its plain HTTP (http-request) phase.
     """
-
-    # The ACL the template declares for connect_sni: match (its TLS ports), named once here.
-    sni_port: ClassVar[Acl] = SNI_PORT
 
     def __init__(self, route: Route, maps_dir: Path | str) -> None:
         self.route = route
@@ -837,6 +850,64 @@ class PolicyChain:
             Rule(increment(0, 2), when(named, ~PASSES)),
             BLANK,
         )
+
+    # -- a phase's whole chain, in order --
+
+    @cached_property
+    def connect(self) -> tuple[Line, ...]:
+        """A proxy route's tcp-request content chain, after connect.lua read the head: a
+        CONNECT is judged and answered here (a plain request only passes through)."""
+        r = self.route
+        lines = [*self.non_ascii, *self.connect_bad]
+        if r.asks_credentials:
+            lines += [*self.authenticate, *self.connect_auth]
+        lines += [*self.decide, *self.limits(True), *self.connect_status]
+        if r.connect_sni == "match":
+            ports = " ".join(str(p) for p in r.connect_sni_ports)
+            lines += [
+                *_comments(
+                    "connect_sni: match: streams to a TLS port are counted once their SNI is"
+                    " checked, in",
+                    "the tunnel backend.",
+                ),
+                AclLine(SNI_PORT, f"{var(VARS.dstport)} -m int {ports}"),
+                *self.connect_early,
+                *self.count_early(False),
+            ]
+        else:
+            lines += self.count
+        return (*lines, *self.destination, *self.connect_forward)
+
+    @cached_property
+    def plain(self) -> tuple[Line, ...]:
+        """A proxy route's http-request chain: a plain HTTP request judged and answered."""
+        lines = [
+            *_comments(
+                "-- plain HTTP: the destination comes from the absolute URI (haproxy checks"
+                " Host matches) --",
+                "HTTP fetches stay out of the ACL conditions of this TCP frontend (switch-mode"
+                " http): with",
+                'one there, haproxy warns "HTTP log/header format not usable" at every start'
+                " and reload.",
+            ),
+            *self.http_destination,
+        ]
+        if self.route.asks_credentials:
+            lines += [*self.http_credentials, *self.authenticate, *self.http_auth]
+        return (
+            *lines,
+            *self.decide,
+            *self.limits(False),
+            *self.count,
+            *self.destination,
+            *self.http_forward,
+            *self.origin_form,
+        )
+
+    @cached_property
+    def tls(self) -> tuple[Line, ...]:
+        """A tls route's tcp-request content chain, once the ClientHello is in."""
+        return (*self.tls_sni, *self.decide, *self.count, *self.destination, *self.tls_forward)
 
     # -- what follows a decision: the answer, and where the stream goes --
 

@@ -21,6 +21,7 @@ from haproxy_egress.render.decision import (
     BLANK,
     OR,
     PASSES,
+    AclLine,
     Comment,
     Cond,
     Line,
@@ -109,6 +110,38 @@ def test_decide_runs_address_group_first_match_guard_verdict_then_reasons() -> N
     assert positions == sorted(positions)
     assert lines[0].startswith("    # -- the policy (first match wins; docs/policy.md)")
     assert lines[-1] == ""  # a blank line closes the part, as the template always printed
+
+
+def test_a_phase_runs_its_parts_in_order() -> None:
+    route = _route(proxy_auth="required", connect_sni="match", limits={"tunnels": 3})
+    chain = PolicyChain(route, MAPS)
+    connect = chain.connect
+    order = [
+        chain.non_ascii[-1],  # each part's last line
+        chain.connect_bad[-1],
+        chain.authenticate[-1],
+        chain.connect_auth[-1],
+        chain.decide[-2],  # (the last one is the blank line closing it)
+        chain.limits(True)[-2],
+        chain.connect_status[-1],
+        chain.connect_early[-1],
+        chain.count_early(False)[-1],
+        chain.connect_forward[-1],
+    ]
+    positions = [connect.index(line) for line in order]
+    assert positions == sorted(positions)
+    assert connect[-len(chain.connect_forward) :] == chain.connect_forward
+    # The connect_sni ports' ACL is declared before the rule that tests it.
+    (declared,) = [i for i, line in enumerate(connect) if isinstance(line, AclLine)]
+    assert connect[declared].line("x") == "    acl egress_sni_port var(txn.dstport) -m int 443"
+    assert declared < connect.index(chain.connect_early[0])
+    plain = chain.plain
+    assert plain.index(chain.http_credentials[0]) < plain.index(chain.authenticate[0])
+    assert plain[-len(chain.origin_form) :] == chain.origin_form
+    tls = PolicyChain(_route(mode="tls", destination_port=443), MAPS).tls
+    assert tls[0].line("tcp-request content") == (
+        "    tcp-request content set-var(txn.dstport) int(443)"
+    )
 
 
 def test_decide_follows_the_route_switches() -> None:
@@ -260,7 +293,6 @@ POLICY_TEMPLATE = Path(__file__).parents[3] / "templates" / "policy.cfg.j2"
 # decision log's extra fields, the parent proxies' backends. None of it decides.
 _NOT_THE_DECISION = {
     "V.var.connect",  # CONNECT or plain HTTP: which backend
-    "V.var.dstport",  # the connect_sni ports' ACL
     "V.var.user",  # log-format
     "V.var.via",  # log-format; use_backend to the parent
     "V.via.PARENT",  # use_backend to the parent
