@@ -1,14 +1,15 @@
 """The policy vocabulary: every word the proxy, `explain`, the maps, the metrics and the logs share.
 
-The decision of a policy route is written by haproxy (templates/policy.cfg.j2, lua/*.lua) and
+The decision of a policy route is made by haproxy (render/decision.py's rules, lua/*.lua) and
 read by Python (`explain`, the metrics, the log readers), so its words are an interface: the
 verdicts, the rule ids, the map actions, the limit kinds and the `txn.*` variables that carry
 them from one haproxy rule to the next. They are spelled here and nowhere else
 (tests/unit/config/test_vocabulary.py fails on a second spelling):
 
-- Python modules import the enums and constants;
+- Python modules import the enums and constants (render/decision.py builds the decision
+  chain's rules from them);
 - the templates get `VOCABULARY` as `V` (render/compiler.py): `{{ V.var.verdict }}`,
-  `{{ V.verdict.DENY }}`, `{{ V.passes }}`;
+  `{{ V.reason.PARENT_AUTH }}`;
 - Lua gets `lua_module()`, a generated file loaded before every other Lua file, which sets
   the global table `egress` (`egress.var.rule`, `egress.rule.ALLOW_FROM`).
 """
@@ -212,8 +213,8 @@ VARS = Vars()
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """What the templates get as `V`: the variables and every word, and the conditions built
-    from them that the template would otherwise spell by hand."""
+    """What the templates get as `V`: the variables and every word (the conditions built from
+    them are render/decision.py's)."""
 
     var: Vars = VARS
     verdict: type[Verdict] = Verdict
@@ -227,11 +228,6 @@ class Vocabulary:
     limit_prefix: str = LIMIT_PREFIX
     default_group: str = DEFAULT_GROUP
     self_class: str = SELF_CLASS
-
-    @property
-    def passes(self) -> str:
-        """The ACL condition "the policy lets it through"."""
-        return f"{{ var({self.var.verdict}) -m str {' '.join(PASSING)} }}"
 
 
 VOCABULARY = Vocabulary()

@@ -14,15 +14,15 @@ from typing import Any
 import jinja2
 
 from haproxy_egress import __version__
-from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import format_duration
-from haproxy_egress.config.vocabulary import DEFAULT_GROUP, VARS, VOCABULARY, Reason
+from haproxy_egress.config.vocabulary import VARS, VOCABULARY
+from haproxy_egress.render import decision
 from haproxy_egress.render.acls import allow_from_files
 from haproxy_egress.render.blocks import BlockCache
 from haproxy_egress.render.hooks import HookSet, lua_paths, resolve
-from haproxy_egress.render.maps import NONE, PARENT_CREDENTIAL_KEY, parent_files, route_files
+from haproxy_egress.render.maps import PARENT_CREDENTIAL_KEY, parent_files
 from haproxy_egress.render.resources import template_dir
 from haproxy_egress.render.syslog import MAX_LINE, rings
 from haproxy_egress.render.tls import server_options as tls_server_options
@@ -33,15 +33,8 @@ TEMPLATE = "haproxy.cfg.j2"
 SHARED_BLOCKS = BlockCache()
 
 
-@dataclass(frozen=True)
-class Tables:
-    """The stick tables policy routes share (the exporter reads the decision counters)."""
-
-    policy: str = "_egress_policy"  # key ROUTE/RULE/VERDICT, gpc0 = decisions
-    dns: str = "_egress_dns"  # key name, gpt0 = its IPv4 address, for `hold valid`
-
-
-TABLES = Tables()
+# The exporter (metrics/policy.py) reads the stick tables' names here.
+TABLES = decision.TABLES
 # Policy routes: TCP-mode frontends, so the log line is built from variables; it names
 # the destination, the address it resolved to, the rule and the verdict.
 POLICY_LOG_FORMAT = (
@@ -138,27 +131,6 @@ def _address(value: object) -> str:
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
-# What fills each word of a refusal (config/policy.py REFUSALS) in the proxy: the values of
-# the request, as the decision left them in its variables.
-_REFUSAL_SAMPLES = {
-    "host": f"%[var({VARS.dsthost})]",
-    "port": f"%[var({VARS.dstport})]",
-    "address": f"%[var({VARS.dstip})]",
-    "cls": f"%[var({VARS.cls})]",
-    "rule": f"%[var({VARS.idx})]",
-    "group": f"%[var({VARS.group})]",
-    "client": "%[src]",
-}
-
-
-def refusal(kind: Reason, route: str, text: str = "", **values: object) -> str:
-    """A refusal's words (REFUSALS[kind]) for haproxy's set-var-fmt: the route's name, and
-    sample expressions for the rest; `text` is the expression of the rule's text, `values` the
-    route's own figures (a limit and its period)."""
-    samples = {**_REFUSAL_SAMPLES, **values}
-    return egress_policy.REFUSALS[kind].format(route=route, text=text, **samples)
-
-
 @cache
 def _environment(directory: Path) -> jinja2.Environment:
     env = jinja2.Environment(
@@ -174,16 +146,16 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals.update(
         server_options=_server_options,
         tls_options=tls_server_options,  # TLS origination (render/tls.py)
-        # policy routes: templates/policy.cfg.j2, their lists in map files (render/maps.py)
-        policy_maps=route_files,
+        # policy routes: templates/policy.cfg.j2 prints the decision chain render/decision.py
+        # builds; their lists are in map files (render/maps.py)
+        policy_chain=decision.PolicyChain,
+        rules=decision.rules,
         parent_maps=parent_files,
         parent_key=PARENT_CREDENTIAL_KEY,
-        refusal=refusal,
+        refusal=decision.refusal,
         # The policy vocabulary (config/vocabulary.py): every variable name and word of a
         # decision.
         V=VOCABULARY,
-        default_group=DEFAULT_GROUP,
-        no_class=NONE,
         policy_log_format=POLICY_LOG_FORMAT,
         tables=TABLES,
         audit_log_format=audit_log_format,

@@ -2,7 +2,7 @@
 haproxy.cfg, so editing a list changes only file contents (the runtime API can swap them).
 
 Pure: `render_maps(config)` → file name → content; runtime/staging.write_maps writes them into
-RunDir.maps, and templates/policy.cfg.j2 loads each as `{{ paths.maps }}/<name>`.
+RunDir.maps, and the decision chain (render/decision.py) reads each as `<maps dir>/<name>`.
 
 First match over rules of three kinds (names, domains, networks) and a final `*` is turned into
 a handful of lookups whose number does not depend on the rules (or on the client groups):
@@ -49,6 +49,26 @@ from haproxy_egress.render.acls import render_acls
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
 CREDENTIAL_TABLES = ("members", "users")  # only routes that ask for proxy credentials
 ACLS = ("ports", "doh")
+# How haproxy reads each file: a map's converter, an ACL file's match method (render/decision.py
+# builds the lookups from this, so no template names one).
+MATCH = {
+    "groups": "map_ip",
+    "domains": "map_end",
+    "networks": "map_ip",
+    "index": "map_str_int",
+    "rules": "map_str",
+    "reasons": "map_str",
+    "classes": "map_ip",
+    "self": "map_ip",
+    "members": "map_str",
+    "users": "map_str",
+    "ports": "int",
+    "doh": "str",
+    "direct-hosts": "map_str",
+    "direct-domains": "map_end",
+    "direct-networks": "map_ip",
+    "parent": "map_str",
+}
 NAME = re.compile(r"^[a-z0-9._-]+\.(map|acl)$")
 NONE = "none"
 ALL = ("0.0.0.0/0", "::/0")
