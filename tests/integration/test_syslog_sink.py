@@ -330,21 +330,29 @@ def _server_up(router: Router, backend: str) -> dict[str, bool]:
     return {row[3]: row[5] == "2" for row in rows if len(row) > 5 and row[1] == backend}
 
 
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_failover_receiver_takes_the_lines_while_the_first_is_down(
-    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
+    tmp_path: Path,
+    origin: FastOrigin,
+    stopped: list[_Stops],
+    routers: list[Router],
+    transport: str,
 ) -> None:
     """haproxy 2.9+ (the image's 3.0): a target with `failover` is a log backend whose second
     receiver takes every line while the first is down, and keeps them once it is back; every
     line reaches one of the two. haproxy 2.6 has no log backend: the router refuses the
     failover there, naming it, rather than pretend."""
-    first = Rsyslog(tmp_path / "first").start()
-    second = Rsyslog(tmp_path / "second").start()
+    tls, ca, secret = _client_pki(tmp_path) if transport == "tls" else (None, None, None)
+    first = Rsyslog(tmp_path / "first", tls=tls).start()
+    second = Rsyslog(tmp_path / "second", tls=tls).start()
     stopped.extend([first, second])
     target = {
         "address": f"127.0.0.1:{first.port}",
         "failover": f"127.0.0.1:{second.port}",
-        "transport": "tcp",
+        "transport": transport,
     }
+    if transport == "tls":
+        target |= {"ca_file": str(ca), "client_cert_dir": str(secret)}
     found = version_tuple(version(HAPROXY))
     assert found is not None
     if found < (2, 9):
