@@ -22,7 +22,7 @@ from haproxy_egress.config.document import Config, Document
 from haproxy_egress.config.sources import load, read_snapshot
 from haproxy_egress.config.tlsmaterial import describe, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode, SetupError
-from haproxy_egress.haproxy.program import running_configs
+from haproxy_egress.haproxy.program import running_configs, version
 from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
@@ -54,6 +54,7 @@ def render_options(settings: Settings) -> RenderOptions:
         # (docs/operations.md "Logging"); one thread never collides with itself.
         threads=settings.threads
         or (1 if settings.log_sink is LogSink.RELAY else default_threads()),
+        haproxy_version=version(settings.haproxy_bin),
     )
 
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.show import parse_show_proc
 from tests.netns import stop_process
-from tests.support import HttpOrigin, free_port, loopback_route, wait_for
+from tests.support import HAPROXY, HttpOrigin, free_port, loopback_route, wait_for
 
 
 class _Stoppable(Protocol):
@@ -91,6 +91,8 @@ class Router:
             "EGRESS_DRAIN_SECONDS": str(self.drain_seconds),
             "EGRESS_RELOAD_DEBOUNCE": "0.2",
             "EGRESS_POLL_SECONDS": "2",
+            # The haproxy the test session runs (2.6 here, 3.0 as the image has it).
+            "EGRESS_HAPROXY_BIN": HAPROXY,
             **self.env,
         }
         if self.config_dir is not None:

@@ -77,6 +77,16 @@ class SyslogTarget(_Strict):
     format: Literal["rfc5424", "json"] = "rfc5424"
     # The ring: how many bytes of lines wait for a receiver that is slow or restarting.
     buffer_size: int = Field(1024 * 1024, ge=MIN_BUFFER, le=MAX_BUFFER)
+    # A second receiver (same transport, CA, client certificate and format) that takes the
+    # lines while the first is down: haproxy 2.9 or later (a log backend), docs/operations.md.
+    failover: (
+        Annotated[
+            str,
+            BeforeValidator(_address),
+            WithJsonSchema({"type": "string", "examples": ["siem-2.corp.example:6514"]}),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _tls_coherent(self) -> SyslogTarget:
@@ -84,18 +94,48 @@ class SyslogTarget(_Strict):
             raise ValueError("transport tls needs ca_file (the CA that signed the receiver)")
         if self.transport == "tcp" and (self.ca_file or self.client_cert_dir):
             raise ValueError("ca_file and client_cert_dir need transport: tls")
+        if self.failover is not None and self.failover_receiver.label == self.receiver.label:
+            raise ValueError(f"failover {self.failover!r} is the target's own address")
         return self
 
     @property
-    def host(self) -> str:
-        """The receiver's host (name or IP literal, IPv6 without brackets)."""
-        return netaddr.normalize_host(netaddr.split_host_port(self.address)[0])
+    def receiver(self) -> Receiver:
+        """The receiver at `address`."""
+        return Receiver.of(self.address, self.transport)
 
     @property
-    def port(self) -> int:
-        """The receiver's port: as given, else 514 (tcp) or 6514 (tls)."""
-        port = netaddr.split_host_port(self.address)[1]
-        return DEFAULT_PORT[self.transport] if port is None else netaddr.parse_port(port)
+    def failover_receiver(self) -> Receiver:
+        """The receiver at `failover` (only when it is set)."""
+        assert self.failover is not None
+        return Receiver.of(self.failover, self.transport)
+
+    @property
+    def receivers(self) -> tuple[Receiver, ...]:
+        """The receiver, then the failover one if any."""
+        if self.failover is None:
+            return (self.receiver,)
+        return (self.receiver, self.failover_receiver)
+
+    @property
+    def label(self) -> str:
+        """The `target` label of the loss counter: host:port, as the ring's description."""
+        return self.receiver.label
+
+
+class Receiver(_Strict):
+    """One syslog receiver's address, as haproxy's server line and the loss counter name it."""
+
+    host: str  # name or IP literal, IPv6 without brackets
+    port: int
+
+    @classmethod
+    def of(cls, address: str, transport: str) -> Receiver:
+        """'host[:port]' with the transport's default port (514 tcp, 6514 tls)."""
+        host, port = netaddr.split_host_port(address)
+        return cls(
+            host=netaddr.normalize_host(host),
+            port=DEFAULT_PORT[transport] if port is None else netaddr.parse_port(port),
+        )
 
     @property
     def hostport(self) -> str:
@@ -109,16 +149,16 @@ class SyslogTarget(_Strict):
 
     @property
     def label(self) -> str:
-        """The `target` label of the loss counter: host:port, as the ring's description."""
+        """The `target` label of the loss counter: host:port."""
         return self.hostport
 
 
 def _unique(targets: tuple[SyslogTarget, ...]) -> tuple[SyslogTarget, ...]:
     seen: set[str] = set()
-    for t in targets:
-        if t.label in seen:
-            raise ValueError(f"syslog target {t.label} is listed twice")
-        seen.add(t.label)
+    for label in (r.label for t in targets for r in t.receivers):
+        if label in seen:
+            raise ValueError(f"syslog target {label} is listed twice")
+        seen.add(label)
     return targets
 
 
@@ -128,4 +168,4 @@ class Logging(_Strict):
     syslog: Annotated[tuple[SyslogTarget, ...], AfterValidator(_unique), Field(max_length=8)] = ()
 
 
-__all__ = ["RING_PREFIX", "Logging", "SyslogTarget"]
+__all__ = ["RING_PREFIX", "Logging", "Receiver", "SyslogTarget"]

@@ -45,8 +45,8 @@ from haproxy_egress.config.tls import TlsSpec
 
 # Per-destination counters of policy routes: one stick table per route, `_egress_dst_<N>_<route>`
 # (route names hold no '_', so the exporter reads N and the route back from the name),
-# `FACTOR` times the top N in size, and never tiny: haproxy 3.0 shards a table, and a small
-# one loses busy names to a flood of new ones far sooner than its size says.
+# `FACTOR` times the top N in size, and never tiny, so that the names a route is busy with now
+# and the newcomers that may overtake them fit together.
 DESTINATIONS_TABLE_PREFIX = "_egress_dst_"
 DESTINATIONS_TABLE_FACTOR = 4
 DESTINATIONS_TABLE_MIN = 1024
@@ -97,6 +97,9 @@ class RouteSettings(Frozen):
     # Policy routes: per-destination counters for the top N destinations (0: off); the series
     # are at most N + 1 per route whatever clients ask for (docs/metrics.md).
     destinations_top: int = Field(50, ge=0, le=1000)
+    # Policy routes: a destination idle this long leaves the per-destination table (its count
+    # moves to `other`), which is what frees room for new names once the table is full.
+    destinations_idle: Duration = Field(600_000, ge=1000, le=86_400_000)
 
 
 class Route(RouteSettings):
@@ -258,8 +261,8 @@ class Route(RouteSettings):
 
     @property
     def destinations_table_size(self) -> int:
-        """Entries the table keeps (least recently used go first): room for the top N and
-        for the newcomers that may overtake them."""
+        """Entries the table holds: room for the top N and for the newcomers that may overtake
+        them. A full table takes no new name until one has been idle `destinations_idle`."""
         return max(DESTINATIONS_TABLE_FACTOR * self.destinations_top, DESTINATIONS_TABLE_MIN)
 
     @property

@@ -41,10 +41,14 @@ def running_configs(proc: Path = Path("/proc")) -> list[Path]:
 
 
 def version(haproxy_bin: str = "haproxy") -> str:
-    """haproxy's version string, e.g. '2.6.12-1+deb12u4'."""
-    out = subprocess.run(
-        [haproxy_bin, "-v"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout
+    """haproxy's version string, e.g. '2.6.12-1+deb12u4'; "unknown" when it does not run
+    (the binary is checked where it is started, with a clearer error)."""
+    try:
+        out = subprocess.run(
+            [haproxy_bin, "-v"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
     return parse_version(out)
 
 

@@ -126,6 +126,15 @@ class Info:
         """Log lines this worker could not write (a full log buffer or FIFO)."""
         return _int(self.fields.get("DroppedLogs"))
 
+    @property
+    def sink_drops_doubled(self) -> bool:
+        """Whether `show events` prints a ring's drop counter doubled: from 3.0 its lowest bit
+        says an "N events dropped" line is being written and the count is in the bits above
+        (haproxy's sink.h: `HA_ATOMIC_ADD(&sink->ctx.dropped, 2)`); 2.6 prints the count."""
+        major, _, rest = self.fields.get("Version", "").partition(".")
+        minor = rest.split(".", 1)[0].split("-", 1)[0]
+        return major.isdigit() and minor.isdigit() and (int(major), int(minor)) >= (3, 0)
+
 
 def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.strip().isdigit() else None
@@ -346,14 +355,16 @@ class EventSink:
 _SINK = re.compile(r"^\s*(\S+)\s*: type=(\w+), (\d+) dropped, (.*)$")
 
 
-def parse_event_sinks(text: str) -> list[EventSink]:
-    """`show events` without a sink name: the list of sinks (2.6 and 3.x print it alike)."""
+def parse_event_sinks(text: str, doubled: bool = False) -> list[EventSink]:
+    """`show events` without a sink name: the list of sinks (2.6 and 3.x print it alike, but
+    3.x prints each drop counter doubled: `doubled`, from `Info.sink_drops_doubled`)."""
     out = []
     for line in text.splitlines():
         found = _SINK.match(line)
         if found is not None:
             name, kind, dropped, description = found.groups()
-            out.append(EventSink(name, kind, int(dropped), description.strip()))
+            count = int(dropped) >> 1 if doubled else int(dropped)
+            out.append(EventSink(name, kind, count, description.strip()))
     return out
 
 

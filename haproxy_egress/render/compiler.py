@@ -92,6 +92,9 @@ class RenderOptions:
     run_dir: Path
     log_stdout: bool = False
     threads: int = 0
+    # `haproxy -v`'s version, for what only some versions can do (a syslog failover needs
+    # 2.9); "" when not known (then `haproxy -c` has the last word).
+    haproxy_version: str = ""
 
     @property
     def run(self) -> RunDir:

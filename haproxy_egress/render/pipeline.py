@@ -22,6 +22,7 @@ from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
 from haproxy_egress.render.stages import Stages
+from haproxy_egress.render.syslog import failover_problems
 from haproxy_egress.render.tls import staged_files
 from haproxy_egress.settings import Settings
 
@@ -69,6 +70,10 @@ def compile_snapshot(
         raise ConfigError(
             [Problem(where, "", "no routes: add a YAML key with routes, or set SERVICE_* env")]
         )
+    failovers = failover_problems(config.logging, options.haproxy_version)
+    if failovers:
+        where = str(settings.config_dir)
+        raise ConfigError([Problem(where, path, message) for path, message in failovers])
     # The TLS files this config names: read now if the snapshot was taken for other ones
     # (a route added or its Secret moved), so the digest covers exactly what is loaded.
     snapshot = snapshot.with_tls(material_paths_of(config))

@@ -57,6 +57,7 @@ def assemble(
         run.master_socket,
         run.log_relay_state if logrelay else None,
         settings.log_warn_interval,
+        sink_labels=running.syslog_sinks,
     )
     # haproxy's own notices and warnings: relayed in the router's format, route named.
     haproxy_stderr = StderrRelay(running.route_names)

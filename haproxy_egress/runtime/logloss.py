@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from haproxy_egress.background import Background
@@ -26,6 +26,7 @@ from haproxy_egress.runtime.logrelay import read_counters
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
+BUSY_POLL_SECONDS = 0.25
 
 
 def worker_pids(show_proc: str) -> list[tuple[int, str]]:
@@ -47,6 +48,7 @@ class LogLossWatch(Background):
         relay_state: Path | None,
         warn_interval: float,
         poll_interval: float = POLL_SECONDS,
+        sink_labels: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self._master = CliSocket(master_socket, timeout=2.0, master=True)
         self._relay_state = relay_state
@@ -60,12 +62,22 @@ class LogLossWatch(Background):
         self._snapshot = LogLoss(relay=relay_state is not None)
         self._polling = threading.Lock()  # the thread's polls and the final one at exit
         self._rings = RingDrops()
+        # A ring's receiver by haproxy's name for it; else its description (a `ring` section's
+        # is the receiver's host:port).
+        self._sink_labels = sink_labels
         super().__init__("log-loss")
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.poll()
-            self._stop.wait(self._poll_interval)
+            self._stop.wait(self._interval())
+
+    def _interval(self) -> float:
+        """The poll interval; shorter while a ring drops: its announcement may be gone
+        within a second."""
+        if self._rings.busy:
+            return min(self._poll_interval, BUSY_POLL_SECONDS)
+        return self._poll_interval
 
     def snapshot(self) -> LogLoss:
         """The latest counters (an immutable object replaced whole: no lock needed)."""
@@ -79,7 +91,7 @@ class LogLossWatch(Background):
     def _poll(self, now: float, force: bool) -> LogLoss:
         if not force and now < self._next_poll:
             return self._snapshot
-        self._next_poll = now + self._poll_interval
+        self._next_poll = now + self._interval()
         found = self._workers()
         workers = self._snapshot.workers  # master away (re-executing): keep the last view
         if found is not None:
@@ -110,18 +122,20 @@ class LogLossWatch(Background):
         self._rings.retire({pid for pid, _ in pids})
         out = []
         for pid, role in pids:
-            self._poll_rings(pid)
             try:
-                dropped = parse_info(self._master.command(f"@!{pid} show info")).dropped_logs
+                info = parse_info(self._master.command(f"@!{pid} show info"))
             except EgressError:
-                dropped = None  # it exited between the two commands
+                info = None  # it exited between the two commands
+            dropped = info.dropped_logs if info is not None else None
+            if info is not None:
+                self._poll_rings(pid, info.sink_drops_doubled)
             if dropped is not None:
                 out.append(WorkerLogDrops(pid, role, dropped))
             elif pid in self._last:
                 out.append(WorkerLogDrops(pid, role, self._last[pid]))
         return out
 
-    def _poll_rings(self, pid: int) -> None:
+    def _poll_rings(self, pid: int, doubled: bool) -> None:
         """One worker's syslog ring counters, and haproxy's "N events dropped" lines."""
         # Rings with drops in play are read first, the counters after: a line haproxy
         # writes in between is booked at the next poll (never counted twice).
@@ -132,12 +146,14 @@ class LogLossWatch(Background):
                 continue
             self._rings.read(pid, ring, announcements(dump))
         try:
-            sinks = parse_event_sinks(self._master.command(f"@!{pid} show events"))
+            sinks = parse_event_sinks(self._master.command(f"@!{pid} show events"), doubled)
         except EgressError:
             return  # it exited meanwhile: what was seen last is retired with it
+        labels = self._sink_labels()
         for sink in sinks:
             if sink.kind == "buffer" and sink.name.startswith(RING_PREFIX):
-                self._rings.see(pid, sink.name, sink.description, sink.dropped)
+                target = labels.get(sink.name, sink.description)
+                self._rings.see(pid, sink.name, target, sink.dropped)
 
     def _maybe_warn(self, now: float) -> None:
         s = self._snapshot
@@ -166,6 +182,14 @@ class RingDrops:
     announcements are read from the ring itself while drops are in play; each is booked once
     (the ring is first in, first out, so a line seen once never comes back). Pure
     bookkeeping: the watch feeds it what the master CLI said.
+
+    Under load a ring turns over faster than it is polled (haproxy 3.0 here: its 300 lines
+    replaced within 0.1 s), so the announcement can be gone before it is read. A counter
+    found lower than last time was announced, at least by what it showed last time: that
+    much is booked at once (a floor), and an announcement read at the next poll books only
+    what exceeds it. What the ring dropped between the last poll and the announcement is then
+    missed: the count is never too high, and low by at most one poll interval's drops
+    (docs/operations.md, "Remote syslog").
     """
 
     def __init__(self) -> None:
@@ -174,6 +198,13 @@ class RingDrops:
         self._seen: dict[tuple[int, str], frozenset[str]] = {}  # announcements in the ring
         self._active: set[tuple[int, str]] = set()  # read the ring at the next poll
         self._booked: dict[str, int] = {}  # host:port → announced, or of workers gone
+        self._announced: dict[tuple[int, str], int] = {}  # read since the last counter
+        self._floor: dict[tuple[int, str], int] = {}  # booked for a reset not yet read
+
+    @property
+    def busy(self) -> bool:
+        """Some ring has drops in play (the watch then polls faster)."""
+        return bool(self._active)
 
     def to_read(self, pid: int) -> list[str]:
         """The rings of `pid` whose announcements the next poll must read."""
@@ -183,9 +214,11 @@ class RingDrops:
         """Book the announcements (line, N) of a ring dump not booked before."""
         key = (pid, ring)
         seen = self._seen.get(key, frozenset())
-        new = [n for line, n in found if line not in seen]
+        new = sum(n for line, n in found if line not in seen)
         target = self._target.get(key, ring)
-        self._booked[target] = self._booked.get(target, 0) + sum(new)
+        floor = self._floor.pop(key, 0)  # already booked for the reset this explains
+        self._booked[target] = self._booked.get(target, 0) + max(0, new - floor)
+        self._announced[key] = self._announced.get(key, 0) + new
         self._seen[key] = frozenset(line for line, _ in found)
         if not new:
             self._active.discard(key)  # kept below if the counter still moves
@@ -197,6 +230,11 @@ class RingDrops:
         self._count[key] = dropped
         self._target[key] = target
         self._booked.setdefault(target, 0)
+        announced = self._announced.pop(key, 0)
+        if dropped < before and announced < before:
+            # Reset by an announcement not read (yet, or ever): book what was seen.
+            self._floor[key] = before - announced
+            self._booked[target] += before - announced
         if dropped or before:
             self._active.add(key)  # drops to announce, or just announced: read the ring
 
@@ -206,6 +244,8 @@ class RingDrops:
             target = self._target.pop(key)
             self._booked[target] = self._booked.get(target, 0) + self._count.pop(key)
             self._seen.pop(key, None)
+            self._announced.pop(key, None)
+            self._floor.pop(key, None)
             self._active.discard(key)
 
     def totals(self) -> tuple[tuple[str, int], ...]:

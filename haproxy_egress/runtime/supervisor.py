@@ -29,6 +29,7 @@ from haproxy_egress.metrics.http import MetricsServer
 from haproxy_egress.metrics.status import RouterStatus
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.render.syslog import sink_labels
 from haproxy_egress.runtime import memory
 from haproxy_egress.runtime.changes import Kind, servers
 from haproxy_egress.runtime.children import Child, ChildState, Clock, describe_exit
@@ -79,6 +80,11 @@ class Running:
     def tls_paths(self) -> tuple[str, ...]:
         """The TLS files the running config names (the watcher reads them with each look)."""
         return material_paths_of(self.compiled.config)
+
+    def syslog_sinks(self) -> dict[str, str]:
+        """The live config's syslog rings, by haproxy's name → the receiver's label (the loss
+        watch names a log backend's rings by it: their descriptions are haproxy's own)."""
+        return sink_labels(self.compiled.config.logging)
 
     def route_names(self) -> frozenset[str]:
         """The live config's route names, for the stderr relay's thread (built once per

@@ -15,19 +15,31 @@ from typing import Any, Protocol
 
 import pytest
 
+from haproxy_egress.errors import ConfigError
+from haproxy_egress.haproxy.cli import CliSocket
+from haproxy_egress.haproxy.program import version
+from haproxy_egress.render.compiler import RenderOptions
+from haproxy_egress.render.pipeline import compile_current
+from haproxy_egress.render.syslog import version_tuple
+from haproxy_egress.rundir import RunDir
+from haproxy_egress.settings import Settings
 from tests.logload import FastOrigin
 from tests.policy_proxy import connect_reply
 from tests.router import Router, stopped_after
 from tests.rsyslog import ReceiverTls, Rsyslog
-from tests.support import free_port, loopback_route, wait_for, write_configmap
+from tests.support import HAPROXY, free_port, loopback_route, wait_for, write_configmap
 from tests.tlscerts import make_ca, make_leaf
 
 # A tcplog line of the route: `127.0.0.1:41000 [06/Dec/2026:00:00:00.000] edge edge/o ...`
 TCPLOG = re.compile(r"127\.0\.0\.1:\d+ \[[^\]]+\] edge edge/\S+ .*$")
 # An RFC 5424 header as haproxy writes it: <PRI>1 TIMESTAMP HOST APP PID MSGID SD, then the line.
-RFC5424 = re.compile(r"^<134>1 \S+ \S+ haproxy \d+ - - (?P<msg>.*)$")
+# (The APP-NAME is the binary's name: "haproxy30" for the 3.0 build installed beside 2.6.)
+RFC5424 = re.compile(r"^<134>1 \S+ \S+ haproxy\S* \d+ - - (?P<msg>.*)$")
 ANNOUNCED = re.compile(r"(\d+) events? dropped$")
 DROPPED = "haproxy_egress_log_dropped_total"
+# haproxy 3.0 delivers so fast after a receiver is back that its ring turns over before the
+# router reads the "N events dropped" line (docs/operations.md, "Remote syslog").
+ANNOUNCE_MAY_BE_MISSED = (version_tuple(version(HAPROXY)) or (0, 0)) >= (3, 0)
 
 
 class _Stops(Protocol):
@@ -159,7 +171,7 @@ def test_policy_decisions_carry_structured_data(
         'group="default" rule="default" verdict="deny"]' in line
     ), line
     decision = line.split("] ", 1)[1]  # after the structured data: the line as on stdout
-    assert decision in router.stdout().splitlines()
+    wait_for(lambda: decision in router.stdout().splitlines())
 
 
 def test_tls_receiver_refusing_the_certificate_never_blocks_traffic(
@@ -264,8 +276,10 @@ def _outage_under_load(
             _announced(receiver),
         )
         same = (first.received, first.counted) == (again.received, again.counted)
-        # The counter is polled every 2 s: settled once it agrees with haproxy's own word.
-        return again if same and again.counted == again.announced else None
+        # The counter is polled every 2 s: settled once it agrees with haproxy's own word
+        # (on 3.0, once it has reached what the router can know: see the test).
+        agrees = again.counted == again.announced or (ANNOUNCE_MAY_BE_MISSED and again.counted)
+        return again if same and agrees else None
 
     try:
         outage = wait_for(settled, timeout=20)
@@ -288,8 +302,18 @@ def test_receiver_restart_under_load_every_line_received_or_counted(
     stopped.append(receiver)
     outage = _outage_under_load(tmp_path, origin, routers, receiver)
     assert outage.counted > 0
-    # At most what loopback socket buffers hold in flight: a handful of ~200-byte lines.
-    assert 0 <= outage.unaccounted <= 64, outage
+    # haproxy's own word: every line the receiver did not get was announced, but for what
+    # loopback socket buffers held in flight when it stopped (a handful of ~200-byte lines).
+    in_flight = outage.produced - outage.received - outage.announced
+    print(f"restart: {outage}, in flight when it stopped: {in_flight}")
+    assert 0 <= in_flight <= 64, outage
+    if ANNOUNCE_MAY_BE_MISSED:
+        # 3.0 under load turns the ring over before the router reads the announcement: the
+        # counter is then floored at what it showed, never above haproxy's word.
+        assert outage.counted <= outage.announced, outage
+        print(f"3.0: counted {outage.counted} of {outage.announced} announced")
+    else:
+        assert outage.counted == outage.announced, outage
 
 
 def _settled(router: Router) -> int | None:
@@ -297,3 +321,72 @@ def _settled(router: Router) -> int | None:
     first = len(_stdout_lines(router))
     time.sleep(0.2)
     return first if first == len(_stdout_lines(router)) else None
+
+
+def _server_up(router: Router, backend: str) -> dict[str, bool]:
+    """Each server of a log backend → up (haproxy's `show servers state`, srv_op_state 2)."""
+    stats = CliSocket(RunDir(router.run_dir).stats_socket, timeout=5)
+    rows = [line.split() for line in stats.command(f"show servers state {backend}").splitlines()]
+    return {row[3]: row[5] == "2" for row in rows if len(row) > 5 and row[1] == backend}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_failover_receiver_takes_the_lines_while_the_first_is_down(
+    tmp_path: Path,
+    origin: FastOrigin,
+    stopped: list[_Stops],
+    routers: list[Router],
+    transport: str,
+) -> None:
+    """haproxy 2.9+ (the image's 3.0): a target with `failover` is a log backend whose second
+    receiver takes every line while the first is down, and keeps them once it is back; every
+    line reaches one of the two. haproxy 2.6 has no log backend: the router refuses the
+    failover there, naming it, rather than pretend."""
+    tls, ca, secret = _client_pki(tmp_path) if transport == "tls" else (None, None, None)
+    first = Rsyslog(tmp_path / "first", tls=tls).start()
+    second = Rsyslog(tmp_path / "second", tls=tls).start()
+    stopped.extend([first, second])
+    target = {
+        "address": f"127.0.0.1:{first.port}",
+        "failover": f"127.0.0.1:{second.port}",
+        "transport": transport,
+    }
+    if transport == "tls":
+        target |= {"ca_file": str(ca), "client_cert_dir": str(secret)}
+    found = version_tuple(version(HAPROXY))
+    assert found is not None
+    if found < (2, 9):
+        config_dir = tmp_path / "configmap"
+        route = loopback_route("edge", free_port(), origin.port, mode="tcp", check=False)
+        write_configmap(
+            config_dir, {"routes.yaml": {"logging": {"syslog": [target]}, "routes": [route]}}
+        )
+        settings = Settings(config_dir=config_dir, run_dir=tmp_path / "run")
+        options = RenderOptions(run_dir=tmp_path / "run", haproxy_version=version(HAPROXY))
+        with pytest.raises(ConfigError) as refused:
+            compile_current(settings, options)
+        assert "logging.syslog[0].failover: needs haproxy 2.9 or later" in str(refused.value)
+        return
+    router, port = _router(tmp_path, origin, target, routers)
+    backend = "egress_syslog_1"
+    wait_for(lambda: _server_up(router, backend) == {"primary": True, "failover": True})
+    for _ in range(30):
+        assert _connect(port)
+    wait_for(lambda: len(_messages(first)) == 30)
+    assert _messages(second) == []  # sticky: the first receiver takes every line
+    first.stop()
+    wait_for(lambda: _server_up(router, backend) == {"primary": False, "failover": True})
+    for _ in range(30):
+        assert _connect(port)
+    wait_for(lambda: len(_messages(second)) == 30)
+    first.start()  # back up: it joins the end of the list, the second keeps the lines
+    wait_for(lambda: _server_up(router, backend) == {"primary": True, "failover": True})
+    for _ in range(30):
+        assert _connect(port)
+    wait_for(lambda: len(_messages(second)) == 60)
+    produced = wait_for(lambda: _settled(router), timeout=20)
+    assert produced == 90
+    assert sorted(_messages(first) + _messages(second)) == sorted(_stdout_lines(router))
+    for receiver in (first, second):
+        labels = {"stage": "syslog", "target": f"127.0.0.1:{receiver.port}"}
+        assert router.metric(DROPPED, labels) == 0

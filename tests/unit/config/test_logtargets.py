@@ -31,14 +31,14 @@ def test_the_issue_example_loads_with_its_names() -> None:
     """
     )
     (target,) = config.logging.syslog
-    assert (target.host, target.port, target.transport, target.format) == (
+    assert (target.receiver.host, target.receiver.port, target.transport, target.format) == (
         "siem.corp.example",
         6514,
         "tls",
         "rfc5424",
     )
     assert target.client_cert_dir == "/etc/egress/siem-client"
-    assert target.host_is_name
+    assert target.receiver.host_is_name
 
 
 def test_defaults_port_by_transport_and_brackets_ipv6() -> None:
@@ -70,6 +70,8 @@ def test_no_logging_section_means_stdout_only() -> None:
         ("{address: siem, transport: tcp, format: cef}", "'rfc5424' or 'json'"),
         ("{address: siem, transport: tcp, buffer_size: 1024}", "greater than or equal to 65536"),
         ("{address: siem, transport: tcp, adress: x}", "unknown field"),
+        ("{address: 'siem:514', transport: tcp, failover: siem}", "the target's own address"),
+        ("{address: siem, transport: tcp, failover: 'siem2:0'}", "1..65535"),
     ],
 )
 def test_bad_target_is_a_located_problem(entry: str, problem: str) -> None:
@@ -79,14 +81,18 @@ def test_bad_target_is_a_located_problem(entry: str, problem: str) -> None:
     assert problem in found, found
 
 
-def test_a_target_listed_twice_is_refused() -> None:
-    text = ROUTE + (
-        "    logging:\n      syslog:\n"
-        "        - {address: '10.0.0.9', transport: tcp}\n"
-        "        - {address: '10.0.0.9:514', transport: tcp}\n"
-    )
-    (found,) = errors(snap(routes_yaml=text))
-    assert "10.0.0.9:514 is listed twice" in found
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("address: '10.0.0.9'", "address: '10.0.0.9:514'"),
+        ("{address: '10.0.0.8', failover: '10.0.0.9'", "address: '10.0.0.9'"),  # a failover too
+    ],
+)
+def test_a_receiver_listed_twice_is_refused(first: str, second: str) -> None:
+    entries = "".join(f"        - {{{e.strip('{')}, transport: tcp}}\n" for e in (first, second))
+    text = ROUTE + f"    logging:\n      syslog:\n{entries}"
+    found = errors(snap(routes_yaml=text))
+    assert any("10.0.0.9:514 is listed twice" in f for f in found), found
 
 
 def test_two_keys_setting_logging_differently_is_an_error() -> None:
@@ -94,3 +100,12 @@ def test_two_keys_setting_logging_differently_is_an_error() -> None:
     two = "logging:\n  syslog: [{address: '10.0.0.8', transport: tcp}]\n"
     found = errors(snap(routes_yaml=ROUTE, a_yaml=one, b_yaml=two))
     assert any("logging.syslog: also set to a different value in a.yaml" in f for f in found)
+
+
+def test_a_failover_receiver_takes_the_target_settings_and_its_own_label() -> None:
+    config = _load(
+        "    logging:\n      syslog:\n"
+        "        - {address: 'siem-1.corp.example', failover: '[2001:db8::2]', transport: tcp}\n"
+    )
+    (target,) = config.logging.syslog
+    assert [r.label for r in target.receivers] == ["siem-1.corp.example:514", "[2001:db8::2]:514"]

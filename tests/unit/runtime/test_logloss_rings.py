@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from haproxy_egress.haproxy.show import announcements, parse_event_sinks
+from haproxy_egress.haproxy.show import announcements, parse_event_sinks, parse_info
 from haproxy_egress.metrics.logs import LogLoss, log_families
 from haproxy_egress.runtime.logloss import RingDrops
 
@@ -32,6 +32,25 @@ def test_show_events_lists_sinks_with_their_counters() -> None:
         "egress_syslog_1": ("buffer", 208, "127.0.0.1:47515"),
         "egress_syslog_2": ("buffer", 0, "[::1]:5514"),
     }
+
+
+def test_show_events_of_3_0_counts_each_drop_twice() -> None:
+    """Recorded from haproxy 3.0.11 (a ring whose receiver went away, 59 lines dropped, and a
+    log backend's two implicit rings): 3.0 keeps the count above bit 0 of the counter."""
+    text = (DATA / "show_events_3.0.txt").read_text()
+    sinks = parse_event_sinks(text, doubled=True)
+    rings = {s.name: s.dropped for s in sinks if s.kind == "buffer"}
+    assert rings == {
+        "buf0": 0,
+        "egress_syslog_1": 59,
+        "egress_syslog_2/primary": 0,
+        "egress_syslog_2/failover": 0,
+    }
+    info = (DATA / "haproxy" / "3.0" / "show_info.txt").read_text()
+    assert parse_info(info).sink_drops_doubled
+    assert not parse_info(
+        (DATA / "haproxy" / "2.6" / "show_info.txt").read_text()
+    ).sink_drops_doubled
 
 
 def test_announcements_are_haproxy_lines_only() -> None:
@@ -57,6 +76,24 @@ def test_drops_survive_the_reset_and_are_booked_once() -> None:
     rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
     assert rings.to_read(7) == []  # quiet again: no dump at the next poll
     assert rings.totals() == (("10.0.0.5:6514", 209),)
+
+
+def test_a_reset_whose_announcement_was_not_read_books_what_was_seen() -> None:
+    rings = RingDrops()
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 150)
+    # The ring turned over before it was read: the counter is back to 0, no line found.
+    rings.read(7, "egress_syslog_1", [])
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert rings.totals() == (("10.0.0.5:6514", 150),)  # never less than was seen
+    # The announcement turns up at the next poll after all: only its excess is booked.
+    rings.read(7, "egress_syslog_1", announcements(DUMP.split("\n", 2)[1]))
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert rings.totals() == (("10.0.0.5:6514", 208),)
+    # A later reset never read is floored again, from what the counter showed.
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 40)
+    rings.read(7, "egress_syslog_1", [])
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 3)
+    assert rings.totals() == (("10.0.0.5:6514", 208 + 40 + 3),)
 
 
 def test_an_exited_worker_keeps_its_count() -> None:
