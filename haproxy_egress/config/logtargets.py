@@ -20,7 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import (
+    ip_or_none,
+    join_host_port,
+    normalize_host,
+    parse_port,
+    split_host_port,
+)
 
 # A mounted file or directory: absolute, and nothing haproxy.cfg would read as syntax.
 _PATH = re.compile(r"^/[A-Za-z0-9._/+-]{1,255}$")
@@ -49,12 +55,12 @@ def _address(value: object) -> object:
     """'host:port' as given; the host is checked here, the port may follow the transport."""
     if not isinstance(value, str):
         raise ValueError(f"must be 'HOST:PORT' (got {value!r})")
-    host, port = netaddr.split_host_port(value.strip())
+    host, port = split_host_port(value.strip())
     if not host:
         raise ValueError(f"missing host in {value!r}")
-    netaddr.normalize_host(host)
+    normalize_host(host)
     if port is not None:
-        netaddr.parse_port(port)
+        parse_port(port)
     return value.strip()
 
 
@@ -89,23 +95,23 @@ class SyslogTarget(_Strict):
     @property
     def host(self) -> str:
         """The receiver's host (name or IP literal, IPv6 without brackets)."""
-        return netaddr.normalize_host(netaddr.split_host_port(self.address)[0])
+        return normalize_host(split_host_port(self.address)[0])
 
     @property
     def port(self) -> int:
         """The receiver's port: as given, else 514 (tcp) or 6514 (tls)."""
-        port = netaddr.split_host_port(self.address)[1]
-        return DEFAULT_PORT[self.transport] if port is None else netaddr.parse_port(port)
+        port = split_host_port(self.address)[1]
+        return DEFAULT_PORT[self.transport] if port is None else parse_port(port)
 
     @property
     def hostport(self) -> str:
         """host:port as haproxy's server line wants it (IPv6 in brackets)."""
-        return netaddr.join_host_port(self.host, self.port)
+        return join_host_port(self.host, self.port)
 
     @property
     def host_is_name(self) -> bool:
         """A DNS name (the TLS certificate is checked against it), not an IP literal."""
-        return netaddr.ip_or_none(self.host) is None
+        return ip_or_none(self.host) is None
 
     @property
     def label(self) -> str:
