@@ -55,7 +55,7 @@ POLICY_MODULES = frozenset(
         "render/compiler.py",
         "render/hooks.py",
         "commands/explain.py",
-        "metrics/policy.py",
+        "metrics/decisions.py",
         "metrics/destinations.py",
         "config/categories.py",
     )
