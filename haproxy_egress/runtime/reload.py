@@ -220,7 +220,7 @@ def transaction(
     stages = Stages()
     snapshot = read_inputs(settings, material_paths_of(current.config))
     stages.lap("read")
-    if snapshot.digest == current.digest and not force:
+    if snapshot.digest == current.inputs_digest and not force:
         return Outcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.

@@ -141,7 +141,7 @@ class Supervisor:
         self.config_check_failed = False
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
-        self._rejected_digest: str | None = None
+        self._rejected_inputs_digest: str | None = None
         # By changes.Kind value. The metrics thread reads `changes_view`, a copy replaced
         # whole after each count, so it never iterates a dict the loop is changing.
         self.config_changes: Counter[str] = Counter()
@@ -187,7 +187,7 @@ class Supervisor:
             reload_failures_total=self.reload_failures_total,
             last_reload_successful=self.last_reload_successful,
             last_reload_success_timestamp=self.last_reload_success_timestamp,
-            config_digest=self.current.text_digest,
+            config_digest=self.current.config_digest,
             config_routes=len(self.current.config.routes),
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
@@ -250,7 +250,7 @@ class Supervisor:
             "haproxy-egress %s starting: %d route(s), config %s, metrics on %s:%d",
             __version__,
             len(self.current.config.routes),
-            self.current.text_digest[:12],
+            self.current.config_digest[:12],
             self.settings.metrics_address,
             self.metrics.port,
         )
@@ -304,12 +304,12 @@ class Supervisor:
 
     def handle_config_changed(self, event: ConfigChanged) -> None:
         """Watcher: the config directory has new content; reload if it compiles."""
-        if event.digest == self._rejected_digest:
+        if event.inputs_digest == self._rejected_inputs_digest:
             # Already tried and refused (haproxy's restart found it first): one edit, one
             # rejection, one log line.
-            log.debug("config directory changed to %s, already refused", event.digest[:12])
+            log.debug("config directory changed to %s, already refused", event.inputs_digest[:12])
             return
-        log.info("config directory changed (digest %s)", event.digest[:12])
+        log.info("config directory changed (digest %s)", event.inputs_digest[:12])
         self._reload("config directory changed", force=False)
 
     def handle_sighup(self) -> None:
@@ -360,7 +360,7 @@ class Supervisor:
             log.error(
                 "reload rejected (%s), still serving config %s: %s",
                 reason,
-                self.current.text_digest[:12],
+                self.current.config_digest[:12],
                 detail.replace("\n", " | "),
             )
             if not self.haproxy.ready():
@@ -368,14 +368,14 @@ class Supervisor:
                 # last good files; apply the edit again once it is back, or it would be lost.
                 self.pending_reload = True
             else:
-                self._rejected_digest = self._inputs_digest()
+                self._rejected_inputs_digest = self._inputs_digest()
             return
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
                 self.config_changes[Kind.NOOP.value] += 1
                 self.changes_view = dict(self.config_changes)
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
-            self._rejected_digest = None
+            self._rejected_inputs_digest = None
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
@@ -388,7 +388,7 @@ class Supervisor:
     def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
-        self._rejected_digest = None  # the refused edit is history: its return is news
+        self._rejected_inputs_digest = None  # the refused edit is history: its return is news
         if outcome.checked:
             self.late_check.discard()  # haproxy -c passed on this very text before the reload
             self.config_check_failed = False
@@ -419,7 +419,7 @@ class Supervisor:
                 reason,
                 what,
                 why,
-                self.current.text_digest[:12],
+                self.current.config_digest[:12],
                 len(self.current.config.routes),
                 outcome.worker_pid,
                 took,
@@ -506,7 +506,10 @@ class Supervisor:
         was refused: an edit a crash interrupted (the watcher posts a digest once, so it would
         not come again)."""
         digest = self._inputs_digest()
-        return digest is not None and digest not in (self.current.digest, self._rejected_digest)
+        return digest is not None and digest not in (
+            self.current.inputs_digest,
+            self._rejected_inputs_digest,
+        )
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:
@@ -568,13 +571,13 @@ class Supervisor:
 
     def _late_checked(self, verdict: Verdict) -> None:
         """The `haproxy -c` run after a runtime edit is done: say so loudly if it refused."""
-        if verdict.digest != self.current.text_digest:
+        if verdict.config_digest != self.current.config_digest:
             return  # about a config a later edit has replaced; that one has its own check
         if verdict.ok:
             log.info(
                 "haproxy -c %s config %s, applied at runtime, in %.2fs",
                 "accepts again" if self.config_check_failed else "accepts",
-                verdict.digest[:12],
+                verdict.config_digest[:12],
                 verdict.seconds,
             )
             self.config_check_failed = False
@@ -584,7 +587,7 @@ class Supervisor:
             "CONFIG CHECK FAILED after a runtime change: haproxy -c refuses config %s, which "
             "the running worker already serves; the next reload is refused until an edit "
             "passes the check: %s",
-            verdict.digest[:12],
+            verdict.config_digest[:12],
             verdict.error.replace("\n", " | "),
         )
 
