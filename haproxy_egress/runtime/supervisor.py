@@ -36,7 +36,7 @@ from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.latecheck import LateCheck, Verdict
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe
-from haproxy_egress.runtime.reload import Outcome, install, transaction
+from haproxy_egress.runtime.reload import ChangeOutcome, change_transaction, install
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
 from haproxy_egress.runtime.workers import Workers
 from haproxy_egress.settings import Settings
@@ -343,7 +343,7 @@ class Supervisor:
             # No collector pass in the middle of a change: at 10,000 routes one walks a
             # million objects for a few hundred milliseconds the edit would wait for.
             with collector_paused():
-                outcome = transaction(self.settings, self.options, self.current, force=force)
+                outcome = change_transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
             memory.release()
             self.reloads_total += 1
@@ -385,7 +385,7 @@ class Supervisor:
         self._changed(outcome, reason, self._clock() - started)
         memory.release()  # the previous config and the compile's garbage are free now
 
-    def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
+    def _changed(self, outcome: ChangeOutcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
         self._rejected_inputs_digest = None  # the refused edit is history: its return is news
