@@ -88,11 +88,6 @@ class Verdict:
         """True when at least one route would carry the destination."""
         return any(r.allowed for r in self.routes)
 
-    @property
-    def exit_code(self) -> int:
-        """0 allowed, 1 denied (2 is the CLI's, for usage and config errors)."""
-        return 0 if self.allowed else 1
-
     def lines(self) -> list[str]:
         """Human-readable report, one line per route (the CLI prints these)."""
         d = self.destination
