@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from haproxy_egress import __version__
-from haproxy_egress.config.sources import collector_paused, read_inputs
+from haproxy_egress.config.sources import gc_paused, read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.haproxy.program import pid_file_pids
@@ -342,7 +342,7 @@ class Supervisor:
         try:
             # No collector pass in the middle of a change: at 10,000 routes one walks a
             # million objects for a few hundred milliseconds the edit would wait for.
-            with collector_paused():
+            with gc_paused():
                 outcome = change_transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
             memory.release()
