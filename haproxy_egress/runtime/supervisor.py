@@ -1,8 +1,8 @@
 """PID 1: runs socklog and haproxy (master-worker), reaps, applies changes, drains.
 
 One event loop owns every process and every state change. Signal handlers, the config
-watcher and nothing else only post events into its inbox; the metrics thread only reads a
-status snapshot.
+watcher and nothing else only post events into its inbox; the metrics thread only reads the
+status the loop published last.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from haproxy_egress import __version__
 from haproxy_egress.config.sources import gc_paused, read_inputs
@@ -159,6 +159,7 @@ class Supervisor:
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
         self.watcher = parts.watcher
         self.metrics = parts.metrics
+        self._published = self._snapshot()
 
     @property
     def current(self) -> Compiled:
@@ -176,12 +177,27 @@ class Supervisor:
         return self._running.tls_paths()
 
     def status(self) -> RouterStatus:
-        """A frozen snapshot for /metrics, /healthz and /readyz (called from the metrics
-        thread at each request, so counters the log-loss watch updates show at once)."""
+        """What /metrics, /healthz and /readyz show (called from the metrics thread at each
+        request): the status the loop published last, with the two facts that change between
+        its turns merged in, so they show at once: the log-loss counters (the log-loss
+        watch's thread updates them) and whether haproxy is still alive (it may die while the
+        loop is busy with a change; until the loop reaps it, its state still says RUNNING)."""
+        published = self._published  # one read: the loop replaces it whole
+        return replace(
+            published,
+            ready=published.ready and self.haproxy.running(),
+            log=self.log_loss.snapshot(),
+        )
+
+    def _publish(self) -> None:
+        """Hand the metrics thread the state as this loop turn left it: one frozen object,
+        built in the loop that owns every field of it and replaced in one assignment."""
+        self._published = self._snapshot()
+
+    def _snapshot(self) -> RouterStatus:
+        """The loop's state now, frozen (only the loop calls this)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
-            # haproxy.ready() checks the process too: between its death and the loop reaping
-            # it (SIGCHLD wakes the loop at once), its state still says RUNNING.
             ready=self.state is State.RUNNING and self.haproxy.ready(),
             reloads_total=self.reloads_total,
             reload_failures_total=self.reload_failures_total,
@@ -278,6 +294,7 @@ class Supervisor:
                 if event is not None:
                     self._dispatch(event)
                 self._tick()
+                self._publish()
         finally:
             self.watcher.stop()
             self.log_loss.stop()
@@ -491,6 +508,7 @@ class Supervisor:
             self.haproxy.pid,
             len(self.current.config.routes),
         )
+        self._publish()  # /readyz says so now, not after the deferred reload below
         if self.pending_reload or self._inputs_moved_on():
             self.pending_reload = False
             self._reload("deferred while haproxy restarted", force=True)
