@@ -230,7 +230,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     for line in verdict.lines():
         print(line)
-    return verdict.exit_code
+    return ExitCode.OK if verdict.allowed else ExitCode.DENIED
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.show import EMPTY_SERVER_STATE
-from haproxy_egress.metrics.policy import COMMAND, parse_table
+from haproxy_egress.metrics.decisions import COMMAND, parse_table
 from haproxy_egress.render import hooks
 from haproxy_egress.render.compiler import RenderOptions, render
 from haproxy_egress.render.maps import render_maps

@@ -35,7 +35,7 @@ from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.program import master_argv, parse_version
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "haproxy"
-TABLE_KEY = "web/default/1/allow"  # shaped like the policy table's keys (metrics/policy.py)
+TABLE_KEY = "web/default/1/allow"  # shaped like the policy table's keys (metrics/decisions.py)
 TABLE_COUNT = 5
 T = TypeVar("T")
 

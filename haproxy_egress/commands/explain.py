@@ -14,8 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
+from haproxy_egress.config.addresses import (
+    IPAddress,
+    ip_or_none,
+    normalize_host,
+    parse_ip,
+    parse_port,
+    split_host_port,
+)
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.parent import Parent
 from haproxy_egress.config.route import Route
@@ -28,7 +35,7 @@ from haproxy_egress.config.tlsmaterial import RouteTls, describe
 from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Via
 from haproxy_egress.config.vocabulary import Verdict as Word
 
-Resolve = Callable[[str], Sequence[netaddr.IPAddress]]
+Resolve = Callable[[str], Sequence[IPAddress]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -41,9 +48,9 @@ class Destination:
     scheme: str | None  # http, https, or None for HOST[:PORT]
 
     @property
-    def address(self) -> netaddr.IPAddress | None:
+    def address(self) -> IPAddress | None:
         """The host when it is an IP literal."""
-        return netaddr.ip_or_none(self.host)
+        return ip_or_none(self.host)
 
 
 @dataclass(frozen=True)
@@ -73,18 +80,13 @@ class Verdict:
     """The overall answer: allowed when some route allows; every route's answer, in order."""
 
     destination: Destination
-    addresses: tuple[netaddr.IPAddress, ...]
+    addresses: tuple[IPAddress, ...]
     routes: tuple[RouteVerdict, ...] = field(default_factory=tuple)
 
     @property
     def allowed(self) -> bool:
         """True when at least one route would carry the destination."""
         return any(r.allowed for r in self.routes)
-
-    @property
-    def exit_code(self) -> int:
-        """0 allowed, 1 denied (2 is the CLI's, for usage and config errors)."""
-        return 0 if self.allowed else 1
 
     def lines(self) -> list[str]:
         """Human-readable report, one line per route (the CLI prints these)."""
@@ -113,12 +115,12 @@ def parse_destination(text: str) -> Destination:
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// URL, HOST or HOST:PORT: {text!r}")
-        host = netaddr.normalize_host(parts.hostname)
+        host = normalize_host(parts.hostname)
         port = parts.port or DEFAULT_PORTS[scheme]
         return Destination(host, port, scheme)
-    host_text, port_text = netaddr.split_host_port(raw)
-    host = netaddr.normalize_host(host_text)
-    return Destination(host, netaddr.parse_port(port_text) if port_text is not None else None, None)
+    host_text, port_text = split_host_port(raw)
+    host = normalize_host(host_text)
+    return Destination(host, parse_port(port_text) if port_text is not None else None, None)
 
 
 def rule_locations(snapshot: Snapshot, env: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
@@ -146,11 +148,11 @@ def _route_verdict(
     config: Config,
     route: Route,
     dest: Destination,
-    addresses: Sequence[netaddr.IPAddress],
+    addresses: Sequence[IPAddress],
     *,
     locations: Sequence[str],
     looked_up: bool,
-    client: netaddr.IPAddress | None = None,
+    client: IPAddress | None = None,
     user: str | None = None,
     tls: Mapping[str, RouteTls] | None = None,
 ) -> RouteVerdict | None:
@@ -234,7 +236,7 @@ def _route_verdict(
     )
 
 
-def _via(parent: Parent, host: str, address: netaddr.IPAddress | None) -> tuple[str, str]:
+def _via(parent: Parent, host: str, address: IPAddress | None) -> tuple[str, str]:
     """(a `Via`, words): where the proxy sends an allowed destination."""
     if parent.goes_direct(host, address):
         return Via.DIRECT, "direct (on the parent's direct list)"
@@ -246,7 +248,7 @@ def _via(parent: Parent, host: str, address: netaddr.IPAddress | None) -> tuple[
     return Via.PARENT, f"via parent {order} (the parent resolves the name)"
 
 
-def _client_refused(route: Route, client: netaddr.IPAddress | None) -> RouteVerdict | None:
+def _client_refused(route: Route, client: IPAddress | None) -> RouteVerdict | None:
     """The route's answer when `allow_from` refuses the client (`--from`), else None."""
     if not route.allow_from or client is None:
         return None
@@ -280,7 +282,7 @@ def _limits_note(route: Route) -> str:
     return f" (while within its limits: at most {shown})" if shown else ""
 
 
-def _holds(network: policy.Network, client: netaddr.IPAddress) -> bool:
+def _holds(network: policy.Network, client: IPAddress) -> bool:
     """haproxy's `src` match: an IPv4 client and its `::ffff:` form are the same client."""
     if client.version == 6 and client.ipv4_mapped is not None:
         client = client.ipv4_mapped
@@ -289,7 +291,7 @@ def _holds(network: policy.Network, client: netaddr.IPAddress) -> bool:
     return network.version == 6 and ipaddress.IPv6Address(f"::ffff:{client}") in network
 
 
-def _clients_note(route: Route, client: netaddr.IPAddress | None) -> str:
+def _clients_note(route: Route, client: IPAddress | None) -> str:
     """Without `--from`, a reminder that `allow_from` still decides who may connect."""
     if not route.allow_from or client is not None:
         return ""
@@ -330,17 +332,17 @@ def explain(
     loaded material by route name, for the client certificate a route presents.
     """
     dest = parse_destination(destination)
-    found: tuple[netaddr.IPAddress, ...]
+    found: tuple[IPAddress, ...]
     if dest.address is not None:
         found = (dest.address,)
     elif addresses:
-        found = tuple(netaddr.parse_ip(a) for a in addresses)
+        found = tuple(parse_ip(a) for a in addresses)
     elif resolve is not None and any(r.is_policy for r in config.routes):
         # Only policy rules look at addresses: no query when no policy route could decide.
         found = tuple(resolve(dest.host))
     else:
         found = ()
-    source = netaddr.parse_ip(client) if client is not None else None
+    source = parse_ip(client) if client is not None else None
     verdicts = []
     for route in config.routes:
         locs = (locations or {}).get(route.name, ())

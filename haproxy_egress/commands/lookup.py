@@ -11,7 +11,7 @@ from __future__ import annotations
 import dns.exception
 import dns.resolver
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import IPAddress, parse_ip
 from haproxy_egress.config.document import Resolvers
 from haproxy_egress.errors import LookupFailed
 
@@ -42,11 +42,11 @@ class ConfiguredResolver:
         resolver.lifetime = config.timeout * config.retries / 1000
         return resolver
 
-    def __call__(self, name: str) -> tuple[netaddr.IPAddress, ...]:
+    def __call__(self, name: str) -> tuple[IPAddress, ...]:
         """The name's addresses; () when it does not exist or has none (the router's 503)."""
         if self._resolver is None:
             self._resolver = self._make()
-        found: list[netaddr.IPAddress] = []
+        found: list[IPAddress] = []
         for rdtype in ("A", "AAAA"):
             try:
                 answer = self._resolver.resolve(name, rdtype, search=False)
@@ -55,7 +55,7 @@ class ConfiguredResolver:
             except dns.exception.DNSException as exc:
                 message = f"cannot look up {name} ({rdtype}) at {self._servers}: {exc}"
                 raise LookupFailed(message) from exc
-            found.extend(netaddr.parse_ip(r.to_text()) for r in answer)
+            found.extend(parse_ip(r.to_text()) for r in answer)
         return tuple(found)
 
 

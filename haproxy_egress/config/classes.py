@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import IPAddress
 from haproxy_egress.config.vocabulary import SELF_CLASS
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,7 +64,7 @@ EMBEDDINGS: tuple[Embedding, ...] = (
 CARVED_OUT = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
 
 
-def canonical(address: netaddr.IPAddress) -> netaddr.IPAddress:
+def canonical(address: IPAddress) -> IPAddress:
     """The address as the policy judges it: the IPv4 address inside an embedding form."""
     if isinstance(address, ipaddress.IPv6Address):
         for form in EMBEDDINGS:
@@ -73,7 +73,7 @@ def canonical(address: netaddr.IPAddress) -> netaddr.IPAddress:
     return address
 
 
-def in_network(address: netaddr.IPAddress, network: Network) -> bool:
+def in_network(address: IPAddress, network: Network) -> bool:
     """Whether the address, as the policy judges it (`canonical`), lies in `network`."""
     judged = canonical(address)
     return judged.version == network.version and judged in network
@@ -106,7 +106,7 @@ class AddressClass:
     default: bool  # on unless the route's `guard` says otherwise
     what: str  # for messages and docs
 
-    def contains(self, address: netaddr.IPAddress) -> bool:
+    def contains(self, address: IPAddress) -> bool:
         """Whether `address` (judged as `canonical`) is in this class."""
         return any(in_network(address, n) for n in self.networks)
 
@@ -165,7 +165,7 @@ def expand(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(c.name for c in CLASSES if c.name in chosen)
 
 
-def classify(address: netaddr.IPAddress, enabled: Sequence[str]) -> str | None:
+def classify(address: IPAddress, enabled: Sequence[str]) -> str | None:
     """The most specific enabled class of `address`, or None (longest prefix wins, so
     169.254.169.254 is `metadata` while link-local is on too)."""
     best: tuple[int, str] | None = None

@@ -20,7 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import (
+    ip_or_none,
+    join_host_port,
+    normalize_host,
+    parse_port,
+    split_host_port,
+)
 
 # A mounted file or directory: absolute, and nothing haproxy.cfg would read as syntax.
 _PATH = re.compile(r"^/[A-Za-z0-9._/+-]{1,255}$")
@@ -49,12 +55,12 @@ def _address(value: object) -> object:
     """'host:port' as given; the host is checked here, the port may follow the transport."""
     if not isinstance(value, str):
         raise ValueError(f"must be 'HOST:PORT' (got {value!r})")
-    host, port = netaddr.split_host_port(value.strip())
+    host, port = split_host_port(value.strip())
     if not host:
         raise ValueError(f"missing host in {value!r}")
-    netaddr.normalize_host(host)
+    normalize_host(host)
     if port is not None:
-        netaddr.parse_port(port)
+        parse_port(port)
     return value.strip()
 
 
@@ -131,21 +137,21 @@ class Receiver(_Strict):
     @classmethod
     def of(cls, address: str, transport: str) -> Receiver:
         """'host[:port]' with the transport's default port (514 tcp, 6514 tls)."""
-        host, port = netaddr.split_host_port(address)
+        host, port = split_host_port(address)
         return cls(
-            host=netaddr.normalize_host(host),
-            port=DEFAULT_PORT[transport] if port is None else netaddr.parse_port(port),
+            host=normalize_host(host),
+            port=DEFAULT_PORT[transport] if port is None else parse_port(port),
         )
 
     @property
     def hostport(self) -> str:
         """host:port as haproxy's server line wants it (IPv6 in brackets)."""
-        return netaddr.join_host_port(self.host, self.port)
+        return join_host_port(self.host, self.port)
 
     @property
     def host_is_name(self) -> bool:
         """A DNS name (the TLS certificate is checked against it), not an IP literal."""
-        return netaddr.ip_or_none(self.host) is None
+        return ip_or_none(self.host) is None
 
     @property
     def label(self) -> str:

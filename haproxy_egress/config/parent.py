@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy as egress_policy
+from haproxy_egress.config.addresses import IPAddress, ip_or_none, join_host_port, parse_endpoint
 from haproxy_egress.config.vocabulary import Action
 from haproxy_egress.settings import NO_PROXY_VARIABLES, PROXY_VARIABLES
 
@@ -56,12 +56,12 @@ class ParentProxy(_Frozen):
     @property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals (haproxy's `server` address)."""
-        return netaddr.join_host_port(self.host, self.port)
+        return join_host_port(self.host, self.port)
 
     @property
     def is_name(self) -> bool:
         """A DNS name: the server line resolves it through the route's resolvers."""
-        return netaddr.ip_or_none(self.host) is None
+        return ip_or_none(self.host) is None
 
     @property
     def server_name(self) -> str:
@@ -81,7 +81,7 @@ def parent_spec(value: object) -> object:
 def _proxy(value: object) -> object:
     """'host:port' (the port is required: a parent on a guessed port is a silent misroute)."""
     if isinstance(value, str):
-        host, port = netaddr.parse_endpoint(value, default_port=None)
+        host, port = parse_endpoint(value, default_port=None)
         return {"host": host, "port": port}
     return value
 
@@ -165,7 +165,7 @@ class Parent(_Frozen):
         """The direct list as rules (all `allow`): a match means "skip the parent"."""
         return tuple(egress_policy.parse_rule(t) for t in self.direct)
 
-    def goes_direct(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def goes_direct(self, host: str, address: IPAddress | None) -> bool:
         """Whether an allowed destination skips the parent: a direct entry matches its name, or
         its address when the router knows one (an IP literal, or a name it resolved)."""
         return any(r.matches_target(host, address) for r in self.direct_rules)
@@ -220,7 +220,7 @@ def from_environment(env: Mapping[str, str], spec: Parent | None = None) -> Pare
                 "haproxy.cfg); mount them as a Secret and set parent.credentials_dir"
             )
         try:
-            host, port = netaddr.parse_endpoint(m.group(3), default_port=None)
+            host, port = parse_endpoint(m.group(3), default_port=None)
         except ValueError as exc:
             raise ValueError(f"{variable}: {exc}") from None
         if {"host": host, "port": port} not in proxies:

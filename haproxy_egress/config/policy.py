@@ -34,9 +34,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import classes
 from haproxy_egress.config import vocabulary as vocab
+from haproxy_egress.config.addresses import DOTS, IPAddress, a_labels, parse_network, parse_port
 from haproxy_egress.config.categories import CATEGORIES
 from haproxy_egress.config.vocabulary import DEFAULT_GROUP, Reason, RuleId, Verdict, guard_rule
 
@@ -86,11 +86,11 @@ class Rule:
         """A rule with a port list applies to those ports only."""
         return not self.ports or port in self.ports
 
-    def matches(self, host: str, address: netaddr.IPAddress | None, port: int | None) -> bool:
+    def matches(self, host: str, address: IPAddress | None, port: int | None) -> bool:
         """Whether this rule applies to `host` (lower case, no brackets) at `address`:`port`."""
         return self.applies_to_port(port) and self.matches_target(host, address)
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         """Whether the name or address part matches (ports aside)."""
         raise NotImplementedError
 
@@ -110,7 +110,7 @@ class HostRule(Rule):
     kind: ClassVar[Kind] = "host"
     table: ClassVar[str | None] = HOSTS
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         return host == self.value
 
     def patterns(self) -> tuple[str, ...]:
@@ -128,7 +128,7 @@ class DomainRule(Rule):
     kind: ClassVar[Kind] = "domain"
     table: ClassVar[str | None] = DOMAINS
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         return ("." + host).endswith("." + self.value)
 
     def patterns(self) -> tuple[str, ...]:
@@ -157,7 +157,7 @@ class NetworkRule(Rule):
     def is_address_rule(self) -> bool:
         return True
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         return address is not None and classes.in_network(address, self.network)
 
     def patterns(self) -> tuple[str, ...]:
@@ -171,7 +171,7 @@ class AnyRule(Rule):
     kind: ClassVar[Kind] = "any"
     table: ClassVar[str | None] = None
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         return True
 
 
@@ -188,7 +188,7 @@ class CategoryRule(Rule):
         """The names this word stands for."""
         return CATEGORIES[self.value]
 
-    def matches_target(self, host: str, address: netaddr.IPAddress | None) -> bool:
+    def matches_target(self, host: str, address: IPAddress | None) -> bool:
         return host in self.names
 
     def patterns(self) -> tuple[str, ...]:
@@ -238,7 +238,7 @@ def _split_ports(text: str) -> tuple[str, tuple[int, ...]]:
 def _ports(text: str) -> tuple[int, ...]:
     if not _PORTS.match(text):
         raise ValueError(f"port list must be like 443 or 80,443 (got {text!r})")
-    return tuple(sorted({netaddr.parse_port(p) for p in text.split(",")}))
+    return tuple(sorted({parse_port(p) for p in text.split(",")}))
 
 
 def _shown(text: str) -> str:
@@ -279,16 +279,16 @@ def parse_rule(line: str) -> Rule:
         try:
             # Host bits are refused with the network suggested (squid masks them silently:
             # `10.0.0.1/8` was then a typo nobody saw), as allow_from refuses them.
-            network = netaddr.parse_network(pattern)
+            network = parse_network(pattern)
         except ValueError as exc:
             raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
         return NetworkRule(action, str(_judged_network(network)), ports, text)
-    name = pattern.lower().translate(netaddr.DOTS).rstrip(".")
+    name = pattern.lower().translate(DOTS).rstrip(".")
     kind: Kind = "host"
     if name.startswith("*."):
         kind, name = "domain", name[2:]
     try:
-        name = netaddr.a_labels(name)  # one rule for `bücher.example` and its xn-- form
+        name = a_labels(name)  # one rule for `bücher.example` and its xn-- form
     except ValueError as exc:
         raise ValueError(f"Bad destination {_shown(text)}: {exc}") from None
     if not _NAME.match(name):
@@ -337,13 +337,13 @@ class Guard:
     own_ports: tuple[int, ...] = ()
     own_networks: tuple[Network, ...] = ()  # explicit listen addresses, loopback, unspecified
 
-    def is_self(self, address: netaddr.IPAddress, port: int | None) -> bool:
+    def is_self(self, address: IPAddress, port: int | None) -> bool:
         """A connection to one of the router's own listeners."""
         return port in self.own_ports and any(
             classes.in_network(address, n) for n in self.own_networks
         )
 
-    def classify(self, address: netaddr.IPAddress) -> str | None:
+    def classify(self, address: IPAddress) -> str | None:
         """The most specific refused class of `address`, or None."""
         return classes.classify(address, self.classes)
 
@@ -446,7 +446,7 @@ class Decision:
 def decide(
     rules: Sequence[Rule],
     host: str,
-    address: netaddr.IPAddress | None,
+    address: IPAddress | None,
     port: int | None,
     *,
     guard: Guard = DEFAULT_GUARD,
@@ -508,7 +508,7 @@ class Group:
     enforce: bool = True
     users: frozenset[str] = frozenset()
 
-    def holds(self, client: netaddr.IPAddress | None) -> bool:
+    def holds(self, client: IPAddress | None) -> bool:
         """Whether `client` is in this group's sources (None: unknown, only `any`)."""
         if not self.sources:
             return True
@@ -518,13 +518,13 @@ class Group:
         """Whether `user` (None: nobody authenticated) may be in this group."""
         return not self.users or user in self.users
 
-    def admits(self, client: netaddr.IPAddress | None, user: str | None = None) -> bool:
+    def admits(self, client: IPAddress | None, user: str | None = None) -> bool:
         """Whether this group is the one for `client`, authenticated as `user` (or not)."""
         return self.holds(client) and self.takes(user)
 
 
 def select_group(
-    groups: Sequence[Group], client: netaddr.IPAddress | None, user: str | None = None
+    groups: Sequence[Group], client: IPAddress | None, user: str | None = None
 ) -> Group | None:
     """The first group that admits the client (the route's default group is last)."""
     return next((g for g in groups if g.admits(client, user)), None)

@@ -24,7 +24,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import (
+    IPAddress,
+    canonical_ipv4,
+    ip_or_none,
+    join_host_port,
+    looks_like_ipv4,
+    normalize_host,
+    parse_endpoint,
+    parse_listen,
+    parse_network,
+    parse_port,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _DURATION = re.compile(r"^([0-9]{1,9})(us|ms|s|m|h|d)$")
@@ -84,14 +95,14 @@ class Endpoint(Frozen):
     # Cached: the compiler asks each endpoint for these several times, and parsing an address
     # was half of rendering 10,000 routes. The model is frozen, so a cached value stays true.
     @cached_property
-    def ip(self) -> netaddr.IPAddress | None:
+    def ip(self) -> IPAddress | None:
         """The address when the host is an IP literal, else None (a name to resolve)."""
-        return netaddr.ip_or_none(self.host)
+        return ip_or_none(self.host)
 
     @cached_property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
-        return netaddr.join_host_port(self.host, self.port)
+        return join_host_port(self.host, self.port)
 
     @property
     def server_name(self) -> str:
@@ -110,12 +121,12 @@ def _ipv4_endpoint(text: str) -> dict[str, object] | None:
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit():
         return None
-    if not netaddr.canonical_ipv4(host):
+    if not canonical_ipv4(host):
         return None
     # parse_port's own rule for a short run of ASCII digits, inline; anything else (such as
     # 0 or 99999) goes through it for its message.
     value = int(port) if port.isascii() and len(port) <= 5 else 0
-    return {"host": host, "port": value if 1 <= value <= 65535 else netaddr.parse_port(port)}
+    return {"host": host, "port": value if 1 <= value <= 65535 else parse_port(port)}
 
 
 def _endpoint(value: object) -> object:
@@ -126,14 +137,14 @@ def _endpoint(value: object) -> object:
         fast = _ipv4_endpoint(value)
         if fast is not None:
             return fast
-        host, port = netaddr.parse_endpoint(value, default_port=None)
+        host, port = parse_endpoint(value, default_port=None)
         return {"host": host, "port": port}
     if isinstance(value, Mapping):
         out = dict(value)
         if "host" in out and isinstance(out["host"], str):
-            out["host"] = netaddr.normalize_host(out["host"])
+            out["host"] = normalize_host(out["host"])
         if "port" in out and isinstance(out["port"], str | int):
-            out["port"] = netaddr.parse_port(out["port"])
+            out["port"] = parse_port(out["port"])
         return out
     return value
 
@@ -167,7 +178,7 @@ class Listen(Frozen):
     port: int
 
     @cached_property
-    def ip(self) -> netaddr.IPAddress | None:
+    def ip(self) -> IPAddress | None:
         """The listen address, parsed once (frozen model: it cannot change)."""
         return None if self.address is None else ipaddress.ip_address(self.address)
 
@@ -202,7 +213,7 @@ class Listen(Frozen):
 def _listen(value: object) -> object:
     """A port, 'ADDR:PORT' or '[V6]:PORT'; other scalars get a message naming the forms."""
     if isinstance(value, str | int) and not isinstance(value, bool):
-        address, port = netaddr.parse_listen(value)
+        address, port = parse_listen(value)
         return {"address": address, "port": port}
     if not isinstance(value, Mapping | Listen):
         raise ValueError(f"must be a port or 'ADDRESS:PORT' (got {value!r})")
@@ -242,7 +253,7 @@ def _client_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     allow_from list usually stands in every route (through `defaults:`), and parsing it again
     for each of 10,000 routes was a tenth of their validation. Networks are immutable."""
     try:
-        return netaddr.parse_network(text)
+        return parse_network(text)
     except ValueError as exc:
         raise PydanticCustomError(
             "value_error",
@@ -265,8 +276,8 @@ ClientNetwork = Annotated[
 
 def _dns_endpoint(value: object) -> object:
     if isinstance(value, str):
-        host, port = netaddr.parse_endpoint(value, default_port=53)
-        if netaddr.looks_like_ipv4(host) or ":" in host:
+        host, port = parse_endpoint(value, default_port=53)
+        if looks_like_ipv4(host) or ":" in host:
             return {"host": host, "port": port}
         raise ValueError(f"nameserver must be an IP address (got {value!r})")
     return _endpoint(value)

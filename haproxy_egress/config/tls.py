@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import ip_or_none, normalize_host
 
 __all__ = [
     "CLIENT_CERT",
@@ -39,8 +39,8 @@ FilePath = Annotated[str, Field(pattern=FILE_PATH)]
 def _dns_name(value: str) -> str:
     """The name verified in the destination's certificate: a DNS name, not an IP literal
     (haproxy's verifyhost compares names; an IP in SNI is not allowed by RFC 6066)."""
-    name = netaddr.normalize_host(value)
-    if netaddr.ip_or_none(name) is not None:
+    name = normalize_host(value)
+    if ip_or_none(name) is not None:
         raise ValueError(f"must be a DNS name, not an IP address (got {value!r})")
     return name
 

@@ -1,7 +1,9 @@
 """`show stat`: haproxy's CSV, split by row type; and the `show info;show stat` answer split.
 
 The metrics' hot path (every scrape parses every row), so it splits plain strings and leaves
-the cells as text: which column means what is metrics/families.py's table.
+the cells as text: which column means what is metrics/families.py's table. The SSL statistics
+module's columns come after the standard ones, at positions that differ between haproxy
+versions, so those are found by name in the header (`backend_counters`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ STATUS_FIELD = 17
 MIN_FIELDS = 33  # haproxy_exporter skips (and counts as a parse failure) shorter rows
 _ROW_WIDTH = 84  # rows are split into (or padded to) this many cells; the last index used is 82
 HEADER = "# pxname"  # the CSV's header line starts so
+SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"  # the SSL statistics module's failed handshakes
 
 
 @dataclass
@@ -55,3 +58,22 @@ def split_info_stat(text: str) -> tuple[Info, str] | None:
     if not sep:
         return None
     return parse_info(head), sep + tail
+
+
+def backend_counters(text: str, column: str) -> dict[str, int] | None:
+    """One counter column of the backend rows, found by name in the CSV header: backend →
+    value (a backend whose cell is empty is left out); None when haproxy has no such column."""
+    index = -1
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split(",")
+            index = header.index(column) if column in header else -1
+            continue
+        name, _, rest = line.partition(",")
+        if index < 0 or not rest.startswith("BACKEND,"):
+            continue
+        cells = line.split(",", index + 1)
+        if len(cells) > index and cells[index].isdigit():
+            out[name] = int(cells[index])
+    return out if index >= 0 else None

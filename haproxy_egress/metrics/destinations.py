@@ -23,8 +23,8 @@ from haproxy_egress.config.vocabulary import Verdict
 from haproxy_egress.errors import HaproxyError
 from haproxy_egress.haproxy import show
 from haproxy_egress.haproxy.stat import parse_stat
-from haproxy_egress.metrics.policy import COMMAND as POLICY_COMMAND
-from haproxy_egress.metrics.policy import parse_table as parse_policy_table
+from haproxy_egress.metrics.decisions import COMMAND as POLICY_COMMAND
+from haproxy_egress.metrics.decisions import parse_table as parse_policy_table
 from haproxy_egress.metrics.stats import Query
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from haproxy_egress.metrics.decisions import MultiCollector, PolicyCollector, socket_table
 from haproxy_egress.metrics.destinations import DestinationCollector
 from haproxy_egress.metrics.exposition import (
     CONTENT_TYPE_OPENMETRICS,
@@ -38,7 +39,6 @@ from haproxy_egress.metrics.exposition import (
     render_scrape,
 )
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.policy import MultiCollector, PolicyCollector, socket_table
 from haproxy_egress.metrics.small_families import ScrapeCounters
 from haproxy_egress.metrics.stats import Query, scrape_snapshot
 from haproxy_egress.metrics.status import RouterStatus, safe_status

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RouterStatus:
-    """A snapshot of the supervisor's state, taken on every scrape."""
+    """The supervisor's state as its loop published it after a turn (see Supervisor.status)."""
 
     alive: bool  # supervisor loop alive -> /healthz 200, else 503
     ready: bool  # haproxy runs a config with listeners bound -> /readyz 200, else 503

@@ -3,8 +3,8 @@ off, material refused, and handshake failures to the destinations.
 
 Expiry and identity come from the material the running configuration loaded (checked in
 config/tlsmaterial.py), handed over in the supervisor's status; handshake failures from
-haproxy's own `ssl_failed_handshake` column of `show stat` (its SSL statistics module, found
-by name in the CSV header since its position differs between haproxy versions).
+haproxy's own `ssl_failed_handshake` column of `show stat` (its SSL statistics module, read by
+haproxy/stat.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from haproxy_egress.config.tlsmaterial import RouteTls
+from haproxy_egress.haproxy.stat import SSL_FAILED_HANDSHAKE, backend_counters
 
 __all__ = ["handshake_family", "tls_families"]
-
-_FAILED_HANDSHAKE = "ssl_failed_handshake"
 
 
 def tls_families(material: Iterable[RouteTls], rejected: bool) -> list[Metric]:
@@ -67,22 +66,16 @@ def handshake_family(stat: str, routes: Iterable[str]) -> Metric | None:
     wanted = set(routes)
     if not wanted:
         return None
-    column = -1
+    failed = backend_counters(stat, SSL_FAILED_HANDSHAKE)
+    if failed is None:
+        return None
     family = CounterMetricFamily(
         "haproxy_egress_tls_handshake_failures_total",
         "TLS handshakes with a route's destinations that failed (name or chain not verified, "
         "client certificate refused, protocol mismatch), from haproxy's SSL statistics.",
         labels=["route"],
     )
-    for line in stat.splitlines():
-        if line.startswith("# "):
-            header = line[2:].split(",")
-            column = header.index(_FAILED_HANDSHAKE) if _FAILED_HANDSHAKE in header else -1
-            continue
-        name, _, rest = line.partition(",")
-        if column < 0 or name not in wanted or not rest.startswith("BACKEND,"):
-            continue
-        cells = line.split(",", column + 1)
-        if len(cells) > column and cells[column].isdigit():
-            family.add_metric([name], int(cells[column]))
-    return family if column >= 0 else None
+    for name, value in failed.items():
+        if name in wanted:
+            family.add_metric([name], value)
+    return family

@@ -35,7 +35,7 @@ class Compiled:
 
     config: Config
     text: str
-    digest: str  # of the config directory snapshot (what the watcher compares)
+    inputs_digest: str  # of the inputs' snapshot (what the watcher compares)
     hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
     # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
     # (render/acls.py) and the policy routes' lists (render/maps.py).
@@ -49,7 +49,7 @@ class Compiled:
         return staged_files(self.tls)
 
     @cached_property
-    def text_digest(self) -> str:
+    def config_digest(self) -> str:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 

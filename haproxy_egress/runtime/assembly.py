@@ -93,7 +93,7 @@ def assemble(
     watcher = Watcher(
         settings.config_dir,
         inbox.put_nowait,
-        compiled.digest,
+        compiled.inputs_digest,
         debounce=settings.reload_debounce,
         poll=settings.poll_seconds,
         users_file=settings.proxy_users_file,

@@ -39,7 +39,7 @@ NICENESS = 10  # the check's nice value (raising it needs no privilege)
 class Verdict:
     """What `haproxy -c` said about the text with this digest."""
 
-    digest: str  # sha256 of the haproxy.cfg text checked
+    config_digest: str  # sha256 of the haproxy.cfg text checked
     error: str  # haproxy's alerts; "" when it accepted the file
     seconds: float = 0.0  # how long haproxy took
 

@@ -191,7 +191,7 @@ def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ChangeOutcome:
     """What a change attempt did."""
 
     changed: bool  # False: nothing to do (same digest or same rendered text)
@@ -211,17 +211,17 @@ class Outcome:
         return changes.Kind.RELOAD if self.worker_pid is not None else self.plan.kind
 
 
-def transaction(
+def change_transaction(
     settings: Settings, options: RenderOptions, current: Compiled, force: bool = False
-) -> Outcome:
+) -> ChangeOutcome:
     """One change transaction: noop, runtime API, or reload. Raises ConfigError /
     HaproxyCheckError / ReloadFailed with the live router untouched; returns
-    Outcome(changed=False) when there is nothing to do."""
+    ChangeOutcome(changed=False) when there is nothing to do."""
     stages = Stages()
     snapshot = read_inputs(settings, material_paths_of(current.config))
     stages.lap("read")
-    if snapshot.digest == current.digest and not force:
-        return Outcome(False, current)
+    if snapshot.digest == current.inputs_digest and not force:
+        return ChangeOutcome(False, current)
     if not snapshot.exists:
         # A mount that vanished must not turn into "no routes": keep serving what we have.
         raise ConfigError([Problem(str(settings.config_dir), "", "directory disappeared")])
@@ -231,7 +231,7 @@ def transaction(
         and compiled.maps == current.maps
         and compiled.tls_files == current.tls_files
     ):
-        return Outcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
+        return ChangeOutcome(False, compiled)  # e.g. a comment-only edit: nothing for haproxy
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
     stages.lap("diff")
     if plan.kind is changes.Kind.RELOAD:
@@ -249,12 +249,12 @@ def transaction(
     install(settings, compiled.text, compiled.maps, compiled.tls_files)
     stages.lap("files")
     if plan.kind is changes.Kind.NOOP:
-        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
+        return ChangeOutcome(True, compiled, None, plan, checked=False, stages=stages)
     stats = CliSocket(settings.run.stats_socket, timeout=5.0)
     try:
         live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
         stages.lap("apply")
-        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
+        return ChangeOutcome(True, compiled, None, plan, checked=False, stages=stages)
     except live.LiveChangeFailed as exc:
         # The files on disk already hold the new configuration: a reload lands on it, once
         # it is checked like any reload's.
@@ -282,7 +282,7 @@ def _reload(
     fallback: str,
     *,
     stages: Stages,
-) -> Outcome:
+) -> ChangeOutcome:
     """Reload onto the installed (and checked) `compiled`; the last good one back on failure."""
     try:
         pid = master_reload(settings)
@@ -290,4 +290,4 @@ def _reload(
         restore_last_good(settings, current.maps, current.tls_files)
         raise
     stages.lap("reload")
-    return Outcome(True, compiled, pid, plan, fallback, stages=stages)
+    return ChangeOutcome(True, compiled, pid, plan, fallback, stages=stages)

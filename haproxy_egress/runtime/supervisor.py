@@ -1,8 +1,8 @@
 """PID 1: runs socklog and haproxy (master-worker), reaps, applies changes, drains.
 
 One event loop owns every process and every state change. Signal handlers, the config
-watcher and nothing else only post events into its inbox; the metrics thread only reads a
-status snapshot.
+watcher and nothing else only post events into its inbox; the metrics thread only reads the
+status the loop published last.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from haproxy_egress import __version__
-from haproxy_egress.config.sources import collector_paused, read_inputs
+from haproxy_egress.config.sources import gc_paused, read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
 from haproxy_egress.errors import ConfigError, EgressError, ExitCode
 from haproxy_egress.haproxy.program import pid_file_pids
@@ -37,7 +37,7 @@ from haproxy_egress.runtime.haproxylog import StderrRelay
 from haproxy_egress.runtime.latecheck import LateCheck, Verdict
 from haproxy_egress.runtime.logloss import LogLossWatch
 from haproxy_egress.runtime.logrelay import LogPipe
-from haproxy_egress.runtime.reload import Outcome, install, transaction
+from haproxy_egress.runtime.reload import ChangeOutcome, change_transaction, install
 from haproxy_egress.runtime.watcher import ConfigChanged, Watcher
 from haproxy_egress.runtime.workers import Workers
 from haproxy_egress.settings import Settings
@@ -147,7 +147,7 @@ class Supervisor:
         self.config_check_failed = False
         # The inputs of the last edit haproxy or the checks refused: a restart must not retry
         # them behind the user's back (the last good config keeps running until a new edit).
-        self._rejected_digest: str | None = None
+        self._rejected_inputs_digest: str | None = None
         # By changes.Kind value. The metrics thread reads `changes_view`, a copy replaced
         # whole after each count, so it never iterates a dict the loop is changing.
         self.config_changes: Counter[str] = Counter()
@@ -165,6 +165,7 @@ class Supervisor:
         self.children = [c for c in (self.log_child, self.haproxy) if c is not None]
         self.watcher = parts.watcher
         self.metrics = parts.metrics
+        self._published = self._snapshot()
 
     @property
     def current(self) -> Compiled:
@@ -182,18 +183,33 @@ class Supervisor:
         return self._running.tls_paths()
 
     def status(self) -> RouterStatus:
-        """A frozen snapshot for /metrics, /healthz and /readyz (called from the metrics
-        thread at each request, so counters the log-loss watch updates show at once)."""
+        """What /metrics, /healthz and /readyz show (called from the metrics thread at each
+        request): the status the loop published last, with the two facts that change between
+        its turns merged in, so they show at once: the log-loss counters (the log-loss
+        watch's thread updates them) and whether haproxy is still alive (it may die while the
+        loop is busy with a change; until the loop reaps it, its state still says RUNNING)."""
+        published = self._published  # one read: the loop replaces it whole
+        return replace(
+            published,
+            ready=published.ready and self.haproxy.running(),
+            log=self.log_loss.snapshot(),
+        )
+
+    def _publish(self) -> None:
+        """Hand the metrics thread the state as this loop turn left it: one frozen object,
+        built in the loop that owns every field of it and replaced in one assignment."""
+        self._published = self._snapshot()
+
+    def _snapshot(self) -> RouterStatus:
+        """The loop's state now, frozen (only the loop calls this)."""
         return RouterStatus(
             alive=self.state is not State.EXITED,
-            # haproxy.ready() checks the process too: between its death and the loop reaping
-            # it (SIGCHLD wakes the loop at once), its state still says RUNNING.
             ready=self.state is State.RUNNING and self.haproxy.ready(),
             reloads_total=self.reloads_total,
             reload_failures_total=self.reload_failures_total,
             last_reload_successful=self.last_reload_successful,
             last_reload_success_timestamp=self.last_reload_success_timestamp,
-            config_digest=self.current.text_digest,
+            config_digest=self.current.config_digest,
             config_routes=len(self.current.config.routes),
             child_restarts={c.name: c.restarts for c in self.children},
             start_time=self.start_time,
@@ -256,7 +272,7 @@ class Supervisor:
             "haproxy-egress %s starting: %d route(s), config %s, metrics on %s:%d",
             __version__,
             len(self.current.config.routes),
-            self.current.text_digest[:12],
+            self.current.config_digest[:12],
             self.settings.metrics_address,
             self.metrics.port,
         )
@@ -284,6 +300,7 @@ class Supervisor:
                 if event is not None:
                     self._dispatch(event)
                 self._tick()
+                self._publish()
         finally:
             self.watcher.stop()
             self.log_loss.stop()
@@ -310,12 +327,12 @@ class Supervisor:
 
     def handle_config_changed(self, event: ConfigChanged) -> None:
         """Watcher: the config directory has new content; reload if it compiles."""
-        if event.digest == self._rejected_digest:
+        if event.inputs_digest == self._rejected_inputs_digest:
             # Already tried and refused (haproxy's restart found it first): one edit, one
             # rejection, one log line.
-            log.debug("config directory changed to %s, already refused", event.digest[:12])
+            log.debug("config directory changed to %s, already refused", event.inputs_digest[:12])
             return
-        log.info("config directory changed (digest %s)", event.digest[:12])
+        log.info("config directory changed (digest %s)", event.inputs_digest[:12])
         self._reload("config directory changed", force=False)
 
     def handle_sighup(self) -> None:
@@ -348,8 +365,8 @@ class Supervisor:
         try:
             # No collector pass in the middle of a change: at 10,000 routes one walks a
             # million objects for a few hundred milliseconds the edit would wait for.
-            with collector_paused():
-                outcome = transaction(self.settings, self.options, self.current, force=force)
+            with gc_paused():
+                outcome = change_transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
             memory.release()
             self.reloads_total += 1
@@ -366,7 +383,7 @@ class Supervisor:
             log.error(
                 "reload rejected (%s), still serving config %s: %s",
                 reason,
-                self.current.text_digest[:12],
+                self.current.config_digest[:12],
                 detail.replace("\n", " | "),
             )
             if not self.haproxy.ready():
@@ -374,14 +391,14 @@ class Supervisor:
                 # last good files; apply the edit again once it is back, or it would be lost.
                 self.pending_reload = True
             else:
-                self._rejected_digest = self._inputs_digest()
+                self._rejected_inputs_digest = self._inputs_digest()
             return
         if not outcome.changed:
             if outcome.compiled is not self.current:  # new inputs, same haproxy.cfg: an edit
                 self.config_changes[Kind.NOOP.value] += 1
                 self.changes_view = dict(self.config_changes)
             self.current = outcome.compiled  # same haproxy.cfg; remember the new digest
-            self._rejected_digest = None
+            self._rejected_inputs_digest = None
             # The inputs now agree with what runs (e.g. a vanished mount came back unchanged):
             # an earlier rejection no longer describes the router, so the alert must clear.
             self.last_reload_successful = True
@@ -391,10 +408,10 @@ class Supervisor:
         self._changed(outcome, reason, self._clock() - started)
         memory.release()  # the previous config and the compile's garbage are free now
 
-    def _changed(self, outcome: Outcome, reason: str, took: float) -> None:
+    def _changed(self, outcome: ChangeOutcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
         self.current = outcome.compiled
-        self._rejected_digest = None  # the refused edit is history: its return is news
+        self._rejected_inputs_digest = None  # the refused edit is history: its return is news
         if outcome.checked:
             self.late_check.discard()  # haproxy -c passed on this very text before the reload
             self.config_check_failed = False
@@ -425,7 +442,7 @@ class Supervisor:
                 reason,
                 what,
                 why,
-                self.current.text_digest[:12],
+                self.current.config_digest[:12],
                 len(self.current.config.routes),
                 outcome.worker_pid,
                 took,
@@ -497,6 +514,7 @@ class Supervisor:
             self.haproxy.pid,
             len(self.current.config.routes),
         )
+        self._publish()  # /readyz says so now, not after the deferred reload below
         if self.pending_reload or self._inputs_moved_on():
             self.pending_reload = False
             self._reload("deferred while haproxy restarted", force=True)
@@ -512,7 +530,10 @@ class Supervisor:
         was refused: an edit a crash interrupted (the watcher posts a digest once, so it would
         not come again)."""
         digest = self._inputs_digest()
-        return digest is not None and digest not in (self.current.digest, self._rejected_digest)
+        return digest is not None and digest not in (
+            self.current.inputs_digest,
+            self._rejected_inputs_digest,
+        )
 
     def _tick_stopping(self, now: float) -> None:
         if self._stop_deadline is not None and now >= self._stop_deadline:
@@ -574,13 +595,13 @@ class Supervisor:
 
     def _late_checked(self, verdict: Verdict) -> None:
         """The `haproxy -c` run after a runtime edit is done: say so loudly if it refused."""
-        if verdict.digest != self.current.text_digest:
+        if verdict.config_digest != self.current.config_digest:
             return  # about a config a later edit has replaced; that one has its own check
         if verdict.ok:
             log.info(
                 "haproxy -c %s config %s, applied at runtime, in %.2fs",
                 "accepts again" if self.config_check_failed else "accepts",
-                verdict.digest[:12],
+                verdict.config_digest[:12],
                 verdict.seconds,
             )
             self.config_check_failed = False
@@ -590,7 +611,7 @@ class Supervisor:
             "CONFIG CHECK FAILED after a runtime change: haproxy -c refuses config %s, which "
             "the running worker already serves; the next reload is refused until an edit "
             "passes the check: %s",
-            verdict.digest[:12],
+            verdict.config_digest[:12],
             verdict.error.replace("\n", " | "),
         )
 

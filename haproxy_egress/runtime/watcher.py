@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConfigChanged:
-    """The config directory now holds content with this digest."""
+    """The inputs (config directory, users file, TLS files) now have this digest."""
 
-    digest: str
+    inputs_digest: str
 
 
 class Watcher(FileWatch):

@@ -833,7 +833,6 @@ def test_explain_argument() -> None:
         except ValueError as exc:
             message = str(exc)
         else:
-            assert verdict.exit_code in (0, 1)
             assert all("\n" not in line for line in verdict.lines())
             tally.counts["accepted"] += 1
             return

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from haproxy_egress.haproxy.cli import CliSocket
-from haproxy_egress.metrics.policy import COMMAND, parse_parent_auth
+from haproxy_egress.metrics.decisions import COMMAND, parse_parent_auth
 from tests.parents import SquidParent, TinyproxyParent
 from tests.policy_proxy import PolicyProxy, connect_reply, exchange, get
 from tests.router import Router

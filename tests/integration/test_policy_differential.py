@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from haproxy_egress.commands.explain import explain
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import IPAddress
 from haproxy_egress.config.document import Config
 from tests.policy_proxy import PolicyProxy
 from tests.support import DnsServer, free_port, wait_for
@@ -341,7 +341,7 @@ def test_live_proxy_and_explain_agree_on_every_case(
         for source in SOURCES:
             _send_http([c for c in route_cases if not c.connect and c.source == source])
 
-    def resolve(name: str) -> list[netaddr.IPAddress]:
+    def resolve(name: str) -> list[IPAddress]:
         return [ipaddress.ip_address(a) for a in records.get(name.lower(), [])]
 
     expected = {}

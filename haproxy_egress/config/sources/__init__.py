@@ -32,7 +32,7 @@ from haproxy_egress.settings import PROXY_USERS_ENV, Settings
 __all__ = [
     "LoadCache",
     "Snapshot",
-    "collector_paused",
+    "gc_paused",
     "load",
     "load_snapshot",
     "read_inputs",
@@ -255,7 +255,7 @@ def _problem_order(p: Problem) -> tuple[str, int, str, str]:
 
 
 @contextmanager
-def collector_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector for one load (or one change, which loads).
 
     Loading 10,000 routes allocates millions of tracked objects (YAML nodes, dicts, models)
@@ -281,7 +281,7 @@ def load_snapshot(
 ) -> Config:
     """Build the Config from a directory snapshot plus the route-bearing env vars, reusing
     from `cache` what the last load parsed and validated from the same input."""
-    with collector_paused():
+    with gc_paused():
         for reparse in (False, True):
             cache.begin(reparse)
             try:

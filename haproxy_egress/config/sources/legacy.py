@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import looks_like_ipv4, normalize_host, parse_ip
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
 
@@ -153,7 +153,7 @@ def _bad(line: Line, form: str, reason: str = "") -> Rejected:
 def _ip_literal(text: str) -> str:
     """An IPv4 or IPv6 literal (brackets allowed around IPv6) in canonical form."""
     bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    return str(netaddr.parse_ip(bare))
+    return str(parse_ip(bare))
 
 
 def _route(dialect: str, listen: int, host: str, port: int) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def _redirect_line(line: Line, last: bool) -> tuple[int, str, int] | Rejected:
         host = _ip_literal(fields[2])
     except ValueError as exc:
         hint = REDIRECT_FORM
-        if not netaddr.looks_like_ipv4(fields[2]) and ":" not in fields[2]:
+        if not looks_like_ipv4(fields[2]) and ":" not in fields[2]:
             hint = "redirect mode takes IP addresses; put DNS names in " + DNS_PROXY
         return _bad(line, REDIRECT_FORM, f"{exc}; {hint}")
     ports = _ports(line, fields[0], fields[3:])
@@ -254,7 +254,7 @@ def parse_redirect(text: str, source: str = REDIRECT) -> Parsed:
 
 def _dns_host(text: str) -> str:
     """An IP literal, or a DNS name with at least one dot (as the original's regex wanted)."""
-    host = netaddr.normalize_host(text)
+    host = normalize_host(text)
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -297,7 +297,7 @@ def parse_source(value: str, source: str = SOURCE) -> tuple[str | None, list[Pro
         return None, []
     bare = text.split("/", 1)[0] if text.count("/") == 1 else text
     try:
-        address = str(netaddr.parse_ip(bare))
+        address = str(parse_ip(bare))
         if "/" in text:
             ipaddress.ip_interface(text)
     except ValueError:

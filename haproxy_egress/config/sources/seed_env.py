@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import parse_endpoint, parse_listen, parse_port
 from haproxy_egress.config.scalars import NAME_PATTERN
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 from haproxy_egress.errors import Problem
@@ -39,11 +39,11 @@ def _route(env: Mapping[str, str], problems: list[Problem]) -> dict[str, Any] | 
     default_port: int | None = None
     if env.get("SERVICE_DEST_PORT", "").strip():
         try:
-            default_port = netaddr.parse_port(env["SERVICE_DEST_PORT"])
+            default_port = parse_port(env["SERVICE_DEST_PORT"])
         except ValueError as exc:
             problems.append(Problem("SERVICE_DEST_PORT", "", str(exc)))
     try:
-        listen = netaddr.parse_listen(env["SERVICE_TCP_PORT"].strip())
+        listen = parse_listen(env["SERVICE_TCP_PORT"].strip())
     except ValueError as exc:
         problems.append(Problem("SERVICE_TCP_PORT", "", str(exc)))
         listen = None
@@ -55,7 +55,7 @@ def _route(env: Mapping[str, str], problems: list[Problem]) -> dict[str, Any] | 
                 problems.append(Problem("SERVICE_DEST", f"item {n}", "empty destination"))
             continue
         try:
-            host, port = netaddr.parse_endpoint(item, default_port)
+            host, port = parse_endpoint(item, default_port)
         except ValueError as exc:
             hint = (
                 " (write host:port or set SERVICE_DEST_PORT)" if "missing port" in str(exc) else ""
@@ -88,7 +88,7 @@ def _stats(env: Mapping[str, str], problems: list[Problem]) -> dict[str, Any] | 
                 problems.append(Problem(var, "", "has no effect without STATS_PORT"))
         return None
     try:
-        port = netaddr.parse_port(env["STATS_PORT"])
+        port = parse_port(env["STATS_PORT"])
     except ValueError as exc:
         problems.append(Problem("STATS_PORT", "", str(exc)))
         return None

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import ip_or_none, parse_endpoint
 from haproxy_egress.config.problems import ProblemList, validate
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import _duration_ms, format_duration
@@ -30,7 +30,7 @@ def _general(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 @given(_ADDRESS)
 def test_ip_or_none_is_ipaddress(text: str) -> None:
-    assert netaddr.ip_or_none(text) == _general(text)
+    assert ip_or_none(text) == _general(text)
 
 
 @given(st.one_of(st.integers(-1, 70000).map(str), st.text(alphabet="0123456789٤²", max_size=7)))
@@ -38,7 +38,7 @@ def test_ipv4_destination_ports_follow_parse_port(port: str) -> None:
     text = f"198.51.100.7:{port}"
     data = {"name": "r", "listen": 8000, "destinations": [text]}
     try:
-        expected: object = netaddr.parse_endpoint(text, default_port=None)[1]
+        expected: object = parse_endpoint(text, default_port=None)[1]
     except ValueError as exc:
         expected = str(exc)
     try:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from haproxy_egress.commands.explain import explain, parse_destination
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import normalize_host
 from haproxy_egress.config.policy import parse_rule
 from haproxy_egress.config.sources import load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
@@ -32,7 +32,7 @@ A_LABEL = "xn--bcher-kva.example"
     ],
 )
 def test_every_spelling_is_one_name(spelling: str) -> None:
-    assert netaddr.normalize_host(spelling) == A_LABEL
+    assert normalize_host(spelling) == A_LABEL
     rule = parse_rule(spelling)
     assert (rule.kind, rule.value) == ("host", A_LABEL)
 
@@ -46,7 +46,7 @@ def test_wildcards_ports_and_denies_keep_their_meaning() -> None:
 def test_mixed_script_is_its_own_name_not_the_latin_one() -> None:
     """A Cyrillic a (U+0430) in 'paypal.example' is another name: it cannot ride the Latin rule."""
     rule = parse_rule("paypal.example")
-    lookalike = netaddr.normalize_host("p\u0430ypal.example")
+    lookalike = normalize_host("p\u0430ypal.example")
     assert lookalike.startswith("xn--")
     assert not rule.matches(lookalike, None, 443)
 

@@ -7,7 +7,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import parse_endpoint
 from haproxy_egress.config.crossroute import Located, cross_route_problems
 from haproxy_egress.config.document import Document, Resolvers, StatsPage
 from haproxy_egress.config.problems import ProblemList, format_loc, validate
@@ -127,7 +127,7 @@ def test_check_shorthand_and_http_path() -> None:
 def test_endpoint_fast_path_agrees_with_the_parser(text: str) -> None:
     """The IPv4 shortcut of `Endpoint` gives what parse_endpoint gives, or the same error."""
     try:
-        host, port = netaddr.parse_endpoint(text, default_port=None)
+        host, port = parse_endpoint(text, default_port=None)
         expected: object = Endpoint(host=host, port=port)
     except ValueError as exc:
         expected = str(exc)

@@ -16,7 +16,7 @@ from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.sources.http_proxy import parse_policy
 from haproxy_egress.config.vocabulary import Verdict
 from haproxy_egress.errors import ConfigError
-from haproxy_egress.metrics.policy import PolicyCollector, parse_table
+from haproxy_egress.metrics.decisions import PolicyCollector, parse_table
 from haproxy_egress.render.maps import NAME, render_maps
 
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haproxy_egress import cli
-from haproxy_egress.config import addresses as netaddr
 from haproxy_egress.config import policy
+from haproxy_egress.config.addresses import parse_ip
 from haproxy_egress.config.sources import load_snapshot, read_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.config.users import SCHEME, hash_password, parse_users
@@ -174,5 +174,5 @@ def _lookup(groups: list[policy.Group], client: str, user: str | None) -> str:
 def test_the_member_maps_choose_what_select_group_chooses(
     groups: list[policy.Group], client: str, user: str | None
 ) -> None:
-    chosen = policy.select_group(groups, netaddr.parse_ip(client), user)
+    chosen = policy.select_group(groups, parse_ip(client), user)
     assert _lookup(groups, client, user) == (chosen.name if chosen else NONE)

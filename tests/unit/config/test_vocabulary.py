@@ -56,7 +56,7 @@ POLICY_MODULES = frozenset(
         "render/decision.py",
         "render/hooks.py",
         "commands/explain.py",
-        "metrics/policy.py",
+        "metrics/decisions.py",
         "metrics/destinations.py",
         "config/categories.py",
     )

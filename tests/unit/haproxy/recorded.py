@@ -26,7 +26,13 @@ from haproxy_egress.haproxy.show import (
     parse_table,
     servers_state_without,
 )
-from haproxy_egress.haproxy.stat import STATUS_FIELD, parse_stat, split_info_stat
+from haproxy_egress.haproxy.stat import (
+    SSL_FAILED_HANDSHAKE,
+    STATUS_FIELD,
+    backend_counters,
+    parse_stat,
+    split_info_stat,
+)
 
 DATA = Path(__file__).resolve().parent.parent.parent / "data" / "haproxy"
 VERSIONS = sorted(p.name for p in DATA.iterdir() if (p / "facts.json").exists())
@@ -127,6 +133,32 @@ def check_stat(d: Path) -> None:
     assert parse_stat(csv).frontends[0][0] == f["frontend"]
 
 
+def check_backend_counters(d: Path) -> None:
+    f = facts(d)
+    text = (d / "show_stat.csv").read_text()
+    # The SSL statistics module reports on every backend, TLS or not; no handshake failed.
+    failed = backend_counters(text, SSL_FAILED_HANDSHAKE)
+    assert failed is not None
+    assert failed[f["backend"]] == 0
+    assert f["frontend"] not in failed  # backend rows only
+    # Found by name (its position differs between versions): a count written into that
+    # column of the backend's row is the count read back.
+    header, *rows = text.splitlines()
+    column = header[2:].split(",").index(SSL_FAILED_HANDSHAKE)
+    marked = [header]
+    for row in rows:
+        cells = row.split(",")
+        if cells[:2] == [f["backend"], "BACKEND"]:
+            cells[column] = "7"
+        marked.append(",".join(cells))
+    assert backend_counters("\n".join(marked), SSL_FAILED_HANDSHAKE) == {**failed, f["backend"]: 7}
+    assert backend_counters(text, "no_such_column") is None
+    # The same column in the answer a scrape reads (`show info;show stat`).
+    split = split_info_stat((d / "show_info_stat.txt").read_text())
+    assert split is not None
+    assert backend_counters(split[1], SSL_FAILED_HANDSHAKE) is not None
+
+
 def check_replies(d: Path) -> None:
     assert (d / "add_server.txt").read_text().strip() == replies.SERVER_ADDED
     assert replies.server_deleted((d / "del_server.txt").read_text())
@@ -174,6 +206,7 @@ CHECKS = (
     check_table,
     check_patterns,
     check_stat,
+    check_backend_counters,
     check_replies,
     check_pid_file,
     check_alerts,

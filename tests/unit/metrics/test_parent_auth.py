@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from haproxy_egress.metrics.policy import PolicyCollector, parse_parent_auth, parse_table
+from haproxy_egress.metrics.decisions import PolicyCollector, parse_parent_auth, parse_table
 
 # haproxy 2.6 `show table` of a config with a parent route (store gpc0,gpc1).
 TABLE = """# table: _egress_policy, type: string, size:65536, used:3

@@ -29,6 +29,7 @@ class FakeChild(Child):
     the supervisor's `_child_exited`, as its reaper would."""
 
     received: list[signal.Signals] = field(default_factory=list)
+    killed: bool = False  # dead but not yet reaped (a zombie): a test sets it
 
     def spawn(self) -> int:
         """Marks it STARTING under a new pid, as the real spawn does."""
@@ -43,5 +44,5 @@ class FakeChild(Child):
             self.received.append(sig)
 
     def running(self) -> bool:
-        """Alive until its exit is reported."""
-        return self.pid is not None
+        """Alive until it is killed or its exit is reported."""
+        return self.pid is not None and not self.killed

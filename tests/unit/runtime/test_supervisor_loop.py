@@ -16,6 +16,7 @@ import pytest
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
+from haproxy_egress.metrics.logs import LogLoss
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.runtime.assembly import assemble
@@ -52,6 +53,7 @@ def supervisor(tmp_path: Path, clock: FakeClock) -> Supervisor:
     sup.haproxy.spawn()
     sup.haproxy.state = ChildState.RUNNING
     sup.state = State.RUNNING
+    sup._publish()  # as run() does once haproxy came up
     return sup
 
 
@@ -61,14 +63,18 @@ def haproxy(sup: Supervisor) -> FakeChild:
 
 
 def post(sup: Supervisor, event: signal.Signals | ConfigChanged) -> None:
-    """What a signal handler or the watcher does, then one turn of the loop's dispatch."""
+    """What a signal handler or the watcher does, then one turn of the loop's dispatch, which
+    ends with the loop publishing its status."""
     sup.inbox.put_nowait(event)
     sup._dispatch(sup.inbox.get_nowait())
+    sup._publish()
 
 
 def exits(sup: Supervisor, clock: FakeClock, sig: signal.Signals) -> None:
-    """haproxy dies of `sig`, and the reaper reports it (a waitpid status is the signal)."""
+    """haproxy dies of `sig`, and the reaper reports it (a waitpid status is the signal) in a
+    loop turn, which publishes the status."""
     sup._child_exited(sup.haproxy, sig.value, clock())
+    sup._publish()
 
 
 def test_the_child_factory_makes_every_child(supervisor: Supervisor) -> None:
@@ -131,3 +137,23 @@ def test_events_while_stopping_are_ignored(supervisor: Supervisor) -> None:
     post(supervisor, signal.SIGHUP)
     assert not supervisor.pending_reload
     assert supervisor.reloads_total == 0
+
+
+def test_readers_see_the_published_status_with_log_loss_and_haproxys_death_at_once(
+    supervisor: Supervisor,
+) -> None:
+    published = supervisor.status()
+    assert published.ready
+    # The loop's state moves in the middle of a turn: readers still see the last turn's.
+    supervisor.reloads_total += 1
+    assert supervisor.status().reloads_total == published.reloads_total
+    # The log-loss watch's thread replaces its counters: they show at once.
+    supervisor.log_loss._snapshot = LogLoss(haproxy_dropped=3)
+    log = supervisor.status().log
+    assert log is not None
+    assert log.haproxy_dropped == 3
+    # haproxy is killed while the loop is busy: not ready before the loop has reaped it.
+    haproxy(supervisor).killed = True
+    assert not supervisor.status().ready
+    supervisor._publish()  # the end of the turn
+    assert supervisor.status().reloads_total == published.reloads_total + 1

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from haproxy_egress.config import addresses as netaddr
+from haproxy_egress.config.addresses import (
+    normalize_host,
+    parse_endpoint,
+    parse_listen,
+    parse_network,
+    parse_port,
+)
 
 
 @pytest.mark.parametrize(
     ("text", "port"), [("1", 1), ("443", 443), (" 8443 ", 8443), ("65535", 65535), (80, 80)]
 )
 def test_parse_port_accepts(text: str | int, port: int) -> None:
-    assert netaddr.parse_port(text) == port
+    assert parse_port(text) == port
 
 
 @pytest.mark.parametrize(
@@ -30,7 +36,7 @@ def test_parse_port_accepts(text: str | int, port: int) -> None:
 )
 def test_parse_port_refuses(text: str | int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        netaddr.parse_port(text)
+        parse_port(text)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +51,7 @@ def test_parse_port_refuses(text: str | int, message: str) -> None:
     ],
 )
 def test_normalize_host(text: str, host: str) -> None:
-    assert netaddr.normalize_host(text) == host
+    assert normalize_host(text) == host
 
 
 @pytest.mark.parametrize(
@@ -68,7 +74,7 @@ def test_normalize_host(text: str, host: str) -> None:
 )
 def test_normalize_host_refuses(text: str) -> None:
     with pytest.raises(ValueError, match=r"not a valid|zone"):
-        netaddr.normalize_host(text)
+        normalize_host(text)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +89,7 @@ def test_normalize_host_refuses(text: str) -> None:
     ],
 )
 def test_parse_endpoint(text: str, default: int | None, expected: tuple[str, int]) -> None:
-    assert netaddr.parse_endpoint(text, default) == expected
+    assert parse_endpoint(text, default) == expected
 
 
 @pytest.mark.parametrize(
@@ -100,7 +106,7 @@ def test_parse_endpoint(text: str, default: int | None, expected: tuple[str, int
 )
 def test_parse_endpoint_refuses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        netaddr.parse_endpoint(text, None)
+        parse_endpoint(text, None)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +122,7 @@ def test_parse_endpoint_refuses(text: str, message: str) -> None:
     ],
 )
 def test_parse_listen(value: str | int, expected: tuple[str | None, int]) -> None:
-    assert netaddr.parse_listen(value) == expected
+    assert parse_listen(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -133,12 +139,12 @@ def test_parse_listen(value: str | int, expected: tuple[str | None, int]) -> Non
 )
 def test_parse_listen_refuses(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        netaddr.parse_listen(value)  # type: ignore[arg-type]
+        parse_listen(value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("text", ["0.0.0.0/\n", "10.0.0.0/\t8", "::/\r"])
 def test_a_bad_prefix_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(ValueError, match="out of range") as refused:
-        netaddr.parse_network(text)
+        parse_network(text)
     assert "\n" not in str(refused.value)
     assert "\r" not in str(refused.value)
