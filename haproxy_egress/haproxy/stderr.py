@@ -13,9 +13,9 @@ _ROUTINE = re.compile(
     r"|Reloading HAProxy|Proxy \S+ stopped \(|(Former|Current) worker \(\d+\) exited with code 0"
     r"|Exiting Master process|All workers exited|Stopping (frontend|backend|proxy) )"
 )
-# A name's answers filling a DNS slot: news, not a problem.
+# A name's answers filling a DNS slot: news, not a problem (2.6 and 3.0 word it differently).
 _DNS_NEWS = re.compile(
-    r"changed its IP from |is UP/READY \(resolves again\)|administratively READY thanks to "
+    r"changed its IP from |: IP changed from '|is UP/READY \(resolves again\)|administratively READY thanks to "
     r"valid DNS answer"
 )
 # The proxy (frontend or backend) a line is about: "Server B/S", "Proxy P", "frontend 'F'".

@@ -31,6 +31,13 @@ ROUTES = frozenset({"web-proxy", "named"})
             "named",
             "named/api.test_443-1 changed its IP from (none) to 10.0.0.1 by dns/ns1.",
         ),
+        (  # haproxy 3.0's words for the same news
+            "[WARNING]  (43) : named/origin.test_43911-1: IP changed from '(none)' to"
+            " '127.0.0.1' by 'dns/ns1'.",
+            "info",
+            "named",
+            "named/origin.test_43911-1: IP changed from '(none)' to '127.0.0.1' by 'dns/ns1'.",
+        ),
         (
             "[WARNING]  (43) : Server named/10.0.0.1_443 is DOWN, reason: Layer4 timeout.",
             "warning",
