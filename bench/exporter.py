@@ -220,7 +220,18 @@ class Target:
     new_connection: bool = False  # close after each scrape: every scrape pays a handshake
 
     def scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
-        """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding)."""
+        """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding).
+        A kept-alive connection the target closed while others were scraped (an idle timeout:
+        at 10,000 routes a round takes seconds) is opened again, once."""
+        try:
+            return self._scrape(headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return self._scrape(headers)
+
+    def _scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
         start = time.perf_counter()
         if self.conn is None:
             if self.tls is not None:
