@@ -77,6 +77,7 @@ HEADER_SETS = {
     "prometheus": {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
 }
 TICKS = os.sysconf("SC_CLK_TCK")
+TIMEOUT = 180.0  # one scrape; haproxy_exporter at 10,000 routes takes tens of seconds
 TCP_ADDRESS = "127.77.26.1"  # --tcp-routes listeners: a loopback address of their own
 
 SERVER_SCRIPT = textwrap.dedent(
@@ -236,10 +237,10 @@ class Target:
         if self.conn is None:
             if self.tls is not None:
                 self.conn = http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, timeout=30, context=self.tls
+                    "127.0.0.1", self.port, timeout=TIMEOUT, context=self.tls
                 )
             else:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
         self.conn.request("GET", "/metrics", headers={**headers, **self.auth})
         response = self.conn.getresponse()
         body = response.read()
