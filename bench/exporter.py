@@ -77,6 +77,8 @@ HEADER_SETS = {
     "prometheus": {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
 }
 TICKS = os.sysconf("SC_CLK_TCK")
+# `ours` runs with -P: the package comes from PYTHONPATH (--ours-from), not from the cwd.
+OURS = (sys.executable, "-P", "-c")
 TIMEOUT = 180.0  # one scrape; haproxy_exporter at 10,000 routes takes tens of seconds
 TCP_ADDRESS = "127.77.26.1"  # --tcp-routes listeners: a loopback address of their own
 
@@ -305,7 +307,7 @@ def tls_targets(
         web = run_dir / f"{name}.yml"
         web.write_text(yaml.safe_dump(doc))
         port = free_port()
-        argv = [sys.executable, "-c", SERVER_SCRIPT, str(port), str(sock), str(routes), str(web)]
+        argv = [*OURS, SERVER_SCRIPT, str(port), str(sock), str(routes), str(web)]
         proc = stack.enter_context(process(argv, env=env, stdout=subprocess.DEVNULL))
         out.append(Target(name, port, proc.pid, tls=client, auth=auth, new_connection=new))
     return out
@@ -355,7 +357,7 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             ) as exporter,
             process(
-                [sys.executable, "-c", SERVER_SCRIPT, str(ours_port), str(sock), str(args.routes)],
+                [*OURS, SERVER_SCRIPT, str(ours_port), str(sock), str(args.routes)],
                 env=env,
                 stdout=subprocess.PIPE,
             ) as ours,
