@@ -20,6 +20,13 @@ Accept-Encoding: gzip). Reported: p50/p99 latency, body bytes, samples, CPU per 
 serving process and of haproxy, ratios, and the RSS of our process.
 
     .venv/bin/python bench/exporter.py [--rounds 60] [--routes 100] [--servers 10] [--tls]
+    .venv/bin/python bench/exporter.py --tcp-routes 10000 [--haproxy /usr/local/bin/haproxy30]
+                                       [--ours-from DIR] [--rounds 10]
+
+--tcp-routes N serves N tcp routes instead (bench/scale.py's: two servers each, no checks, on
+127.77.26.1): what /metrics costs at 10, 1,000 and 10,000 routes. --ours-from runs `ours` from
+another source tree (e.g. `git archive <commit> | tar -x -C DIR`), to compare before and after
+on the same haproxy and in the same run as haproxy_exporter.
 
 Bounded: at most --rounds rounds and --max-seconds wall time. Needs haproxy and
 prometheus-haproxy-exporter on PATH. Everything listens on 127.0.0.1; every process started
@@ -53,8 +60,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.compile import route_keys  # noqa: E402
 from haproxy_egress.config.sources import Snapshot, load_snapshot  # noqa: E402
 from haproxy_egress.render.compiler import RenderOptions, render  # noqa: E402
+from haproxy_egress.render.maps import pattern_files  # noqa: E402
+from haproxy_egress.runtime import staging  # noqa: E402
 from tests.netns import stop_process  # noqa: E402
 from tests.tlscerts import make_pki  # noqa: E402
 
@@ -67,6 +77,10 @@ HEADER_SETS = {
     "prometheus": {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
 }
 TICKS = os.sysconf("SC_CLK_TCK")
+# `ours` runs with -P: the package comes from PYTHONPATH (--ours-from), not from the cwd.
+OURS = (sys.executable, "-P", "-c")
+TIMEOUT = 180.0  # one scrape; haproxy_exporter at 10,000 routes takes tens of seconds
+TCP_ADDRESS = "127.77.26.1"  # --tcp-routes listeners: a loopback address of their own
 
 SERVER_SCRIPT = textwrap.dedent(
     """
@@ -144,14 +158,40 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def haproxy_config(run_dir: Path, routes: int, servers: int, promex_port: int) -> str:
-    """The compiler's config for routes x servers, plus a PROMEX frontend."""
+def haproxy_config(
+    run_dir: Path, routes: int, servers: int, promex_port: int, tcp_routes: int = 0
+) -> str:
+    """The compiler's config for routes x servers (or `tcp_routes` as bench/scale.py's), plus
+    a PROMEX frontend."""
+    if tcp_routes:
+        keys = route_keys(tcp_routes, mode="tcp", address=TCP_ADDRESS, check=False)
+        files = tuple((name, text.encode()) for name, text in keys.items())
+    else:
+        files = (("routes.yaml", yaml.safe_dump(http_routes(routes, servers)).encode()),)
+    snapshot = Snapshot(run_dir, files)
+    config = load_snapshot(snapshot, {})
+    options = RenderOptions(run_dir=run_dir, log_stdout=True)
+    staging.write_maps(options.run.maps, pattern_files(config))  # the routes' allow_from lists
+    text = render(config, options)
+    return text + textwrap.dedent(
+        f"""
+        frontend _promex
+            bind 127.0.0.1:{promex_port}
+            mode http
+            no log
+            http-request use-service prometheus-exporter if {{ path /metrics }}
+        """
+    )
+
+
+def http_routes(routes: int, servers: int) -> dict[str, object]:
+    """`routes` http routes of `servers` loopback destinations each (never contacted)."""
     base = free_port()
     listen: set[int] = set()
     while len(listen) < routes:  # free_port() may hand out a port twice
         listen.add(free_port())
     ports = sorted(listen)
-    doc = {
+    return {
         "routes": [
             {
                 "name": f"route-{r:03d}",
@@ -163,17 +203,6 @@ def haproxy_config(run_dir: Path, routes: int, servers: int, promex_port: int) -
             for r in range(routes)
         ]
     }
-    snapshot = Snapshot(run_dir, (("routes.yaml", yaml.safe_dump(doc).encode()),))
-    text = render(load_snapshot(snapshot, {}), RenderOptions(run_dir=run_dir, log_stdout=True))
-    return text + textwrap.dedent(
-        f"""
-        frontend _promex
-            bind 127.0.0.1:{promex_port}
-            mode http
-            no log
-            http-request use-service prometheus-exporter if {{ path /metrics }}
-        """
-    )
 
 
 @dataclass
@@ -194,15 +223,26 @@ class Target:
     new_connection: bool = False  # close after each scrape: every scrape pays a handshake
 
     def scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
-        """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding)."""
+        """One GET /metrics on the kept-alive connection; (seconds, body, content-encoding).
+        A kept-alive connection the target closed while others were scraped (an idle timeout:
+        at 10,000 routes a round takes seconds) is opened again, once."""
+        try:
+            return self._scrape(headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return self._scrape(headers)
+
+    def _scrape(self, headers: dict[str, str]) -> tuple[float, bytes, str]:
         start = time.perf_counter()
         if self.conn is None:
             if self.tls is not None:
                 self.conn = http.client.HTTPSConnection(
-                    "127.0.0.1", self.port, timeout=30, context=self.tls
+                    "127.0.0.1", self.port, timeout=TIMEOUT, context=self.tls
                 )
             else:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
         self.conn.request("GET", "/metrics", headers={**headers, **self.auth})
         response = self.conn.getresponse()
         body = response.read()
@@ -267,7 +307,7 @@ def tls_targets(
         web = run_dir / f"{name}.yml"
         web.write_text(yaml.safe_dump(doc))
         port = free_port()
-        argv = [sys.executable, "-c", SERVER_SCRIPT, str(port), str(sock), str(routes), str(web)]
+        argv = [*OURS, SERVER_SCRIPT, str(port), str(sock), str(routes), str(web)]
         proc = stack.enter_context(process(argv, env=env, stdout=subprocess.DEVNULL))
         out.append(Target(name, port, proc.pid, tls=client, auth=auth, new_connection=new))
     return out
@@ -280,29 +320,44 @@ def main() -> int:
     parser.add_argument("--servers", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=240.0)
     parser.add_argument("--tls", action="store_true", help="also our endpoint under TLS")
+    parser.add_argument(
+        "--tcp-routes",
+        type=int,
+        default=0,
+        help="instead of routes x servers: N tcp routes as bench/scale.py's (2 servers each)",
+    )
+    parser.add_argument("--haproxy", default="haproxy", help="the haproxy binary to run")
+    parser.add_argument(
+        "--ours-from",
+        type=Path,
+        default=ROOT,
+        help="the source tree `ours` imports haproxy_egress from (an older commit's, to compare)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
         run_dir = Path(tmp)
         promex_port, ours_port, exporter_port = free_port(), free_port(), free_port()
         config = run_dir / "haproxy.cfg"
-        config.write_text(haproxy_config(run_dir, args.routes, args.servers, promex_port))
+        text = haproxy_config(run_dir, args.routes, args.servers, promex_port, args.tcp_routes)
+        config.write_text(text)
         sock = run_dir / "haproxy.sock"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(args.ours_from)}
         with (
-            process(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL) as hap,
+            process([args.haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL) as hap,
             process(
                 [
                     "prometheus-haproxy-exporter",
                     f"--web.listen-address=127.0.0.1:{exporter_port}",
                     f"--haproxy.scrape-uri=unix:{sock}",
+                    "--haproxy.timeout=60s",  # 10,000 routes take it seconds
                     "--log.level=error",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ) as exporter,
             process(
-                [sys.executable, "-c", SERVER_SCRIPT, str(ours_port), str(sock), str(args.routes)],
+                [*OURS, SERVER_SCRIPT, str(ours_port), str(sock), str(args.routes)],
                 env=env,
                 stdout=subprocess.PIPE,
             ) as ours,
@@ -316,7 +371,7 @@ def main() -> int:
             if args.tls:
                 targets += tls_targets(run_dir, sock, args.routes, env, tls_stack)
             for t in targets:
-                wait_port(t.port)
+                wait_port(t.port, timeout=180)  # 10,000 routes: haproxy starts in ~20 s
             deadline = time.monotonic() + args.max_seconds
             for label, headers in HEADER_SETS.items():
                 for t in targets:  # warm-up, and the body sizes
@@ -356,8 +411,14 @@ def report(
     targets: list[Target], args: argparse.Namespace, ours_rss: float, exp_rss: float
 ) -> None:
     """Print the table and the ratios the issue's goals are stated in."""
-    servers = args.routes * args.servers
-    print(f"haproxy with {args.routes} backends x {args.servers} servers = {servers} servers")
+    if args.tcp_routes:
+        print(
+            f"haproxy {args.haproxy} with {args.tcp_routes} tcp routes x 2 servers; "
+            f"ours from {args.ours_from}"
+        )
+    else:
+        servers = args.routes * args.servers
+        print(f"haproxy with {args.routes} backends x {args.servers} servers = {servers} servers")
     print(
         "| headers | target | samples | bytes | p50 ms | p99 ms | CPU ms/scrape (server) "
         "| CPU ms/scrape (haproxy) |"

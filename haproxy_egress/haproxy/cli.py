@@ -17,6 +17,7 @@ from haproxy_egress.errors import HaproxyError
 # reload). In that state the master keeps the connection open after answering, so the master
 # CLI is always spoken in prompt mode and an answer ends at the next prompt, not at EOF.
 _MASTER_PROMPT = re.compile(rb"master(\[[A-Za-z]+\])?> $")
+_RECV_SIZE = 1 << 18  # a large answer (`show stat`) in fewer system calls
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ class CliSocket:
         """Send one command and read the whole answer; bounded by `timeout` overall."""
         deadline = time.monotonic() + self.timeout
         request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
-        data = b""
+        # A bytearray grows in place: `bytes += chunk` copied the whole answer at every chunk,
+        # ~1 GB of copying for the 13 MB `show stat` of 10,000 routes.
+        data = bytearray()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             try:
                 sock.settimeout(self.timeout)
@@ -42,7 +45,7 @@ class CliSocket:
                     if remaining <= 0:
                         raise HaproxyError(f"{self.path}: {line!r} timed out")
                     sock.settimeout(remaining)
-                    chunk = sock.recv(65536)
+                    chunk = sock.recv(_RECV_SIZE)
                     if not chunk:
                         break
                     data += chunk
@@ -56,6 +59,6 @@ class CliSocket:
         return text
 
 
-def _answered(data: bytes) -> bool:
+def _answered(data: bytes | bytearray) -> bool:
     """Prompt mode: a first prompt, the answer, then a second prompt."""
     return bool(_MASTER_PROMPT.search(data)) and data.count(b"> ") >= 2

@@ -3,13 +3,18 @@
 The metrics' hot path (every scrape parses every row), so it splits plain strings and leaves
 the cells as text: which column means what is metrics/families.py's table. The SSL statistics
 module's columns come after the standard ones, at positions that differ between haproxy
-versions, so those are found by name in the header (`backend_counters`).
+versions, so those are found by name in the header (`backend_counters`). `parse_columns`
+is what a scrape uses: at 10,000 routes the CSV has 40,000 rows of 129 (2.6) to 206 (3.0)
+cells, and taking whole columns with C-level slices instead of a list per row makes the
+parse ~3x cheaper. `parse_stat` (a list per row) is for readers of a few rows.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 
 from haproxy_egress.haproxy.show import Info, parse_info
 
@@ -19,6 +24,9 @@ MIN_FIELDS = 33  # haproxy_exporter skips (and counts as a parse failure) shorte
 _ROW_WIDTH = 84  # rows are split into (or padded to) this many cells; the last index used is 82
 HEADER = "# pxname"  # the CSV's header line starts so
 SSL_FAILED_HANDSHAKE = "ssl_failed_handshake"  # the SSL statistics module's failed handshakes
+FRONTEND, BACKEND, SERVER = "0", "1", "2"  # the values of the type column
+# Lines split at once by `parse_columns`: bounds the list of cells it holds (~200 per row).
+_BLOCK = 2048
 
 
 @dataclass
@@ -31,24 +39,101 @@ class StatTable:
     failures: int = 0  # rows too short; cells are counted by whoever converts them
 
 
+def _split_row(line: str) -> list[str] | None:
+    """One CSV row padded to _ROW_WIDTH cells; None when it is too short to be a row."""
+    # Splitting only as far as the last field used saves a third of the string objects.
+    row = next(csv.reader([line])) if '"' in line else line.split(",", _ROW_WIDTH - 1)
+    if len(row) < MIN_FIELDS:
+        return None
+    if len(row) < _ROW_WIDTH:
+        row.extend([""] * (_ROW_WIDTH - len(row)))
+    return row
+
+
 def parse_stat(text: str) -> StatTable:
     """Parse the CSV: plain split, or the csv module for the rare row with quotes."""
     table = StatTable()
-    by_type = {"0": table.frontends, "1": table.backends, "2": table.servers}
+    by_type = {FRONTEND: table.frontends, BACKEND: table.backends, SERVER: table.servers}
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
-        # Splitting only as far as the last field used saves a third of the string objects.
-        row = next(csv.reader([line])) if '"' in line else line.split(",", _ROW_WIDTH - 1)
-        if len(row) < MIN_FIELDS:
+        row = _split_row(line)
+        if row is None:
             table.failures += 1
             continue
-        if len(row) < _ROW_WIDTH:
-            row.extend([""] * (_ROW_WIDTH - len(row)))
         rows = by_type.get(row[TYPE_FIELD])
         if rows is not None:  # listeners (type 3) are ignored, as by haproxy_exporter
             rows.append(row)
     return table
+
+
+@dataclass
+class StatColumns:
+    """`show stat` column by column: for each row type asked for, the cells of each CSV index
+    asked for, rows in CSV order ("" where a row has no such cell)."""
+
+    cells: dict[str, dict[int, list[str]]]
+    failures: int = 0  # rows too short; cells are counted by whoever converts them
+
+    def column(self, row_type: str, index: int) -> list[str]:
+        """The cells at `index` of the rows of `row_type` (one that was asked for)."""
+        return self.cells[row_type][index]
+
+    def rows(self, row_type: str) -> int:
+        """How many rows of `row_type` the CSV has."""
+        columns = self.cells.get(row_type)
+        return len(next(iter(columns.values()))) if columns else 0
+
+
+def parse_columns(
+    text: str, wanted: Mapping[str, Iterable[int]], block: int = _BLOCK
+) -> StatColumns:
+    """The columns `wanted` (row type → CSV indexes, each below 83) of the CSV.
+
+    The same cells as `parse_stat` gives, for the same rows. Rows come in blocks of `block`
+    lines: a block whose rows all have as many cells, none quoted, is split once as a whole
+    and each column taken as a slice of it; any other block goes row by row as `parse_stat`
+    does.
+    """
+    table = StatColumns({t: {i: [] for i in sorted(set(idx))} for t, idx in wanted.items()})
+    lines = [line for line in text.splitlines() if line and line[0] != "#"]
+    for start in range(0, len(lines), block):
+        some = lines[start : start + block]
+        commas = list(map(str.count, some, repeat(",")))
+        joined = ",".join(some)
+        width = commas[0] + 1
+        if width < MIN_FIELDS or commas.count(commas[0]) != len(commas) or '"' in joined:
+            _add_rows(table, some)
+            continue
+        cells = joined.split(",")
+        types = cells[TYPE_FIELD::width]
+        for row_type, columns in table.cells.items():
+            count = types.count(row_type)
+            if not count:
+                continue
+            mask = list(map(row_type.__eq__, types))
+            for index, column in columns.items():
+                if index < width:
+                    column.extend(compress(cells[index::width], mask))
+                else:
+                    column.extend(repeat("", count))
+    return table
+
+
+def _add_rows(table: StatColumns, lines: list[str]) -> None:
+    """Rows the block split cannot take (quoted cells, rows of unequal length)."""
+    by_type: dict[str, list[list[str]]] = {t: [] for t in table.cells}
+    for line in lines:
+        row = _split_row(line)
+        if row is None:
+            table.failures += 1
+            continue
+        rows = by_type.get(row[TYPE_FIELD])
+        if rows is not None:
+            rows.append(row)
+    for row_type, columns in table.cells.items():
+        for index, column in columns.items():
+            column.extend(row[index] for row in by_type[row_type])
 
 
 def split_info_stat(text: str) -> tuple[Info, str] | None:

@@ -371,6 +371,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
+    # The headers and the body go out in two writes; with Nagle's algorithm the body of a
+    # small answer (a gzipped scrape of a few routes) waited for the client's delayed ACK of
+    # the headers: 40 ms added to a 2 ms scrape.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def do_GET(self) -> None:

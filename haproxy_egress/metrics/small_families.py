@@ -1,8 +1,9 @@
 """The small metric families, built with prometheus_client: haproxy_up, haproxy_version_info,
-haproxy_exporter's scrape counters, the per-route policy denials and the router's own.
+haproxy_exporter's scrape counters and the router's own.
 
-The big per-row haproxy families (frontend, backend, server) are not here: `exposition.py`
-prints them straight from the CSV, driven by the tables in `families.py`.
+The big per-row haproxy families (frontend, backend, server) and the per-route denials (one
+sample per route and stage, from the same frontend rows) are not built here: `exposition.py`
+prints them straight from the CSV, driven by the tables in `families.py` and DENIED_STAGES.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from prometheus_client.core import (
 )
 
 from haproxy_egress import __version__
-from haproxy_egress.haproxy.stat import StatTable
 from haproxy_egress.metrics.logs import log_families
-from haproxy_egress.metrics.stats import HaproxySnapshot, int_text
+from haproxy_egress.metrics.stats import HaproxySnapshot
 from haproxy_egress.metrics.status import RouterStatus
 
 # --- the metric families ---------------------------------------------------------------------
@@ -52,25 +52,6 @@ class ScrapeCounters:
             self._scrapes += 1
             self._failures += failures
             return self._scrapes, self._failures
-
-
-def policy_family(table: StatTable) -> tuple[Metric | None, int]:
-    """Denied connections/sessions/requests per route, from the routes' frontend rows."""
-    fam = CounterMetricFamily(DENIED_FAMILY, HELP_DENIED, labels=["route", "stage"])
-    failures = 0
-    for row in table.frontends:
-        if row[0].startswith("_"):
-            continue  # internal proxies (_stats) are not routes
-        for stage, index in DENIED_STAGES:
-            cell = row[index]
-            if not cell:
-                continue
-            text = int_text(cell)
-            if text is None:
-                failures += 1
-                continue
-            fam.add_metric([row[0], stage], float(text))
-    return (fam if fam.samples else None), failures
 
 
 def version_family(snapshot: HaproxySnapshot) -> Metric | None:

@@ -82,6 +82,11 @@ def count_text(cell: str) -> str | None:
     return None if text is None or text[0] == "-" else text
 
 
+def float_text(text: str) -> str:
+    """A number as prometheus_client's encoders print a sample value (12 -> "12.0")."""
+    return str(floatToGoString(float(text)))  # type: ignore[no-untyped-call]
+
+
 def millis_text(cell: str) -> str | None:
     """A milliseconds cell as seconds in exposition text, or None if not a number."""
     if not _FLOAT.fullmatch(cell):

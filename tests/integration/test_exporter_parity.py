@@ -34,7 +34,8 @@ from tests.integration.test_exporter_http import (
 )
 from tests.netns import stop_process
 from tests.support import HttpOrigin, free_port, http_get, port_open, wait_for
-from tests.unit.metrics.test_exporter import ALL
+from tests.unit.metrics.previous_exposition import assert_renders_as_before
+from tests.unit.metrics.test_exporter import ALL, OPTION_SETS
 
 EXPORTER = "prometheus-haproxy-exporter"
 # Not part of the comparison: the exporter's own build and Go runtime metrics, and ours.
@@ -285,3 +286,16 @@ def test_promtool_finds_nothing_to_complain_about(router: tuple[Path, int]) -> N
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == b""
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_renders_a_live_answer_as_the_previous_renderer(
+    router: tuple[Path, int], openmetrics: bool
+) -> None:
+    """The column-wise renderer against the row-by-row one it replaced, on this haproxy's
+    answer (2.6, or 3.0 with EGRESS_HAPROXY_BIN): same families, byte for byte."""
+    sock, _ = router
+    snapshot = scrape_snapshot(CliSocket(sock, 5.0).command)
+    assert snapshot.up
+    for options in OPTION_SETS:
+        assert_renders_as_before(snapshot, options, openmetrics)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from haproxy_egress.metrics.destinations import (
+    FRONTENDS_COMMAND,
     OTHER,
     Counts,
     DestinationCollector,
@@ -43,7 +44,7 @@ ANSWERS = {
     "show table": SHOW_TABLES,
     "show table _egress_dst_2_pxy": SHOW_PXY,
     "show table _egress_policy": POLICY,
-    "show stat": STAT,
+    FRONTENDS_COMMAND: STAT,
 }
 
 
