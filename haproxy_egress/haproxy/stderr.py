@@ -15,8 +15,8 @@ _ROUTINE = re.compile(
 )
 # A name's answers filling a DNS slot: news, not a problem (2.6 and 3.0 word it differently).
 _DNS_NEWS = re.compile(
-    r"changed its IP from |: IP changed from '|is UP/READY \(resolves again\)|administratively READY thanks to "
-    r"valid DNS answer"
+    r"changed its IP from |: IP changed from '|is UP/READY \(resolves again\)"
+    r"|administratively READY thanks to valid DNS answer"
 )
 # The proxy (frontend or backend) a line is about: "Server B/S", "Proxy P", "frontend 'F'".
 _PROXY = re.compile(
