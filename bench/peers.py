@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,6 +72,7 @@ from bench.bed import (
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
 from haproxy_egress.config.vocabulary import Action
+from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.program import version
 from tests.netns import (
     EXTERNAL_IP,
@@ -79,7 +82,7 @@ from tests.netns import (
     start_in,
     wait_port,
 )
-from tests.netns_policy import start_router
+from tests.netns_policy import compile_router
 from tests.squid import Squid
 from tests.support import HAPROXY, DnsServer
 
@@ -95,7 +98,18 @@ OURS = "haproxy-egress"
 # need no record, or that mostly uploads (docs/configuration.md); proxy routes take neither.
 OURS_KNOBS = "haproxy-egress:knobs"
 KNOBS = {"log": False, "splice": "both"}
-PEERS = ("tuned", "nginx", "squid", "tinyproxy")
+# A forward proxy written by hand in haproxy's `mode http`: the same allow list as plain ACLs
+# (ACL_PROXY_CFG), what the router's decision chain is measured against.
+HAND = "haproxy-acl"
+PEERS = ("tuned", "nginx", HAND, "squid", "tinyproxy")
+# --cut: the router's own config with one part taken out (CUT_EDITS), to show what that part
+# costs; not configs anyone should run. Each serves only the routes that part is about.
+CUTS = {
+    "nolog": "the forward proxy without its connection log line",
+    "nocount": "the forward proxy without its policy and per-destination counters",
+    "nodecide": "the forward proxy without the policy lookups (allowed once resolved)",
+    "noauto": "the tcp and http routes without `option splice-auto` (the default before)",
+}
 # Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
 # squid and tinyproxy are only forward proxies.
 SERVES = {
@@ -105,10 +119,13 @@ SERVES = {
     OURS_KNOBS: (*TCP_ROUTES, FILE_HTTP),
     "tuned": (*TCP_ROUTES, FILE_HTTP),
     "nginx": TCP_ROUTES,
+    HAND: (PROXY,),
     "squid": (PROXY,),
     "tinyproxy": (PROXY,),
+    **{f"{OURS}:{cut}": (PROXY,) for cut in ("nolog", "nocount", "nodecide")},
+    f"{OURS}:noauto": (*TCP_ROUTES, FILE_HTTP),
 }
-EGRESS_BASE, TUNED_BASE, NGINX_BASE = 10000, 11000, 12000
+EGRESS_BASE, TUNED_BASE, NGINX_BASE, HAND_PORT = 10000, 11000, 12000, 13000
 SQUID_PORT, TINYPROXY_PORT = 3128, 8888
 LOAD_CPU, PROXY_CPU = 0, 1  # --pin
 
@@ -159,6 +176,9 @@ TUNED = {
     "t1": Tuned(threads=1),
     "tN": Tuned(threads=None),  # one thread per CPU like haproxy-egress: isolates thread count
     "splice": Tuned(None, ("splice-request", "splice-response"), 65536),
+    # Splice what destinations send, and uploads only once haproxy sees them stream (full
+    # buffers read in a row): small exchanges never touch a pipe.
+    "auto": Tuned(None, ("splice-auto", "splice-response")),
 }
 
 QUICK_TUNED = ("splice",)  # --quick: one tuned variant, to stay within a minute
@@ -285,6 +305,115 @@ FilterURLs Off
 FilterDefaultDeny Yes
 ConnectPort 80
 """
+
+
+ACL_PROXY_CFG = """global
+    nbthread {threads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+
+resolvers dns
+    nameserver ns1 127.0.0.1:53
+    hold valid 10s
+
+backend dns_cache
+    stick-table type string len 253 size 64k expire 10s store gpt0
+
+frontend proxy
+    bind {listen}:{port}
+    http-request return status 400 unless {{ url_beg -i http:// }}
+    http-request set-var(txn.host) url,field(3,/),host_only,lower
+    http-request set-var(txn.port) url,field(3,/),port_only
+    http-request set-var(txn.port) int(80) if {{ var(txn.port) -m int 0 }}
+    http-request set-var(txn.dotted) str(.),concat(,txn.host,)
+    # do-resolve keeps no answer past the request: cache it in a table for `hold valid`.
+    http-request set-var(txn.ip) var(txn.host),table_gpt0(dns_cache),ipmask(32)
+    http-request unset-var(txn.ip) if {{ var(txn.ip) -m ip 0.0.0.0/32 }}
+    http-request set-var(txn.fresh) bool(true) unless {{ var(txn.ip) -m found }}
+    http-request do-resolve(txn.ip,dns,ipv4) var(txn.host) if {{ var(txn.fresh) -m bool }}
+    acl fresh var(txn.fresh) -m bool
+    http-request track-sc1 var(txn.host) table dns_cache if fresh {{ var(txn.ip) -m found }}
+    http-request sc-set-gpt0(1) var(txn.ip) if fresh {{ var(txn.ip) -m found }}
+{acls}
+    http-request return status 503 unless {{ var(txn.ip) -m found }}
+    http-request set-dst var(txn.ip)
+    http-request set-dst-port var(txn.port)
+    http-request set-uri %[pathq]
+    http-request del-header proxy-connection
+{decide}
+    default_backend pooled
+
+backend pooled
+    http-reuse always
+    source {source}
+    server http 0.0.0.0:0
+"""
+
+
+def acl_proxy_config(rules: Sequence[policy.Rule], threads: int, port: int, source: str) -> str:
+    """A hand-written `mode http` forward proxy deciding `rules` (first match wins, default
+    deny) with one ACL and one allow or deny line per rule, as an expert would write it."""
+    acls, decide = [], []
+    for i, rule in enumerate(rules):
+        if rule.kind == "host":
+            acls.append(f"    acl rule{i} var(txn.host) -m str {rule.value}")
+        elif rule.kind == "domain":
+            acls.append(f"    acl rule{i} var(txn.dotted) -m end .{rule.value}")
+        elif isinstance(rule, policy.NetworkRule):
+            acls.append(f"    acl rule{i} var(txn.ip) -m ip {rule.network}")
+        else:
+            raise ValueError(f"the hand-written proxy has no ACL for {rule.text}")
+        verb = "deny deny_status 403" if rule.action == Action.DENY else "allow"
+        decide.append(f"    http-request {verb} if rule{i}")
+    decide.append("    http-request deny deny_status 403")
+    return ACL_PROXY_CFG.format(
+        threads=threads,
+        listen=ROUTER_CLIENT_IP,
+        port=port,
+        source=source,
+        acls="\n".join(acls),
+        decide="\n".join(decide),
+    )
+
+
+def _cut(text: str, start: str, stop: str) -> str:
+    """`text` without its lines from the first containing `start` to the last containing
+    `stop` (both included)."""
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if start in line)
+    last = max(i for i, line in enumerate(lines) if stop in line)
+    return "".join(lines[:first] + lines[last + 1 :])
+
+
+# What each --cut removes from the router's haproxy.cfg (of the forward proxy, only the
+# http-request path of plain requests is measured, so only those lines are cut).
+CUT_EDITS: dict[str, Callable[[str], str]] = {
+    "nolog": lambda cfg: re.sub(r"(?m)^    log-format .*$", "    no log", cfg),
+    "nocount": lambda cfg: re.sub(
+        r"(?m)^    http-request (track-sc[02]|sc-inc-gpc[01]\([02]\)) .*\n", "", cfg
+    ),
+    "nodecide": lambda cfg: _cut(
+        cfg, "http-request set-var(txn.egress_group) src,map_ip", "http-request set-var-fmt("
+    ).replace(
+        "    http-request track-sc0 ",
+        "    http-request set-var(txn.egress_verdict) str(allow)\n    http-request track-sc0 ",
+        1,
+    ),
+    "noauto": lambda cfg: re.sub(r"(?m)^    option splice-auto\n", "", cfg),
+}
+
+
+def cut_config(live: str, cut: str) -> str:
+    """The router's config `live` with CUT_EDITS[cut] applied."""
+    cfg = CUT_EDITS[cut](live)
+    if cfg == live:
+        raise ValueError(f"--cut {cut}: nothing to cut in the router's config")
+    return cfg
 
 
 @dataclass
@@ -432,33 +561,44 @@ class Bench:
             wait_port(self.bed.client, ROUTER_CLIENT_IP, port, timeout=30, proc=started)
         return Candidate(name, kind, ROUTER_CLIENT_IP, ports, Costs(started))
 
-    def egress(self, name: str, base: int, source: str) -> Candidate:
+    def egress(self, name: str, base: int, source: str, cut: str | None = None) -> Candidate:
         """haproxy-egress: TCP routes from EGRESS_DESTINATION lines, the HTTP route and the
-        forward proxy from a YAML key, compiled and checked as the router does; OURS_KNOBS
-        adds `defaults: KNOBS` to the key (and has no forward proxy)."""
+        forward proxy from a YAML key, compiled and checked as the router does, for the routes
+        SERVES gives `name`; OURS_KNOBS adds `defaults: KNOBS` to the key; `cut` takes
+        CUT_EDITS[cut] out of the compiled config."""
         ports = _ports(base, SERVES[name])
-        lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES]
-        routes: list[dict[str, object]] = [
-            {
-                "name": "download-http",
-                "mode": "http",
-                "listen": ports[FILE_HTTP],
-                "destinations": [f"{EXTERNAL_IP}:{FILE_PORT}"],
-            },
-        ]
-        key: dict[str, object] = {"routes": routes}
-        if PROXY in ports:
-            routes.append({"name": "web", "listen": ports[PROXY], "mode": "proxy", "policy": RULES})
-            key["resolvers"] = {"nameservers": ["127.0.0.1:53"]}
+        lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES if r in ports]
+        key = self.proxy_route(ports[PROXY]) if PROXY in ports else {}
+        routes = key.setdefault("routes", [])
+        if FILE_HTTP in ports:
+            destinations = [f"{EXTERNAL_IP}:{FILE_PORT}"]
+            download = {"mode": "http", "listen": ports[FILE_HTTP], "destinations": destinations}
+            routes.insert(0, {"name": "download-http", **download})
         if name == OURS_KNOBS:
             key["defaults"] = KNOBS
         env = {"EGRESS_DESTINATION": "\n".join(lines), "EGRESS_SOURCE": source}
         workdir = self.workdir / name.replace(":", "-")
+        cfg = compile_router(workdir, {"bench.yaml": key}, env, haproxy_bin=self.haproxy)
+        if cut is not None:
+            cfg.write_text(cut_config(cfg.read_text(), cut))
+            check(cfg, self.haproxy)
         with self.proxy_cpu():
-            started, _ = start_router(
-                self.bed, workdir, {"bench.yaml": key}, env, [], haproxy_bin=self.haproxy
-            )
+            started = self.bed.start(self.bed.router, [self.haproxy, "-db", "-f", str(cfg)])
         return self._ready(name, "ours", started, ports)
+
+    def proxy_route(self, port: int) -> dict[str, Any]:
+        """The YAML key of the forward-proxy route alone (RULES, names from the bed's DNS)."""
+        route = {"name": "web", "listen": port, "mode": "proxy", "policy": RULES}
+        return {"routes": [route], "resolvers": {"nameservers": ["127.0.0.1:53"]}}
+
+    def acl_proxy(self, source: str) -> Candidate:
+        cfg = self.workdir / "haproxy-acl.cfg"
+        rules = policy.parse_rules(RULES)
+        cfg.write_text(acl_proxy_config(rules, self.proxy_cpus, HAND_PORT, source))
+        check(cfg, self.haproxy)
+        with self.proxy_cpu():
+            started = self.bed.start(self.bed.router, [self.haproxy, "-db", "-f", str(cfg)])
+        return self._ready(HAND, "peer", started, {PROXY: HAND_PORT})
 
     def tuned(self, index: int, name: str, source: str) -> Candidate:
         ports = _ports(TUNED_BASE + 10 * index, SERVES["tuned"])
@@ -522,23 +662,26 @@ class Bench:
         return Sample(value, cpu, elapsed)
 
 
-def candidate_names(tuned: Sequence[str]) -> list[str]:
+def candidate_names(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[str]:
     """Every candidate of a run, in table order."""
     tuned_names = [f"tuned:{t}" for t in tuned]
-    return [*LIMITS, OURS, OURS_KNOBS, *tuned_names, "nginx", "squid", "tinyproxy"]
+    ours = [OURS, OURS_KNOBS, *(f"{OURS}:{cut}" for cut in cuts)]
+    return [*LIMITS, *ours, *tuned_names, "nginx", HAND, "squid", "tinyproxy"]
 
 
-def plan(tuned: Sequence[str]) -> list[tuple[str, str]]:
+def plan(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Every (workload, candidate) cell a run measures (the smoke test checks each is printed)."""
     return [
         (w.name, name)
         for w in WORKLOADS
-        for name in candidate_names(tuned)
+        for name in candidate_names(tuned, cuts)
         if w.route in SERVES.get(name, SERVES[name.split(":")[0]])
     ]
 
 
-def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
+def start_candidates(
+    bench: Bench, tuned: Sequence[str], cuts: Sequence[str] = ()
+) -> list[Candidate]:
     """Every candidate, each leaving from its own source address."""
     bed = bench.bed
     bench.dnat_source = bed.add_router_source()
@@ -551,11 +694,16 @@ def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
         bench.egress(OURS, EGRESS_BASE, bed.add_router_source()),
         bench.egress(OURS_KNOBS, EGRESS_BASE + 10, bed.add_router_source()),
     ]
+    out += [
+        bench.egress(f"{OURS}:{cut}", EGRESS_BASE + 20 + 10 * i, bed.add_router_source(), cut)
+        for i, cut in enumerate(cuts)
+    ]
     out += [bench.tuned(i, name, bed.add_router_source()) for i, name in enumerate(tuned)]
     out.append(bench.nginx(bed.add_router_source()))
+    out.append(bench.acl_proxy(bed.add_router_source()))
     out.append(bench.squid(bed.add_router_source()))
     out.append(bench.tinyproxy(bed.add_router_source()))
-    assert [c.name for c in out] == candidate_names(tuned)
+    assert [c.name for c in out] == candidate_names(tuned, cuts)
     return out
 
 
@@ -564,7 +712,10 @@ Samples = dict[tuple[str, str], list[Sample]]
 
 def run(args: argparse.Namespace) -> int:
     tuned = args.tuned.split(",")
-    if cannot_run("peers", tuned, TUNED, "tuned variants"):
+    cuts = args.cut.split(",") if args.cut else []
+    if cannot_run("peers", tuned, TUNED, "tuned variants") or (
+        cuts and cannot_run("peers", cuts, CUTS, "cuts")
+    ):
         return 2
     if args.pin:
         if len(os.sched_getaffinity(0)) < 2:
@@ -587,7 +738,7 @@ def run(args: argparse.Namespace) -> int:
             origins.start()
             bed.forwarding(True)  # the direct and DNAT paths are routed by the router namespace
             bench.start_names()
-            candidates = start_candidates(bench, tuned)
+            candidates = start_candidates(bench, tuned, cuts)
             costs = {c.name: c.costs for c in candidates if c.costs is not None}
             for round_ in range(args.repeat):
                 if round_ and time.monotonic() > deadline:
@@ -621,6 +772,9 @@ def run(args: argparse.Namespace) -> int:
     for name in tuned:
         print(f"  tuned:{name}: {TUNED[name].describe(proxy_cpus)}")
     print(f"  nginx: worker_processes {proxy_cpus}, reuseport, proxy_buffer_size 64k")
+    print(f"  {HAND}: mode http, nbthread {proxy_cpus}, one ACL per rule, no log")
+    for cut in cuts:
+        print(f"{OURS}:{cut}: {CUTS[cut]}")
     return 0
 
 
@@ -732,6 +886,12 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.3, help="pause after a measurement")
     parser.add_argument("--max-seconds", type=float, default=1800, help="no new round after")
     parser.add_argument("--only", action="append", help="run only workloads containing this")
+    parser.add_argument(
+        "--cut",
+        default="",
+        help="also run the router's config without one part, comma-separated: "
+        + "; ".join(f"{k}: {v}" for k, v in CUTS.items()),
+    )
     parser.add_argument(
         "--haproxy",
         default=HAPROXY,
