@@ -3,6 +3,7 @@
     .venv/bin/python bench/peers.py [--duration 3] [--repeat 3] [--pin] [--tuned t1,splice]
     .venv/bin/python bench/peers.py --quick     # CI smoke run: every cell once, < 60 s
     .venv/bin/python bench/peers.py --haproxy /usr/local/bin/haproxy30   # the image's 3.0
+    .venv/bin/python bench/peers.py --only "proxy, keep" --cut nolog,nocount,nodecide
 
 `--haproxy` is the binary haproxy-egress and the hand-tuned peers run (default: Debian 12's
 2.6, or EGRESS_HAPROXY_BIN); the header names its version, so runs on 2.6 and 3.0 can be put
@@ -19,7 +20,11 @@ One interleaved run in the namespaces of tests/netns.py (client → router → e
 - `tuned:<variant>`: haproxy configs for the same routes written by hand, as an expert would
   (TUNED says what each sets), with no log at all;
 - `nginx`: Debian's nginx stream module (TCP routes), with the knobs nginx's docs suggest;
-- `squid` and `tinyproxy`: Debian's forward proxies, with the same allow list as the route.
+- `haproxy-acl`: a forward proxy written by hand in haproxy's `mode http`, the same allow list
+  as plain ACLs (no CONNECT: mode http forwards no tunnel), the bare cost of the decision;
+- `squid` and `tinyproxy`: Debian's forward proxies, with the same allow list as the route;
+- with `--cut`: `haproxy-egress:<cut>`, the router's compiled config with one part taken out
+  (CUTS says which), to price that part; `noauto` is the default before uploads were spliced.
 
 Workloads: small requests keep-alive and one per connection (wrk), one and four bulk streams
 (iperf3), a large download through a TCP and an HTTP route (curl), and through the forward
@@ -101,6 +106,7 @@ KNOBS = {"log": False, "splice": "both"}
 # A forward proxy written by hand in haproxy's `mode http`: the same allow list as plain ACLs
 # (ACL_PROXY_CFG), what the router's decision chain is measured against.
 HAND = "haproxy-acl"
+PLAIN_ONLY = {HAND}  # haproxy's mode http forwards no CONNECT tunnel
 PEERS = ("tuned", "nginx", HAND, "squid", "tinyproxy")
 # --cut: the router's own config with one part taken out (CUT_EDITS), to show what that part
 # costs; not configs anyone should run. Each serves only the routes that part is about.
@@ -441,6 +447,12 @@ class Workload:
     route: str
     measure: Measure
     goal: str  # what haproxy-egress should reach, checked in `verdicts`
+    tunnel: bool = False  # CONNECT: only candidates outside PLAIN_ONLY speak it
+
+    def serves(self, candidate: str) -> bool:
+        """Whether `candidate` takes part in this workload."""
+        routes = SERVES.get(candidate, SERVES[candidate.split(":", maxsplit=1)[0]])
+        return self.route in routes and not (self.tunnel and candidate in PLAIN_ONLY)
 
 
 def _small(close: bool) -> Measure:
@@ -484,7 +496,7 @@ WORKLOADS = (
     Workload("download, http route", "Gbit/s", FILE_HTTP, _download, HTTP_GOAL),
     Workload("proxy, keep-alive", "req/s", PROXY, _proxied(close=False), PROXY_GOAL),
     Workload("proxy, new conn", "req/s", PROXY, _proxied(close=True), PROXY_GOAL),
-    Workload("CONNECT + 1 request", "req/s", PROXY, _connect, PROXY_GOAL),
+    Workload("CONNECT + 1 request", "req/s", PROXY, _connect, PROXY_GOAL, tunnel=True),
 )
 
 
@@ -672,10 +684,7 @@ def candidate_names(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[str]
 def plan(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Every (workload, candidate) cell a run measures (the smoke test checks each is printed)."""
     return [
-        (w.name, name)
-        for w in WORKLOADS
-        for name in candidate_names(tuned, cuts)
-        if w.route in SERVES.get(name, SERVES[name.split(":")[0]])
+        (w.name, name) for w in WORKLOADS for name in candidate_names(tuned, cuts) if w.serves(name)
     ]
 
 
@@ -728,7 +737,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     samples: Samples = {}
     rounds = 0
-    with tempfile.TemporaryDirectory(prefix="egress-peers-") as tmp, TestBed(Path(tmp)) as bed:
+    with (
+        tempfile.TemporaryDirectory(prefix="egress-peers-") as tmp,
+        TestBed(Path(tmp), prefix=args.netns_prefix) as bed,
+    ):
         workdir = Path(tmp)
         bench = Bench(
             bed, workdir, args.duration, args.settle, args.pin, proxy_cpus, haproxy=args.haproxy
@@ -747,7 +759,7 @@ def run(args: argparse.Namespace) -> int:
                 rounds += 1
                 for w in workloads:
                     for c in rotated(candidates, round_):
-                        if w.route not in c.ports:
+                        if not w.serves(c.name):
                             continue
                         sample = bench.measure(w, c)
                         samples.setdefault((w.name, c.name), []).append(sample)
@@ -886,6 +898,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.3, help="pause after a measurement")
     parser.add_argument("--max-seconds", type=float, default=1800, help="no new round after")
     parser.add_argument("--only", action="append", help="run only workloads containing this")
+    parser.add_argument(
+        "--netns-prefix", default="he", help="start of the names of the bench's namespaces"
+    )
     parser.add_argument(
         "--cut",
         default="",
