@@ -115,7 +115,20 @@ CUTS = {
     "nocount": "the forward proxy without its policy and per-destination counters",
     "nodecide": "the forward proxy without the policy lookups (allowed once resolved)",
     "noauto": "the tcp and http routes without `option splice-auto` (the default before)",
+    "trim": "the forward proxy deciding alike with less work per request (TRIMS)",
 }
+# Work the forward proxy's chain does on every request that the same behaviour does not need:
+# the URL copied into a variable only to test its start, and the IPv6-bracket substitutions
+# (two regexes) run on names that have no bracket.
+TRIMS = (
+    ("    http-request set-var(txn.egress_url) url\n", ""),
+    ("unless { var(txn.egress_url) -m beg -i http:// }", "unless { url_beg -i http:// }"),
+    (
+        "regsub(^\\\\[,),regsub(\\\\]$,)\n",
+        "regsub(^\\\\[,),regsub(\\\\]$,)"
+        " if { var(txn.dsthost) -m beg [ } || { var(txn.dsthost) -m end ] }\n",
+    ),
+)
 # Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
 # squid and tinyproxy are only forward proxies.
 SERVES = {
@@ -128,7 +141,7 @@ SERVES = {
     HAND: (PROXY,),
     "squid": (PROXY,),
     "tinyproxy": (PROXY,),
-    **{f"{OURS}:{cut}": (PROXY,) for cut in ("nolog", "nocount", "nodecide")},
+    **{f"{OURS}:{cut}": (PROXY,) for cut in ("nolog", "nocount", "nodecide", "trim")},
     f"{OURS}:noauto": (*TCP_ROUTES, FILE_HTTP),
 }
 EGRESS_BASE, TUNED_BASE, NGINX_BASE, HAND_PORT = 10000, 11000, 12000, 13000
@@ -411,7 +424,18 @@ CUT_EDITS: dict[str, Callable[[str], str]] = {
         1,
     ),
     "noauto": lambda cfg: re.sub(r"(?m)^    option splice-auto\n", "", cfg),
+    "trim": lambda cfg: _replace_all(cfg, TRIMS),
 }
+
+
+def _replace_all(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """`text` with each (old, new) replaced; an `old` that is not there is an error (the
+    template changed under the bench)."""
+    for old, new in pairs:
+        if old not in text:
+            raise ValueError(f"--cut: {old!r} is not in the router's config")
+        text = text.replace(old, new)
+    return text
 
 
 def cut_config(live: str, cut: str) -> str:
