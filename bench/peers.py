@@ -558,7 +558,7 @@ class Bench:
     @contextlib.contextmanager
     def proxy_cpu(self) -> Iterator[None]:
         """Processes started in the block run on the proxy's core (--pin): they inherit this
-        thread's affinity, so every starter (tests.squid, start_router) is pinned alike."""
+        thread's affinity, so every starter (tests.squid, bed.start) is pinned alike."""
         if not self.pin:
             yield
             return
