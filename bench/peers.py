@@ -3,6 +3,7 @@
     .venv/bin/python bench/peers.py [--duration 3] [--repeat 3] [--pin] [--tuned t1,splice]
     .venv/bin/python bench/peers.py --quick     # CI smoke run: every cell once, < 60 s
     .venv/bin/python bench/peers.py --haproxy /usr/local/bin/haproxy30   # the image's 3.0
+    .venv/bin/python bench/peers.py --only "proxy, keep" --cut nolog,nocount,nodecide
 
 `--haproxy` is the binary haproxy-egress and the hand-tuned peers run (default: Debian 12's
 2.6, or EGRESS_HAPROXY_BIN); the header names its version, so runs on 2.6 and 3.0 can be put
@@ -19,7 +20,11 @@ One interleaved run in the namespaces of tests/netns.py (client → router → e
 - `tuned:<variant>`: haproxy configs for the same routes written by hand, as an expert would
   (TUNED says what each sets), with no log at all;
 - `nginx`: Debian's nginx stream module (TCP routes), with the knobs nginx's docs suggest;
-- `squid` and `tinyproxy`: Debian's forward proxies, with the same allow list as the route.
+- `haproxy-acl`: a forward proxy written by hand in haproxy's `mode http`, the same allow list
+  as plain ACLs (no CONNECT: mode http forwards no tunnel), the bare cost of the decision;
+- `squid` and `tinyproxy`: Debian's forward proxies, with the same allow list as the route;
+- with `--cut`: `haproxy-egress:<cut>`, the router's compiled config with one part taken out
+  (CUTS says which), to price that part; `noauto` is the default before uploads were spliced.
 
 Workloads: small requests keep-alive and one per connection (wrk), one and four bulk streams
 (iperf3), a large download through a TCP and an HTTP route (curl), and through the forward
@@ -39,6 +44,7 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -46,6 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,6 +77,7 @@ from bench.bed import (
 from bench.policy_proxy import RULES
 from haproxy_egress.config import policy
 from haproxy_egress.config.vocabulary import Action
+from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.program import version
 from tests.netns import (
     EXTERNAL_IP,
@@ -79,7 +87,7 @@ from tests.netns import (
     start_in,
     wait_port,
 )
-from tests.netns_policy import start_router
+from tests.netns_policy import compile_router
 from tests.squid import Squid
 from tests.support import HAPROXY, DnsServer
 
@@ -95,7 +103,32 @@ OURS = "haproxy-egress"
 # need no record, or that mostly uploads (docs/configuration.md); proxy routes take neither.
 OURS_KNOBS = "haproxy-egress:knobs"
 KNOBS = {"log": False, "splice": "both"}
-PEERS = ("tuned", "nginx", "squid", "tinyproxy")
+# A forward proxy written by hand in haproxy's `mode http`: the same allow list as plain ACLs
+# (ACL_PROXY_CFG), what the router's decision chain is measured against.
+HAND = "haproxy-acl"
+PLAIN_ONLY = {HAND}  # haproxy's mode http forwards no CONNECT tunnel
+PEERS = ("tuned", "nginx", HAND, "squid", "tinyproxy")
+# --cut: the router's own config with one part taken out (CUT_EDITS), to show what that part
+# costs; not configs anyone should run. Each serves only the routes that part is about.
+CUTS = {
+    "nolog": "the forward proxy without its connection log line",
+    "nocount": "the forward proxy without its policy and per-destination counters",
+    "nodecide": "the forward proxy without the policy lookups (allowed once resolved)",
+    "noauto": "the tcp and http routes without `option splice-auto` (the default before)",
+    "trim": "the forward proxy deciding alike with less work per request (TRIMS)",
+}
+# Work the forward proxy's chain does on every request that the same behaviour does not need:
+# the URL copied into a variable only to test its start, and the IPv6-bracket substitutions
+# (two regexes) run on names that have no bracket.
+TRIMS = (
+    ("    http-request set-var(txn.egress_url) url\n", ""),
+    ("unless { var(txn.egress_url) -m beg -i http:// }", "unless { url_beg -i http:// }"),
+    (
+        "regsub(^\\\\[,),regsub(\\\\]$,)\n",
+        "regsub(^\\\\[,),regsub(\\\\]$,)"
+        " if { var(txn.dsthost) -m beg [ } || { var(txn.dsthost) -m end ] }\n",
+    ),
+)
 # Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
 # squid and tinyproxy are only forward proxies.
 SERVES = {
@@ -105,10 +138,13 @@ SERVES = {
     OURS_KNOBS: (*TCP_ROUTES, FILE_HTTP),
     "tuned": (*TCP_ROUTES, FILE_HTTP),
     "nginx": TCP_ROUTES,
+    HAND: (PROXY,),
     "squid": (PROXY,),
     "tinyproxy": (PROXY,),
+    **{f"{OURS}:{cut}": (PROXY,) for cut in ("nolog", "nocount", "nodecide", "trim")},
+    f"{OURS}:noauto": (*TCP_ROUTES, FILE_HTTP),
 }
-EGRESS_BASE, TUNED_BASE, NGINX_BASE = 10000, 11000, 12000
+EGRESS_BASE, TUNED_BASE, NGINX_BASE, HAND_PORT = 10000, 11000, 12000, 13000
 SQUID_PORT, TINYPROXY_PORT = 3128, 8888
 LOAD_CPU, PROXY_CPU = 0, 1  # --pin
 
@@ -159,6 +195,9 @@ TUNED = {
     "t1": Tuned(threads=1),
     "tN": Tuned(threads=None),  # one thread per CPU like haproxy-egress: isolates thread count
     "splice": Tuned(None, ("splice-request", "splice-response"), 65536),
+    # Splice what destinations send, and uploads only once haproxy sees them stream (full
+    # buffers read in a row): small exchanges never touch a pipe.
+    "auto": Tuned(None, ("splice-auto", "splice-response")),
 }
 
 QUICK_TUNED = ("splice",)  # --quick: one tuned variant, to stay within a minute
@@ -287,6 +326,126 @@ ConnectPort 80
 """
 
 
+ACL_PROXY_CFG = """global
+    nbthread {threads}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+
+resolvers dns
+    nameserver ns1 127.0.0.1:53
+    hold valid 10s
+
+backend dns_cache
+    stick-table type string len 253 size 64k expire 10s store gpt0
+
+frontend proxy
+    bind {listen}:{port}
+    http-request return status 400 unless {{ url_beg -i http:// }}
+    http-request set-var(txn.host) url,field(3,/),host_only,lower
+    http-request set-var(txn.port) url,field(3,/),port_only
+    http-request set-var(txn.port) int(80) if {{ var(txn.port) -m int 0 }}
+    http-request set-var(txn.dotted) str(.),concat(,txn.host,)
+    # do-resolve keeps no answer past the request: cache it in a table for `hold valid`.
+    http-request set-var(txn.ip) var(txn.host),table_gpt0(dns_cache),ipmask(32)
+    http-request unset-var(txn.ip) if {{ var(txn.ip) -m ip 0.0.0.0/32 }}
+    http-request set-var(txn.fresh) bool(true) unless {{ var(txn.ip) -m found }}
+    http-request do-resolve(txn.ip,dns,ipv4) var(txn.host) if {{ var(txn.fresh) -m bool }}
+    acl fresh var(txn.fresh) -m bool
+    http-request track-sc1 var(txn.host) table dns_cache if fresh {{ var(txn.ip) -m found }}
+    http-request sc-set-gpt0(1) var(txn.ip) if fresh {{ var(txn.ip) -m found }}
+{acls}
+    http-request return status 503 unless {{ var(txn.ip) -m found }}
+    http-request set-dst var(txn.ip)
+    http-request set-dst-port var(txn.port)
+    http-request set-uri %[pathq]
+    http-request del-header proxy-connection
+{decide}
+    default_backend pooled
+
+backend pooled
+    http-reuse always
+    source {source}
+    server http 0.0.0.0:0
+"""
+
+
+def acl_proxy_config(rules: Sequence[policy.Rule], threads: int, port: int, source: str) -> str:
+    """A hand-written `mode http` forward proxy deciding `rules` (first match wins, default
+    deny) with one ACL and one allow or deny line per rule, as an expert would write it."""
+    acls, decide = [], []
+    for i, rule in enumerate(rules):
+        if rule.kind == "host":
+            acls.append(f"    acl rule{i} var(txn.host) -m str {rule.value}")
+        elif rule.kind == "domain":
+            acls.append(f"    acl rule{i} var(txn.dotted) -m end .{rule.value}")
+        elif isinstance(rule, policy.NetworkRule):
+            acls.append(f"    acl rule{i} var(txn.ip) -m ip {rule.network}")
+        else:
+            raise ValueError(f"the hand-written proxy has no ACL for {rule.text}")
+        verb = "deny deny_status 403" if rule.action == Action.DENY else "allow"
+        decide.append(f"    http-request {verb} if rule{i}")
+    decide.append("    http-request deny deny_status 403")
+    return ACL_PROXY_CFG.format(
+        threads=threads,
+        listen=ROUTER_CLIENT_IP,
+        port=port,
+        source=source,
+        acls="\n".join(acls),
+        decide="\n".join(decide),
+    )
+
+
+def _cut(text: str, start: str, stop: str) -> str:
+    """`text` without its lines from the first containing `start` to the last containing
+    `stop` (both included)."""
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if start in line)
+    last = max(i for i, line in enumerate(lines) if stop in line)
+    return "".join(lines[:first] + lines[last + 1 :])
+
+
+# What each --cut removes from the router's haproxy.cfg (of the forward proxy, only the
+# http-request path of plain requests is measured, so only those lines are cut).
+CUT_EDITS: dict[str, Callable[[str], str]] = {
+    "nolog": lambda cfg: re.sub(r"(?m)^    log-format .*$", "    no log", cfg),
+    "nocount": lambda cfg: re.sub(
+        r"(?m)^    http-request (track-sc[02]|sc-inc-gpc[01]\([02]\)) .*\n", "", cfg
+    ),
+    "nodecide": lambda cfg: _cut(
+        cfg, "http-request set-var(txn.egress_group) src,map_ip", "http-request set-var-fmt("
+    ).replace(
+        "    http-request track-sc0 ",
+        "    http-request set-var(txn.egress_verdict) str(allow)\n    http-request track-sc0 ",
+        1,
+    ),
+    "noauto": lambda cfg: re.sub(r"(?m)^    option splice-auto\n", "", cfg),
+    "trim": lambda cfg: _replace_all(cfg, TRIMS),
+}
+
+
+def _replace_all(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """`text` with each (old, new) replaced; an `old` that is not there is an error (the
+    template changed under the bench)."""
+    for old, new in pairs:
+        if old not in text:
+            raise ValueError(f"--cut: {old!r} is not in the router's config")
+        text = text.replace(old, new)
+    return text
+
+
+def cut_config(live: str, cut: str) -> str:
+    """The router's config `live` with CUT_EDITS[cut] applied."""
+    cfg = CUT_EDITS[cut](live)
+    if cfg == live:
+        raise ValueError(f"--cut {cut}: nothing to cut in the router's config")
+    return cfg
+
+
 @dataclass
 class SourcedSquid(Squid):
     """tests.squid's squid (Red Hat's ACL lines), leaving from its own source address."""
@@ -312,6 +471,12 @@ class Workload:
     route: str
     measure: Measure
     goal: str  # what haproxy-egress should reach, checked in `verdicts`
+    tunnel: bool = False  # CONNECT: only candidates outside PLAIN_ONLY speak it
+
+    def serves(self, candidate: str) -> bool:
+        """Whether `candidate` takes part in this workload."""
+        routes = SERVES.get(candidate, SERVES[candidate.split(":", maxsplit=1)[0]])
+        return self.route in routes and not (self.tunnel and candidate in PLAIN_ONLY)
 
 
 def _small(close: bool) -> Measure:
@@ -355,7 +520,7 @@ WORKLOADS = (
     Workload("download, http route", "Gbit/s", FILE_HTTP, _download, HTTP_GOAL),
     Workload("proxy, keep-alive", "req/s", PROXY, _proxied(close=False), PROXY_GOAL),
     Workload("proxy, new conn", "req/s", PROXY, _proxied(close=True), PROXY_GOAL),
-    Workload("CONNECT + 1 request", "req/s", PROXY, _connect, PROXY_GOAL),
+    Workload("CONNECT + 1 request", "req/s", PROXY, _connect, PROXY_GOAL, tunnel=True),
 )
 
 
@@ -393,7 +558,7 @@ class Bench:
     @contextlib.contextmanager
     def proxy_cpu(self) -> Iterator[None]:
         """Processes started in the block run on the proxy's core (--pin): they inherit this
-        thread's affinity, so every starter (tests.squid, start_router) is pinned alike."""
+        thread's affinity, so every starter (tests.squid, bed.start) is pinned alike."""
         if not self.pin:
             yield
             return
@@ -432,33 +597,44 @@ class Bench:
             wait_port(self.bed.client, ROUTER_CLIENT_IP, port, timeout=30, proc=started)
         return Candidate(name, kind, ROUTER_CLIENT_IP, ports, Costs(started))
 
-    def egress(self, name: str, base: int, source: str) -> Candidate:
+    def egress(self, name: str, base: int, source: str, cut: str | None = None) -> Candidate:
         """haproxy-egress: TCP routes from EGRESS_DESTINATION lines, the HTTP route and the
-        forward proxy from a YAML key, compiled and checked as the router does; OURS_KNOBS
-        adds `defaults: KNOBS` to the key (and has no forward proxy)."""
+        forward proxy from a YAML key, compiled and checked as the router does, for the routes
+        SERVES gives `name`; OURS_KNOBS adds `defaults: KNOBS` to the key; `cut` takes
+        CUT_EDITS[cut] out of the compiled config."""
         ports = _ports(base, SERVES[name])
-        lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES]
-        routes: list[dict[str, object]] = [
-            {
-                "name": "download-http",
-                "mode": "http",
-                "listen": ports[FILE_HTTP],
-                "destinations": [f"{EXTERNAL_IP}:{FILE_PORT}"],
-            },
-        ]
-        key: dict[str, object] = {"routes": routes}
-        if PROXY in ports:
-            routes.append({"name": "web", "listen": ports[PROXY], "mode": "proxy", "policy": RULES})
-            key["resolvers"] = {"nameservers": ["127.0.0.1:53"]}
+        lines = [f"{ports[r]} tcp {EXTERNAL_IP} {ORIGIN[r]}" for r in TCP_ROUTES if r in ports]
+        key = self.proxy_route(ports[PROXY]) if PROXY in ports else {}
+        routes = key.setdefault("routes", [])
+        if FILE_HTTP in ports:
+            destinations = [f"{EXTERNAL_IP}:{FILE_PORT}"]
+            download = {"mode": "http", "listen": ports[FILE_HTTP], "destinations": destinations}
+            routes.insert(0, {"name": "download-http", **download})
         if name == OURS_KNOBS:
             key["defaults"] = KNOBS
         env = {"EGRESS_DESTINATION": "\n".join(lines), "EGRESS_SOURCE": source}
         workdir = self.workdir / name.replace(":", "-")
+        cfg = compile_router(workdir, {"bench.yaml": key}, env, haproxy_bin=self.haproxy)
+        if cut is not None:
+            cfg.write_text(cut_config(cfg.read_text(), cut))
+            check(cfg, self.haproxy)
         with self.proxy_cpu():
-            started, _ = start_router(
-                self.bed, workdir, {"bench.yaml": key}, env, [], haproxy_bin=self.haproxy
-            )
+            started = self.bed.start(self.bed.router, [self.haproxy, "-db", "-f", str(cfg)])
         return self._ready(name, "ours", started, ports)
+
+    def proxy_route(self, port: int) -> dict[str, Any]:
+        """The YAML key of the forward-proxy route alone (RULES, names from the bed's DNS)."""
+        route = {"name": "web", "listen": port, "mode": "proxy", "policy": RULES}
+        return {"routes": [route], "resolvers": {"nameservers": ["127.0.0.1:53"]}}
+
+    def acl_proxy(self, source: str) -> Candidate:
+        cfg = self.workdir / "haproxy-acl.cfg"
+        rules = policy.parse_rules(RULES)
+        cfg.write_text(acl_proxy_config(rules, self.proxy_cpus, HAND_PORT, source))
+        check(cfg, self.haproxy)
+        with self.proxy_cpu():
+            started = self.bed.start(self.bed.router, [self.haproxy, "-db", "-f", str(cfg)])
+        return self._ready(HAND, "peer", started, {PROXY: HAND_PORT})
 
     def tuned(self, index: int, name: str, source: str) -> Candidate:
         ports = _ports(TUNED_BASE + 10 * index, SERVES["tuned"])
@@ -522,23 +698,23 @@ class Bench:
         return Sample(value, cpu, elapsed)
 
 
-def candidate_names(tuned: Sequence[str]) -> list[str]:
+def candidate_names(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[str]:
     """Every candidate of a run, in table order."""
     tuned_names = [f"tuned:{t}" for t in tuned]
-    return [*LIMITS, OURS, OURS_KNOBS, *tuned_names, "nginx", "squid", "tinyproxy"]
+    ours = [OURS, OURS_KNOBS, *(f"{OURS}:{cut}" for cut in cuts)]
+    return [*LIMITS, *ours, *tuned_names, "nginx", HAND, "squid", "tinyproxy"]
 
 
-def plan(tuned: Sequence[str]) -> list[tuple[str, str]]:
+def plan(tuned: Sequence[str], cuts: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Every (workload, candidate) cell a run measures (the smoke test checks each is printed)."""
     return [
-        (w.name, name)
-        for w in WORKLOADS
-        for name in candidate_names(tuned)
-        if w.route in SERVES.get(name, SERVES[name.split(":")[0]])
+        (w.name, name) for w in WORKLOADS for name in candidate_names(tuned, cuts) if w.serves(name)
     ]
 
 
-def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
+def start_candidates(
+    bench: Bench, tuned: Sequence[str], cuts: Sequence[str] = ()
+) -> list[Candidate]:
     """Every candidate, each leaving from its own source address."""
     bed = bench.bed
     bench.dnat_source = bed.add_router_source()
@@ -551,11 +727,16 @@ def start_candidates(bench: Bench, tuned: Sequence[str]) -> list[Candidate]:
         bench.egress(OURS, EGRESS_BASE, bed.add_router_source()),
         bench.egress(OURS_KNOBS, EGRESS_BASE + 10, bed.add_router_source()),
     ]
+    out += [
+        bench.egress(f"{OURS}:{cut}", EGRESS_BASE + 20 + 10 * i, bed.add_router_source(), cut)
+        for i, cut in enumerate(cuts)
+    ]
     out += [bench.tuned(i, name, bed.add_router_source()) for i, name in enumerate(tuned)]
     out.append(bench.nginx(bed.add_router_source()))
+    out.append(bench.acl_proxy(bed.add_router_source()))
     out.append(bench.squid(bed.add_router_source()))
     out.append(bench.tinyproxy(bed.add_router_source()))
-    assert [c.name for c in out] == candidate_names(tuned)
+    assert [c.name for c in out] == candidate_names(tuned, cuts)
     return out
 
 
@@ -564,7 +745,10 @@ Samples = dict[tuple[str, str], list[Sample]]
 
 def run(args: argparse.Namespace) -> int:
     tuned = args.tuned.split(",")
-    if cannot_run("peers", tuned, TUNED, "tuned variants"):
+    cuts = args.cut.split(",") if args.cut else []
+    if cannot_run("peers", tuned, TUNED, "tuned variants") or (
+        cuts and cannot_run("peers", cuts, CUTS, "cuts")
+    ):
         return 2
     if args.pin:
         if len(os.sched_getaffinity(0)) < 2:
@@ -577,7 +761,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     samples: Samples = {}
     rounds = 0
-    with tempfile.TemporaryDirectory(prefix="egress-peers-") as tmp, TestBed(Path(tmp)) as bed:
+    with (
+        tempfile.TemporaryDirectory(prefix="egress-peers-") as tmp,
+        TestBed(Path(tmp), prefix=args.netns_prefix) as bed,
+    ):
         workdir = Path(tmp)
         bench = Bench(
             bed, workdir, args.duration, args.settle, args.pin, proxy_cpus, haproxy=args.haproxy
@@ -587,7 +774,7 @@ def run(args: argparse.Namespace) -> int:
             origins.start()
             bed.forwarding(True)  # the direct and DNAT paths are routed by the router namespace
             bench.start_names()
-            candidates = start_candidates(bench, tuned)
+            candidates = start_candidates(bench, tuned, cuts)
             costs = {c.name: c.costs for c in candidates if c.costs is not None}
             for round_ in range(args.repeat):
                 if round_ and time.monotonic() > deadline:
@@ -596,7 +783,7 @@ def run(args: argparse.Namespace) -> int:
                 rounds += 1
                 for w in workloads:
                     for c in rotated(candidates, round_):
-                        if w.route not in c.ports:
+                        if not w.serves(c.name):
                             continue
                         sample = bench.measure(w, c)
                         samples.setdefault((w.name, c.name), []).append(sample)
@@ -621,6 +808,9 @@ def run(args: argparse.Namespace) -> int:
     for name in tuned:
         print(f"  tuned:{name}: {TUNED[name].describe(proxy_cpus)}")
     print(f"  nginx: worker_processes {proxy_cpus}, reuseport, proxy_buffer_size 64k")
+    print(f"  {HAND}: mode http, nbthread {proxy_cpus}, one ACL per rule, no log")
+    for cut in cuts:
+        print(f"{OURS}:{cut}: {CUTS[cut]}")
     return 0
 
 
@@ -732,6 +922,15 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.3, help="pause after a measurement")
     parser.add_argument("--max-seconds", type=float, default=1800, help="no new round after")
     parser.add_argument("--only", action="append", help="run only workloads containing this")
+    parser.add_argument(
+        "--netns-prefix", default="he", help="start of the names of the bench's namespaces"
+    )
+    parser.add_argument(
+        "--cut",
+        default="",
+        help="also run the router's config without one part, comma-separated: "
+        + "; ".join(f"{k}: {v}" for k, v in CUTS.items()),
+    )
     parser.add_argument(
         "--haproxy",
         default=HAPROXY,

@@ -176,7 +176,19 @@ def start_router(
     haproxy_bin: str = HAPROXY,
 ) -> tuple[Started, Path]:
     """Compile, stage Lua files, `haproxy -c`, run haproxy (`haproxy_bin`) in the router ns;
-    (process, cfg)."""
+    (process, run dir)."""
+    cfg = compile_router(tmp_path, keys, env, haproxy_bin=haproxy_bin)
+    haproxy = bed.start(bed.router, [haproxy_bin, "-db", "-f", str(cfg)], name="haproxy")
+    for port in ports:
+        wait_port(bed.client, ROUTER_CLIENT_IP, port, proc=haproxy)
+    return haproxy, cfg.parent
+
+
+def compile_router(
+    tmp_path: Path, keys: Mapping[str, object], env: Mapping[str, str], *, haproxy_bin: str
+) -> Path:
+    """The router's haproxy.cfg for `keys` and `env` in tmp_path/run, with its Lua files and
+    maps staged beside it, checked with `haproxy_bin -c`."""
     configmap = tmp_path / "configmap"
     write_configmap(configmap, keys)
     snapshot = read_snapshot(configmap)
@@ -192,10 +204,7 @@ def start_router(
     cfg = run_dir / "haproxy.cfg"
     cfg.write_text(render(config, RenderOptions(run_dir=run_dir, log_stdout=True), hooks=hook_set))
     check(cfg, haproxy_bin)
-    haproxy = bed.start(bed.router, [haproxy_bin, "-db", "-f", str(cfg)], name="haproxy")
-    for port in ports:
-        wait_port(bed.client, ROUTER_CLIENT_IP, port, proc=haproxy)
-    return haproxy, run_dir
+    return cfg
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,17 @@ def test_resolvers_section_only_for_names() -> None:
     assert "default-server init-addr last,libc,none\n" in resolv
 
 
+def test_uploads_splice_once_they_stream_by_default() -> None:
+    """Every route splices what the destination sends, and what the client sends once it
+    streams (splice-auto), without a route knob; `splice: both` still forces request splicing.
+    test_golden shows each case passes `haproxy -c` (run it with EGRESS_HAPROXY_BIN for 3.0)."""
+    for name in CASES:
+        text = render_case(name)
+        defaults = text.split("\ndefaults\n", 1)[1].split("\n\n", 1)[0]
+        assert "    option splice-response\n    option splice-auto\n" in defaults, name
+    assert "    option splice-request\n" in render_case("datapath-knobs")
+
+
 def test_unprivileged_config() -> None:
     for name in CASES:
         text = render_case(name)
