@@ -191,7 +191,10 @@ class Supervisor:
         published = self._published  # one read: the loop replaces it whole
         return replace(
             published,
-            ready=published.ready and self.haproxy.running(),
+            # ready(), not only running(): once the loop has reaped a dead haproxy and
+            # started the next one, the new pid runs before it has bound anything, and the
+            # status published before the death still says ready.
+            ready=published.ready and self.haproxy.ready(),
             log=self.log_loss.snapshot(),
         )
 

@@ -106,6 +106,16 @@ def test_sigterm_drains_and_a_second_one_stops_hard(
     assert haproxy(supervisor).state is ChildState.EXITED  # an expected exit: no restart
 
 
+def test_a_restarted_haproxy_is_not_ready_before_it_comes_up(supervisor: Supervisor) -> None:
+    assert supervisor.status().ready
+    # Within one loop turn the dead haproxy is reaped and the next one started: its new pid
+    # runs but has bound nothing, while the status published before the death says ready.
+    child = haproxy(supervisor)
+    child.state = ChildState.STARTING
+    child.pid = 4242
+    assert not supervisor.status().ready
+
+
 def test_the_drain_deadline_is_kept_on_the_clock(supervisor: Supervisor, clock: FakeClock) -> None:
     post(supervisor, signal.SIGTERM)
     clock.now += 29.9
