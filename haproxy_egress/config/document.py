@@ -72,13 +72,14 @@ class Config:
     # route may take them, and the policy's `self` class covers them like the routes' ports.
     reserved: tuple[Listen, ...] = ()
 
-    @property
+    # Both are asked several times per compile (template, pattern files, diff): once each.
+    @cached_property
     def needs_resolvers(self) -> bool:
         """A `resolvers` section is only emitted when some destination is a DNS name (or a
         policy route resolves names at runtime)."""
         return any(r.named_destinations or r.is_policy for r in self.routes)
 
-    @property
+    @cached_property
     def policy_routes(self) -> tuple[Route, ...]:
         """The proxy and tls routes: they share the policy's stick tables."""
         return tuple(r for r in self.routes if r.is_policy)

@@ -172,7 +172,7 @@ class Route(RouteSettings):
         """The refused address classes (`guard` expanded)."""
         return egress_classes.expand(self.guard)
 
-    @property
+    @cached_property
     def asks_credentials(self) -> bool:
         """Whether the proxy reads Proxy-Authorization: some group names users, or every
         request must authenticate."""
@@ -272,7 +272,7 @@ class Route(RouteSettings):
         """A policy route (mode proxy or tls): destinations come from the client, by rule."""
         return self.mode in POLICY_MODES
 
-    @property
+    @cached_property
     def named_destinations(self) -> tuple[Endpoint, ...]:
         """Destinations that are DNS names, resolved at runtime into server-template slots."""
         return tuple(d for d in self.destinations if d.ip is None)
