@@ -12,10 +12,12 @@ one transaction at a time.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from haproxy_egress.config.sources import read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
@@ -24,7 +26,7 @@ from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks, syslog
-from haproxy_egress.render.compiler import RenderOptions, write_atomic
+from haproxy_egress.render.compiler import RenderOptions, ReservedWrite, write_atomic
 from haproxy_egress.render.pipeline import Compiled, compile_snapshot
 from haproxy_egress.render.stages import Stages
 from haproxy_egress.runtime import changes, live, staging
@@ -84,18 +86,64 @@ def install(
 ) -> None:
     """Make `text` (and its pattern and TLS files) the live config, keeping the previous one
     as last-good; from here on the files on disk describe what haproxy is to run."""
-    config = settings.run.config
-    last_good = settings.run.last_good
-    if config.exists():
-        shutil.copyfile(config, last_good)
-    if maps is not None:
-        staging.write_maps(settings.run.maps, maps)
-    if tls is not None:
-        staging.write_maps(settings.run.tls, tls)
-    write_atomic(config, text, mode=0o600)
-    # Staged Lua files that neither the live nor the last-good config loads are garbage now.
-    keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
-    staging.prune(settings.run.lua, keep)
+    Install(settings, text, maps, tls).commit()
+
+
+class Install:
+    """`install` in two steps: the pattern and TLS files are written and the new haproxy.cfg's
+    space is taken at once (a full disk fails here, before haproxy takes any of a change);
+    `commit` writes haproxy.cfg and keeps the previous one as last-good.
+
+    A runtime change commits right after haproxy took it: at 10,000 routes the 7 MB file is
+    then written off the path the user waits on, and before anything else can happen (the
+    supervisor restarts haproxy from the files only after the change returns)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        text: str,
+        maps: Mapping[str, str] | None = None,
+        tls: Mapping[str, str] | None = None,
+        *,
+        live_text: str | None = None,
+    ) -> None:
+        self._settings, self._text, self._live_text = settings, text, live_text
+        if maps is not None:
+            staging.write_maps(settings.run.maps, maps)
+        if tls is not None:
+            staging.write_maps(settings.run.tls, tls)
+        self._config = ReservedWrite(settings.run.config, text, mode=0o600)
+
+    def commit(self) -> None:
+        """Make the text the live haproxy.cfg, the previous one last-good."""
+        run = self._settings.run
+        if run.config.exists():
+            _link_or_copy(run.config, run.last_good)
+        self._config.commit()
+        if run.lua.is_dir():
+            # Staged Lua files that neither the live nor the last-good config loads are
+            # garbage now.
+            last = self._live_text
+            if last is None and run.last_good.exists():
+                last = run.last_good.read_text(encoding="utf-8")
+            staging.prune(run.lua, [self._text] + ([last] if last is not None else []))
+
+    def abandon(self) -> None:
+        """Leave haproxy.cfg as it was (the pattern and TLS files are written already)."""
+        self._config.abandon()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes what `source` holds now, atomically: a second name for the same file
+    (haproxy.cfg is only ever replaced, never written in place), or a copy where the
+    filesystem has no hard links."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def restore_last_good(
@@ -242,24 +290,35 @@ def transaction(
         return _reload(settings, current, compiled, plan, "", stages=stages)
     # Runtime (or nothing for haproxy to do): validated by the compiler (TLS material by
     # config/tlsmaterial.py), then by haproxy as it applies each command, and read back. The
-    # files go first: a disk that is full fails the change before haproxy has taken any of
-    # it, and whatever dies later (haproxy, this process) comes back to them. The full
-    # `haproxy -c` of the file runs after this returns (runtime/latecheck.py), off the path
-    # the user waits on.
-    install(settings, compiled.text, compiled.maps, compiled.tls_files)
+    # pattern and TLS files and the space of haproxy.cfg go first: a disk that is full fails
+    # the change before haproxy has taken any of it. haproxy.cfg is written right after the
+    # apply (before this returns, so whatever dies later, haproxy or this process, comes
+    # back to it). The full `haproxy -c` of the file runs after this returns
+    # (runtime/latecheck.py), off the path the user waits on.
+    installing = Install(
+        settings, compiled.text, compiled.maps, compiled.tls_files, live_text=current.text
+    )
     stages.lap("files")
     if plan.kind is changes.Kind.NOOP:
+        installing.commit()
+        stages.lap("write")
         return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     stats = CliSocket(settings.run.stats_socket, timeout=5.0)
+    fallback = ""
     try:
         live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
         stages.lap("apply")
-        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     except live.LiveChangeFailed as exc:
-        # The files on disk already hold the new configuration: a reload lands on it, once
-        # it is checked like any reload's.
+        # The files on disk hold the new configuration once committed: a reload lands on
+        # it, once it is checked like any reload's.
         fallback = str(exc)
         log.warning("runtime change failed, reloading instead: %s", fallback)
+    finally:
+        # haproxy may hold any part of the change now: the files describe all of it.
+        installing.commit()
+    if not fallback:
+        stages.lap("write")
+        return Outcome(True, compiled, None, plan, checked=False, stages=stages)
     try:
         check_compiled(settings, compiled)
     except (ConfigError, HaproxyCheckError):
