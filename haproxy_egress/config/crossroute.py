@@ -158,7 +158,7 @@ class CrossIndex:
     def changed_to(self, routes: Sequence[Located]) -> CrossIndex | None:
         """The index of `routes` if they pass the full check, checking only the routes that
         are not members; None if one of those collides (or cannot be told apart)."""
-        now = {id(item): item for item in routes}
+        now = dict(zip(map(id, routes), routes, strict=True))
         if len(now) != len(routes):
             return None  # one object twice: let the full check say so
         index = self._copy()

@@ -7,6 +7,8 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel
@@ -42,6 +44,7 @@ __all__ = [
 # The process's loads share one cache: the supervisor's start-up compile fills it, so the first
 # edit already reuses what did not change (config/sources/cache.py).
 SHARED_CACHE = LoadCache()
+_ASKS_CREDENTIALS = attrgetter("route.asks_credentials")
 
 
 def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
@@ -145,7 +148,9 @@ def _proxy_users(
     if users is not None:
         found, bad = parse_users(users[1], users[0])
         problems += bad
-    for item in located:
+    # Only without a users file is a route that asks for credentials a problem.
+    asking = compress(located, map(_ASKS_CREDENTIALS, located)) if users is None else ()
+    for item in asking:
         route = item.route
         if (
             users is None

@@ -117,7 +117,8 @@ def secret_dirs(snapshot: Snapshot) -> list[str]:
     """The parent credentials directories the snapshot's YAML keys name."""
     found: list[str] = []
     for name, data in snapshot.files:
-        if name.endswith((".yaml", ".yml")):
+        # The plain search first: the pattern, tried at each line of 7 MB, cost 20 ms an edit.
+        if name.endswith((".yaml", ".yml")) and b"credentials_dir" in data:
             found += [m.decode() for m in _CREDENTIALS_DIR.findall(data)]
     return sorted(set(found))
 
