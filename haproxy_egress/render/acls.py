@@ -104,11 +104,18 @@ def _since(last: _Files, all_routes: tuple[Route, ...]) -> _Files | None:
     """The answer for `all_routes` from the last one, looking only at the routes that are
     not the last ones' (the load cache hands unchanged routes back): routes leaving or
     joining a list rename its file only when the first name of the list changes."""
-    members = dict(zip(map(id, all_routes), all_routes, strict=True))
-    gone = [last.members[i] for i in last.members.keys() - members.keys()]
-    new = [members[i] for i in members.keys() - last.members.keys()]
-    if len(members) != len(all_routes):
+    now = dict(zip(map(id, all_routes), all_routes, strict=True))
+    if len(now) != len(all_routes):
         return None  # one route object twice: start afresh
+    gone_ids = last.members.keys() - now.keys()
+    gone = [last.members[i] for i in gone_ids]
+    new = [now[i] for i in now.keys() - last.members.keys()]
+    # The kept routes keep their entries (and the ints naming them): 10,000 new ones per
+    # edit left the heap fragmented.
+    members = dict(last.members)
+    for i in gone_ids:
+        del members[i]
+    members.update((id(r), r) for r in new)
     files, lists, named = dict(last.files), dict(last.lists), dict(last.named)
     groups = dict(last.groups)
     touched: set[tuple[str, ...]] = set()

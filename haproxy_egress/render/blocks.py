@@ -109,22 +109,28 @@ class Blocks:
         10,000 routes, a Python loop over them was most of an edit's render)."""
         kept = self._cache._entries
         ids = list(map(id, routes))
-        missing = set(ids).difference(kept)
+        current = set(ids)
+        missing = current.difference(kept)
+        # The kept entries stay in the same dict (with the ints naming them): a new dict of
+        # 10,000 per edit left the heap fragmented.
         entries = kept
+        gone = kept.keys() - current
+        if gone or missing:
+            entries = dict(kept)
+            for i in gone:
+                del entries[i]
         if missing:
             origins, route_hooks, files = self._origins, self._route_hooks, self._allow_from_files
-            entries = dict(kept)
             for route in routes:
                 # A kept entry holds its route, so a kept id is that very route.
                 if id(route) in missing and id(route) not in entries:
                     name = route.name
                     inputs = (origins.get(name), route_hooks.get(name), files.get(name))
                     entries[id(route)] = _Entry(route, inputs, str(macro(route)))
-        printed = list(map(entries.__getitem__, ids))
-        self._printed = dict(zip(ids, printed, strict=True))
+        self._printed = entries
         self._cache.rendered += len(missing)
         self._cache.reused += len(ids) - len(missing)
-        return "".join(map(_TEXT, printed))
+        return "".join(map(_TEXT, map(entries.__getitem__, ids)))
 
     def finish(self) -> None:
         """The render succeeded: keep what it printed, drop the rest."""
