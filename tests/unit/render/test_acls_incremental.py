@@ -10,7 +10,12 @@ from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.render.acls import allow_from_files, render_acls, uses_allow_from_file
 
-LISTS: tuple[list[str], ...] = ([], ["10.0.0.0/8"], ["10.0.0.0/8", "192.0.2.0/24"], ["198.51.100.7/32"])
+LISTS: tuple[list[str], ...] = (
+    [],
+    ["10.0.0.0/8"],
+    ["10.0.0.0/8", "192.0.2.0/24"],
+    ["198.51.100.7/32"],
+)
 
 
 def _route(name: str, allow: list[str]) -> Route:
