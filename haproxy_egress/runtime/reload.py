@@ -317,9 +317,9 @@ def transaction(
         installing.commit()
         stages.lap("write")
         return Outcome(True, compiled, None, plan, checked=False, stages=stages)
-    stats = CliSocket(settings.run.stats_socket, timeout=5.0)
     fallback = ""
     try:
+        stats = CliSocket(settings.run.stats_socket, timeout=5.0)
         live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
         stages.lap("apply")
     except live.LiveChangeFailed as exc:
