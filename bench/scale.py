@@ -173,6 +173,10 @@ def measure(
         # The late checks of the last edits: give them time to finish and log.
         time.sleep(2)
         size.runtime_stages, size.reload_stages, size.late_check = _stages(router.stderr())
+    except (SystemExit, AssertionError):
+        # An edit that never took effect, a router never ready: say what the router said.
+        print(router.stderr()[-6000:], file=sys.stderr)
+        raise
     finally:
         router.stop()
     return size
