@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 10,1000,10000] [--edits 20] [--reloads 3]
                                     [--haproxy /usr/local/bin/haproxy30] [--load]
+                                    [--address 127.77.0.1]
 
 Per size, one router on a ConfigMap of N tcp routes in ten keys (on 127.77.0.1, two IP
 destinations each in 198.18.0.0/15, never contacted; health checks off), plus the http route
@@ -50,7 +51,9 @@ from tests.load import LoadGen
 from tests.router import Router, http_route, web_route
 from tests.support import HttpOrigin, free_port
 
-ADDRESS = "127.77.0.1"  # the N routes' listeners: a loopback address of their own
+# The N routes' listeners: a loopback address of their own (--address: another run of this
+# bench on the machine must use another one, or the second router cannot bind its routes).
+ADDRESS = "127.77.0.1"
 MB = 2**20
 _CHANGE = re.compile(
     r"(?:applied at runtime; no reload in [0-9.]+ ms|new worker pid:\d+ in [0-9.]+s) \((.*)\)$",
@@ -111,7 +114,7 @@ def measure(
     n: int, tmp: Path, origins: list[HttpOrigin], args: argparse.Namespace, env: dict[str, str]
 ) -> Size:
     a, b, c = origins
-    keys: dict[str, object] = dict(route_keys(n, mode="tcp", address=ADDRESS, check=False))
+    keys: dict[str, object] = dict(route_keys(n, mode="tcp", address=args.address, check=False))
     web_port, steady_port = free_port(), free_port()
     steady = http_route("steady", steady_port, c, check=False)
     volume = ConfigMapVolume(tmp / f"cm-{n}")
@@ -170,6 +173,10 @@ def measure(
         # The late checks of the last edits: give them time to finish and log.
         time.sleep(2)
         size.runtime_stages, size.reload_stages, size.late_check = _stages(router.stderr())
+    except (SystemExit, AssertionError):
+        # An edit that never took effect, a router never ready: say what the router said.
+        print(router.stderr()[-6000:], file=sys.stderr)
+        raise
     finally:
         router.stop()
     return size
@@ -228,6 +235,7 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, default=3, help="reload edits per size")
     parser.add_argument("--haproxy", default="haproxy", help="the haproxy binary to run")
     parser.add_argument("--load", action="store_true", help="requests through another route")
+    parser.add_argument("--address", default=ADDRESS, help="the N routes' loopback address")
     args = parser.parse_args()
     env = {"EGRESS_HAPROXY_BIN": args.haproxy}
     origins = [HttpOrigin(f"origin-{c}").start() for c in "abc"]

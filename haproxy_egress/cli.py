@@ -27,7 +27,7 @@ from haproxy_egress.metrics.options import ExporterOptions
 from haproxy_egress.metrics.websecurity import load_web_security
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled, compile_current
-from haproxy_egress.runtime import changes, preflight
+from haproxy_egress.runtime import changes, memory, preflight
 from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.cpus import default_threads
 from haproxy_egress.runtime.reload import check_compiled
@@ -113,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.configure(settings.log_format, args.debug)
     preflight.check_run(settings)
+    memory.map_large_blocks()  # before the start-up compile's big blocks come and go
     options = render_options(settings)
     compiled = compile_current(settings, options)  # the only place a bad config is fatal
     check_compiled(settings, compiled)  # a broken Lua hook is named by key and route

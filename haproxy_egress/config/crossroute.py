@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import Listen
@@ -18,6 +19,12 @@ class Located:
     source: str
     path: str
     line: int | None = None
+
+    @cached_property
+    def origin(self) -> tuple[str, str]:
+        """(route name, "routes.yaml: routes[2]"): where the route was defined, for messages
+        (made once: an unchanged route is the same object from load to load)."""
+        return self.route.name, f"{self.source}: {self.path}"
 
 
 def cross_route_problems(
@@ -78,3 +85,102 @@ def cross_route_problems(
                     )
                 )
     return problems
+
+
+@dataclass
+class CrossIndex:
+    """The names and listeners of a set of routes that passed `cross_route_problems`, kept so
+    that the next load checks only the routes it did not take over unchanged.
+
+    A load whose routes are this set minus some plus some others has a problem only if an
+    added route collides with a kept one or with another added one (the kept ones passed
+    together): those few are checked against counts by name and listener. Any collision
+    sends the load through the full check, which words and locates it as always."""
+
+    reserved: dict[str, Listen]
+    members: dict[int, Located]  # by identity: the load cache hands unchanged ones back
+    names: dict[str, int] = field(default_factory=dict)
+    on_port: dict[int, int] = field(default_factory=dict)  # any listener on the port
+    wildcards: dict[int, int] = field(default_factory=dict)  # wildcard listeners on the port
+    addresses: dict[tuple[int, str | None], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, routes: Sequence[Located], reserved: Mapping[str, Listen]) -> CrossIndex:
+        """The index of routes known to pass the full check."""
+        index = cls(dict(reserved), {})
+        for item in routes:
+            index._add(item)
+        return index
+
+    @staticmethod
+    def _keys(item: Located) -> tuple[str, int, bool, tuple[int, str | None]]:
+        listen = item.route.listen
+        wildcard = listen.is_wildcard
+        return item.route.name, listen.port, wildcard, (listen.port, listen.address)
+
+    def _add(self, item: Located) -> bool:
+        """Count `item` in; True if it collides with a route counted before."""
+        name, port, wildcard, address = self._keys(item)
+        if wildcard:
+            clash = self.on_port.get(port, 0) > 0
+        else:
+            clash = self.wildcards.get(port, 0) > 0 or self.addresses.get(address, 0) > 0
+        clash = clash or self.names.get(name, 0) > 0
+        self.members[id(item)] = item
+        self.names[name] = self.names.get(name, 0) + 1
+        self.on_port[port] = self.on_port.get(port, 0) + 1
+        if wildcard:
+            self.wildcards[port] = self.wildcards.get(port, 0) + 1
+        else:
+            self.addresses[address] = self.addresses.get(address, 0) + 1
+        return clash
+
+    def _remove(self, item: Located) -> None:
+        name, port, wildcard, address = self._keys(item)
+        del self.members[id(item)]
+        self.names[name] -= 1
+        self.on_port[port] -= 1
+        if wildcard:
+            self.wildcards[port] -= 1
+        else:
+            self.addresses[address] -= 1
+
+    def _copy(self) -> CrossIndex:
+        return CrossIndex(
+            self.reserved,
+            dict(self.members),
+            dict(self.names),
+            dict(self.on_port),
+            dict(self.wildcards),
+            dict(self.addresses),
+        )
+
+    def changed_to(self, routes: Sequence[Located]) -> CrossIndex | None:
+        """The index of `routes` if they pass the full check, checking only the routes that
+        are not members; None if one of those collides (or cannot be told apart)."""
+        now = dict(zip(map(id, routes), routes, strict=True))
+        if len(now) != len(routes):
+            return None  # one object twice: let the full check say so
+        index = self._copy()
+        for gone in self.members.keys() - now.keys():
+            index._remove(self.members[gone])
+        for new in now.keys() - self.members.keys():
+            item = now[new]
+            if index._add(item) or any(
+                item.route.listen.overlaps(r) for r in self.reserved.values()
+            ):
+                return None
+        return index
+
+
+def checked_routes(
+    routes: Sequence[Located], reserved: Mapping[str, Listen], last: CrossIndex | None
+) -> tuple[list[Problem], CrossIndex | None]:
+    """`cross_route_problems`, and the index of `routes` when there are none; given the index
+    of the last routes that passed, only the routes not among them are checked."""
+    if last is not None and last.reserved == dict(reserved):
+        index = last.changed_to(routes)
+        if index is not None:
+            return [], index
+    problems = cross_route_problems(routes, reserved)
+    return problems, None if problems else CrossIndex.of(routes, reserved)

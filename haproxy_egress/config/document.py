@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import compress
+from operator import attrgetter
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -15,6 +17,11 @@ from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.route import Route, RouteSettings
 from haproxy_egress.config.scalars import SAFE_TOKEN, Duration, EndpointSpecDNS, Frozen, Listen
 from haproxy_egress.config.users import ProxyUser
+
+# Per-route flags read across 10,000 routes in the C library (each is cached on its route).
+_NEEDS_RESOLVER = attrgetter("needs_resolver")
+_IS_POLICY = attrgetter("is_policy")
+_TLS = attrgetter("tls")
 
 
 class Resolvers(Frozen):
@@ -72,16 +79,22 @@ class Config:
     # route may take them, and the policy's `self` class covers them like the routes' ports.
     reserved: tuple[Listen, ...] = ()
 
-    @property
+    # Both are asked several times per compile (template, pattern files, diff): once each.
+    @cached_property
     def needs_resolvers(self) -> bool:
         """A `resolvers` section is only emitted when some destination is a DNS name (or a
         policy route resolves names at runtime)."""
-        return any(r.named_destinations or r.is_policy for r in self.routes)
+        return any(map(_NEEDS_RESOLVER, self.routes))
 
-    @property
+    @cached_property
     def policy_routes(self) -> tuple[Route, ...]:
         """The proxy and tls routes: they share the policy's stick tables."""
-        return tuple(r for r in self.routes if r.is_policy)
+        return tuple(compress(self.routes, map(_IS_POLICY, self.routes)))
+
+    @cached_property
+    def tls_routes(self) -> tuple[Route, ...]:
+        """The routes that originate TLS to their destinations."""
+        return tuple(compress(self.routes, map(_TLS, self.routes)))
 
     def guard(self, route: Route) -> egress_policy.Guard:
         """A policy route's guard: its classes, and every listener of this router (a

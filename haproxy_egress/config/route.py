@@ -175,7 +175,7 @@ class Route(RouteSettings):
         """The refused address classes (`guard` expanded)."""
         return egress_classes.expand(self.guard)
 
-    @property
+    @cached_property
     def asks_credentials(self) -> bool:
         """Whether the proxy reads Proxy-Authorization: some group names users, or every
         request must authenticate."""
@@ -270,12 +270,18 @@ class Route(RouteSettings):
         """The resolved parent proxies (build_config replaces `env`), or None: direct only."""
         return None if self.parent is None or self.parent.from_env else self.parent
 
-    @property
+    @cached_property
     def is_policy(self) -> bool:
         """A policy route (mode proxy or tls): destinations come from the client, by rule."""
         return self.mode in POLICY_MODES
 
-    @property
+    @cached_property
+    def needs_resolver(self) -> bool:
+        """Whether haproxy resolves names for this route at runtime (a DNS destination, or
+        a policy route's destinations, which come from the client)."""
+        return bool(self.named_destinations) or self.is_policy
+
+    @cached_property
     def named_destinations(self) -> tuple[Endpoint, ...]:
         """Destinations that are DNS names, resolved at runtime into server-template slots."""
         return tuple(d for d in self.destinations if d.ip is None)

@@ -229,18 +229,20 @@ def describe(tls: TlsOrigination, host: str, material: RouteTls | None) -> str:
 
 def material_paths_of(config: Config) -> tuple[str, ...]:
     """Every TLS file the routes of `config` name."""
-    return tuple(sorted({p for r in config.routes if r.tls for p in material_paths(r.tls)}))
+    return tuple(sorted({p for r in config.tls_routes if r.tls for p in material_paths(r.tls)}))
 
 
 def load_material(
     config: Config, files: Iterable[TlsFile], now: float
 ) -> tuple[tuple[RouteTls, ...], list[Problem]]:
     """Every TLS-originating route's checked material, and every problem found."""
+    if not config.tls_routes:
+        return (), []
     by_path = {f.path: f for f in files}
     origins = dict(config.origins)
     out: list[RouteTls] = []
     problems: list[Problem] = []
-    for route in config.routes:
+    for route in config.tls_routes:
         if route.tls is None:
             continue
         checker = _Checker(route, origins.get(route.name, ""), by_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,21 +19,35 @@ def check_argv(config_path: Path, haproxy_bin: str = "haproxy") -> list[str]:
     return [haproxy_bin, "-c", "-f", str(config_path)]
 
 
-def check(config_path: Path, haproxy_bin: str = "haproxy") -> str:
-    """Run `haproxy -c` on a file; return its warnings, raise HaproxyCheckError if rejected."""
+def check(
+    config_path: Path, haproxy_bin: str = "haproxy", meanwhile: Callable[[], object] | None = None
+) -> str:
+    """Run `haproxy -c` on a file; return its warnings, raise HaproxyCheckError if rejected.
+    `meanwhile` runs while haproxy checks (at 10,000 routes the check takes most of a second
+    that work the reload needs anyway can use)."""
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             check_argv(config_path, haproxy_bin),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=CHECK_TIMEOUT,
-            check=False,
         )
     except FileNotFoundError:
         raise HaproxyError(f"haproxy binary not found: {haproxy_bin!r}") from None
-    except subprocess.TimeoutExpired:
-        raise HaproxyError(f"haproxy -c took longer than {CHECK_TIMEOUT:.0f}s") from None
-    return check_output(proc.returncode, proc.stdout + proc.stderr)
+    with proc:
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            stdout, stderr = proc.communicate(timeout=CHECK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise HaproxyError(f"haproxy -c took longer than {CHECK_TIMEOUT:.0f}s") from None
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+    return check_output(proc.returncode, stdout + stderr)
 
 
 def check_output(returncode: int, output: str) -> str:

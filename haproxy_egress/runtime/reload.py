@@ -12,10 +12,13 @@ one transaction at a time.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 from haproxy_egress.config.sources import read_inputs
 from haproxy_egress.config.tlsmaterial import material_paths_of
@@ -24,7 +27,7 @@ from haproxy_egress.haproxy import replies, show
 from haproxy_egress.haproxy.check import check
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.render import hooks, syslog
-from haproxy_egress.render.compiler import RenderOptions, write_atomic
+from haproxy_egress.render.compiler import RenderOptions, ReservedWrite, write_atomic
 from haproxy_egress.render.pipeline import Compiled, compile_snapshot
 from haproxy_egress.render.stages import Stages
 from haproxy_egress.runtime import changes, live, staging
@@ -39,8 +42,11 @@ class ReloadFailed(EgressError):
     """A reload did not take; the old configuration keeps serving."""
 
 
-def check_candidate(settings: Settings, text: str) -> str:
-    """Write the candidate next to the live file and let haproxy validate it; its warnings."""
+def check_candidate(
+    settings: Settings, text: str, meanwhile: Callable[[], object] | None = None
+) -> str:
+    """Write the candidate next to the live file and let haproxy validate it; its warnings.
+    `meanwhile` runs while haproxy checks."""
     candidate = settings.run.candidate
     write_atomic(candidate, text, mode=0o600)
     state = settings.run.server_state
@@ -49,14 +55,17 @@ def check_candidate(settings: Settings, text: str) -> str:
         # warn "Can't get version of the global server state file" at every first start.
         state.write_text(show.EMPTY_SERVER_STATE)
     try:
-        return check(candidate, settings.haproxy_bin)
+        return check(candidate, settings.haproxy_bin, meanwhile)
     finally:
         candidate.unlink(missing_ok=True)
 
 
-def check_compiled(settings: Settings, compiled: Compiled) -> str:
+def check_compiled(
+    settings: Settings, compiled: Compiled, meanwhile: Callable[[], object] | None = None
+) -> str:
     """`check_candidate`, with haproxy's complaints about hook files (a Lua syntax error, an
-    action the file does not register) turned into a ConfigError naming the key and routes."""
+    action the file does not register) turned into a ConfigError naming the key and routes.
+    `meanwhile` runs while haproxy checks."""
     # Lua files are content-addressed, so staging them cannot change a file the live config
     # loads; `haproxy -c` and then the live config find the very same files.
     staging.stage(compiled.hooks, settings.run.lua)
@@ -68,7 +77,7 @@ def check_compiled(settings: Settings, compiled: Compiled) -> str:
         syslog.client_certs(compiled.config.logging, settings.run.syslog_certs)
     )
     try:
-        return check_candidate(settings, compiled.text)
+        return check_candidate(settings, compiled.text, meanwhile)
     except HaproxyCheckError as exc:
         problems = hooks.explain_check(exc.output, compiled.hooks)
         if problems:
@@ -84,18 +93,64 @@ def install(
 ) -> None:
     """Make `text` (and its pattern and TLS files) the live config, keeping the previous one
     as last-good; from here on the files on disk describe what haproxy is to run."""
-    config = settings.run.config
-    last_good = settings.run.last_good
-    if config.exists():
-        shutil.copyfile(config, last_good)
-    if maps is not None:
-        staging.write_maps(settings.run.maps, maps)
-    if tls is not None:
-        staging.write_maps(settings.run.tls, tls)
-    write_atomic(config, text, mode=0o600)
-    # Staged Lua files that neither the live nor the last-good config loads are garbage now.
-    keep = [text] + ([last_good.read_text(encoding="utf-8")] if last_good.exists() else [])
-    staging.prune(settings.run.lua, keep)
+    Install(settings, text, maps, tls).commit()
+
+
+class Install:
+    """`install` in two steps: the pattern and TLS files are written and the new haproxy.cfg's
+    space is taken at once (a full disk fails here, before haproxy takes any of a change);
+    `commit` writes haproxy.cfg and keeps the previous one as last-good.
+
+    A runtime change commits right after haproxy took it: at 10,000 routes the 7 MB file is
+    then written off the path the user waits on, and before anything else can happen (the
+    supervisor restarts haproxy from the files only after the change returns)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        text: str,
+        maps: Mapping[str, str] | None = None,
+        tls: Mapping[str, str] | None = None,
+        *,
+        live_text: str | None = None,
+    ) -> None:
+        self._settings, self._text, self._live_text = settings, text, live_text
+        if maps is not None:
+            staging.write_maps(settings.run.maps, maps)
+        if tls is not None:
+            staging.write_maps(settings.run.tls, tls)
+        self._config = ReservedWrite(settings.run.config, text, mode=0o600)
+
+    def commit(self) -> None:
+        """Make the text the live haproxy.cfg, the previous one last-good."""
+        run = self._settings.run
+        if run.config.exists():
+            _link_or_copy(run.config, run.last_good)
+        self._config.commit()
+        if run.lua.is_dir():
+            # Staged Lua files that neither the live nor the last-good config loads are
+            # garbage now.
+            last = self._live_text
+            if last is None and run.last_good.exists():
+                last = run.last_good.read_text(encoding="utf-8")
+            staging.prune(run.lua, [self._text] + ([last] if last is not None else []))
+
+    def abandon(self) -> None:
+        """Leave haproxy.cfg as it was (the pattern and TLS files are written already)."""
+        self._config.abandon()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes what `source` holds now, atomically: a second name for the same file
+    (haproxy.cfg is only ever replaced, never written in place), or a copy where the
+    filesystem has no hard links."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def restore_last_good(
@@ -148,14 +203,18 @@ def state_for(state: str, text: str) -> str:
     return show.servers_state_without(state, stale)
 
 
-def master_reload(settings: Settings, timeout: float = CONFIRM_TIMEOUT) -> int:
+def master_reload(
+    settings: Settings, timeout: float = CONFIRM_TIMEOUT, *, state_saved: bool = False
+) -> int:
     """Ask the master to reload and wait until a new worker serves; returns its pid.
+    `state_saved`: the caller saved the server state for the new config already.
 
     HAProxy 2.6 answers `reload` before doing it and reports failure only in `show proc`
     ([failed: N] on the master line); 2.7+ answers `Success=`. Both are read the same way:
     success is a worker pid that was not there before.
     """
-    save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
+    if not state_saved:
+        save_server_state(settings, settings.run.config.read_text(encoding="utf-8"))
     master = CliSocket(settings.run.master_socket, timeout=5.0, master=True)
     before = show.parse_show_proc(master.command("show proc"))
     old_workers = {p.pid for p in before if p.kind == "worker"}
@@ -235,31 +294,45 @@ def change_transaction(
     plan = changes.plan(current, compiled, runtime=settings.runtime_changes)
     stages.lap("diff")
     if plan.kind is changes.Kind.RELOAD:
-        check_compiled(settings, compiled)  # a reload never loads an unchecked file
+        # A reload never loads an unchecked file. The running worker's server state, for
+        # the new config, is saved while haproxy checks it (a few hundred ms at 10,000
+        # routes that the added route would otherwise wait for).
+        check_compiled(settings, compiled, partial(save_server_state, settings, compiled.text))
         stages.lap("check")
         install(settings, compiled.text, compiled.maps, compiled.tls_files)
         stages.lap("files")
-        return _reload(settings, current, compiled, plan, "", stages=stages)
+        return _reload(settings, current, compiled, plan, "", stages=stages, state_saved=True)
     # Runtime (or nothing for haproxy to do): validated by the compiler (TLS material by
     # config/tlsmaterial.py), then by haproxy as it applies each command, and read back. The
-    # files go first: a disk that is full fails the change before haproxy has taken any of
-    # it, and whatever dies later (haproxy, this process) comes back to them. The full
-    # `haproxy -c` of the file runs after this returns (runtime/latecheck.py), off the path
-    # the user waits on.
-    install(settings, compiled.text, compiled.maps, compiled.tls_files)
+    # pattern and TLS files and the space of haproxy.cfg go first: a disk that is full fails
+    # the change before haproxy has taken any of it. haproxy.cfg is written right after the
+    # apply (before this returns, so whatever dies later, haproxy or this process, comes
+    # back to it). The full `haproxy -c` of the file runs after this returns
+    # (runtime/latecheck.py), off the path the user waits on.
+    installing = Install(
+        settings, compiled.text, compiled.maps, compiled.tls_files, live_text=current.text
+    )
     stages.lap("files")
     if plan.kind is changes.Kind.NOOP:
+        installing.commit()
+        stages.lap("write")
         return ChangeOutcome(True, compiled, None, plan, checked=False, stages=stages)
-    stats = CliSocket(settings.run.stats_socket, timeout=5.0)
+    fallback = ""
     try:
+        stats = CliSocket(settings.run.stats_socket, timeout=5.0)
         live.apply(stats.command, plan, settings.run.maps, settings.run.tls)
         stages.lap("apply")
-        return ChangeOutcome(True, compiled, None, plan, checked=False, stages=stages)
     except live.LiveChangeFailed as exc:
-        # The files on disk already hold the new configuration: a reload lands on it, once
-        # it is checked like any reload's.
+        # The files on disk hold the new configuration once committed: a reload lands on
+        # it, once it is checked like any reload's.
         fallback = str(exc)
         log.warning("runtime change failed, reloading instead: %s", fallback)
+    finally:
+        # haproxy may hold any part of the change now: the files describe all of it.
+        installing.commit()
+    if not fallback:
+        stages.lap("write")
+        return ChangeOutcome(True, compiled, None, plan, checked=False, stages=stages)
     try:
         check_compiled(settings, compiled)
     except (ConfigError, HaproxyCheckError):
@@ -282,10 +355,11 @@ def _reload(
     fallback: str,
     *,
     stages: Stages,
+    state_saved: bool = False,
 ) -> ChangeOutcome:
     """Reload onto the installed (and checked) `compiled`; the last good one back on failure."""
     try:
-        pid = master_reload(settings)
+        pid = master_reload(settings, state_saved=state_saved)
     except (ReloadFailed, HaproxyError):
         restore_last_good(settings, current.maps, current.tls_files)
         raise

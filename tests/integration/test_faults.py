@@ -368,6 +368,33 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
+def _start_on_small_tmpfs(
+    tmp_path: Path,
+    small_tmpfs: Path,
+    volume: ConfigMapVolume,
+    routes: list[dict[str, object]],
+    routers: list[Router],
+) -> tuple[Router, int, str]:
+    """A router on `routes` whose run dir is the small tmpfs: it, its worker, its haproxy.cfg."""
+    volume.write({"routes.yaml": {"routes": routes}})
+    router = Router(tmp_path / "router", config_dir=volume.directory)
+    assert router.run_dir == small_tmpfs
+    routers.append(router.start())
+    return router, router.worker_pid(), (router.run_dir / "haproxy.cfg").read_text()
+
+
+def _refused_for_space(router: Router, worker: int, live: str, small_tmpfs: Path) -> None:
+    """The change was refused for the full disk: same worker, same haproxy.cfg, no temp file."""
+    wait_for(lambda: _reload_failures(router) == 1.0, timeout=15)
+    (line,) = [ln for ln in router.stderr().splitlines() if "reload rejected" in ln]
+    assert "No space left on device" in line, line
+    assert router.worker_pid() == worker
+    assert (router.run_dir / "haproxy.cfg").read_text() == live
+    leftovers = sorted(p.name for p in small_tmpfs.iterdir() if p.is_file())
+    expected = ["filler", "haproxy.cfg", "haproxy.pid", "log-relay.state", "server-state"]
+    assert leftovers == expected, leftovers  # no temp files
+
+
 @pytest.mark.timeout(120)
 def test_run_dir_full_during_reload_fails_cleanly(
     tmp_path: Path,
@@ -377,24 +404,14 @@ def test_run_dir_full_during_reload_fails_cleanly(
     routers: list[Router],
 ) -> None:
     a, b = free_port(), free_port()
-    volume.write({"routes.yaml": {"routes": [_route("a", a, origin)]}})
-    router = Router(tmp_path / "router", config_dir=volume.directory)
-    assert router.run_dir == small_tmpfs
-    routers.append(router.start())
-    worker = router.worker_pid()
-    live = (router.run_dir / "haproxy.cfg").read_text()
+    router, worker, live = _start_on_small_tmpfs(
+        tmp_path, small_tmpfs, volume, [_route("a", a, origin)], routers
+    )
     probe = Probe([a], expect="origin-a").start()
     try:
         filler = _fill(small_tmpfs)
         volume.write({"routes.yaml": {"routes": [_route("a", a, origin), _route("b", b, origin)]}})
-        wait_for(lambda: _reload_failures(router) == 1.0, timeout=15)
-        (line,) = [ln for ln in router.stderr().splitlines() if "reload rejected" in ln]
-        assert "No space left on device" in line, line
-        assert router.worker_pid() == worker
-        assert (router.run_dir / "haproxy.cfg").read_text() == live
-        leftovers = sorted(p.name for p in small_tmpfs.iterdir() if p.is_file())
-        expected = ["filler", "haproxy.cfg", "haproxy.pid", "log-relay.state", "server-state"]
-        assert leftovers == expected, leftovers  # no temp files
+        _refused_for_space(router, worker, live, small_tmpfs)
         assert http_get(a) == "origin-a"
         # Space again: the next change goes through.
         filler.unlink()
@@ -410,6 +427,33 @@ def test_run_dir_full_during_reload_fails_cleanly(
         probe.stop()
     assert probe.failures == [], probe.failures[:5]
     record("faults: run dir full during reload", faults=1, requests=probe.ok, failures=0)
+
+
+@pytest.mark.timeout(120)
+def test_run_dir_full_during_a_runtime_change_fails_before_haproxy_takes_it(
+    tmp_path: Path,
+    small_tmpfs: Path,
+    *,
+    volume: ConfigMapVolume,
+    origin: HttpOrigin,
+    origin_b: HttpOrigin,
+    routers: list[Router],
+) -> None:
+    """haproxy.cfg is written right after a runtime change is applied, but its space is taken
+    before: on a full run dir the change is refused with haproxy untouched."""
+    a = free_port()
+    router, worker, live = _start_on_small_tmpfs(
+        tmp_path, small_tmpfs, volume, [_route("a", a, origin)], routers
+    )
+    filler = _fill(small_tmpfs)
+    volume.write({"routes.yaml": {"routes": [_route("a", a, origin_b)]}})  # a destination edit
+    _refused_for_space(router, worker, live, small_tmpfs)
+    assert {http_get(a) for _ in range(4)} == {"origin-a"}  # haproxy took none of it
+    # Space again: the edit goes through at runtime (same worker).
+    filler.unlink()
+    os.kill(router.proc.pid if router.proc else 0, signal.SIGHUP)
+    wait_for(lambda: http_get(a, timeout=1) == "origin-b", timeout=15)
+    assert router.worker_pid() == worker
 
 
 # --- DNS ----------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 from pydantic import BaseModel
 
-from haproxy_egress.config.crossroute import Located, cross_route_problems
+from haproxy_egress.config.crossroute import Located, checked_routes
 from haproxy_egress.config.document import Config, Resolvers, StatsPage
 from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.parent import basic_credential, from_environment
@@ -42,6 +44,7 @@ __all__ = [
 # The process's loads share one cache: the supervisor's start-up compile fills it, so the first
 # edit already reuses what did not change (config/sources/cache.py).
 SHARED_CACHE = LoadCache()
+_ASKS_CREDENTIALS = attrgetter("route.asks_credentials")
 
 
 def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
@@ -145,11 +148,13 @@ def _proxy_users(
     if users is not None:
         found, bad = parse_users(users[1], users[0])
         problems += bad
-    for item in located:
+    # Only without a users file is a route that asks for credentials a problem.
+    asking = compress(located, map(_ASKS_CREDENTIALS, located)) if users is None else ()
+    for item in asking:
         route = item.route
         if (
-            route.asks_credentials
-            and users is None
+            users is None
+            and route.asks_credentials
             and not any(p.source.startswith(PROXY_USERS_ENV) for p in problems)
         ):
             path = f"{item.path}.proxy_auth" if route.proxy_auth == "required" else item.path
@@ -221,21 +226,34 @@ def build_config(
     located: list[Located] = []
     key = repr(defaults)  # what a cached route was validated against
     for frag in frags:
+        whole = None if cache is None else cache.segment(frag, key)
+        if whole is not None:
+            located += whole  # an unchanged key under the same defaults: its routes as they were
+            continue
+        start, final = len(located), True
         for raw in frag.routes:
             try:
                 check = partial(_validate_route, raw, defaults)
                 item = check() if cache is None else cache.route(raw, key, check)
             except ProblemList as exc:
                 problems += exc.problems
+                final = False
                 continue
+            # A parent is resolved from the environment and Secrets on every load.
+            final = final and item.route.parent is None
             try:
                 located.append(_parent(item, env or {}, secrets or {}))
             except ValueError as exc:
                 problems.append(Problem(item.source, f"{item.path}.parent", str(exc), item.line))
+        if final and cache is not None and frag.routes:
+            cache.whole(frag, key, located[start:])
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
-    problems += [with_port_hint(p) for p in cross_route_problems(located, all_reserved)]
+    crossed, index = checked_routes(located, all_reserved, None if cache is None else cache.index)
+    problems += [with_port_hint(p) for p in crossed]
+    if cache is not None:
+        cache.checked(index)
     proxy_users = _proxy_users(users, located, problems)
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))
@@ -245,7 +263,7 @@ def build_config(
         stats=stats,
         proxy_users=proxy_users,
         logging=logging,
-        origins=tuple((i.route.name, f"{i.source}: {i.path}") for i in located),
+        origins=tuple(i.origin for i in located),
         reserved=tuple(reserved.values()),
     )
 

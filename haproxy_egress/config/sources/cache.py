@@ -8,9 +8,11 @@ a route of a re-parsed key is looked up by a digest of its content. Only a load 
 succeeded is kept, so a route that failed is validated again and its problems reported
 afresh.
 
-The checks that look across routes (unique names and listeners, proxy users) are not cached:
-they run on every load over all routes, cached or not, so a changed route that collides with
-an unchanged one is refused with its location as before.
+The checks that look across routes (unique names and listeners) keep the index of the last
+load's routes (config/crossroute.py `CrossIndex`): the routes a load takes over unchanged
+passed together, so only the others are checked against it, and any collision runs the full
+check, so a changed route that collides with an unchanged one is refused with its location as
+before.
 
 What is kept is small: a kept fragment is hollow (its routes keep their location but not
 their data or per-field lines, which only a validation needs), and routes are found by a
@@ -25,7 +27,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from haproxy_egress.config.crossroute import Located
+from haproxy_egress.config.crossroute import CrossIndex, Located
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
 
 __all__ = ["LoadCache", "Stale", "Stats"]
@@ -50,12 +52,26 @@ class Stats:
 
 
 @dataclass
+class _Segment:
+    """One key's routes as a load validated them, all of them: the next load takes the list
+    whole when the key's bytes and the merged defaults are the same (no loop per route)."""
+
+    defaults: str
+    located: list[Located]
+    keys: dict[int, tuple[RawRoute, _RouteKey]]  # the key's raw routes, as in `_Load.keys`
+    routes: dict[_RouteKey, Located]
+
+
+@dataclass
 class _Load:
-    """What one load used: fragments by key, routes by key, each raw route's key."""
+    """What one load used: fragments by key, routes by key, each raw route's key, whole keys'
+    routes, and which key each fragment came from."""
 
     fragments: dict[_FragmentKey, Fragment] = dataclasses.field(default_factory=dict)
     routes: dict[_RouteKey, Located] = dataclasses.field(default_factory=dict)
     keys: dict[int, tuple[RawRoute, _RouteKey]] = dataclasses.field(default_factory=dict)
+    segments: dict[_FragmentKey, _Segment] = dataclasses.field(default_factory=dict)
+    sources: dict[int, _FragmentKey] = dataclasses.field(default_factory=dict)
 
 
 def _hollow(frag: Fragment, keys: dict[int, tuple[RawRoute, _RouteKey]]) -> Fragment:
@@ -81,12 +97,24 @@ class LoadCache:
         self._used = _Load()
         self._reparse = False
         self.stats = Stats()
+        self._index: CrossIndex | None = None  # of the last load's routes
+        self._new_index: CrossIndex | None = None
+
+    @property
+    def index(self) -> CrossIndex | None:
+        """The cross-route index of the last load that succeeded."""
+        return self._index
+
+    def checked(self, index: CrossIndex | None) -> None:
+        """This load's routes passed the cross-route checks: their index, kept if it ends."""
+        self._new_index = index
 
     def begin(self, reparse: bool = False) -> None:
         """A load starts: count afresh; `reparse` (after Stale) parses every key."""
         self.stats = Stats()
         self._used = _Load()
         self._reparse = reparse
+        self._new_index = None
 
     def end(self) -> None:
         """The load succeeded: keep what it used, hollowed."""
@@ -95,8 +123,19 @@ class LoadCache:
         for key, frag in used.fragments.items():
             full = bool(frag.routes) and bool(frag.routes[0].data)  # a parse, not a kept one
             kept.fragments[key] = _hollow(frag, used.keys) if full else frag
+            segment = used.segments.get(key)
+            if segment is not None and full:
+                # The next load finds the hollow routes: the segment must name those.
+                found = [used.keys.get(id(raw)) for raw in kept.fragments[key].routes]
+                if any(k is None for k in found):
+                    continue
+                keys = {id(k[0]): k for k in found if k is not None}
+                segment = _Segment(segment.defaults, segment.located, keys, segment.routes)
+            if segment is not None:
+                kept.segments[key] = segment
         kept.keys = {k: v for k, v in used.keys.items() if not v[0].data}
         self._kept, self._used = kept, _Load()
+        self._index, self._new_index = self._new_index, None
 
     def fragments(self) -> dict[str, Fragment]:
         """Key name → the fragment the last load used (hollow)."""
@@ -116,7 +155,37 @@ class LoadCache:
         else:
             self.stats.fragments_reused += 1
         self._used.fragments[key] = frag
+        self._used.sources[id(frag)] = key
         return frag
+
+    def segment(self, frag: Fragment, defaults: str) -> list[Located] | None:
+        """Every validated route of `frag` (a fragment `fragment` returned) as the last load
+        had them with the same merged `defaults` (as text), or None: validate route by route."""
+        key = self._used.sources.get(id(frag))
+        if key is None or self._reparse:
+            return None
+        segment = self._kept.segments.get(key)
+        if segment is None or segment.defaults != defaults:
+            return None
+        used = self._used
+        used.segments[key] = segment
+        used.keys.update(segment.keys)
+        used.routes.update(segment.routes)
+        self.stats.routes_reused += len(segment.located)
+        return segment.located
+
+    def whole(self, frag: Fragment, defaults: str, located: list[Located]) -> None:
+        """`located` are all of `frag`'s routes, validated (by `route`) with `defaults` and
+        final (nothing resolved into them since): the next load may take them whole."""
+        key = self._used.sources.get(id(frag))
+        found = [self._used.keys.get(id(raw)) for raw in frag.routes]
+        if key is None or len(found) != len(located):
+            return
+        keys = {id(k[0]): k for k in found if k is not None}
+        if len(keys) != len(located):
+            return  # a route validated without a key (nested too deep to digest)
+        routes = {k[1]: item for k, item in zip(keys.values(), located, strict=True)}
+        self._used.segments[key] = _Segment(defaults, located, keys, routes)
 
     def route(self, raw: RawRoute, defaults: str, validate: Callable[[], Located]) -> Located:
         """`validate()`, or the route it returned for the same raw route and `defaults` (the

@@ -115,3 +115,22 @@ def test_a_route_that_failed_is_reported_again_and_defaults_revalidate_everythin
     config = load_snapshot(with_defaults, {}, cache=cache)
     assert cache.stats.routes_validated == 15  # every route gets the new default
     assert {r.connect_timeout for r in config.routes} == {3000}  # milliseconds
+
+
+def test_unchanged_keys_are_taken_whole_edit_after_edit() -> None:
+    cache = LoadCache()
+    load_snapshot(_three_keys(), {}, cache=cache)
+    edits = [
+        _snap(a=_key(0, 5), b=_key(5, 5, at=6, destinations=["198.51.100.1:443"]), c=_key(10, 5)),
+        _snap(a=_key(0, 5, at=2, listen=21002), b=_key(5, 5), c=_key(10, 5)),
+        _snap(a=_key(0, 5, at=2, listen=21002), b=_key(5, 5), c=_key(10, 4)),
+        _three_keys(),
+    ]
+    for snap in edits:
+        config = load_snapshot(snap, {}, cache=cache)
+        # Only the routes that differ from the last load's (at most one edited and one put
+        # back) are validated; whatever the cache held, the result is a load without one.
+        stats = cache.stats
+        assert stats.routes_validated <= 2
+        assert stats.routes_validated + stats.routes_reused == len(config.routes)
+        assert config == load_snapshot(snap, {}, cache=LoadCache())
