@@ -38,12 +38,13 @@ _HANDED_OUT: set[int] = set()  # every port free_port() gave this test process
 # another test process could take it, and each port taken is claimed in a file naming its pid.
 _PORT_CLAIMS = Path("/tmp/haproxy-egress-test-ports")
 _PORT_RANGE = (10000, 19999)  # one port at a time, picked at random
-_BULK_RANGE = range(20000, 32000)  # free_ports(n): thousands at once, in order
+_BULK_RANGE = range(20000, 32000)  # free_ports(n): thousands at once, on an address of its own
 _RANDOM = random.Random(os.urandom(16))
 
 
-def _claim(port: int) -> bool:
-    """Claim `port` for this process, unless a live test process holds the claim."""
+def _claim(port: int | str) -> bool:
+    """Claim `port` (or a loopback address) for this process, unless a live test process
+    holds the claim."""
     _PORT_CLAIMS.mkdir(mode=0o1777, exist_ok=True)
     claim = _PORT_CLAIMS / str(port)
     mine = str(os.getpid()).encode()
@@ -77,7 +78,7 @@ def _alive(pid: int) -> bool:
 
 @atexit.register
 def _release_claims() -> None:
-    for port in _HANDED_OUT:
+    for port in (*_HANDED_OUT, *_BULK_ADDRESSES):
         with contextlib.suppress(OSError):
             claim = _PORT_CLAIMS / str(port)
             if claim.read_bytes() == str(os.getpid()).encode():
@@ -94,18 +95,30 @@ def _bindable(host: str, port: int, kind: int) -> bool:
     return True
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` free ports at once (e.g. 10,000 routes), claimed as free_port() claims one."""
-    ports: list[int] = []
-    for port in _BULK_RANGE:
-        if port in _HANDED_OUT or not _bindable(host, port, socket.SOCK_STREAM):
-            continue
-        if _claim(port):
-            _HANDED_OUT.add(port)
-            ports.append(port)
-            if len(ports) == n:
-                return ports
-    raise RuntimeError(f"fewer than {n} free ports in {_BULK_RANGE}")
+_BULK_ADDRESSES: list[str] = []  # the loopback address free_ports() claimed, once
+
+
+def bulk_address() -> str:
+    """A loopback address of this test process's own (127.1xx.y.1), for free_ports(): two test
+    jobs that each want 10,000 ports cannot both have them on 127.0.0.1."""
+    if not _BULK_ADDRESSES:
+        for _ in range(1000):
+            address = f"127.{_RANDOM.randint(100, 199)}.{_RANDOM.randint(0, 255)}.1"
+            if _claim(address):
+                _BULK_ADDRESSES.append(address)
+                break
+        else:
+            raise RuntimeError("no loopback address left for free_ports()")
+    return _BULK_ADDRESSES[0]
+
+
+def free_ports(n: int) -> tuple[str, list[int]]:
+    """`n` free ports at once (e.g. 10,000 routes) on this process's bulk_address()."""
+    host = bulk_address()
+    ports = [p for p in _BULK_RANGE if _bindable(host, p, socket.SOCK_STREAM)][:n]
+    if len(ports) < n:
+        raise RuntimeError(f"fewer than {n} free ports in {_BULK_RANGE} on {host}")
+    return host, ports
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:

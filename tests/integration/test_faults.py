@@ -67,6 +67,7 @@ class Probe:
     ports: list[int]
     expect: str
     clients_per_port: int = 2
+    host: str = "127.0.0.1"
     ok: int = 0
     failures: list[tuple[float, str]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -85,7 +86,7 @@ class Probe:
     def _run(self, port: int, deadline: float) -> None:
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
-                body = http_get(port, timeout=2)
+                body = http_get(port, host=self.host, timeout=2)
                 good, why = body == self.expect, f"body {body[:30]!r}"
             except OSError as exc:
                 good, why = False, f"{type(exc).__name__}: {exc}"
@@ -604,11 +605,11 @@ def test_hanging_and_resetting_destinations_are_taken_out(
 N_ROUTES = 10_000
 
 
-def _many_routes(ports: list[int], origin: HttpOrigin) -> str:
+def _many_routes(host: str, ports: list[int], origin: HttpOrigin) -> str:
     """One route per port, as egress routers are laid out (one local port per destination)."""
     lines = ["defaults: {check: false}", "routes:"]
     lines += [
-        f"  - {{name: r{i}, listen: '127.0.0.1:{port}', mode: http, "
+        f"  - {{name: r{i}, listen: '{host}:{port}', mode: http, "
         f"destinations: ['127.0.0.1:{origin.port}']}}"
         for i, port in enumerate(ports)
     ]
@@ -619,8 +620,8 @@ def _many_routes(ports: list[int], origin: HttpOrigin) -> str:
 def test_ten_thousand_routes_compile_check_start_and_reload(
     tmp_path: Path, volume: ConfigMapVolume, origin: HttpOrigin, routers: list[Router]
 ) -> None:
-    ports = free_ports(N_ROUTES)
-    text = _many_routes(ports, origin)
+    host, ports = free_ports(N_ROUTES)
+    text = _many_routes(host, ports, origin)
     started = time.monotonic()
     config = load_snapshot(Snapshot(Path("/cfg"), (("routes.yaml", text.encode()),)), {})
     rendered = render(config, OPTIONS)
@@ -646,7 +647,7 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
     router.wait_ready(timeout=300)
     start_s = time.monotonic() - started
     for i in (0, N_ROUTES // 2, N_ROUTES - 1):
-        assert http_get(ports[i]) == "origin-a"
+        assert http_get(ports[i], host=host) == "origin-a"
 
     # A reload: one more route, while the 10,000 keep serving.
     extra_port = free_port()
@@ -654,14 +655,14 @@ def test_ten_thousand_routes_compile_check_start_and_reload(
         f"  - {{name: extra, listen: '127.0.0.1:{extra_port}', mode: http, "
         f"destinations: ['127.0.0.1:{origin.port}']}}\n"
     )
-    probe = Probe([ports[0], ports[-1]], expect="origin-a", clients_per_port=1)
+    probe = Probe([ports[0], ports[-1]], expect="origin-a", clients_per_port=1, host=host)
     started = time.monotonic()
     volume.write({"routes.yaml": more})
     probe.start()
     try:
         wait_for(lambda: http_get(extra_port, timeout=1) == "origin-a", timeout=300, step=0.2)
         reload_s = time.monotonic() - started
-        assert http_get(ports[N_ROUTES // 3]) == "origin-a"
+        assert http_get(ports[N_ROUTES // 3], host=host) == "origin-a"
     finally:
         probe.stop()
     assert probe.failures == [], probe.failures[:5]
