@@ -58,7 +58,12 @@ kubectl_install() {
   rm -rf "$tmp"
 }
 
+# Test runs using dockerd, by pid: a run that ends leaves it to the others still running
+# (two test jobs on one machine share one dockerd; the last one out stops it).
+DOCKERD_USERS=/tmp/haproxy-egress-dockerd.users
+
 dockerd_start() {
+  mkdir -p "$DOCKERD_USERS" && touch "$DOCKERD_USERS/$$"
   if docker info >/dev/null 2>&1; then return 0; fi
   rm -f /var/run/docker.pid
   # No bridge and no iptables: containers use --network host, traffic stays on loopback.
@@ -70,6 +75,12 @@ dockerd_start() {
 }
 
 dockerd_stop() {
+  rm -f "$DOCKERD_USERS/$$"
+  for user in "$DOCKERD_USERS"/*; do
+    [ -e "$user" ] || continue
+    if kill -0 "${user##*/}" 2>/dev/null; then return 0; fi
+    rm -f "$user"  # a run that was killed before its own stop
+  done
   [ -f /tmp/haproxy-egress-dockerd.started ] || return 0
   kill "$(cat /tmp/haproxy-egress-dockerd.started)" 2>/dev/null || true
   for _ in $(seq 1 30); do [ -e /var/run/docker.pid ] || break; sleep 1; done
