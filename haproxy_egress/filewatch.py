@@ -61,7 +61,7 @@ class FileWatch(Background):
                 for _changes in watchfiles.watch(
                     *watching,
                     debounce=self._debounce_ms,
-                    step=min(50, self._debounce_ms),
+                    step=self._settle_ms(),
                     stop_event=self._stop,
                     rust_timeout=max(1, int(self._poll * 1000)),
                     yield_on_timeout=True,  # an empty batch every `poll` seconds: the backstop
@@ -74,7 +74,16 @@ class FileWatch(Background):
                     if self._watch_paths() != watching:
                         break  # a watched inode is gone, or others are named: watch those
             except (OSError, RuntimeError) as exc:
+                # The batch that failed may have held the change: the look below sees it.
                 log.warning("watching %s failed (%s); polling", watching[0], exc)
                 self._stop.wait(min(self._poll, 1.0))
-            # A watch that ended (directory replaced) is restarted by the loop.
+            # A watch that ended (directory replaced, an error) is restarted by the loop; what
+            # changed while no watch was set raised no event, so look once before it.
             time.sleep(0.05)
+            if not self._stop.is_set():
+                self._look()
+
+    def _settle_ms(self) -> int:
+        """How long events must stop before a look (watchfiles' step): a burst of writes to
+        plain files ends when 50 ms pass without another (or the debounce, if shorter)."""
+        return min(50, self._debounce_ms)

@@ -21,7 +21,7 @@ from haproxy_egress.errors import Problem
 from haproxy_egress.settings import PROXY_USERS_ENV
 
 MAX_KEY_BYTES = 1 << 20  # a whole ConfigMap is limited to 1 MiB by the API server
-_ATTEMPTS = 3  # a swap can delete the old version mid-read; read the new one instead
+_ATTEMPTS = 5  # a swap can delete the old version mid-read; read the new one instead
 # Kubernetes' rule for ConfigMap keys; anything else (a newline in a file name of a plain
 # directory, say) could end up in a comment of haproxy.cfg, so it is refused outright.
 KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]{1,253}\Z")
@@ -179,5 +179,11 @@ def _read_snapshot(
         except PermissionError as exc:
             problem = Problem(str(directory), "", f"cannot be read: {exc.strerror}")
             return Snapshot(directory, (), True, (problem,))
+        if target is not directory and data_link.resolve() != target:
+            # Swapped while we read: the old version's files are being deleted, so what we
+            # listed may lack some keys. A torn read would drop routes; read the new one.
+            if attempt + 1 == _ATTEMPTS:
+                raise FileNotFoundError(f"{directory}: swapped {_ATTEMPTS} times while read")
+            continue
         return Snapshot(directory, tuple(files), True, tuple(problems))
     raise AssertionError("unreachable")

@@ -10,9 +10,9 @@ import pytest
 
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.scalars import Listen
-from haproxy_egress.config.sources import load, load_snapshot, read_snapshot
+from haproxy_egress.config.sources import configdir, load, load_snapshot, read_snapshot
 from haproxy_egress.config.sources.configdir import MAX_KEY_BYTES, Snapshot
-from haproxy_egress.errors import ConfigError
+from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.settings import Settings
 from tests.support import write_configmap
 
@@ -441,3 +441,29 @@ def test_load_from_settings_reserves_the_metrics_port(tmp_path: Path) -> None:
 def test_a_single_value_with_a_line_break_is_shown_quoted_in_one_line() -> None:
     (got,) = errors(snap(routes_yaml='defaults:\n  allow_from: "\\n"\nroutes: []\n'))
     assert got == "routes.yaml:2: defaults.allow_from: must be a list, not the single value '\\n'"
+
+
+def test_a_snapshot_read_during_a_swap_is_one_whole_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet deletes the old version's files right after the swap: a read that resolved
+    the old version before the swap must not return what was left of it (a torn read would
+    drop the missing keys' routes). Here the swap lands between the resolve and the listing."""
+    old = {f"k{i}.yaml": f"# old {i}\n" for i in range(6)}
+    new = {f"k{i}.yaml": f"# new {i}\n" for i in range(6)}
+    kubelet_publish(tmp_path, "2026_12_07_10_00_00.1", old)
+    read_dir = configdir._read_dir
+    swapped: list[Path] = []
+
+    def swap_then_read(target: Path) -> tuple[list[tuple[str, bytes]], list[Problem]]:
+        if not swapped:  # the first read: swap, and delete half of the old version's files
+            kubelet_publish(tmp_path, "2026_12_07_10_05_00.2", new)
+            for name in ("k1.yaml", "k3.yaml", "k5.yaml"):
+                (target / name).unlink()
+            swapped.append(target)
+        return read_dir(target)
+
+    monkeypatch.setattr(configdir, "_read_dir", swap_then_read)
+    snapshot = read_snapshot(tmp_path)
+    assert swapped
+    assert dict(snapshot.files) == {k: v.encode() for k, v in new.items()}
