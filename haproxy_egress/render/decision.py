@@ -382,33 +382,21 @@ class PolicyChain:
 
     # -- lookups shared by several parts --
 
-    def _name_index(
-        self, host: str, dotted: str, out: str, extra: Sequence[Term] = ()
-    ) -> list[Line]:
-        """Into `out`, the lowest index of the rules that match the name in `host` (its dotted
-        form in `dotted`): the exact name first, else the most specific domain."""
+    def _name_index(self, host: str, out: str, extra: Sequence[Term] = ()) -> list[Line]:
+        """Into `out`, the lowest index of the rules that match the name in `host`: the exact
+        name first, else the most specific domain (of the name with a dot in front, so that a
+        domain rule covers the domain itself). Each lookup is one sample expression, the key
+        built where it is used: no variable is set for a key, so none is left to unset."""
         m, v = self._maps, VARS
         guard = when(*extra) if extra else None
+        exact = f"str(=),concat(,{host},/),concat(,{v.group},/)"
+        domain = f"str(.),concat(,{host},),{m.lookup('domains')},concat(/,{v.group},/)"
+        unset = when(~found(out), *extra)
         return [
-            Rule(set_var(v.key, f"str(=),concat(,{host},/),concat(,{v.group},/)"), guard),
-            Rule(set_var(out, f"{var(v.key)},concat(,{v.dstport},),{m.lookup('index')}"), guard),
-            Rule(
-                set_var(out, f"{var(v.key)},concat(*),{m.lookup('index')}"),
-                when(~found(out), *extra),
-            ),
-            Rule(unset_var(v.key), guard),
-            Rule(
-                set_var(v.key, f"{var(dotted)},{m.lookup('domains')},concat(/,{v.group},/)"),
-                when(~found(out), *extra),
-            ),
-            Rule(
-                set_var(out, f"{var(v.key)},concat(,{v.dstport},),{m.lookup('index')}"),
-                when(found(v.key), ~found(out), *extra),
-            ),
-            Rule(
-                set_var(out, f"{var(v.key)},concat(*),{m.lookup('index')}"),
-                when(found(v.key), ~found(out), *extra),
-            ),
+            Rule(set_var(out, f"{exact},concat(,{v.dstport},),{m.lookup('index')}"), guard),
+            Rule(set_var(out, f"{exact},concat(*),{m.lookup('index')}"), unset),
+            Rule(set_var(out, f"{domain},concat(,{v.dstport},),{m.lookup('index')}"), unset),
+            Rule(set_var(out, f"{domain},concat(*),{m.lookup('index')}"), unset),
         ]
 
     def _count(self, *terms: Term) -> list[Line]:
@@ -509,14 +497,14 @@ class PolicyChain:
     @cached_property
     def decide(self) -> tuple[Line, ...]:
         """The policy: the destination's address, the client's group, the first matching rule,
-        the guard, the verdict and its reason (config/policy.py `decide` in haproxy's words)."""
+        the guard and the verdict (config/policy.py `decide` in haproxy's words); the reason
+        of a refusal is worded later (`refusals`), only on the path of a request not allowed."""
         return (
             *self._address(),
             *self._group(),
             *self._first_match(),
             *self._guard(),
             *self._parent_choice(),
-            *self._reasons(),
             BLANK,
         )
 
@@ -562,7 +550,6 @@ class PolicyChain:
             ),
             Rule(track(1, var(v.dsthost), TABLES.dns), when(fresh, ipv4)),
             Rule(RuleAction("sc-set-gpt0", ("1",), var(v.dstip)), when(fresh, ipv4)),
-            Rule(set_var(v.dotted, f"str(.),concat(,{v.dsthost},)")),
         ]
         return lines
 
@@ -598,36 +585,31 @@ class PolicyChain:
 
     def _first_match(self) -> list[Line]:
         m, v = self._maps, VARS
-        lowest = [
-            Rule(set_var(v.idx, var(v.ni))),
-            Rule(set_var(v.idx, var(v.ai)), when(found(v.ai), ~found(v.idx))),
-            Rule(set_var(v.idx, var(v.ai)), when(Term(f"{var(v.ai)},sub({v.idx})", "lt 0"))),
-            Rule(set_var(v.idx, var(v.wi)), when(found(v.wi), ~found(v.idx))),
-            Rule(set_var(v.idx, var(v.wi)), when(Term(f"{var(v.wi)},sub({v.idx})", "lt 0"))),
-        ]
+        idx = found(v.idx)
+        network = f"{var(v.dstip)},{m.lookup('networks')},concat(/,{v.group},/)"
+        wildcard = f"str(*/),concat(,{v.group},),{m.lookup('index')}"
         lines: list[Line] = [
             *_comments(
                 "Each lookup names the most specific name, domain or network of any rule; the"
                 " index map",
                 "then gives, for this group and port, the lowest index of the rules that match it.",
+                "First match: the lowest of the three (a name's, then lower ones replace it).",
             ),
-            *self._name_index(v.dsthost, v.dotted, v.ni),
-            Rule(unset_var(v.key)),
+            *self._name_index(v.dsthost, v.idx),
             Rule(
-                set_var(v.key, f"{var(v.dstip)},{m.lookup('networks')},concat(/,{v.group},/)"),
+                set_var(v.ai, f"{network},concat(,{v.dstport},),{m.lookup('index')}"),
                 when(found(v.dstip)),
             ),
             Rule(
-                set_var(v.ai, f"{var(v.key)},concat(,{v.dstport},),{m.lookup('index')}"),
-                when(found(v.key)),
+                set_var(v.ai, f"{network},concat(*),{m.lookup('index')}"),
+                when(found(v.dstip), ~found(v.ai)),
             ),
             Rule(
-                set_var(v.ai, f"{var(v.key)},concat(*),{m.lookup('index')}"),
-                when(found(v.key), ~found(v.ai)),
+                set_var(v.idx, var(v.ai)), when(~idx, OR, Term(f"{var(v.ai)},sub({v.idx})", "lt 0"))
             ),
-            Rule(set_var(v.wi, f"str(*/),concat(,{v.group},),{m.lookup('index')}")),
-            Comment("First match: the lowest of the three."),
-            *lowest,
+            Rule(
+                set_var(v.idx, wildcard), when(~idx, OR, Term(f"{wildcard},sub({v.idx})", "lt 0"))
+            ),
         ]
         if self.route.deny_doh:
             lines += [
@@ -638,7 +620,7 @@ class PolicyChain:
                 Rule(set_var(v.rule, f"str({RuleId.DOH})"), when(m.holds(v.dsthost, "doh"))),
             ]
         lines += [
-            Rule(set_var(v.rule, var(v.idx)), when(found(v.idx), ~found(v.rule))),
+            Rule(set_var(v.rule, var(v.idx)), unless(found(v.rule))),
             Rule(set_var(v.rule, f"str({RuleId.DEFAULT})"), unless(found(v.rule))),
             Rule(
                 set_var(
@@ -652,7 +634,8 @@ class PolicyChain:
     def _guard(self) -> list[Line]:
         m, v = self._maps, VARS
         address = found(v.dstip)
-        own_port = m.holds(v.dstport, "ports")
+        own = found(v.own)
+        cls = found(v.cls)
         is_self = equals(v.cls, SELF_CLASS)
         return [
             Comment(
@@ -661,34 +644,40 @@ class PolicyChain:
             ),
             Rule(set_var(v.cls, f"{var(v.dstip)},{m.lookup('classes')}"), when(address)),
             Rule(unset_var(v.cls), when(equals(v.cls, NONE))),
-            Rule(set_var(v.own, "dst")),
+            Comment("The router's own address, wanted only for one of its own listen ports."),
+            Rule(set_var(v.own, "dst"), when(address, m.holds(v.dstport, "ports"))),
             Rule(
                 set_var(v.cls, f"str({SELF_CLASS})"),
-                when(address, own_port, Term(f"{var(v.dstip)},{m.lookup('self')}", "-m found")),
-            ),
-            Rule(
-                set_var(v.cls, f"str({SELF_CLASS})"),
-                when(address, own_port, Term(f"{var(v.dstip)},strcmp({v.own})", "eq 0")),
+                when(
+                    own,
+                    Term(f"{var(v.dstip)},{m.lookup('self')}", "-m found"),
+                    OR,
+                    own,
+                    Term(f"{var(v.dstip)},strcmp({v.own})", "eq 0"),
+                ),
             ),
             Rule(
                 set_var(v.verdict, f"str({Verdict.ALLOW})"),
-                when(equals(v.action, Action.ALLOW, Action.ALLOW_ADDRESS), ~found(v.cls)),
-            ),
-            Rule(
-                set_var(v.verdict, f"str({Verdict.ALLOW})"),
-                when(equals(v.action, Action.ALLOW_ADDRESS), ~is_self),
+                when(
+                    equals(v.action, Action.ALLOW, Action.ALLOW_ADDRESS),
+                    ~cls,
+                    OR,
+                    equals(v.action, Action.ALLOW_ADDRESS),
+                    ~is_self,
+                ),
             ),
             Rule(
                 set_var(v.verdict, f"str({Verdict.WOULD_DENY})"),
-                when(equals(v.action, Action.REPORT), ~found(v.cls)),
+                when(equals(v.action, Action.REPORT), ~cls),
+            ),
+            Comment(
+                f"({RuleId.GUARD_SELF}: the self class is refused whatever the rule's action.)"
             ),
             Rule(
                 set_var(v.rule, f"str({GUARD_PREFIX}),concat(,{v.cls},)"),
-                when(equals(v.action, Action.ALLOW, Action.REPORT), found(v.cls)),
+                when(cls, equals(v.action, Action.ALLOW, Action.REPORT), OR, is_self),
             ),
-            Rule(set_var(v.rule, f"str({RuleId.GUARD_SELF})"), when(is_self)),
-            Rule(unset_var(v.verdict), when(is_self)),
-            Rule(set_var(v.verdict, f"str({Verdict.DENY})"), unless(found(v.verdict))),
+            Rule(set_var(v.verdict, f"str({Verdict.DENY})"), when(~found(v.verdict), OR, is_self)),
         ]
 
     def _parent_choice(self) -> list[Line]:
@@ -699,6 +688,7 @@ class PolicyChain:
             return [Rule(unresolved, when(PASSES, ~found(v.dstip)))]
         d = self._parent_maps
         direct = set_var(v.via, f"str({Via.DIRECT})")
+        dotted = f"str(.),concat(,{v.dsthost},)"
         lines: list[Line] = _comments(
             "-- parent proxies (docs/policy.md): the policy allowed it; the direct list says"
             " whether",
@@ -714,7 +704,7 @@ class PolicyChain:
             ),
             Rule(
                 direct,
-                when(Term(f"{var(v.dotted)},{d.lookup('direct-domains')}", "-m found"), PASSES),
+                when(Term(f"{dotted},{d.lookup('direct-domains')}", "-m found"), PASSES),
             ),
             Rule(
                 direct,
@@ -722,10 +712,28 @@ class PolicyChain:
             ),
             Rule(set_var(v.via, f"str({Via.PARENT})"), when(~found(v.via), PASSES)),
             Rule(unresolved, when(PASSES, ~found(v.dstip), equals(v.via, Via.DIRECT))),
+            *_comments(
+                "Fail closed: with every parent down an allowed destination gets 503, never"
+                " a direct",
+                f"connection (counted as rule {RuleId.NO_PARENT}, verdict {Verdict.UNRESOLVED}).",
+            ),
+            Rule(
+                set_var(v.rule, f"str({RuleId.NO_PARENT})"),
+                when(
+                    PASSES,
+                    equals(v.via, Via.PARENT),
+                    Term(f"nbsrv({self.route.name}-parent-tunnel)", "eq 0"),
+                ),
+            ),
+            Rule(unresolved, when(equals(v.rule, RuleId.NO_PARENT))),
         ]
         return lines
 
-    def _reasons(self) -> list[Line]:
+    @cached_property
+    def refusals(self) -> tuple[Line, ...]:
+        """The reason of a refusal (403 body, CONNECT answer): which rule or limit decided and
+        what would change it, in the words `explain` uses. Worded once the decision and the
+        limits are judged, so an allowed request never pays for the texts."""
         m, v, r = self._maps, VARS, self.route
         text = f"%[{var(v.group)},concat(/,{v.idx},),{m.lookup('reasons')}]"
         guard = begins(v.rule, GUARD_PREFIX)
@@ -749,26 +757,30 @@ class PolicyChain:
             lines.append(self._reason(Reason.DOH, when(equals(v.rule, RuleId.DOH))))
         lines.append(self._reason(Reason.UNRESOLVED, when(equals(v.verdict, Verdict.UNRESOLVED))))
         if r.parents is not None:
-            no_parent = equals(v.rule, RuleId.NO_PARENT)
+            lines.append(self._reason(Reason.NO_PARENT, when(equals(v.rule, RuleId.NO_PARENT))))
+        lim = r.limits
+        if lim.tunnels or lim.connection_rate or lim.request_rate:
+            period = format_duration(lim.period)
             lines += [
-                *_comments(
-                    "Fail closed: with every parent down an allowed destination gets 503, never"
-                    " a direct",
-                    f"connection (counted as rule {RuleId.NO_PARENT}, verdict"
-                    f" {Verdict.UNRESOLVED}).",
+                self._reason(
+                    Reason.LIMIT_TUNNELS,
+                    when(equals(v.limit, Limit.TUNNELS)),
+                    tunnels=lim.tunnels,
                 ),
-                Rule(
-                    set_var(v.rule, f"str({RuleId.NO_PARENT})"),
-                    when(
-                        PASSES,
-                        equals(v.via, Via.PARENT),
-                        Term(f"nbsrv({r.name}-parent-tunnel)", "eq 0"),
-                    ),
+                self._reason(
+                    Reason.LIMIT_CONNECTION_RATE,
+                    when(equals(v.limit, Limit.CONNECTION_RATE)),
+                    rate=lim.connection_rate,
+                    period=period,
                 ),
-                Rule(set_var(v.verdict, f"str({Verdict.UNRESOLVED})"), when(no_parent)),
-                self._reason(Reason.NO_PARENT, when(no_parent)),
+                self._reason(
+                    Reason.LIMIT_REQUEST_RATE,
+                    when(equals(v.limit, Limit.REQUEST_RATE)),
+                    rate=lim.request_rate,
+                    period=period,
+                ),
             ]
-        return lines
+        return (*lines, BLANK)
 
     def limits(self, connect: bool) -> tuple[Line, ...]:
         """The route's limits, judged once the policy let the request through: tunnels (for a
@@ -806,27 +818,9 @@ class PolicyChain:
             )
         if lim.tunnels or lim.connection_rate or lim.request_rate:
             limited = when(found(v.limit))
-            period = format_duration(lim.period)
             lines += [
                 Rule(set_var(v.rule, f"str({LIMIT_PREFIX}),concat(,{v.limit},)"), limited),
                 Rule(set_var(v.verdict, f"str({Verdict.DENY})"), limited),
-                self._reason(
-                    Reason.LIMIT_TUNNELS,
-                    when(equals(v.limit, Limit.TUNNELS)),
-                    tunnels=lim.tunnels,
-                ),
-                self._reason(
-                    Reason.LIMIT_CONNECTION_RATE,
-                    when(equals(v.limit, Limit.CONNECTION_RATE)),
-                    rate=lim.connection_rate,
-                    period=period,
-                ),
-                self._reason(
-                    Reason.LIMIT_REQUEST_RATE,
-                    when(equals(v.limit, Limit.REQUEST_RATE)),
-                    rate=lim.request_rate,
-                    period=period,
-                ),
             ]
         lines.append(BLANK)
         return tuple(lines)
@@ -861,7 +855,7 @@ class PolicyChain:
         lines = [*self.non_ascii, *self.connect_bad]
         if r.asks_credentials:
             lines += [*self.authenticate, *self.connect_auth]
-        lines += [*self.decide, *self.limits(True), *self.connect_status]
+        lines += [*self.decide, *self.limits(True), *self.refusals, *self.connect_status]
         if r.connect_sni == "match":
             ports = " ".join(str(p) for p in r.connect_sni_ports)
             lines += [
@@ -900,13 +894,17 @@ class PolicyChain:
             *self.limits(False),
             *self.count,
             *self.destination,
-            *self.http_forward,
+            *_set_destination(),
             *self.origin_form,
+            *self.http_allowed,
+            *self.refusals,
+            *self.http_forward,
         )
 
     @cached_property
     def tls(self) -> tuple[Line, ...]:
-        """A tls route's tcp-request content chain, once the ClientHello is in."""
+        """A tls route's tcp-request content chain, once the ClientHello is in (a refused
+        stream is closed without an answer: no reason is worded)."""
         return (*self.tls_sni, *self.decide, *self.count, *self.destination, *self.tls_forward)
 
     # -- what follows a decision: the answer, and where the stream goes --
@@ -986,7 +984,10 @@ class PolicyChain:
             Rule(set_var(v.dsthost, f"{authority},host_only,lower")),
             Rule(set_var(v.dstport, f"{authority},port_only")),
             Rule(set_var(v.dstport, "int(80)"), when(Term(var(v.dstport), "-m int 0"))),
-            Rule(set_var(v.dsthost, rf"{var(v.dsthost)},regsub(^\\[,),regsub(\\]$,)")),
+            Rule(
+                set_var(v.dsthost, rf"{var(v.dsthost)},regsub(^\\[,),regsub(\\]$,)"),
+                when(begins(v.dsthost, "["), OR, Term(var(v.dsthost), "-m end ]")),
+            ),
         )
 
     @cached_property
@@ -1019,15 +1020,26 @@ class PolicyChain:
         return (Rule(_answer(407, realm), when(found(VARS.auth))),)
 
     @cached_property
+    def http_allowed(self) -> tuple[Line, ...]:
+        """An allowed plain request leaves the rules here, on its way to the address the policy
+        decided: what follows is only for the others."""
+        return (
+            Comment(
+                "Allowed: on its way (the rules below word and answer a refusal; report-only"
+                " goes on after them)."
+            ),
+            Rule(RuleAction("allow"), when(equals(VARS.verdict, Verdict.ALLOW))),
+        )
+
+    @cached_property
     def http_forward(self) -> tuple[Line, ...]:
-        """A refused plain request gets its status and reason; an allowed one goes to the
-        address the policy decided."""
+        """A refused plain request gets its status and reason (the address it was set to is
+        never connected to)."""
         v = VARS
         return (
             Rule(_answer(429), when(found(v.limit))),
             Rule(_answer(403), when(equals(v.verdict, Verdict.DENY))),
             Rule(_answer(503), when(equals(v.verdict, Verdict.UNRESOLVED))),
-            *_set_destination(),
         )
 
     @cached_property
@@ -1071,8 +1083,7 @@ class PolicyChain:
                 set_var(v.sni, "req.ssl_sni,lower"),
                 when(early, Term("req.ssl_hello_type", "1")),
             ),
-            Rule(set_var(v.sni_dotted, f"str(.),concat(,{v.sni},)"), when(found(v.sni))),
-            *self._name_index(v.sni, v.sni_dotted, v.sni_idx, (found(v.sni),)),
+            *self._name_index(v.sni, v.sni_idx, (found(v.sni),)),
             Rule(
                 set_var(v.sni_ok, "bool(true)"),
                 when(Term(f"{var(v.sni)},strcmp({v.dsthost})", "eq 0")),

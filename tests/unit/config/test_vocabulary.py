@@ -62,11 +62,12 @@ POLICY_MODULES = frozenset(
     )
 )
 # Names that only look like a word: map table names in render/maps.py ("parent", "self", "doh")
-# (not `Via.PARENT`) and in render/decision.py, which looks those tables up, the Route field
-# `allow_from` a hook binding tests in render/hooks.py.
+# (not `Via.PARENT`) and in render/decision.py, which looks those tables up and ends an allowed
+# request's rules with haproxy's own action keyword `allow` (not `Verdict.ALLOW`), the Route
+# field `allow_from` a hook binding tests in render/hooks.py.
 _TABLE_NAMES = {
     PACKAGE / "render/maps.py": {"parent", "self", "doh"},
-    PACKAGE / "render/decision.py": {"self", "doh"},
+    PACKAGE / "render/decision.py": {"self", "doh", "allow"},
     PACKAGE / "render/hooks.py": {"allow_from"},
 }
 
