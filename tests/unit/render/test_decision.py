@@ -1,4 +1,4 @@
-"""The decision chain (render/decision.py): each rule, term and comment renders its own haproxy
+"""The decision chain (render/decision/): each rule, term and comment renders its own haproxy
 text, and a route's chain comes in the order haproxy must run it.
 
 That the chain decides as `explain` does is proven against live haproxy by
@@ -314,7 +314,7 @@ _NOT_THE_DECISION = {
 
 
 def test_the_policy_template_prints_the_chain_and_decides_nothing() -> None:
-    """Verdicts, rule ids, map actions and the decision's variables are render/decision.py's:
+    """Verdicts, rule ids, map actions and the decision's variables are render/decision/'s:
     the template names none of them (a new step of the decision is a rule there)."""
     text = POLICY_TEMPLATE.read_text()
     named = set(re.findall(r"\bV\.\w+(?:\.\w+)?", text))
