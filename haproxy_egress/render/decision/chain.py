@@ -200,14 +200,14 @@ class PolicyChain(Decision):
         the headers meant for the proxy."""
         v, parents = VARS, self.route.parents is not None
         direct = (equals(v.via, Via.DIRECT),) if parents else ()
-        path = found(v.pathq)
-        empty = Term(var(v.pathq), "-m len 0")
+        # One test for "there is a path and it is not empty" (a missing variable has none).
+        path = Term(var(v.pathq), "-m len 1:")
         to_parent = " (the parent gets the absolute URI)" if parents else ""
         return (
             Comment(f"Origin form towards the origin{to_parent}; proxy-only headers stay here."),
             Rule(set_var(v.pathq, "pathq")),
-            Rule(RuleAction("set-uri", (), f"%[{var(v.pathq)}]"), when(path, ~empty, *direct)),
-            Rule(RuleAction("set-uri", (), "/"), when(~path, *direct, OR, empty, *direct)),
+            Rule(RuleAction("set-uri", (), f"%[{var(v.pathq)}]"), when(path, *direct)),
+            Rule(RuleAction("set-uri", (), "/"), when(~path, *direct)),
             Rule(RuleAction("del-header", (), "proxy-connection")),
             Rule(RuleAction("del-header", (), "proxy-authorization")),
         )

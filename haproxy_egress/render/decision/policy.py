@@ -323,7 +323,7 @@ class Decision:
     def _guard(self) -> list[Line]:
         m, v = self._maps, VARS
         address = found(v.dstip)
-        own = found(v.own)
+        own_port = m.holds(v.dstport, "ports")
         cls = found(v.cls)
         is_self = equals(v.cls, SELF_CLASS)
         return [
@@ -333,16 +333,19 @@ class Decision:
             ),
             Rule(set_var(v.cls, f"{var(v.dstip)},{m.lookup('classes')}"), when(address)),
             Rule(unset_var(v.cls), when(equals(v.cls, NONE))),
-            Comment("The router's own address, wanted only for one of its own listen ports."),
-            Rule(set_var(v.own, "dst"), when(address, m.holds(v.dstport, "ports"))),
+            Comment(
+                "The router itself: one of its listen ports on one of its addresses, or on the"
+                " address this"
+            ),
+            Comment("connection came to (compared with dst only for one of those ports)."),
             Rule(
                 set_var(v.cls, f"str({SELF_CLASS})"),
                 when(
-                    own,
+                    own_port,
                     Term(f"{var(v.dstip)},{m.lookup('self')}", "-m found"),
                     OR,
-                    own,
-                    Term(f"{var(v.dstip)},strcmp({v.own})", "eq 0"),
+                    own_port,
+                    Term(f"dst,strcmp({v.dstip})", "eq 0"),
                 ),
             ),
             Rule(

@@ -274,17 +274,13 @@ def test_or_separates_alternatives_of_a_condition() -> None:
 def test_origin_form_keeps_the_absolute_uri_for_a_parent() -> None:
     direct = [str(line) for line in PolicyChain(_route(), MAPS).origin_form]
     assert direct[2:4] == [
-        "set-uri %[var(txn.egress_pathq)] if { var(txn.egress_pathq) -m found }"
-        " !{ var(txn.egress_pathq) -m len 0 }",
-        "set-uri / if !{ var(txn.egress_pathq) -m found } || { var(txn.egress_pathq) -m len 0 }",
+        "set-uri %[var(txn.egress_pathq)] if { var(txn.egress_pathq) -m len 1: }",
+        "set-uri / if !{ var(txn.egress_pathq) -m len 1: }",
     ]
     route = _route(parent={"proxies": ["192.0.2.20:3128"]})
     parents = [str(line) for line in PolicyChain(route, MAPS).origin_form]
     via = "{ var(txn.egress_via) -m str direct }"
-    assert parents[3] == (
-        f"set-uri / if !{{ var(txn.egress_pathq) -m found }} {via}"
-        f" || {{ var(txn.egress_pathq) -m len 0 }} {via}"
-    )
+    assert parents[3] == f"set-uri / if !{{ var(txn.egress_pathq) -m len 1: }} {via}"
     assert "(the parent gets the absolute URI)" in parents[0]
 
 
