@@ -116,18 +116,17 @@ CUTS = {
     "nodecide": "the forward proxy without the policy lookups (allowed once resolved)",
     "noauto": "the tcp and http routes without `option splice-auto` (the default before)",
     "trim": "the forward proxy deciding alike with less work per request (TRIMS)",
+    "nosplice": "the forward proxy without the splice options of `defaults`",
+    "noretry": "the forward proxy's pooled backend without `retry-on empty-response`",
+    "onebackend": "the forward proxy sending every request to its pooled backend, untested",
+    "bare": "the forward proxy without log, counters, splice options and retry-on",
 }
 # Work the forward proxy's chain does on every request that the same behaviour does not need:
-# the URL copied into a variable only to test its start, and the IPv6-bracket substitutions
-# (two regexes) run on names that have no bracket.
+# the URL copied into a variable only to test its start. (The IPv6-bracket substitutions are
+# now run only on a name with a bracket, by the chain itself.)
 TRIMS = (
     ("    http-request set-var(txn.egress_url) url\n", ""),
     ("unless { var(txn.egress_url) -m beg -i http:// }", "unless { url_beg -i http:// }"),
-    (
-        "regsub(^\\\\[,),regsub(\\\\]$,)\n",
-        "regsub(^\\\\[,),regsub(\\\\]$,)"
-        " if { var(txn.dsthost) -m beg [ } || { var(txn.dsthost) -m end ] }\n",
-    ),
 )
 # Which routes each candidate serves: nginx stream has no HTTP mode and no forward proxy;
 # squid and tinyproxy are only forward proxies.
@@ -141,7 +140,19 @@ SERVES = {
     HAND: (PROXY,),
     "squid": (PROXY,),
     "tinyproxy": (PROXY,),
-    **{f"{OURS}:{cut}": (PROXY,) for cut in ("nolog", "nocount", "nodecide", "trim")},
+    **{
+        f"{OURS}:{cut}": (PROXY,)
+        for cut in (
+            "nolog",
+            "nocount",
+            "nodecide",
+            "trim",
+            "nosplice",
+            "noretry",
+            "onebackend",
+            "bare",
+        )
+    },
     f"{OURS}:noauto": (*TCP_ROUTES, FILE_HTTP),
 }
 EGRESS_BASE, TUNED_BASE, NGINX_BASE, HAND_PORT = 10000, 11000, 12000, 13000
@@ -417,7 +428,9 @@ CUT_EDITS: dict[str, Callable[[str], str]] = {
         r"(?m)^    http-request (track-sc[02]|sc-inc-gpc[01]\([02]\)) .*\n", "", cfg
     ),
     "nodecide": lambda cfg: _cut(
-        cfg, "http-request set-var(txn.egress_group) src,map_ip", "http-request set-var-fmt("
+        cfg,
+        "http-request set-var(txn.egress_group) src,map_ip",
+        "http-request set-var(txn.egress_verdict) str(unresolved)",
     ).replace(
         "    http-request track-sc0 ",
         "    http-request set-var(txn.egress_verdict) str(allow)\n    http-request track-sc0 ",
@@ -425,6 +438,14 @@ CUT_EDITS: dict[str, Callable[[str], str]] = {
     ),
     "noauto": lambda cfg: re.sub(r"(?m)^    option splice-auto\n", "", cfg),
     "trim": lambda cfg: _replace_all(cfg, TRIMS),
+    "nosplice": lambda cfg: re.sub(r"(?m)^    option splice-(response|auto)\n", "", cfg),
+    "noretry": lambda cfg: re.sub(r"(?m)^    retry-on empty-response\n", "", cfg),
+    "onebackend": lambda cfg: re.sub(
+        r"(?m)^    use_backend web-(tunnel|pooled) .*\n", "", cfg
+    ).replace("default_backend web-http", "default_backend web-pooled"),
+    "bare": lambda cfg: CUT_EDITS["nocount"](
+        CUT_EDITS["nolog"](CUT_EDITS["nosplice"](CUT_EDITS["noretry"](cfg)))
+    ),
 }
 
 

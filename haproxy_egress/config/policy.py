@@ -357,7 +357,7 @@ REPORT: Literal[Verdict.WOULD_DENY] = Verdict.WOULD_DENY
 
 # The words of every refusal, each saying which rule decided and what would change it. Defined
 # once: `decide` (for `explain`) fills them with values, the proxy's haproxy.cfg with sample
-# expressions (render/decision.py `refusal`), so a 403 body and `explain` say the same thing.
+# expressions (render/decision/ `refusal`), so a 403 body and `explain` say the same thing.
 REFUSALS = {
     Reason.DEFAULT: (
         "no rule of route {route} allows {host} port {port} (client group {group}): everything"

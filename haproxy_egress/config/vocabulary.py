@@ -1,12 +1,12 @@
 """The policy vocabulary: every word the proxy, `explain`, the maps, the metrics and the logs share.
 
-The decision of a policy route is made by haproxy (render/decision.py's rules, lua/*.lua) and
+The decision of a policy route is made by haproxy (render/decision/'s rules, lua/*.lua) and
 read by Python (`explain`, the metrics, the log readers), so its words are an interface: the
 verdicts, the rule ids, the map actions, the limit kinds and the `txn.*` variables that carry
 them from one haproxy rule to the next. They are spelled here and nowhere else
 (tests/unit/config/test_vocabulary.py fails on a second spelling):
 
-- Python modules import the enums and constants (render/decision.py builds the decision
+- Python modules import the enums and constants (render/decision/ builds the decision
   chain's rules from them);
 - the templates get `VOCABULARY` as `V` (render/compiler.py): `{{ V.var.verdict }}`,
   `{{ V.reason.PARENT_AUTH }}`;
@@ -214,7 +214,7 @@ VARS = Vars()
 @dataclass(frozen=True)
 class Vocabulary:
     """What the templates get as `V`: the variables and every word (the conditions built from
-    them are render/decision.py's)."""
+    them are render/decision/'s)."""
 
     var: Vars = VARS
     verdict: type[Verdict] = Verdict

@@ -150,7 +150,7 @@ def _environment(directory: Path) -> jinja2.Environment:
     env.globals.update(
         server_options=_server_options,
         tls_options=tls_server_options,  # TLS origination (render/tls.py)
-        # policy routes: templates/policy.cfg.j2 prints the decision chain render/decision.py
+        # policy routes: templates/policy.cfg.j2 prints the decision chain render/decision/
         # builds; their lists are in map files (render/maps.py)
         policy_chain=decision.PolicyChain,
         rules=decision.rules,

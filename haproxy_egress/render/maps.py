@@ -2,7 +2,7 @@
 haproxy.cfg, so editing a list changes only file contents (the runtime API can swap them).
 
 Pure: `render_maps(config)` → file name → content; runtime/staging.write_maps writes them into
-RunDir.maps, and the decision chain (render/decision.py) reads each as `<maps dir>/<name>`.
+RunDir.maps, and the decision chain (render/decision/) reads each as `<maps dir>/<name>`.
 
 First match over rules of three kinds (names, domains, networks) and a final `*` is turned into
 a handful of lookups whose number does not depend on the rules (or on the client groups):
@@ -49,7 +49,7 @@ from haproxy_egress.render.acls import render_acls
 TABLES = ("groups", "domains", "networks", "index", "rules", "reasons", "classes", "self")
 CREDENTIAL_TABLES = ("members", "users")  # only routes that ask for proxy credentials
 ACLS = ("ports", "doh")
-# How haproxy reads each file: a map's converter, an ACL file's match method (render/decision.py
+# How haproxy reads each file: a map's converter, an ACL file's match method (render/decision/
 # builds the lookups from this, so no template names one).
 MATCH = {
     "groups": "map_ip",

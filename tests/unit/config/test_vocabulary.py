@@ -53,7 +53,13 @@ POLICY_MODULES = frozenset(
         "config/policy.py",
         "render/maps.py",
         "render/compiler.py",
-        "render/decision.py",
+        "render/decision/__init__.py",
+        "render/decision/conditions.py",
+        "render/decision/lines.py",
+        "render/decision/lookups.py",
+        "render/decision/refusals.py",
+        "render/decision/policy.py",
+        "render/decision/chain.py",
         "render/hooks.py",
         "commands/explain.py",
         "metrics/decisions.py",
@@ -62,11 +68,13 @@ POLICY_MODULES = frozenset(
     )
 )
 # Names that only look like a word: map table names in render/maps.py ("parent", "self", "doh")
-# (not `Via.PARENT`) and in render/decision.py, which looks those tables up, the Route field
-# `allow_from` a hook binding tests in render/hooks.py.
+# (not `Via.PARENT`) and in render/decision/policy.py, which looks those tables up, haproxy's
+# own action keyword `allow` (not `Verdict.ALLOW`) that ends an allowed request's rules in
+# render/decision/chain.py, the Route field `allow_from` a hook binding tests in render/hooks.py.
 _TABLE_NAMES = {
     PACKAGE / "render/maps.py": {"parent", "self", "doh"},
-    PACKAGE / "render/decision.py": {"self", "doh"},
+    PACKAGE / "render/decision/policy.py": {"self", "doh"},
+    PACKAGE / "render/decision/chain.py": {"allow"},
     PACKAGE / "render/hooks.py": {"allow_from"},
 }
 

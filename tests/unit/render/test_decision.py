@@ -1,4 +1,4 @@
-"""The decision chain (render/decision.py): each rule, term and comment renders its own haproxy
+"""The decision chain (render/decision/): each rule, term and comment renders its own haproxy
 text, and a route's chain comes in the order haproxy must run it.
 
 That the chain decides as `explain` does is proven against live haproxy by
@@ -91,25 +91,30 @@ def test_a_line_puts_the_prefix_before_a_rule_only() -> None:
     assert BLANK.line("http-request") == ""
 
 
-def test_decide_runs_address_group_first_match_guard_verdict_then_reasons() -> None:
-    lines = _text(PolicyChain(_route(), MAPS).decide)
+def test_decide_runs_address_group_first_match_guard_then_verdict() -> None:
+    chain = PolicyChain(_route(), MAPS)
+    lines = _text(chain.decide)
     order = [
         f"set-var({VARS.route}) str(web)",
         f"do-resolve({VARS.dstip},dns,ipv4)",
         f"set-var({VARS.group}) src,map_ip({MAPS}/web.groups.map,default)",
-        f"set-var({VARS.ni}) var({VARS.key}),concat(,{VARS.dstport},),map_str_int(",
-        f"set-var({VARS.idx}) var({VARS.ni})",
+        f"set-var({VARS.idx}) str(=),concat(,{VARS.dsthost},/),concat(,{VARS.group},/),"
+        f"concat(,{VARS.dstport},),map_str_int(",
+        f"set-var({VARS.idx}) str(.),concat(,{VARS.dsthost},),map_end(",
+        f"set-var({VARS.idx}) var({VARS.ai}) if",
         f"set-var({VARS.rule}) str({RuleId.DOH})",
         f"set-var({VARS.action}) var({VARS.group})",
         f"set-var({VARS.cls}) var({VARS.dstip}),map_ip({MAPS}/web.classes.map)",
-        f"set-var({VARS.verdict}) str({Verdict.DENY}) unless",
+        f"set-var({VARS.verdict}) str({Verdict.DENY}) if",
         f"set-var({VARS.verdict}) str({Verdict.UNRESOLVED})",
-        "cannot resolve",
     ]
     positions = [_index(lines, fragment) for fragment in order]
     assert positions == sorted(positions)
     assert lines[0].startswith("    # -- the policy (first match wins; docs/policy.md)")
     assert lines[-1] == ""  # a blank line closes the part, as the template always printed
+    # No key is kept in a variable (none is left to unset), and no reason is worded here.
+    assert not any("unset-var(txn.egress_key)" in line or "set-var-fmt" in line for line in lines)
+    assert _text(chain.refusals)[-2].endswith(f"if {{ var({VARS.verdict}) -m str unresolved }}")
 
 
 def test_a_phase_runs_its_parts_in_order() -> None:
@@ -123,6 +128,7 @@ def test_a_phase_runs_its_parts_in_order() -> None:
         chain.connect_auth[-1],
         chain.decide[-2],  # (the last one is the blank line closing it)
         chain.limits(True)[-2],
+        chain.refusals[-2],
         chain.connect_status[-1],
         chain.connect_early[-1],
         chain.count_early(False)[-1],
@@ -137,7 +143,11 @@ def test_a_phase_runs_its_parts_in_order() -> None:
     assert declared < connect.index(chain.connect_early[0])
     plain = chain.plain
     assert plain.index(chain.http_credentials[0]) < plain.index(chain.authenticate[0])
-    assert plain[-len(chain.origin_form) :] == chain.origin_form
+    # An allowed request leaves before the refusals are worded and answered.
+    allowed = plain.index(chain.http_allowed[-1])
+    assert plain.index(chain.origin_form[-1]) < allowed < plain.index(chain.refusals[-2])
+    assert plain[-len(chain.http_forward) :] == chain.http_forward
+    assert str(chain.http_allowed[-1]) == "allow if { var(txn.egress_verdict) -m str allow }"
     tls = PolicyChain(_route(mode="tls", destination_port=443), MAPS).tls
     assert tls[0].line("tcp-request content") == (
         "    tcp-request content set-var(txn.dstport) int(443)"
@@ -159,7 +169,7 @@ def test_with_parents_the_choice_comes_after_the_verdict_and_fails_closed() -> N
     everything_direct = _index(
         lines, f"set-var({VARS.via}) str(direct) if {PASSES}"
     )  # the direct list holds `*`
-    assert _index(lines, f"str({Verdict.DENY}) unless") < everything_direct
+    assert _index(lines, f"str({Verdict.DENY}) if !") < everything_direct
     no_parent = _index(lines, f"set-var({VARS.rule}) str({RuleId.NO_PARENT}) if")
     assert lines[no_parent].endswith("{ nbsrv(web-parent-tunnel) eq 0 }")
     assert everything_direct < no_parent
@@ -176,9 +186,9 @@ def test_limits_judge_what_the_phase_can_count() -> None:
     assert not any("sc2_http_req_rate" in line for line in connect)
     assert not any("be_conn" in line for line in plain)
     assert any("{ sc2_http_req_rate gt 7 }" in line for line in plain)
-    # The verdict and reason come after every limit was judged.
+    # The verdict comes after every limit was judged, the reason with the other refusals.
     assert _index(plain, "sc2_conn_rate gt 5") < _index(plain, f"set-var({VARS.verdict})")
-    assert any("at most 7 requests per 10s from %[src]" in line for line in plain)
+    assert any("at most 7 requests per 10s from %[src]" in line for line in _text(chain.refusals))
     assert PolicyChain(_route(), MAPS).limits(True) == (BLANK,)
 
 
@@ -208,6 +218,7 @@ def test_the_sni_check_looks_the_name_up_once_there_is_one_then_judges_and_close
     lines = _text(PolicyChain(_route(connect_sni="match"), MAPS).sni_check, "tcp-request content")
     lookups = [line for line in lines if f"set-var({VARS.sni_idx})" in line]
     assert len(lookups) == 4
+    assert not any(VARS.key in line or VARS.sni_dotted in line for line in lines)
     assert all("{ var(txn.egress_sni) -m found }" in line for line in lookups)
     order = [
         "lua.egress_early_established",
@@ -250,10 +261,7 @@ def test_a_refused_plain_request_is_answered_with_its_reason() -> None:
         "    http-request return status 429 content-type text/plain"
         ' lf-string "%[var(txn.egress_reason)]" if { var(txn.egress_limit) -m found }'
     )
-    assert lines[-2:] == [
-        "    http-request set-dst var(txn.dstip)",
-        "    http-request set-dst-port var(txn.dstport)",
-    ]
+    assert lines[-1].endswith("if { var(txn.egress_verdict) -m str unresolved }")
     (auth,) = _text(PolicyChain(_route(proxy_auth="required"), MAPS).http_auth)
     assert "hdr Proxy-Authenticate 'Basic realm=\"web\"' if" in auth
 
@@ -266,17 +274,13 @@ def test_or_separates_alternatives_of_a_condition() -> None:
 def test_origin_form_keeps_the_absolute_uri_for_a_parent() -> None:
     direct = [str(line) for line in PolicyChain(_route(), MAPS).origin_form]
     assert direct[2:4] == [
-        "set-uri %[var(txn.egress_pathq)] if { var(txn.egress_pathq) -m found }"
-        " !{ var(txn.egress_pathq) -m len 0 }",
-        "set-uri / if !{ var(txn.egress_pathq) -m found } || { var(txn.egress_pathq) -m len 0 }",
+        "set-uri %[var(txn.egress_pathq)] if { var(txn.egress_pathq) -m len 1: }",
+        "set-uri / if !{ var(txn.egress_pathq) -m len 1: }",
     ]
     route = _route(parent={"proxies": ["192.0.2.20:3128"]})
     parents = [str(line) for line in PolicyChain(route, MAPS).origin_form]
     via = "{ var(txn.egress_via) -m str direct }"
-    assert parents[3] == (
-        f"set-uri / if !{{ var(txn.egress_pathq) -m found }} {via}"
-        f" || {{ var(txn.egress_pathq) -m len 0 }} {via}"
-    )
+    assert parents[3] == f"set-uri / if !{{ var(txn.egress_pathq) -m len 1: }} {via}"
     assert "(the parent gets the absolute URI)" in parents[0]
 
 
@@ -285,6 +289,7 @@ def test_a_plain_request_names_its_destination_before_anything_is_decided() -> N
     assert lines[1].endswith("unless { var(txn.egress_url) -m beg -i http:// }")
     assert lines[-1] == (
         "    http-request set-var(txn.dsthost) var(txn.dsthost),regsub(^\\\\[,),regsub(\\\\]$,)"
+        " if { var(txn.dsthost) -m beg [ } || { var(txn.dsthost) -m end ] }"
     )
 
 
@@ -305,7 +310,7 @@ _NOT_THE_DECISION = {
 
 
 def test_the_policy_template_prints_the_chain_and_decides_nothing() -> None:
-    """Verdicts, rule ids, map actions and the decision's variables are render/decision.py's:
+    """Verdicts, rule ids, map actions and the decision's variables are render/decision/'s:
     the template names none of them (a new step of the decision is a rule there)."""
     text = POLICY_TEMPLATE.read_text()
     named = set(re.findall(r"\bV\.\w+(?:\.\w+)?", text))
