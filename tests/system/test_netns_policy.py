@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from haproxy_egress.haproxy.cli import CliSocket
 from tests.netns import ROUTER_CLIENT_IP, TestBed, available, start_in
 from tests.netns_policy import (
     V6_EXTERNAL,
@@ -28,7 +29,7 @@ from tests.netns_policy import (
     show_table,
     start_router,
 )
-from tests.support import DnsServer
+from tests.support import DnsServer, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -324,14 +325,27 @@ def test_new_connections_share_origin_connections_only_per_destination(world: Wo
     """Like squid's persistent connections, a new client connection may reuse an idle
     connection to the same origin address; requests still reach exactly the host they name."""
     good, exact = world.good.accepted, world.exact.accepted
+    stats = CliSocket(world.run_dir / "haproxy.sock")
     for i in range(20):
         name, origin = ("good", "good.test") if i % 2 else ("exact", "exact.test")
         assert world.get(f"http://{origin}/{i}") == (200, f"{name} /{i}".encode())
+        # The client has its answer before haproxy hands the origin connection back to the
+        # pool; on a loaded machine the next request could come first and open another.
+        wait_for(lambda: _pooled_in_use(stats, "strict-pooled") == 0, timeout=10)
     # 10 requests each, over new client connections: without sharing, 10 origin connections
     # each. Idle connections live per haproxy thread and a new client connection may land on
     # the other thread before a takeover, so a few more than one is normal; most must be reused.
     assert world.good.accepted - good <= 4
     assert world.exact.accepted - exact <= 4
+
+
+def _pooled_in_use(stats: CliSocket, backend: str) -> int:
+    """Origin connections of `backend` now serving a request (`show servers conn`'s
+    `used_cur`, the same column on 2.6 and 3.0)."""
+    answer = stats.command(f"show servers conn {backend}").splitlines()
+    columns = answer[0].lstrip("# ").split()
+    used = columns.index("used_cur")
+    return sum(int(line.split()[used]) for line in answer[1:] if line.strip())
 
 
 def _exchange(sock: _socket.socket, request: bytes) -> bytes:
