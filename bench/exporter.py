@@ -101,7 +101,13 @@ SERVER_SCRIPT = textwrap.dedent(
     port, sock = int(sys.argv[1]), Path(sys.argv[2])
     query = CliSocket(sock, options.scrape_timeout).command
     web = Path(sys.argv[4]) if len(sys.argv) > 4 else None
-    server = MetricsServer("127.0.0.1", port, query, lambda: status, options, web_config=web)
+    # An older tree (--ours-from) has no streamed scrape.
+    streamed = {}
+    if hasattr(CliSocket, "stream"):
+        streamed["stream"] = CliSocket(sock, options.scrape_timeout).stream
+    server = MetricsServer(
+        "127.0.0.1", port, query, lambda: status, options, web_config=web, **streamed
+    )
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,0 +1,104 @@
+"""One scrape of haproxy's stats, rendered while haproxy is still writing them.
+
+`show info;show stat` at 10,000 routes is a 9-13 MB answer that haproxy takes ~150 ms to
+write. The answer is read as it arrives (`CliSocket.stream`) and cut into blocks of rows
+(`AnswerLines`); each block is parsed and rendered into pieces (`render_block`) while
+haproxy writes the next, on the other core, so little is left to do when the answer ends.
+
+The pieces of the previous scrape are kept, block by block, and a piece whose cells are the
+same again is taken as it was: most routes are idle between two scrapes, and their rows
+repeat but for `lastchg`, which no family reads. This is a cache of a pure function (the
+pieces of given cells), not state: what a scrape shows depends only on haproxy's answer to
+it. It holds the pieces of the rows of the latest scrape and nothing more.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from haproxy_egress.errors import HaproxyError
+from haproxy_egress.haproxy.stat import HEADER, AnswerLines, add_lines, empty_columns
+from haproxy_egress.metrics.exposition import (
+    BlockPieces,
+    RenderedRows,
+    render_block,
+    wanted_columns,
+)
+from haproxy_egress.metrics.options import ExporterOptions
+from haproxy_egress.metrics.stats import HaproxySnapshot
+
+logger = logging.getLogger(__name__)
+
+# The stats socket as a stream: a command in, haproxy's answer out as it arrives (the
+# supervisor hands in `CliSocket.stream`). Raises HaproxyError.
+StreamQuery = Callable[[str], Iterable[bytes]]
+COMMAND = "show info;show stat"  # one command: both answers come from the same worker
+
+
+class Scraper:
+    """Reads and renders `show info;show stat` for each scrape; safe to call from several
+    threads at once (each scrape reads its own answer)."""
+
+    def __init__(self, stream: StreamQuery, options: ExporterOptions) -> None:
+        self._stream = stream
+        self._options = options
+        self._wanted = wanted_columns(options)
+        self._lock = threading.Lock()
+        # Block number → that block's pieces in the latest scrape that read it.
+        self._cache: dict[int, Mapping[str, BlockPieces]] = {}
+
+    def cached_blocks(self) -> int:
+        """How many blocks of pieces are kept (the rows of the latest scrape, in blocks)."""
+        with self._lock:
+            return len(self._cache)
+
+    def scrape(self) -> RenderedRows:
+        """Ask haproxy and render its rows; never raises (haproxy_up 0 on any failure)."""
+        reader = AnswerLines()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        texts: list[str] = []
+        blocks: list[Mapping[str, BlockPieces]] = []
+        failures = 0
+        try:
+            for chunk in self._stream(COMMAND):
+                text = decoder.decode(chunk)
+                texts.append(text)
+                for lines in reader.feed(text):
+                    failures += self._block(len(blocks), lines, blocks)
+            text = decoder.decode(b"", final=True)
+            texts.append(text)
+            for lines in reader.feed(text) + reader.end():
+                failures += self._block(len(blocks), lines, blocks)
+        except HaproxyError as exc:
+            logger.warning("cannot read haproxy stats: %s", exc)
+            return RenderedRows(HaproxySnapshot(error=str(exc)))
+        if reader.info is None:
+            head = reader.head()
+            logger.warning("unexpected answer from haproxy's stats socket: %r", head[:200])
+            return RenderedRows(HaproxySnapshot(error=f"unexpected answer: {head[:200]!r}"))
+        with self._lock:
+            for number in [n for n in self._cache if n >= len(blocks)]:
+                del self._cache[number]  # rows gone since: never more than this scrape's
+        whole = "".join(texts)
+        stat = whole[whole.index(HEADER) :]  # the raw CSV, for the few that read it so
+        return RenderedRows(HaproxySnapshot(info=reader.info.fields, stat=stat), blocks, failures)
+
+    def _block(self, number: int, lines: list[str], blocks: list[Mapping[str, BlockPieces]]) -> int:
+        """Parse and render one block of rows; return its rows too short to read."""
+        stat = empty_columns(self._wanted)
+        add_lines(stat, lines)
+        with self._lock:
+            previous = self._cache.get(number)
+        pieces = render_block(stat, self._options, previous)
+        with self._lock:
+            self._cache[number] = pieces
+        blocks.append(pieces)
+        return stat.failures
+
+
+def stream_of(query: Callable[[str], str]) -> StreamQuery:
+    """A whole-answer query as a stream of one piece (for sources that cannot stream)."""
+    return lambda command: (query(command).encode(),)
