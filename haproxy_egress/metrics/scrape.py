@@ -20,7 +20,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 
 from haproxy_egress.errors import HaproxyError
-from haproxy_egress.haproxy.stat import HEADER, AnswerLines, add_lines, empty_columns
+from haproxy_egress.haproxy.stat import (
+    HEADER,
+    ROWS_PER_BLOCK,
+    AnswerLines,
+    StatColumns,
+    add_lines,
+    empty_columns,
+)
 from haproxy_egress.metrics.exposition import (
     BlockPieces,
     RenderedRows,
@@ -36,6 +43,10 @@ logger = logging.getLogger(__name__)
 # supervisor hands in `CliSocket.stream`). Raises HaproxyError.
 StreamQuery = Callable[[str], Iterable[bytes]]
 COMMAND = "show info;show stat"  # one command: both answers come from the same worker
+# Rows parsed between two reads of the socket. haproxy stops writing when the ~200 kB socket
+# buffer is full: a step must take less time than haproxy takes to fill it (~2 ms), or
+# haproxy waits for us instead of writing the rest (2,048 rows: the dump took 2x as long).
+PARSE_STEP = 512
 
 
 class Scraper:
@@ -57,21 +68,19 @@ class Scraper:
 
     def scrape(self) -> RenderedRows:
         """Ask haproxy and render its rows; never raises (haproxy_up 0 on any failure)."""
-        reader = AnswerLines()
+        reader = AnswerLines(PARSE_STEP)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         texts: list[str] = []
-        blocks: list[Mapping[str, BlockPieces]] = []
-        failures = 0
+        rows = _Rows(self)
         try:
             for chunk in self._stream(COMMAND):
-                text = decoder.decode(chunk)
-                texts.append(text)
-                for lines in reader.feed(text):
-                    failures += self._block(len(blocks), lines, blocks)
-            text = decoder.decode(b"", final=True)
-            texts.append(text)
-            for lines in reader.feed(text) + reader.end():
-                failures += self._block(len(blocks), lines, blocks)
+                texts.append(decoder.decode(chunk))
+                for lines in reader.feed(texts[-1]):
+                    rows.add(lines)
+            texts.append(decoder.decode(b"", final=True))
+            for lines in reader.feed(texts[-1]) + reader.end():
+                rows.add(lines)
+            rows.end()
         except HaproxyError as exc:
             logger.warning("cannot read haproxy stats: %s", exc)
             return RenderedRows(HaproxySnapshot(error=str(exc)))
@@ -80,23 +89,52 @@ class Scraper:
             logger.warning("unexpected answer from haproxy's stats socket: %r", head[:200])
             return RenderedRows(HaproxySnapshot(error=f"unexpected answer: {head[:200]!r}"))
         with self._lock:
-            for number in [n for n in self._cache if n >= len(blocks)]:
+            for number in [n for n in self._cache if n >= len(rows.blocks)]:
                 del self._cache[number]  # rows gone since: never more than this scrape's
         whole = "".join(texts)
         stat = whole[whole.index(HEADER) :]  # the raw CSV, for the few that read it so
-        return RenderedRows(HaproxySnapshot(info=reader.info.fields, stat=stat), blocks, failures)
+        snapshot = HaproxySnapshot(info=reader.info.fields, stat=stat)
+        return RenderedRows(snapshot, rows.blocks, rows.failures)
 
-    def _block(self, number: int, lines: list[str], blocks: list[Mapping[str, BlockPieces]]) -> int:
-        """Parse and render one block of rows; return its rows too short to read."""
-        stat = empty_columns(self._wanted)
-        add_lines(stat, lines)
+    def render(self, number: int, stat: StatColumns) -> Mapping[str, BlockPieces]:
+        """Render block `number`, from its pieces in the previous scrape where they hold."""
         with self._lock:
             previous = self._cache.get(number)
         pieces = render_block(stat, self._options, previous)
         with self._lock:
             self._cache[number] = pieces
-        blocks.append(pieces)
-        return stat.failures
+        return pieces
+
+    def empty(self) -> StatColumns:
+        """A table for the next block's columns."""
+        return empty_columns(self._wanted)
+
+
+class _Rows:
+    """The blocks of one scrape as their rows arrive: parsed a step at a time, rendered a
+    block at a time."""
+
+    def __init__(self, scraper: Scraper) -> None:
+        self._scraper = scraper
+        self._stat = scraper.empty()
+        self._lines = 0  # rows in self._stat
+        self.blocks: list[Mapping[str, BlockPieces]] = []
+        self.failures = 0  # rows too short to read
+
+    def add(self, lines: list[str]) -> None:
+        """Parse the next rows (PARSE_STEP of them but at the end)."""
+        add_lines(self._stat, lines)
+        self._lines += len(lines)
+        if self._lines >= ROWS_PER_BLOCK:
+            self.end()
+
+    def end(self) -> None:
+        """Render the rows parsed since the last block."""
+        if self._lines:
+            self.blocks.append(self._scraper.render(len(self.blocks), self._stat))
+            self.failures += self._stat.failures
+            self._stat = self._scraper.empty()
+            self._lines = 0
 
 
 def stream_of(query: Callable[[str], str]) -> StreamQuery:
