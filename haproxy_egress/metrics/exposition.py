@@ -15,8 +15,9 @@ printed here too; the small families (haproxy_up, version, policy, the router's 
 
 A scrape renders the CSV a block of rows at a time (`render_block`), each family's samples of
 the block as one `Piece` of bytes, and `assemble` puts the pieces family by family, so a block
-can be rendered while haproxy is still writing the next, and a piece whose input cells did
-not change since the previous scrape is taken as it was (`metrics/scrape.py` keeps them).
+can be rendered while haproxy is still writing the next. For a gzipped answer a large piece
+is kept deflated (`Deflated`), and one whose input cells did not change since the previous
+gzipped scrape is taken as it was (`metrics/scrape.py` keeps them).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from haproxy_egress.metrics.families import (
     StatFamily,
 )
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.pieces import Piece
+from haproxy_egress.metrics.pieces import DEFLATED_ALONE, Deflated, Part, Piece, plain
 from haproxy_egress.metrics.small_families import (
     DENIED_FAMILY,
     DENIED_STAGES,
@@ -180,8 +181,8 @@ class _Labels:
 class BlockPieces:
     """One row type's columns in one block of rows, and the families' pieces of them."""
 
-    keys: Mapping[int, str]
-    pieces: Mapping[int, Piece]
+    keys: Mapping[int, str]  # empty when the pieces are not for keeping
+    pieces: Mapping[int, Part]
 
 
 DENIED_PIECE = -1  # the key of the per-route denials among the frontends' pieces
@@ -248,40 +249,47 @@ def render_block(
     stat: StatColumns,
     options: ExporterOptions,
     previous: Mapping[str, BlockPieces] | None = None,
+    *,
+    deflate: bool = False,
 ) -> dict[str, BlockPieces]:
     """The pieces of every family of one block of rows, by row type.
 
-    `previous`: what this function returned for the rows at the same place in the previous
-    scrape. A piece whose columns (and the row type's label columns: names, and the server
-    status the exclusions read) hold the same cells as then is taken from it unchanged: the
-    pieces are a pure function of those cells and `options`, so this keeps no state that
-    could change what a scrape shows.
+    `deflate`: pieces for a gzipped answer, to keep: a large one is deflated and its text
+    dropped, and each column's cells are joined into a key. `previous`: what this function
+    returned so for the rows at the same place in the previous scrape. A piece whose columns
+    (and the row type's label columns: names, and the server status the exclusions read)
+    hold the same cells as then is taken from it unchanged: the pieces are a pure function
+    of those cells and `options`, so this keeps no state that could change what a scrape
+    shows.
     """
     out: dict[str, BlockPieces] = {}
     for row_type, names in _ROW_TYPES:
         if not stat.rows(row_type):
             continue
         cells = stat.cells[row_type]
-        keys = {index: _KEY_SEPARATOR.join(column) for index, column in cells.items()}
+        keys = {i: _KEY_SEPARATOR.join(column) for i, column in cells.items()} if deflate else {}
         label_columns = set(range(len(names)))
         if row_type == SERVER:
             label_columns.add(STATUS_FIELD)
-        old = previous.get(row_type) if previous is not None else None
+        old = previous.get(row_type) if previous is not None and deflate else None
         changed: set[int] | None = None
         if old is not None:
             changed = {i for i, key in keys.items() if old.keys.get(i) != key}
             if changed & label_columns:
                 changed = None
-        pieces: dict[int, Piece] = {}
+        pieces: dict[int, Part] = {}
         fresh = _Fresh(row_type, names, cells, options)
         specs = _specs(row_type, options)
         for n, inputs in _inputs(row_type, options).items():
             if old is not None and changed is not None and not inputs & changed and n in old.pieces:
                 pieces[n] = old.pieces[n]
-            elif n == DENIED_PIECE:
-                pieces[n] = _denied(cells[0], cells)
+                continue
+            if n == DENIED_PIECE:
+                piece = _denied(cells[0], cells)
             else:
-                pieces[n] = _piece(specs[n], fresh.columns(), fresh.labels())
+                piece = _piece(specs[n], fresh.columns(), fresh.labels())
+            large = deflate and len(piece.text) >= DEFLATED_ALONE
+            pieces[n] = Deflated(piece) if large else piece
         out[row_type] = BlockPieces(keys, pieces)
     return out
 
@@ -342,22 +350,24 @@ def _order(options: ExporterOptions) -> list[tuple[str, int, StatFamily]]:
 
 def assemble(
     blocks: Iterable[Mapping[str, BlockPieces]], options: ExporterOptions, openmetrics: bool
-) -> tuple[list[Piece], int]:
+) -> tuple[list[Part], int]:
     """The per-row families of blocks of rows (`render_block`), family by family, as pieces
     to send one after the other, and the cells that failed to convert."""
     blocks = list(blocks)
-    out: list[Piece] = []
+    out: list[Part] = []
     failures = 0
     for row_type, n, spec in _order(options):
         pieces = [block[row_type].pieces[n] for block in blocks if row_type in block]
         failures += sum(piece.failures for piece in pieces)
-        samples = [piece for piece in pieces if piece.text]
+        samples = [piece for piece in pieces if isinstance(piece, Deflated) or piece.text]
         if samples:  # no samples: no family (haproxy_exporter prints none either)
             out.append(_header_piece(spec, openmetrics))
             out.extend(samples)
     if out:
         # Every piece starts with the newline that ends the line before it.
-        out[0] = Piece(out[0].text[1:])
+        first = out[0]
+        assert isinstance(first, Piece)  # a HELP line
+        out[0] = Piece(first.text[1:])
         out.append(_NEWLINE)
     return out, failures
 
@@ -372,7 +382,7 @@ def render_stats(
     columns (`parse_columns(text, wanted_columns(options))`), as pieces of text, and the
     cells that failed (`render_block` and `assemble` of one block)."""
     pieces, failures = assemble([render_block(stat, options)], options, openmetrics)
-    return [piece.text.decode() for piece in pieces], failures
+    return [text.decode() for text in plain(pieces)], failures
 
 
 def _kept_servers(options: ExporterOptions, statuses: list[str]) -> list[bool] | None:
@@ -416,7 +426,7 @@ def render_scrape(
     pieces = scrape_pieces(
         rows, options, openmetrics, status=status, counters=counters, extra=extra
     )
-    return b"".join(piece.text for piece in pieces)
+    return b"".join(plain(pieces))
 
 
 @dataclass
@@ -436,12 +446,12 @@ def scrape_pieces(
     status: RouterStatus | None,
     counters: ScrapeCounters,
     extra: Collector | None,
-) -> list[Piece]:
+) -> list[Part]:
     """The whole /metrics body of one answer, in pieces: the per-row families, then the
     rest. Every family appears once; haproxy's per-row families first (OpenMetrics ends in
     # EOF)."""
     snapshot = rows.snapshot
-    fast: list[Piece] = []
+    fast: list[Part] = []
     small: list[Metric] = []
     failures = rows.failures
     if snapshot.up:

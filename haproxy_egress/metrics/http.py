@@ -209,7 +209,8 @@ class MetricsServer:
         if not self._slots.acquire(blocking=False):
             return Response(503, b"too many concurrent scrapes\n")
         try:
-            rows = self.scraper.scrape()
+            zipped = accepts_gzip(accept_encoding)
+            rows = self.scraper.scrape(deflate=zipped)
             openmetrics = wants_openmetrics(accept)
             status = safe_status(self._status)
             pieces = scrape_pieces(
@@ -221,9 +222,7 @@ class MetricsServer:
                 extra=self._extra,
             )
             del rows  # the answer's text: gone before the body is sent
-            # Deflated piece by piece, each kept with its piece (the scraper's cache) for the
-            # next scrape; zlib releases the GIL while deflating.
-            zipped = accepts_gzip(accept_encoding)
+            # zlib releases the GIL while deflating.
             parts = gzipped(pieces) if zipped else plain(pieces)
         finally:
             self._slots.release()

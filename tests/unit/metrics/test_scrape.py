@@ -1,5 +1,6 @@
-"""A scrape read as it arrives and rendered block by block, with the pieces of the last scrape
-kept: the same body as a fresh render of the same answer, whatever came before it.
+"""A scrape read as it arrives and rendered block by block, with the pieces of the last
+gzipped scrape kept: the same body as a fresh render of the same answer, whatever came before
+it.
 
 The answers here are made of the rows of a recorded 2.6 `show info;show stat`, repeated for
 thousands of routes so that they span several blocks.
@@ -24,7 +25,7 @@ from haproxy_egress.haproxy.stat import (
 from haproxy_egress.metrics.exposition import scrape_pieces
 from haproxy_egress.metrics.families import FRONTEND_FAMILIES
 from haproxy_egress.metrics.options import ExporterOptions
-from haproxy_egress.metrics.pieces import DEFLATED_ALONE, Piece, gzipped, plain
+from haproxy_egress.metrics.pieces import DEFLATED_ALONE, Deflated, Piece, gzipped, plain
 from haproxy_egress.metrics.scrape import PARSE_STEP, Scraper
 from haproxy_egress.metrics.small_families import ScrapeCounters
 from haproxy_egress.metrics.stats import HaproxySnapshot
@@ -88,11 +89,19 @@ class Haproxy:
         yield from chunks(self.answer, self.chunk)
 
 
-def body(scraper: Scraper, options: ExporterOptions = ALL, openmetrics: bool = False) -> bytes:
-    rows = scraper.scrape()
+def body(
+    scraper: Scraper,
+    options: ExporterOptions = ALL,
+    openmetrics: bool = False,
+    deflate: bool = False,
+) -> bytes:
+    """The plain body of a scrape (gunzipped when `deflate`: the gzipped answer's)."""
+    rows = scraper.scrape(deflate)
     pieces = scrape_pieces(
         rows, options, openmetrics, status=None, counters=ScrapeCounters(), extra=None
     )
+    if deflate:
+        return gzip.decompress(b"".join(gzipped(pieces)))
     return b"".join(plain(pieces))
 
 
@@ -117,27 +126,30 @@ def test_a_streamed_scrape_is_the_render_of_the_whole_answer() -> None:
     haproxy = Haproxy()
     haproxy.answer = answer(ROUTES, sessions={3: 7})
     scraper = Scraper(haproxy.stream, ALL)
+    assert body(scraper) == fresh(haproxy.answer)
+    assert scraper.cached_blocks() == 0  # a plain answer keeps nothing
     for openmetrics in (False, True):
-        assert body(scraper, openmetrics=openmetrics) == fresh(
-            haproxy.answer, openmetrics=openmetrics
-        )
-    assert scraper.cached_blocks() == 3
+        expected = fresh(haproxy.answer, openmetrics=openmetrics)
+        assert body(scraper, openmetrics=openmetrics) == expected
+        for _ in range(2):  # made, then from the pieces kept
+            assert body(scraper, openmetrics=openmetrics, deflate=True) == expected
+            assert scraper.cached_blocks() == 3
 
 
 def test_pieces_of_unchanged_cells_are_kept_and_changed_ones_printed_anew() -> None:
     haproxy = Haproxy()
     haproxy.answer = answer(ROUTES, lastchg=5)
     scraper = Scraper(haproxy.stream, ALL)
-    before = scraper.scrape().blocks
+    before = scraper.scrape(deflate=True).blocks
     # A second later: lastchg ticked on every backend and server row; route 1 took two
     # sessions, and the servers of a route in the last block went down.
     last = ROUTES - 1
     haproxy.answer = answer(ROUTES, sessions={1: 2}, down=frozenset({last}), lastchg=6)
-    text = body(scraper)
+    text = body(scraper, deflate=True)
     assert text == fresh(haproxy.answer)
     assert b'haproxy_frontend_sessions_total{frontend="route-1"} 2\n' in text
     assert b'haproxy_server_up{backend="route-%d",server="s1"} 0\n' % last in text
-    after = scraper.scrape().blocks
+    after = scraper.scrape(deflate=True).blocks
     # The middle block saw neither change: every piece is the one made two scrapes ago.
     assert all(
         after[1][t].pieces[n] is before[1][t].pieces[n]
@@ -155,6 +167,8 @@ def test_pieces_of_unchanged_cells_are_kept_and_changed_ones_printed_anew() -> N
 def test_any_sequence_of_answers_renders_as_each_answer_alone() -> None:
     haproxy = Haproxy()
     scraper = Scraper(haproxy.stream, ALL)
+    excluded = ExporterOptions(None, frozenset({"down"}))
+    excluding = Scraper(haproxy.stream, excluded)
     for text in (
         answer(ROUTES),
         answer(ROUTES, sessions={0: 1, ROUTES - 1: 5}, lastchg=9),
@@ -163,19 +177,19 @@ def test_any_sequence_of_answers_renders_as_each_answer_alone() -> None:
         answer(ROUTES, down=frozenset(range(0, ROUTES, 3))),
     ):
         haproxy.answer = text
+        assert body(scraper, deflate=True) == fresh(text)
         assert body(scraper) == fresh(text)
-        excluded = ExporterOptions(None, frozenset({"down"}))
-        assert body(Scraper(haproxy.stream, excluded), excluded) == fresh(text, excluded)
+        assert body(excluding, excluded, deflate=True) == fresh(text, excluded)
 
 
 def test_the_kept_pieces_are_those_of_the_latest_scrape_only() -> None:
     haproxy = Haproxy()
     scraper = Scraper(haproxy.stream, ALL)
     haproxy.answer = answer(ROUTES)
-    scraper.scrape()
+    scraper.scrape(deflate=True)
     assert scraper.cached_blocks() == 3
     haproxy.answer = answer(10)
-    assert body(scraper) == fresh(haproxy.answer)
+    assert body(scraper, deflate=True) == fresh(haproxy.answer)
     assert scraper.cached_blocks() == 1
 
 
@@ -184,7 +198,7 @@ def test_a_socket_that_fails_mid_answer_gives_haproxy_down_not_an_exception() ->
         yield from chunks(answer(ROUTES), 100_000)[:5]
         raise HaproxyError("stats socket: connection reset")
 
-    rows = Scraper(broken, ALL).scrape()
+    rows = Scraper(broken, ALL).scrape(deflate=True)
     assert not rows.snapshot.up
     assert "connection reset" in rows.snapshot.error
     assert rows.blocks == []
@@ -237,8 +251,11 @@ def test_a_stream_cut_inside_characters_reads_as_the_whole(size: int) -> None:
 def test_the_gzip_of_pieces_decompresses_to_the_plain_body(texts: list[bytes]) -> None:
     pieces = [Piece(text) for text in texts]
     assert gzip.decompress(b"".join(gzipped(pieces))) == b"".join(plain(pieces))
-    # Again, with the large pieces' deflated bytes kept from the first time.
-    assert gzip.decompress(b"".join(gzipped(pieces))) == b"".join(texts)
+    # With the large pieces kept deflated (their CRCs combined), any of them.
+    kept = [Deflated(p) if len(p.text) >= DEFLATED_ALONE else p for p in pieces]
+    assert gzip.decompress(b"".join(gzipped(kept))) == b"".join(texts)
+    alone = [Deflated(p) for p in pieces if p.text]
+    assert gzip.decompress(b"".join(gzipped(alone))) == b"".join(texts)
 
 
 def test_a_gzipped_scrape_is_small_and_the_plain_one_gunzipped() -> None:
@@ -246,7 +263,7 @@ def test_a_gzipped_scrape_is_small_and_the_plain_one_gunzipped() -> None:
     haproxy.answer = answer(ROUTES)
     scraper = Scraper(haproxy.stream, ALL)
     for _ in range(2):  # made, then from the kept pieces
-        rows = scraper.scrape()
+        rows = scraper.scrape(deflate=True)
         pieces = scrape_pieces(rows, ALL, False, status=None, counters=ScrapeCounters(), extra=None)
         zipped = b"".join(gzipped(pieces))
         assert gzip.decompress(zipped) == fresh(haproxy.answer)
