@@ -411,29 +411,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         if send_body:
-            _write(self.wfile, response.parts or (response.body,))
+            _write(self.connection, self.wfile, response.parts or (response.body,))
 
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("metrics http: %s " + format, self.address_string(), *args)
 
 
-# Parts smaller than this are joined before they are written: one system call (and, with
-# TCP_NODELAY, one segment) per HELP/TYPE line would be many small packets.
+# Parts smaller than this are joined before they are written to a TLS connection: one
+# record (and system call) per HELP/TYPE line would be many small packets.
 _WRITE_SIZE = 1 << 18
+_IOV_MAX = 512  # buffers per sendmsg (Linux takes up to 1024)
 
 
-def _write(out: Any, parts: tuple[bytes, ...]) -> None:
-    """Write parts in order, small ones joined into writes of about _WRITE_SIZE bytes."""
+def _write(connection: socket.socket, out: Any, parts: tuple[bytes, ...]) -> None:
+    """Write parts in order: on a plain socket with sendmsg, the parts as they are (the
+    kernel gathers them, no 67 MB copy at 10,000 routes); on TLS joined into writes of about
+    _WRITE_SIZE bytes."""
+    if not isinstance(connection, ssl.SSLSocket):
+        _send_all(connection, [memoryview(part) for part in parts if part])
+        return
     pending: list[bytes] = []
     size = 0
     for part in parts:
         if size + len(part) > _WRITE_SIZE and pending:
             out.write(b"".join(pending))
             pending, size = [], 0
-        if len(part) >= _WRITE_SIZE:
-            out.write(part)
-            continue
         pending.append(part)
         size += len(part)
     if pending:
         out.write(b"".join(pending))
+
+
+def _send_all(connection: socket.socket, views: list[memoryview]) -> None:
+    """sendmsg until every buffer is sent (a call may send part of them)."""
+    first = 0
+    while first < len(views):
+        sent = connection.sendmsg(views[first : first + _IOV_MAX])
+        while sent:
+            if sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
+            else:
+                views[first] = views[first][sent:]
+                sent = 0
