@@ -3,10 +3,12 @@
 The metrics' hot path (every scrape parses every row), so it splits plain strings and leaves
 the cells as text: which column means what is metrics/families.py's table. The SSL statistics
 module's columns come after the standard ones, at positions that differ between haproxy
-versions, so those are found by name in the header (`backend_counters`). `parse_columns`
-is what a scrape uses: at 10,000 routes the CSV has 40,000 rows of 129 (2.6) to 206 (3.0)
-cells, and taking whole columns with C-level slices instead of a list per row makes the
-parse ~3x cheaper. `parse_stat` (a list per row) is for readers of a few rows.
+versions, so those are found by name in the header (`backend_counters`). A scrape reads
+the answer as it arrives (`AnswerLines`: its rows in blocks) and takes each block's columns
+with `add_lines` (`parse_columns` does the same for a whole CSV): at 10,000 routes the CSV
+has 40,000 rows of 129 (2.6) to 206 (3.0) cells, and taking whole columns with C-level
+slices instead of a list per row makes the parse ~3x cheaper. `parse_stat` (a list per row)
+is for readers of a few rows.
 """
 
 from __future__ import annotations
