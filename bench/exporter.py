@@ -21,12 +21,15 @@ serving process and of haproxy, ratios, and the RSS of our process.
 
     .venv/bin/python bench/exporter.py [--rounds 60] [--routes 100] [--servers 10] [--tls]
     .venv/bin/python bench/exporter.py --tcp-routes 10000 [--haproxy /usr/local/bin/haproxy30]
-                                       [--ours-from DIR] [--rounds 10]
+                                       [--ours-from DIR] [--compare DIR] [--no-exporter]
+                                       [--rounds 10]
 
 --tcp-routes N serves N tcp routes instead (bench/scale.py's: two servers each, no checks, on
 127.77.26.1): what /metrics costs at 10, 1,000 and 10,000 routes. --ours-from runs `ours` from
 another source tree (e.g. `git archive <commit> | tar -x -C DIR`), to compare before and after
-on the same haproxy and in the same run as haproxy_exporter.
+on the same haproxy and in the same run as haproxy_exporter; --compare DIR adds
+`ours-compared` from another tree to the same interleaved rounds (before and after side by
+side on a busy machine), --no-exporter leaves haproxy_exporter out.
 
 Bounded: at most --rounds rounds and --max-seconds wall time. Needs haproxy and
 prometheus-haproxy-exporter on PATH. Everything listens on 127.0.0.1; every process started
@@ -101,7 +104,13 @@ SERVER_SCRIPT = textwrap.dedent(
     port, sock = int(sys.argv[1]), Path(sys.argv[2])
     query = CliSocket(sock, options.scrape_timeout).command
     web = Path(sys.argv[4]) if len(sys.argv) > 4 else None
-    server = MetricsServer("127.0.0.1", port, query, lambda: status, options, web_config=web)
+    # An older tree (--ours-from) has no streamed scrape.
+    streamed = {}
+    if hasattr(CliSocket, "stream"):
+        streamed["stream"] = CliSocket(sock, options.scrape_timeout).stream
+    server = MetricsServer(
+        "127.0.0.1", port, query, lambda: status, options, web_config=web, **streamed
+    )
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -313,6 +322,16 @@ def tls_targets(
     return out
 
 
+def compared(
+    args: argparse.Namespace, sock: Path, env: dict[str, str], stack: contextlib.ExitStack
+) -> Target:
+    """`ours` run from another source tree (--compare), as its own process."""
+    port = free_port()
+    argv = [*OURS, SERVER_SCRIPT, str(port), str(sock), str(args.routes)]
+    proc = stack.enter_context(process(argv, env=env, stdout=subprocess.DEVNULL))
+    return Target("ours-compared", port, proc.pid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60)
@@ -333,6 +352,16 @@ def main() -> int:
         default=ROOT,
         help="the source tree `ours` imports haproxy_egress from (an older commit's, to compare)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also `ours-compared`, from this source tree, in the same interleaved rounds",
+    )
+    parser.add_argument(
+        "--no-exporter",
+        action="store_true",
+        help="leave out haproxy_exporter (seconds of CPU per scrape at 10,000 routes)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
@@ -347,7 +376,7 @@ def main() -> int:
             process([args.haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL) as hap,
             process(
                 [
-                    "prometheus-haproxy-exporter",
+                    "true" if args.no_exporter else "prometheus-haproxy-exporter",
                     f"--web.listen-address=127.0.0.1:{exporter_port}",
                     f"--haproxy.scrape-uri=unix:{sock}",
                     "--haproxy.timeout=60s",  # 10,000 routes take it seconds
@@ -363,11 +392,14 @@ def main() -> int:
             ) as ours,
             contextlib.ExitStack() as tls_stack,
         ):
-            targets = [
-                Target("ours", ours_port, ours.pid),
-                Target("haproxy_exporter", exporter_port, exporter.pid),
-                Target("promex", promex_port, hap.pid),
-            ]
+            targets = [Target("ours", ours_port, ours.pid)]
+            if args.compare is not None:
+                targets.append(
+                    compared(args, sock, {**env, "PYTHONPATH": str(args.compare)}, tls_stack)
+                )
+            if not args.no_exporter:
+                targets.append(Target("haproxy_exporter", exporter_port, exporter.pid))
+            targets.append(Target("promex", promex_port, hap.pid))
             if args.tls:
                 targets += tls_targets(run_dir, sock, args.routes, env, tls_stack)
             for t in targets:
@@ -391,7 +423,7 @@ def main() -> int:
                         t.hap_cpu[label] += cpu_seconds(hap.pid) - hap_before
                         t.latencies[label].append(elapsed)
             ours_rss = rss_mb(ours.pid)
-            exporter_rss = rss_mb(exporter.pid)
+            exporter_rss = 0.0 if args.no_exporter else rss_mb(exporter.pid)
             for t in targets:
                 if t.conn is not None:
                     t.conn.close()
@@ -440,12 +472,15 @@ def report(
     by = {t.name: t for t in targets}
     for label in HEADER_SETS:
         ours = statistics.median(by["ours"].latencies[label])
-        exp = statistics.median(by["haproxy_exporter"].latencies[label])
         promex = statistics.median(by["promex"].latencies[label])
-        print(
-            f"{label}: p50 ours/haproxy_exporter = {ours / exp:.2f} (goal <= 0.5), "
-            f"ours/promex = {ours / promex:.2f} (goal <= 2)"
-        )
+        line = f"{label}: p50 ours/promex = {ours / promex:.2f} (goal <= 2)"
+        if "haproxy_exporter" in by:
+            exp = statistics.median(by["haproxy_exporter"].latencies[label])
+            line += f", ours/haproxy_exporter = {ours / exp:.2f} (goal <= 0.5)"
+        if "ours-compared" in by:
+            other = statistics.median(by["ours-compared"].latencies[label])
+            line += f", ours/ours-compared = {ours / other:.2f}"
+        print(line)
     if "ours-tls" in by:
         for label in HEADER_SETS:
             plain = statistics.median(by["ours"].latencies[label])
@@ -455,10 +490,8 @@ def report(
                     f"{label}: p50 {name}/ours = {cost / plain:.2f} "
                     f"({(cost - plain) * 1000:+.1f} ms)"
                 )
-    print(
-        f"RSS: ours (supervisor-like process) {ours_rss:.1f} MB (goal <= 60), "
-        f"haproxy_exporter {exp_rss:.1f} MB"
-    )
+    exporter = "" if args.no_exporter else f", haproxy_exporter {exp_rss:.1f} MB"
+    print(f"RSS: ours (supervisor-like process) {ours_rss:.1f} MB (goal <= 60){exporter}")
     print(f"rounds: {len(by['ours'].latencies['plain'])} per header set")
 
 

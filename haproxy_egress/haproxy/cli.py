@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,24 @@ class CliSocket:
 
     def command(self, line: str) -> str:
         """Send one command and read the whole answer; bounded by `timeout` overall."""
-        deadline = time.monotonic() + self.timeout
-        request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
         # A bytearray grows in place: `bytes += chunk` copied the whole answer at every chunk,
         # ~1 GB of copying for the 13 MB `show stat` of 10,000 routes.
         data = bytearray()
+        for chunk in self.stream(line):
+            data += chunk
+            if self.master and _answered(data):
+                break
+        text = data.decode("utf-8", "replace")
+        if self.master:  # drop the prompts around the answer
+            text = re.sub(r"^master(\[[A-Za-z]+\])?> ", "", text, flags=re.M)
+        return text
+
+    def stream(self, line: str) -> Iterator[bytes]:
+        """Send one command and yield its answer as it arrives, bounded by `timeout` overall
+        (the master CLI's answer ends at its second prompt: `command` stops there). A reader
+        can work on the start of a long answer (`show stat`) while haproxy writes the rest."""
+        deadline = time.monotonic() + self.timeout
+        request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             try:
                 sock.settimeout(self.timeout)
@@ -47,16 +61,10 @@ class CliSocket:
                     sock.settimeout(remaining)
                     chunk = sock.recv(_RECV_SIZE)
                     if not chunk:
-                        break
-                    data += chunk
-                    if self.master and _answered(data):
-                        break
+                        return
+                    yield chunk
             except (OSError, TimeoutError) as exc:
                 raise HaproxyError(f"{self.path}: {line!r} failed: {exc}") from exc
-        text = data.decode("utf-8", "replace")
-        if self.master:  # drop the prompts around the answer
-            text = re.sub(r"^master(\[[A-Za-z]+\])?> ", "", text, flags=re.M)
-        return text
 
 
 def _answered(data: bytes | bytearray) -> bool:

@@ -109,6 +109,7 @@ def assemble(
         exporter_options,
         web_config=settings.web_config_file,  # re-read on change by the server itself
         reload_interval=settings.reload_debounce,
+        stream=stats.stream,  # `show stat` rendered while haproxy writes it
     )
     parts = Parts(
         running=running,

@@ -80,10 +80,10 @@ def serving(
     options: ExporterOptions = ALL,
     address: str = "127.0.0.1",
 ) -> Iterator[MetricsServer]:
-    """A started MetricsServer on a free port; stopped afterwards."""
-    server = MetricsServer(
-        address, 0, CliSocket(sock, options.scrape_timeout).command, status, options
-    )
+    """A started MetricsServer on a free port, reading the socket as the supervisor's does
+    (`show stat` streamed); stopped afterwards."""
+    cli = CliSocket(sock, options.scrape_timeout)
+    server = MetricsServer(address, 0, cli.command, status, options, stream=cli.stream)
     server.start()
     try:
         yield server
@@ -189,6 +189,48 @@ def test_prometheus_headers_get_gzipped_openmetrics(web_route: tuple[Path, int])
     # the same series as the plain text format, whatever the encoding
     stable = {k for k in samples(plain.text) if not k[0].startswith(("process_", "haproxy_exp"))}
     assert stable <= set(om)
+
+
+def test_a_scrape_after_traffic_shows_it_though_the_last_scrape_kept_its_pieces(
+    web_route: tuple[Path, int],
+) -> None:
+    """The pieces kept from the last scrape are taken again only for cells that did not
+    change: the counters of a route that saw traffic since are printed anew."""
+    sock, port = web_route
+    with serving(sock) as server:
+        first = get(server.port).text
+        gzipped_first = get(server.port, headers={"Accept-Encoding": "gzip"}).text
+        for _ in range(2):
+            assert http_get(port, "/") == "origin-a"
+        second = get(server.port).text
+        gzipped_second = get(server.port, headers={"Accept-Encoding": "gzip"}).text
+        kept = server.scraper.cached_blocks()
+    assert value(first, "haproxy_frontend_http_requests_total", frontend="web") == 0
+    assert value(second, "haproxy_frontend_http_requests_total", frontend="web") == 2
+    assert value(second, "haproxy_backend_sessions_total", backend="web") == 2
+    assert value(gzipped_first, "haproxy_frontend_http_requests_total", frontend="web") == 0
+    assert value(gzipped_second, "haproxy_frontend_http_requests_total", frontend="web") == 2
+    assert kept == 1  # one route: its rows are one block
+
+
+def test_two_scrapes_at_once_each_get_a_whole_body(web_route: tuple[Path, int]) -> None:
+    sock, port = web_route
+    assert http_get(port, "/") == "origin-a"
+    with serving(sock) as server:
+        alone = samples(get(server.port).text)
+        threads, replies = _in_threads(
+            4, lambda: get(server.port, headers={"Accept-Encoding": "gzip"})
+        )
+        for t in threads:
+            t.join(15)
+    assert len(replies) == 4
+    haproxy = {
+        k: v for k, v in alone.items() if k[0].startswith(("haproxy_frontend", "haproxy_backend"))
+    }
+    for reply in replies:
+        assert reply.status == 200
+        got = samples(reply.text)
+        assert {k: got[k] for k in haproxy} == haproxy
 
 
 def test_head_index_and_unknown_paths(web_route: tuple[Path, int]) -> None:
