@@ -20,6 +20,7 @@ from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.problems import ProblemList, validate
 from haproxy_egress.config.route import Route, RouteSettings
 from haproxy_egress.config.scalars import Listen
+from haproxy_egress.config.sharing import Sharing
 from haproxy_egress.config.sources.cache import LoadCache, Stale
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
@@ -95,7 +96,7 @@ def _with_defaults(defaults: Mapping[str, Any], route: Mapping[str, Any]) -> dic
     return out
 
 
-def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
+def _validate_route(raw: RawRoute, defaults: Mapping[str, Any], sharing: Sharing) -> Located:
     try:
         route: Route = validate(Route, _with_defaults(defaults, raw.data), raw.source, raw.path)
     except ProblemList as exc:
@@ -103,6 +104,7 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
             line = raw.lines.get(p.path) or raw.line
             exc.problems[i] = Problem(p.source, p.path, p.message, line)
         raise
+    sharing.parts(route)  # kept for as long as the router runs: its equal parts shared
     return Located(route, raw.source, raw.path, raw.line)
 
 
@@ -225,6 +227,7 @@ def build_config(
             problems += exc.problems
     located: list[Located] = []
     key = repr(defaults)  # what a cached route was validated against
+    sharing = Sharing()
     for frag in frags:
         whole = None if cache is None else cache.segment(frag, key)
         if whole is not None:
@@ -233,7 +236,7 @@ def build_config(
         start, final = len(located), True
         for raw in frag.routes:
             try:
-                check = partial(_validate_route, raw, defaults)
+                check = partial(_validate_route, raw, defaults, sharing)
                 item = check() if cache is None else cache.route(raw, key, check)
             except ProblemList as exc:
                 problems += exc.problems
