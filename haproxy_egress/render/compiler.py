@@ -212,7 +212,7 @@ def render(
         syslog_rings=rings(config.logging, options.run.syslog_certs),
         syslog_sd=any(t.format == "rfc5424" for t in config.logging.syslog),
     )
-    route_blocks.finish()
+    route_blocks.finish(text)
     return text
 
 
