@@ -250,6 +250,8 @@ def build_config(
                 problems.append(Problem(item.source, f"{item.path}.parent", str(exc), item.line))
         if final and cache is not None and frag.routes:
             cache.whole(frag, key, located[start:])
+        if cache is not None:
+            cache.validated(frag)
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
