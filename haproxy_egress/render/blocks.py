@@ -9,7 +9,9 @@ config outside its routes) is the render's scope: when it differs, nothing is re
 The kept text is not a copy: a kept block is a slice of the last render's whole text (the
 very string `Compiled.text` holds), found by its offset, so the supervisor holds the 7 MB of
 route blocks at 10,000 routes once, not twice. Blocks that follow each other in both texts
-are taken as one slice, so an edit of one route joins a handful of pieces, not 10,000.
+are taken as one slice, so an edit of one route joins a handful of pieces, not 10,000. The
+template prints a marker where the blocks go, and `Blocks.splice` joins the whole text
+around it at once (the blocks are never a string of their own).
 
 Only the blocks the last render printed are kept.
 """
@@ -28,7 +30,9 @@ __all__ = ["BlockCache", "Blocks"]
 
 Macro = Callable[[Route], str]
 _LENGTH = operator.attrgetter("length")
-_PROBE = 256  # characters of the route blocks looked for first in the whole text
+# What the template prints where the route blocks go; `Blocks.splice` puts them there, in the
+# one join that makes the whole text (no valid config holds a NUL).
+MARKER = "\x00route blocks\x00"
 _FEW = 64  # fresh blocks looked up one by one; more: one pass over the routes
 _APART = -(2**40)  # a block printed now "starts" at a multiple of this (see `_pieces`)
 
@@ -85,7 +89,7 @@ class BlockCache:
 
 
 class Blocks:
-    """One render's view of the cache: `blocks` for the template, `finish` when it is done."""
+    """One render's view of the cache: `blocks` for the template, `splice` when it is done."""
 
     def __init__(
         self,
@@ -104,7 +108,7 @@ class Blocks:
         self._ids: list[int] = []
         self._starts: list[int] = [0]
         self._fresh: list[_Entry] = []  # printed by this render
-        self._joined = ""
+        self._blocks: list[str] = []  # this render's, in order
 
     def blocks(self, routes: Sequence[Route], macro: Macro) -> str:
         """Every route's block, in order: the last render's text where nothing it prints
@@ -130,8 +134,8 @@ class Blocks:
         if pieces is None:
             pieces = self._pieces(ids, entries)
         self._cache.reused += len(ids) - self._cache.rendered
-        self._joined = "".join(pieces)
-        return self._joined
+        self._blocks = pieces
+        return MARKER
 
     def _print(self, route: Route, inputs: tuple[object, ...], macro: Macro) -> _Entry:
         text = str(macro(route))
@@ -230,16 +234,16 @@ class Blocks:
         self._starts = list(accumulate(lengths, initial=0))
         return pieces
 
-    def finish(self, text: str) -> None:
-        """The render succeeded with `text`, which holds the blocks: keep where each block is
-        in it, drop the rest."""
-        joined = self._joined
-        base = text.find(joined[:_PROBE])
-        if base < 0 or not text.startswith(joined, base):
-            base = text.find(joined)
-        if base < 0:  # the template did not print them: keep nothing
+    def splice(self, rendered: str) -> str:
+        """The whole text: `rendered` (the template's output) with the route blocks where it
+        printed the marker, joined once, and kept as the blocks of the next render. Joining
+        the blocks into a string of their own first cost another 7 MB block of memory to
+        fill at each edit (10,000 routes)."""
+        head, marker, tail = rendered.partition(MARKER)
+        if not marker:  # the template did not print them: keep nothing
             self._cache._keep(None, {}, (), text="", base=0, ids=[], starts=[0])
-            return
+            return rendered
+        text = "".join((head, *self._blocks, tail))
         for entry in self._fresh:
             entry.text = None  # it is in `text` now
         inputs = (self._origins, self._route_hooks, self._allow_from_files)
@@ -248,10 +252,11 @@ class Blocks:
             self._printed,
             inputs,
             text=text,
-            base=base,
+            base=len(head),
             ids=self._ids,
             starts=self._starts,
         )
         # The render's context may be a cycle the collector frees later: let go of the
-        # joined blocks (7 MB at 10,000 routes) now.
-        self._joined, self._fresh, self._printed, self._ids, self._starts = "", [], {}, [], [0]
+        # pieces (7 MB at 10,000 routes) now.
+        self._blocks, self._fresh, self._printed, self._ids, self._starts = [], [], {}, [], [0]
+        return text

@@ -46,6 +46,8 @@ __all__ = [
 # edit already reuses what did not change (config/sources/cache.py).
 SHARED_CACHE = LoadCache()
 _ASKS_CREDENTIALS = attrgetter("route.asks_credentials")
+_ROUTE = attrgetter("route")
+_ORIGIN = attrgetter("origin")
 
 
 def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
@@ -263,12 +265,13 @@ def build_config(
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))
     return Config(
-        routes=tuple(item.route for item in located),
+        # Read by the C library: at 10,000 routes these ran on every edit.
+        routes=tuple(map(_ROUTE, located)),
         resolvers=resolvers,
         stats=stats,
         proxy_users=proxy_users,
         logging=logging,
-        origins=tuple(i.origin for i in located),
+        origins=tuple(map(_ORIGIN, located)),
         reserved=tuple(reserved.values()),
     )
 
