@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from haproxy_egress.config.crossroute import CrossIndex, Located
 from haproxy_egress.config.sources.raw import Fragment, RawRoute
+from haproxy_egress.config.sources.yamlfile import lines_outside_routes
 
 __all__ = ["LoadCache", "Stale", "Stats"]
 
@@ -79,10 +80,14 @@ _NO_DATA: dict[str, object] = {}
 _NO_LINES: dict[str, int] = {}
 
 
-def _route_lines_dropped(frag: Fragment) -> dict[str, int]:
-    # The document's lines below `routes` belong to the routes; the rest (resolvers, stats)
-    # is what a problem outside the routes may still need.
-    return {k: v for k, v in frag.lines.items() if not k.startswith("routes")}
+def _route_lines_dropped(frag: Fragment) -> tuple[dict[str, int], Mapping[str, int]]:
+    """The fragment's lines and its `defaults` lines without its routes': the lines below
+    `routes` belong to the routes; the rest (defaults, resolvers, stats) is what a problem
+    outside the routes may still need. (A YAML key's lines index its text when asked: kept,
+    they would keep the text.)"""
+    outside = lines_outside_routes(frag.lines)
+    defaults = outside if frag.defaults_lines is frag.lines else frag.defaults_lines
+    return outside, defaults
 
 
 def _hollow(frag: Fragment, keys: dict[int, tuple[RawRoute, _RouteKey]]) -> Fragment:
@@ -94,7 +99,8 @@ def _hollow(frag: Fragment, keys: dict[int, tuple[RawRoute, _RouteKey]]) -> Frag
         if known is not None and known[0] is raw:
             keys[id(hollow)] = (hollow, known[1])
         routes.append(hollow)
-    return dataclasses.replace(frag, lines=_route_lines_dropped(frag), routes=routes)
+    lines, defaults_lines = _route_lines_dropped(frag)
+    return dataclasses.replace(frag, lines=lines, defaults_lines=defaults_lines, routes=routes)
 
 
 class LoadCache:
@@ -176,7 +182,7 @@ class LoadCache:
             return
         for raw in frag.routes:
             raw.data, raw.lines = _NO_DATA, _NO_LINES
-        frag.lines = _route_lines_dropped(frag)
+        frag.lines, frag.defaults_lines = _route_lines_dropped(frag)
 
     def segment(self, frag: Fragment, defaults: str) -> list[Located] | None:
         """Every validated route of `frag` (a fragment `fragment` returned) as the last load
