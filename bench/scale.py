@@ -15,7 +15,11 @@ destinations each in 198.18.0.0/15, never contacted; health checks off), plus th
 - the time of each stage inside the supervisor, from its log line for each change (read,
   validate, render, diff, apply, files; for a reload: check, files, reload) and of the
   `haproxy -c` that follows a runtime edit off its path (check, late);
-- RSS of the supervisor, haproxy's master and its worker: after start, after the edits;
+- RSS of the supervisor, haproxy's master and its worker: after start, after the edits (the
+  supervisor's also split into its heap and the mapped libraries, from smaps_rollup);
+- beside them, a hand-written master-worker haproxy with the same N routes (a `listen`
+  section each: the same listener, the two servers, the allow_from network inline, no
+  checks), started on the same binary once the router is gone: its master and worker RSS;
 - the time of one /metrics scrape;
 - with --load, requests through another route during the runtime edits (failures counted);
 - then the growth between the two largest sizes (goal: edit latency flat, memory linear with
@@ -30,8 +34,12 @@ Everything runs on loopback and is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests
 
-from bench.compile import route_keys
+from bench.compile import BASE_IP, FIRST_PORT, route_keys
 from bench.live import DEBOUNCE, SETTLE, _answer, _pct, _until
 from haproxy_egress.haproxy.program import rss_bytes, version
 from tests.kubelet import ConfigMapVolume
@@ -78,6 +86,8 @@ class Size:
     metrics: float = 0.0
     publish: list[float] = field(default_factory=list)  # the kubelet-style write of all keys
     load: str = ""
+    heap: dict[str, tuple[float, float]] = field(default_factory=dict)  # when → (anon, files)
+    hand: tuple[int, int] = (0, 0)  # a hand-written haproxy's master, worker RSS
 
 
 def _stages(log: str) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
@@ -99,6 +109,68 @@ def _rss(router: Router) -> tuple[int, int, int]:
         rss_bytes(router.master_pid()),
         rss_bytes(router.worker_pid()),
     )
+
+
+def _heap(pid: int) -> tuple[float, float]:
+    """A process's resident memory in MB: anonymous (its heap), and file-backed (libraries)."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            fields[parts[0].rstrip(":")] = int(parts[1])
+    anon = fields.get("Anonymous", 0) / 1024
+    return anon, fields.get("Rss", 0) / 1024 - anon
+
+
+HAND_WRITTEN = """global
+    master-worker
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+"""
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def hand_written(n: int, address: str, binary: str, tmp: Path) -> tuple[int, int]:
+    """RSS (master, worker) of a master-worker haproxy written by hand with the same N routes
+    the router had, on the same listeners (the router has stopped)."""
+    lines = [HAND_WRITTEN]
+    for i in range(n):
+        lines.append(
+            f"listen route-{i}\n    bind {address}:{FIRST_PORT + i}\n"
+            "    tcp-request connection reject unless { src 10.128.0.0/14 }\n"
+            f"    server a {BASE_IP + 2 * i}:443\n    server b {BASE_IP + 2 * i + 1}:443\n"
+        )
+    cfg = tmp / f"hand-{n}.cfg"
+    cfg.write_text("".join(lines))
+    proc = subprocess.Popen([binary, "-W", "-f", str(cfg)], stdout=subprocess.DEVNULL)
+    try:
+        last = (address, FIRST_PORT + n - 1)
+
+        def serving() -> bool:
+            try:
+                socket.create_connection(last, timeout=1).close()
+            except OSError:
+                return False
+            return bool(_children(proc.pid))
+
+        _until(serving, 120)
+        time.sleep(1)  # settled, as the router was when it was measured
+        return rss_bytes(proc.pid), max(rss_bytes(p) for p in _children(proc.pid))
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def _scrape_seconds(router: Router) -> float:
@@ -143,6 +215,8 @@ def measure(
         router.wait_ready(timeout=180)
         size.start = time.monotonic() - started
         size.rss["start"] = _rss(router)
+        assert router.proc is not None
+        size.heap["start"] = _heap(router.proc.pid)
         load = (
             LoadGen(steady_port, keepalive=True, clients=2, max_seconds=600) if args.load else None
         )
@@ -161,6 +235,7 @@ def measure(
             rate = result.ok / (time.monotonic() - load_started)
             size.load = f"{result.ok} requests ({rate:.0f}/s), {result.failed} failed"
         size.rss["runtime edits"] = _rss(router)
+        size.heap["runtime edits"] = _heap(router.proc.pid)
         for i in range(args.reloads):
             port = free_port()
             extra.append(http_route(f"added-{i}", port, a, check=False))
@@ -169,6 +244,7 @@ def measure(
             size.reload.append(time.monotonic() - t0)
             time.sleep(1.5)  # past the drain: the old worker is gone before the next edit
         size.rss["reload edits"] = _rss(router)
+        size.heap["reload edits"] = _heap(router.proc.pid)
         size.metrics = _scrape_seconds(router)
         # The late checks of the last edits: give them time to finish and log.
         time.sleep(2)
@@ -179,6 +255,7 @@ def measure(
         raise
     finally:
         router.stop()
+    size.hand = hand_written(n, args.address, args.haproxy, tmp)
     return size
 
 
@@ -212,10 +289,17 @@ def report(sizes: list[Size], binary: str) -> None:
         print(f"  reload edit -> serving      measured {_ms(s.reload)}")
         print(f"     supervisor stages (p50)  {_laps(s.reload_stages)}")
         for when, (sup, master, worker) in s.rss.items():
+            anon, files = s.heap[when]
             print(
-                f"  RSS after {when:13}  supervisor {sup / MB:6.1f} MB, haproxy master"
-                f" {master / MB:6.1f} MB, worker {worker / MB:6.1f} MB"
+                f"  RSS after {when:13}  supervisor {sup / MB:6.1f} MB (heap {anon:5.1f}, files"
+                f" {files:4.1f}), haproxy master {master / MB:6.1f} MB,"
+                f" worker {worker / MB:6.1f} MB"
             )
+        hand_master, hand_worker = s.hand
+        print(
+            f"  hand-written haproxy, same routes: master {hand_master / MB:6.1f} MB,"
+            f" worker {hand_worker / MB:6.1f} MB"
+        )
         print(f"  /metrics scrape             {s.metrics * 1000:.0f} ms")
         if s.load:
             print(f"  load through `steady` during the runtime edits: {s.load}")

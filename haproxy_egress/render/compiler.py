@@ -195,7 +195,7 @@ def render(
     # the last render, no block of that render is reused.
     scope = (directory, options, hooks.files, dataclasses.replace(config, routes=(), origins=()))
     route_blocks = blocks.begin(scope, origins, hooks, allow_files)
-    text = template.render(
+    rendered = template.render(
         config=config,
         origins=origins,
         version=__version__,
@@ -212,8 +212,7 @@ def render(
         syslog_rings=rings(config.logging, options.run.syslog_certs),
         syslog_sd=any(t.format == "rfc5424" for t in config.logging.syslog),
     )
-    route_blocks.finish()
-    return text
+    return route_blocks.splice(rendered)
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:

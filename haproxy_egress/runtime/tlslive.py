@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from cryptography import x509
-
 from haproxy_egress.errors import EgressError, HaproxyError
 from haproxy_egress.haproxy import replies
 from haproxy_egress.haproxy.show import SslEntry, parse_show_ssl
@@ -52,6 +50,10 @@ def _asn1_time(moment: datetime) -> str:
 
 def expected(kind: Material, content: str) -> SslEntry:
     """What `show ssl …` must say once `content` is committed."""
+    # cryptography (about 9 MB of RSS) only once TLS material is rotated: most routers never
+    # originate TLS, and the supervisor lives as long as the pod.
+    from cryptography import x509  # noqa: PLC0415
+
     if kind is Material.CRL:
         crls = [x509.load_pem_x509_crl(b.encode()) for b in _CRL_BLOCK.findall(content)]
         return SslEntry(last_updates=tuple(_asn1_time(c.last_update_utc) for c in crls))

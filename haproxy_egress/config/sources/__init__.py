@@ -20,6 +20,7 @@ from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.problems import ProblemList, validate
 from haproxy_egress.config.route import Route, RouteSettings
 from haproxy_egress.config.scalars import Listen
+from haproxy_egress.config.sharing import Sharing
 from haproxy_egress.config.sources.cache import LoadCache, Stale
 from haproxy_egress.config.sources.configdir import Snapshot, read_secret, read_snapshot
 from haproxy_egress.config.sources.http_proxy import read_http_proxy, with_port_hint
@@ -45,6 +46,8 @@ __all__ = [
 # edit already reuses what did not change (config/sources/cache.py).
 SHARED_CACHE = LoadCache()
 _ASKS_CREDENTIALS = attrgetter("route.asks_credentials")
+_ROUTE = attrgetter("route")
+_ORIGIN = attrgetter("origin")
 
 
 def _fragments(snapshot: Snapshot, env: Mapping[str, str], cache: LoadCache) -> list[Fragment]:
@@ -95,7 +98,7 @@ def _with_defaults(defaults: Mapping[str, Any], route: Mapping[str, Any]) -> dic
     return out
 
 
-def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
+def _validate_route(raw: RawRoute, defaults: Mapping[str, Any], sharing: Sharing) -> Located:
     try:
         route: Route = validate(Route, _with_defaults(defaults, raw.data), raw.source, raw.path)
     except ProblemList as exc:
@@ -103,6 +106,7 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any]) -> Located:
             line = raw.lines.get(p.path) or raw.line
             exc.problems[i] = Problem(p.source, p.path, p.message, line)
         raise
+    sharing.parts(route)  # kept for as long as the router runs: its equal parts shared
     return Located(route, raw.source, raw.path, raw.line)
 
 
@@ -225,6 +229,7 @@ def build_config(
             problems += exc.problems
     located: list[Located] = []
     key = repr(defaults)  # what a cached route was validated against
+    sharing = Sharing()
     for frag in frags:
         whole = None if cache is None else cache.segment(frag, key)
         if whole is not None:
@@ -233,7 +238,7 @@ def build_config(
         start, final = len(located), True
         for raw in frag.routes:
             try:
-                check = partial(_validate_route, raw, defaults)
+                check = partial(_validate_route, raw, defaults, sharing)
                 item = check() if cache is None else cache.route(raw, key, check)
             except ProblemList as exc:
                 problems += exc.problems
@@ -247,6 +252,8 @@ def build_config(
                 problems.append(Problem(item.source, f"{item.path}.parent", str(exc), item.line))
         if final and cache is not None and frag.routes:
             cache.whole(frag, key, located[start:])
+        if cache is not None:
+            cache.validated(frag)
     all_reserved = dict(reserved)
     if stats is not None:
         all_reserved["stats page (STATS_PORT)"] = Listen(address=stats.address, port=stats.port)
@@ -258,12 +265,13 @@ def build_config(
     if problems:
         raise ConfigError(sorted(set(problems), key=_problem_order))
     return Config(
-        routes=tuple(item.route for item in located),
+        # Read by the C library: at 10,000 routes these ran on every edit.
+        routes=tuple(map(_ROUTE, located)),
         resolvers=resolvers,
         stats=stats,
         proxy_users=proxy_users,
         logging=logging,
-        origins=tuple(i.origin for i in located),
+        origins=tuple(map(_ORIGIN, located)),
         reserved=tuple(reserved.values()),
     )
 

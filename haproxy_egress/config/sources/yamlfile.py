@@ -208,11 +208,14 @@ def _parse_fast(text: str) -> tuple[yaml.Node | None, Any] | None:
 
 class _LazyLines(Mapping[str, int]):
     """YAML path → line, indexed from the text only when a problem asks for a line: a valid
-    document (the common case by far) never needs one."""
+    document (the common case by far) never needs one. The lines outside `routes` (a few)
+    are indexed at once, from the nodes the parse made: what a kept key still needs once
+    its routes are validated, without parsing it again (36 ms for 1,000 routes)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, outside_routes: dict[str, int]) -> None:
         self._text = text
         self._lines: dict[str, int] | None = None
+        self.outside_routes = outside_routes
 
     def _index(self) -> dict[str, int]:
         if self._lines is None:
@@ -235,6 +238,24 @@ class _LazyLines(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(self._index())
+
+
+def _lines_outside_routes(root: yaml.Node) -> dict[str, int]:
+    """`_line_index` of the document without what lies under a top-level key `routes...`."""
+    out = {format_loc(()): root.start_mark.line + 1}
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if isinstance(key, yaml.ScalarNode) and not str(key.value).startswith("routes"):
+                _line_index(value, (str(key.value),), out)
+    return out
+
+
+def lines_outside_routes(lines: Mapping[str, int]) -> dict[str, int]:
+    """The lines of a fragment that do not belong to its routes (a key whose routes are
+    validated keeps only these)."""
+    if isinstance(lines, _LazyLines):
+        return dict(lines.outside_routes)
+    return {k: v for k, v in lines.items() if not k.startswith("routes")}
 
 
 def _route_lines(root: yaml.Node) -> list[int]:
@@ -301,7 +322,7 @@ def read_yaml(name: str, text: bytes) -> Fragment:
     lines: Mapping[str, int]
     if fast:
         # Built in one walk: no duplicate keys (those go the full path); lines on demand.
-        lines = _LazyLines(decoded)
+        lines = _LazyLines(decoded, _lines_outside_routes(node))
         route_lines = _route_lines(node)
     else:
         full: dict[str, int] = {}

@@ -179,6 +179,17 @@ def test_lines_are_read_only_when_a_problem_needs_one() -> None:
     assert lines._lines is not None
 
 
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_the_lines_outside_routes_are_known_without_parsing_again(name: str) -> None:
+    """What a kept key holds once its routes are validated: the same lines as the full index
+    without the routes', found without indexing the text (the full index parsed it again)."""
+    frag = yamlfile.read_yaml("routes.yaml", textwrap.dedent(DOCUMENTS[name]).encode())
+    outside = yamlfile.lines_outside_routes(frag.lines)
+    if isinstance(frag.lines, yamlfile._LazyLines) and not frag.problems:
+        assert frag.lines._lines is None  # not indexed (a problem's line indexes it)
+    assert outside == {k: v for k, v in frag.lines.items() if not k.startswith("routes")}
+
+
 def test_too_many_values_is_refused_at_the_same_line_without_anchors() -> None:
     text = "routes:\n" + "".join(f"  - {i}\n" for i in range(yamlfile.MAX_NODES + 1))
     assert yamlfile._parse_fast(text) is None  # counted, then handed over to say where

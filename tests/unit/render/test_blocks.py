@@ -3,6 +3,7 @@ and the text is byte for byte what a render without kept blocks prints."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,59 @@ def test_a_change_outside_the_routes_renders_every_block_again() -> None:
     assert (blocks.rendered, blocks.reused) == (6, 0)
     assert "/elsewhere/maps/allow-from.r0.acl" in text
     assert text == render(config, other, blocks=BlockCache())
+
+
+def _routes_in(order: list[int], loads: LoadCache) -> Config:
+    """Route r<i> alone in key k<position>.yaml: the keys' names give the routes' order."""
+    keys = []
+    for at, i in enumerate(order):
+        route = {"name": f"r{i}", "listen": 20000 + i, "destinations": [f"192.0.2.{i + 1}:443"]}
+        data = yaml.safe_dump({"version": 1, "routes": [route]}).encode()
+        keys.append((f"k{at}-{i}.yaml", data))
+    return load_snapshot(Snapshot(Path("/cfg"), tuple(sorted(keys))), {}, cache=loads)
+
+
+def test_routes_moved_added_and_removed_reuse_their_blocks_and_print_the_full_render() -> None:
+    loads, blocks = LoadCache(), BlockCache()
+    render(_routes_in([0, 1, 2, 3, 4, 5], loads), OPTIONS, blocks=blocks)
+    for order, printed in (
+        ([0, 1, 2, 3, 4, 5], 0),
+        ([0, 1, 9, 2, 3, 4, 5], 5),  # one added in the middle: the keys after it are new
+        ([0, 1, 9, 2, 3, 4, 5, 6], 1),  # one added at the end
+        ([0, 1, 9, 2, 3, 4], 0),  # two keys gone: the others kept where they were
+    ):
+        config = _routes_in(order, loads)
+        text = render(config, OPTIONS, blocks=blocks)
+        assert (blocks.rendered, blocks.reused) == (printed, len(order) - printed), order
+        assert text == render(config, OPTIONS, blocks=BlockCache()), order
+
+
+def test_a_route_printed_again_between_kept_ones_keeps_the_others_in_place() -> None:
+    loads, blocks = LoadCache(), BlockCache()
+    config = _load(loads)
+    render(config, OPTIONS, blocks=blocks)
+    for at in (0, 3, 5):
+        routes = list(config.routes)
+        # Another object for one route (as a key parsed again gives), the rest kept.
+        routes[at] = routes[at].model_copy()
+        config = dataclasses.replace(config, routes=tuple(routes))
+        text = render(config, OPTIONS, blocks=blocks)
+        assert (blocks.rendered, blocks.reused) == (1, 5), at
+        assert text == render(config, OPTIONS, blocks=BlockCache()), at
+    # Two routes swap places: both kept blocks, in another order.
+    routes = list(config.routes)
+    routes[1], routes[4] = routes[4], routes[1]
+    swapped = dataclasses.replace(config, routes=tuple(routes))
+    text = render(swapped, OPTIONS, blocks=blocks)
+    assert (blocks.rendered, blocks.reused) == (0, 6)
+    assert text == render(swapped, OPTIONS, blocks=BlockCache())
+
+
+def test_the_kept_blocks_are_the_rendered_text_itself_not_a_copy() -> None:
+    loads, blocks = LoadCache(), BlockCache()
+    render(_load(loads), OPTIONS, blocks=blocks)
+    text = render(_load(loads, destinations=["198.51.100.1:443"]), OPTIONS, blocks=blocks)
+    # What the cache keeps of the blocks is where they are in the text the compile holds.
+    assert blocks._text is text
+    assert all(entry.text is None for entry in blocks._entries.values())
+    assert len(blocks._starts) == len(blocks._ids) + 1 == 6 + 1
