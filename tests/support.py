@@ -455,15 +455,22 @@ def loopback_route(
 
 
 def write_configmap(directory: Path, keys: Mapping[str, object]) -> None:
-    """Write keys into a plain directory (dict values become YAML, str/bytes are written raw)."""
+    """Write keys into a plain directory (dict values become YAML, str/bytes are written raw).
+
+    Each key is written to a hidden name and renamed over the key, as editors and `kubectl cp`
+    do: a router reading meanwhile (a SIGHUP, a poll) sees the old key or the new one, never
+    a half-written one it would rightly refuse."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in keys.items():
         if isinstance(value, bytes):
-            (directory / name).write_bytes(value)
+            data = value
         elif isinstance(value, str):
-            (directory / name).write_text(value)
+            data = value.encode()
         else:
-            (directory / name).write_text(yaml.safe_dump(value, sort_keys=False))
+            data = yaml.safe_dump(value, sort_keys=False).encode()
+        partial = directory / f".{name}.partial"
+        partial.write_bytes(data)
+        os.replace(partial, directory / name)
 
 
 @contextlib.contextmanager
