@@ -89,9 +89,10 @@ class RingStream:
         if not chunk:
             self.close()
             return None
-        return self._lines(chunk)
+        return self.feed(chunk)
 
-    def _lines(self, chunk: bytes) -> list[tuple[str, int]]:
+    def feed(self, chunk: bytes) -> list[tuple[str, int]]:
+        """The announcements among the whole lines `chunk` completes (the rest waits)."""
         data = self._tail + chunk
         cut = data.rfind(b"\n") + 1
         whole, self._tail = data[:cut], data[cut:]

@@ -18,6 +18,7 @@ import pytest
 from haproxy_egress.errors import ConfigError
 from haproxy_egress.haproxy.cli import CliSocket
 from haproxy_egress.haproxy.program import version
+from haproxy_egress.haproxy.show import parse_proc_table
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import compile_current
 from haproxy_egress.render.syslog import version_tuple
@@ -381,3 +382,41 @@ def test_failover_receiver_takes_the_lines_while_the_first_is_down(
     for receiver in (first, second):
         labels = {"stage": "syslog", "target": f"127.0.0.1:{receiver.port}"}
         assert router.metric(DROPPED, labels) == 0
+
+
+def _workers(router: Router) -> list[tuple[int, bool]]:
+    """(pid, old) of each worker in the master's `show proc`."""
+    master = CliSocket(RunDir(router.run_dir).master_socket, timeout=5, master=True)
+    return [
+        (p.pid, p.old) for p in parse_proc_table(master.command("show proc")) if p.kind == "worker"
+    ]
+
+
+def test_reload_lets_the_old_worker_exit_and_taps_the_new_one(
+    tmp_path: Path, origin: FastOrigin, stopped: list[_Stops], routers: list[Router]
+) -> None:
+    """The router reads each ring of the current worker through a `show events -w` session,
+    which would keep an old worker alive: it is closed once a reload makes the worker old,
+    the old worker exits, and the new worker's ring is read (and delivered) in its place."""
+    receiver = Rsyslog(tmp_path / "rsyslog").start()
+    stopped.append(receiver)
+    target = {"address": f"127.0.0.1:{receiver.port}", "transport": "tcp"}
+    router, port = _router(tmp_path, origin, target, routers)
+    for _ in range(10):
+        assert _connect(port)
+    wait_for(lambda: len(_messages(receiver)) == 10)
+    first = router.worker_pid()
+    route = loopback_route("edge", port, origin.port, mode="tcp", check=False)
+    extra = loopback_route("more", free_port(), origin.port, mode="tcp", check=False)
+    write_configmap(
+        tmp_path / "configmap",
+        {"routes.yaml": {"logging": {"syslog": [target]}, "routes": [route, extra]}},
+    )
+    # The reload: a new worker, and no old one left (nothing holds the first one now).
+    wait_for(lambda: [pid for pid, _ in _workers(router)] not in ([], [first]), timeout=20)
+    wait_for(lambda: all(not old and pid != first for pid, old in _workers(router)), timeout=20)
+    for _ in range(10):
+        assert _connect(port)
+    wait_for(lambda: len(_messages(receiver)) == 20)
+    labels = {"stage": "syslog", "target": f"127.0.0.1:{receiver.port}"}
+    assert router.metric(DROPPED, labels) == 0
