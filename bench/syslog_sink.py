@@ -12,6 +12,8 @@ line and one destination update):
              the decision as structured data) and `destinations_top: 50`
 * dst, syslog  each of the two alone, to tell their costs apart
 * syslog-bare  the target with `format: json` (the line alone: no header, no structured data)
+* syslog+tap   the syslog router with a second reader of its ring (`show events <ring> -w`, as
+             the router's own loss-count tap): what that tap costs haproxy, by difference
 
 Measured interleaved (round 1: each once, round 2: again, ...) so machine noise hits both;
 besides requests/s, each router's haproxy CPU time (/proc/<pid>/stat, utime + stime) over the
@@ -35,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bed import cpu_seconds  # noqa: E402
+from haproxy_egress.haproxy.eventstream import RingStream  # noqa: E402
+from haproxy_egress.rundir import RunDir  # noqa: E402
+from haproxy_egress.runtime.ringtap import RingTap  # noqa: E402
 from tests.logload import FastOrigin  # noqa: E402
 from tests.router import Router  # noqa: E402
 from tests.rsyslog import Rsyslog  # noqa: E402
@@ -57,6 +62,14 @@ class Variant:
     port: int
     rates: list[float] = field(default_factory=list)
     per_cpu: list[float] = field(default_factory=list)
+    tap: RingTap | None = None
+
+
+def second_tap(v: Variant) -> None:
+    """Read the router's ring as its own tap does (the same code, in this process)."""
+    stream = RingStream(RunDir(v.router.run_dir).stats_socket, "egress_syslog_1")
+    v.tap = RingTap(stream, stream.open(), "egress_syslog_1")
+    v.tap.start()
 
 
 def start(
@@ -127,7 +140,9 @@ def main() -> None:
             start(work, "dst", origin, None, top=50),
             start(work, "syslog", origin, receiver, top=0),
             start(work, "syslog-bare", origin, receiver, top=0, fmt="json"),
+            start(work, "syslog+tap", origin, receiver, top=0),
         ]
+        second_tap(variants[-1])
         for round_ in range(args.rounds):
             shift = round_ % len(variants)
             for v in variants[shift:] + variants[:shift]:
@@ -144,6 +159,8 @@ def main() -> None:
                 )
     finally:
         for v in variants:
+            if v.tap is not None:
+                v.tap.stop()
             v.router.stop()
         receiver.stop()
         origin.stop()

@@ -7,6 +7,8 @@ writing works again after drops, and resets its drop counter; a ring of 64 KiB t
 holds its place there: haproxy never overwrites a line a reader has not read (it drops the new
 line instead, and counts it), so this stream sees every line written after it attached. It
 must keep up, or the ring fills behind it: the reader thread does little more than recv().
+It reads what has arrived, then sleeps a little rather than wait in recv(): haproxy's sends
+then find no sleeper on the socket to wake, which is most of what a reader costs haproxy.
 """
 
 from __future__ import annotations
@@ -69,27 +71,32 @@ class RingStream:
         except HaproxyError:
             sock.close()
             raise
+        sock.setblocking(False)  # `drain` reads what is there and never waits
         self._sock = sock
         self._tail = data[end + 2 :]
         return int(found.group(1))
 
-    def read(self, timeout: float) -> list[tuple[str, int]] | None:
-        """The announcements (line, N) among what arrives within `timeout`; None once the
-        session has ended (the worker exited, or the stream was closed)."""
+    def drain(self, limit: int = 1 << 20) -> tuple[list[tuple[str, int]], int, bool]:
+        """What has arrived, without waiting: (the announcements among it, bytes read, whether
+        the session is still open). Read up to `limit` bytes at a time."""
         sock = self._sock
         if sock is None:
-            return None
-        try:
-            sock.settimeout(timeout)
-            chunk = sock.recv(_RECV_SIZE)
-        except TimeoutError:
-            return []
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.close()
-            return None
-        return self.feed(chunk)
+            return [], 0, False
+        out: list[tuple[str, int]] = []
+        got = 0
+        while got < limit:
+            try:
+                chunk = sock.recv(_RECV_SIZE)
+            except (BlockingIOError, TimeoutError):
+                return out, got, True
+            except OSError:
+                chunk = b""
+            if not chunk:  # the worker exited, or the session was closed
+                self.close()
+                return out, got, False
+            got += len(chunk)
+            out += self.feed(chunk)
+        return out, got, True
 
     def feed(self, chunk: bytes) -> list[tuple[str, int]]:
         """The announcements among the whole lines `chunk` completes (the rest waits)."""
