@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 # ring + socket within one pause.
 PAUSE_SECONDS = 0.05
 BUSY_BYTES = 1 << 16
+# Each tap holds one of the stats socket's connections for good, and haproxy serves at most
+# 10 at once (`stats maxconn`): the rest are for the metrics, the supervisor and operators.
+# Rings beyond these (in name order) are counted from dumps, as an old worker's are.
+MAX_TAPS = 4
 
 
 class RingTap(Background):
@@ -90,7 +94,7 @@ class RingTaps:
         """Open a tap on each ring of the current worker, close the others; returns the taps
         closed (their last announcements are still to `take()`)."""
         live = set(current)
-        wanted = set(rings)
+        wanted = set(sorted(set(rings))[:MAX_TAPS])
         closed = [
             tap
             for key, tap in self._taps.items()
