@@ -378,3 +378,9 @@ def announcements(ring_dump: str) -> list[tuple[str, int]]:
     """Each "N events dropped" line of a `show events <ring>` dump, with its N, oldest first.
     An rfc5424 line carries a timestamp in microseconds, so no two are alike."""
     return [(m.group(0), int(m.group(1))) for m in _ANNOUNCED.finditer(ring_dump)]
+
+
+def announced_line(line: str) -> int | None:
+    """N if `line` (one line of a ring) is haproxy's "N events dropped", else None."""
+    found = _ANNOUNCED.fullmatch(line)
+    return int(found.group(1)) if found else None

@@ -58,6 +58,7 @@ def assemble(
         run.log_relay_state if logrelay else None,
         settings.log_warn_interval,
         sink_labels=running.syslog_sinks,
+        stats_socket=run.stats_socket,
     )
     # haproxy's own notices and warnings: relayed in the router's format, route named.
     haproxy_stderr = StderrRelay(running.route_names)

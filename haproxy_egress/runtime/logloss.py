@@ -22,10 +22,12 @@ from haproxy_egress.haproxy.show import (
 )
 from haproxy_egress.metrics.logs import LogLoss, WorkerLogDrops
 from haproxy_egress.runtime.logrelay import read_counters
+from haproxy_egress.runtime.ringtap import RingTaps
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
+SEEN_LINES = 1024  # announcements a tap read, kept to skip them in a later dump of its ring
 BUSY_POLL_SECONDS = 0.25
 
 
@@ -47,10 +49,15 @@ class LogLossWatch(Background):
         master_socket: Path,
         relay_state: Path | None,
         warn_interval: float,
+        *,
         poll_interval: float = POLL_SECONDS,
         sink_labels: Callable[[], Mapping[str, str]] = dict,
+        stats_socket: Path | None = None,
     ) -> None:
         self._master = CliSocket(master_socket, timeout=2.0, master=True)
+        # The current worker's rings are read as haproxy writes them (ringtap.py): every
+        # "N events dropped" line is seen, however fast the ring turns over.
+        self._taps = RingTaps(stats_socket) if stats_socket is not None else None
         self._relay_state = relay_state
         self._warn_interval = warn_interval
         self._poll_interval = poll_interval
@@ -78,6 +85,13 @@ class LogLossWatch(Background):
         if self._rings.busy:
             return min(self._poll_interval, BUSY_POLL_SECONDS)
         return self._poll_interval
+
+    def stop(self) -> None:
+        """Stop polling, then close the ring taps (an old worker waits for their sessions)."""
+        super().stop()
+        with self._polling:
+            if self._taps is not None:
+                self._taps.stop()
 
     def snapshot(self) -> LogLoss:
         """The latest counters (an immutable object replaced whole: no lock needed)."""
@@ -119,6 +133,12 @@ class LogLossWatch(Background):
             pids = worker_pids(self._master.command("show proc"))
         except EgressError:
             return None
+        labels = self._sink_labels()
+        if self._taps is not None:
+            # Before `retire`: a tap that ended with its worker still has lines to book.
+            current = [pid for pid, role in pids if role == "current"]
+            for tap in self._taps.sync(current, labels):
+                self._rings.stream(tap.pid, tap.ring, labels.get(tap.ring, tap.ring), tap.take())
         self._rings.retire({pid for pid, _ in pids})
         out = []
         for pid, role in pids:
@@ -139,7 +159,18 @@ class LogLossWatch(Background):
         """One worker's syslog ring counters, and haproxy's "N events dropped" lines."""
         # Rings with drops in play are read first, the counters after: a line haproxy
         # writes in between is booked at the next poll (never counted twice).
+        labels = self._sink_labels()
+        tapped = set()
+        for ring, target in labels.items():
+            tap = self._taps.get(pid, ring) if self._taps is not None else None
+            if tap is not None:
+                self._rings.stream(pid, ring, target, tap.take())
+                tapped.add(ring)
+        # The other rings (an old worker's, whose tap is closed): the announcements still in
+        # the ring, from a dump.
         for ring in self._rings.to_read(pid):
+            if ring in tapped:
+                continue
             try:
                 dump = self._master.command(f"@!{pid} show events {ring}")
             except EgressError:
@@ -149,7 +180,6 @@ class LogLossWatch(Background):
             sinks = parse_event_sinks(self._master.command(f"@!{pid} show events"), doubled)
         except EgressError:
             return  # it exited meanwhile: what was seen last is retired with it
-        labels = self._sink_labels()
         for sink in sinks:
             if sink.kind == "buffer" and sink.name.startswith(RING_PREFIX):
                 target = labels.get(sink.name, sink.description)
@@ -178,17 +208,21 @@ class RingDrops:
 
     haproxy counts a ring's drops per worker and, at its next successful write, writes
     "N events dropped" into the ring (so the receiver learns of them too) and starts the
-    count again from 0. So a ring's drops are the announced Ns plus the current count. The
-    announcements are read from the ring itself while drops are in play; each is booked once
-    (the ring is first in, first out, so a line seen once never comes back). Pure
-    bookkeeping: the watch feeds it what the master CLI said.
+    count again from 0. So a ring's drops are the announced Ns plus the current count. Pure
+    bookkeeping: the watch feeds it what the master CLI and the taps said.
 
-    Under load a ring turns over faster than it is polled (haproxy 3.0 here: its 300 lines
-    replaced within 0.1 s), so the announcement can be gone before it is read. A counter
-    found lower than last time was announced, at least by what it showed last time: that
-    much is booked at once (a floor), and an announcement read at the next poll books only
-    what exceeds it. What the ring dropped between the last poll and the announcement is then
-    missed: the count is never too high, and low by at most one poll interval's drops
+    The current worker's announcements come from a tap (ringtap.py) that reads the ring as
+    haproxy writes it, so none is missed, however fast the ring turns over (haproxy 3.0 under
+    load replaces a 64 KiB ring's 300 lines within 0.1 s, faster than any poll). An old
+    worker's (its tap closed, or there is no stats socket) are read from a dump of the ring
+    while drops are in play, each booked once (the ring is first in, first out).
+
+    A counter found lower than last time was announced, at least by what it showed last time:
+    that much is booked at once (a floor), so the total never goes down while the announcement
+    is on its way; the announcement, once read, books only what exceeds the floor. From a tap
+    it always comes, and the count is exact. From a dump it may be gone: then what the ring
+    dropped between the last poll and the announcement is missed (never too high, low by at
+    most one poll interval's drops; docs/operations.md, "Remote syslog").
     (docs/operations.md, "Remote syslog").
     """
 
@@ -215,13 +249,30 @@ class RingDrops:
         key = (pid, ring)
         seen = self._seen.get(key, frozenset())
         new = sum(n for line, n in found if line not in seen)
-        target = self._target.get(key, ring)
-        floor = self._floor.pop(key, 0)  # already booked for the reset this explains
-        self._booked[target] = self._booked.get(target, 0) + max(0, new - floor)
-        self._announced[key] = self._announced.get(key, 0) + new
+        # A dump that shows no announcement for a reset never will: the floor stays booked.
+        self._book(key, self._target.get(key, ring), new, self._floor.pop(key, 0))
         self._seen[key] = frozenset(line for line, _ in found)
         if not new:
             self._active.discard(key)  # kept below if the counter still moves
+
+    def stream(self, pid: int, ring: str, target: str, found: Sequence[tuple[str, int]]) -> None:
+        """Book the announcements (line, N) a tap read: each is new (a stream never repeats a
+        line). One that explains a reset already booked as a floor may come a poll or two
+        after the reset (it was on its way through the socket): the floor waits for it."""
+        key = (pid, ring)
+        new = sum(n for _, n in found)
+        self._target.setdefault(key, target)
+        self._booked.setdefault(target, 0)
+        self._book(key, self._target[key], new, self._floor.pop(key, 0) if new else 0)
+        if found:
+            # A dump of this ring after the tap closed (its worker is old) skips these.
+            lines = [*self._seen.get(key, ()), *(line for line, _ in found)]
+            self._seen[key] = frozenset(lines[-SEEN_LINES:])
+
+    def _book(self, key: tuple[int, str], target: str, new: int, floor: int) -> None:
+        """Book `new` announced drops of `key`, less the `floor` already booked for them."""
+        self._booked[target] = self._booked.get(target, 0) + max(0, new - floor)
+        self._announced[key] = self._announced.get(key, 0) + new
 
     def see(self, pid: int, ring: str, target: str, dropped: int) -> None:
         """Record a ring's counter as `show events` printed it."""

@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from haproxy_egress.haproxy.eventstream import RingStream
 from haproxy_egress.haproxy.show import announcements, parse_event_sinks, parse_info
 from haproxy_egress.metrics.logs import LogLoss, log_families
 from haproxy_egress.runtime.logloss import RingDrops
@@ -94,6 +95,47 @@ def test_a_reset_whose_announcement_was_not_read_books_what_was_seen() -> None:
     rings.read(7, "egress_syslog_1", [])
     rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 3)
     assert rings.totals() == (("10.0.0.5:6514", 208 + 40 + 3),)
+
+
+def test_a_tapped_announcement_late_for_its_reset_is_booked_once() -> None:
+    """A tap's announcement may reach the router a poll or two after the counter reset it
+    explains (it was in the socket): the floor booked meanwhile waits for it, then only the
+    excess is booked; the total never goes down."""
+    rings = RingDrops()
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 150)
+    for _ in range(2):  # two polls: the counter was reset (and grew again), no line yet
+        rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", [])
+        rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 5)
+        assert rings.totals() == (("10.0.0.5:6514", 155),)
+    found = [("<133>1 t - haproxy30 9 - - 208 events dropped", 208)]
+    rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", found)
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 5)
+    assert rings.totals() == (("10.0.0.5:6514", 213),)
+    # The same text announced again is another announcement: a stream never repeats a line.
+    rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", [("12 events dropped", 12)] * 2)
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert rings.totals() == (("10.0.0.5:6514", 213 - 5 + 24),)
+    # A dump of the ring once the tap is closed (an old worker) skips what the tap booked.
+    rings.read(7, "egress_syslog_1", found)
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert rings.totals() == (("10.0.0.5:6514", 232),)
+
+
+def test_a_stream_keeps_only_announcements_and_reads_3_0s_nul() -> None:
+    """Lines as `show events -w` sends them, cut anywhere by recv(): haproxy 3.0 writes its
+    announcement with the C string's NUL (recorded from 3.0.11), 2.6 without."""
+    data = (
+        b"<134>1 2026-12-07T03:32:23.086846+00:00 - haproxy30 32540 - - 127.0.0.1:57348 "
+        b"[07/Dec/2026:03:32:23.085] edge edge/127.0.0.1_18559 1/0/0 85 -- 4/4/3/3/0 0/0\n"
+        b"<133>1 2026-12-07T03:32:30.089391+00:00 - haproxy30 32540 - - 33896 events dropped\0\n"
+        b"<133>1 2026-12-07T03:33:06.402168+00:00 - haproxy 2555 - - 1 event dropped\n"
+        b"GET /9 events dropped\n"
+    )
+    for cut in (1, 7, 100, len(data) - 3):
+        stream = RingStream(Path("/nonexistent"), "egress_syslog_1")
+        found = stream.feed(data[:cut]) + stream.feed(data[cut:])
+        assert [n for _, n in found] == [33896, 1], cut
+        assert found[0][0].endswith("- - 33896 events dropped")
 
 
 def test_an_exited_worker_keeps_its_count() -> None:
