@@ -27,8 +27,8 @@ from haproxy_egress.runtime.ringtap import RingTaps
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
-SEEN_LINES = 1024  # announcements a tap read, kept to skip them in a later dump of its ring
 BUSY_POLL_SECONDS = 0.25
+SEEN_LINES = 1024  # announcements a tap read, kept to skip them in a later dump of its ring
 
 
 def worker_pids(show_proc: str) -> list[tuple[int, str]]:
@@ -223,7 +223,6 @@ class RingDrops:
     it always comes, and the count is exact. From a dump it may be gone: then what the ring
     dropped between the last poll and the announcement is missed (never too high, low by at
     most one poll interval's drops; docs/operations.md, "Remote syslog").
-    (docs/operations.md, "Remote syslog").
     """
 
     def __init__(self) -> None:
