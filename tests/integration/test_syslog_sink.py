@@ -202,6 +202,7 @@ def test_tcp_json_format_sends_the_bare_line(
     router, port = _router(tmp_path, origin, target, routers)
     for _ in range(25):
         assert _connect(port)
+    wait_for(lambda: len(_stdout_lines(router)) == 25)
     wait_for(lambda: len(_messages(receiver, framed=False)) == 25)
     assert _messages(receiver, framed=False) == _stdout_lines(router)
 
