@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 10,1000,10000] [--edits 20] [--reloads 3]
                                     [--haproxy /usr/local/bin/haproxy30] [--load]
-                                    [--address 127.77.0.1]
+                                    [--address 127.77.0.1] [--rss-each]
 
 Per size, one router on a ConfigMap of N tcp routes in ten keys (on 127.77.0.1, two IP
 destinations each in 198.18.0.0/15, never contacted; health checks off), plus the http route
@@ -83,6 +83,7 @@ class Size:
     reload_stages: dict[str, list[float]] = field(default_factory=dict)
     late_check: list[float] = field(default_factory=list)
     rss: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # when → (sup, m, w)
+    rss_each: list[int] = field(default_factory=list)  # --rss-each: the supervisor's, by reload
     metrics: float = 0.0
     publish: list[float] = field(default_factory=list)  # the kubelet-style write of all keys
     load: str = ""
@@ -243,6 +244,8 @@ def measure(
             _until(lambda p=port: _answer(p) == a.name, 60)
             size.reload.append(time.monotonic() - t0)
             time.sleep(1.5)  # past the drain: the old worker is gone before the next edit
+            if args.rss_each:
+                size.rss_each.append(rss_bytes(router.proc.pid))
         size.rss["reload edits"] = _rss(router)
         size.heap["reload edits"] = _heap(router.proc.pid)
         size.metrics = _scrape_seconds(router)
@@ -295,6 +298,9 @@ def report(sizes: list[Size], binary: str) -> None:
                 f" {files:4.1f}), haproxy master {master / MB:6.1f} MB,"
                 f" worker {worker / MB:6.1f} MB"
             )
+        if s.rss_each:
+            series = " ".join(f"{b / MB:.1f}" for b in s.rss_each)
+            print(f"  supervisor RSS after each reload (MB): {series}")
         hand_master, hand_worker = s.hand
         print(
             f"  hand-written haproxy, same routes: master {hand_master / MB:6.1f} MB,"
@@ -323,6 +329,9 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, default=3, help="reload edits per size")
     parser.add_argument("--haproxy", default="haproxy", help="the haproxy binary to run")
     parser.add_argument("--load", action="store_true", help="requests through another route")
+    parser.add_argument(
+        "--rss-each", action="store_true", help="the supervisor's RSS after every reload edit"
+    )
     parser.add_argument("--address", default=ADDRESS, help="the N routes' loopback address")
     args = parser.parse_args()
     env = {"EGRESS_HAPROXY_BIN": args.haproxy}
