@@ -30,6 +30,7 @@ from haproxy_egress.runtime import changes, memory, preflight
 from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.cpus import default_threads
 from haproxy_egress.runtime.reload import check_compiled
+from haproxy_egress.runtime.supervisor import Supervisor
 from haproxy_egress.settings import LogFormat, LogSink, Settings
 
 log = logging.getLogger("haproxy_egress")
@@ -109,6 +110,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The container ENTRYPOINT: compile, check, then supervise haproxy and its log sink as
     PID 1."""
+    return _supervisor(args).run()
+
+
+def _supervisor(args: argparse.Namespace) -> Supervisor:
+    """The router, built on the start-up compile. Its own function so that no frame that
+    lives as long as the router holds that compile: the supervisor drops it at the first
+    edit (at 10,000 routes a 6 MB haproxy.cfg text and the routes the edit replaced)."""
     settings = _settings(args)
     logsetup.configure(settings.log_format, args.debug)
     preflight.check_run(settings)
@@ -116,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = render_options(settings)
     compiled = compile_current(settings, options)  # the only place a bad config is fatal
     check_compiled(settings, compiled)  # a broken Lua hook is named by key and route
-    return assemble(settings, options, compiled).run()
+    return assemble(settings, options, compiled)
 
 
 def _router_run_dir(args: argparse.Namespace, settings: Settings) -> Settings:
