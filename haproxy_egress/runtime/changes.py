@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,8 +59,13 @@ class Server:
     @property
     def host_port(self) -> tuple[str, int]:
         """The address split into host (no brackets) and port."""
-        host, _, port = self.address.rpartition(":")
-        return host.strip("[]"), int(port)
+        return host_port(self.address)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """A server line's host:port ([v6]:port) split into host (no brackets) and port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -154,17 +159,29 @@ _HEADER_OR_SERVER = re.compile(r"^(?:([^\s#]\S*)[ \t]*(\S*).*|[ \t]+server (\S+)
 _NEXT_SECTION = re.compile(r"\n(?=[^\s#])")
 
 
-def servers(text: str) -> dict[str, Server]:
-    """Every server a haproxy.cfg text defines with a `server` line, by backend/server ref."""
-    out: dict[str, Server] = {}
+def _server_lines(text: str) -> Iterator[tuple[str, re.Match[str]]]:
+    """Each `server` line of a haproxy.cfg text's backends, with its backend's name."""
     backend = ""
     for m in _HEADER_OR_SERVER.finditer(text):
         if m.group(1) is not None:
             backend = m.group(2) if m.group(1) == "backend" else ""
         elif backend:
-            server = Server(backend, m.group(3), m.group(4), m.group(5).rstrip())
-            out[server.ref] = server
+            yield backend, m
+
+
+def servers(text: str) -> dict[str, Server]:
+    """Every server a haproxy.cfg text defines with a `server` line, by backend/server ref."""
+    out: dict[str, Server] = {}
+    for backend, m in _server_lines(text):
+        server = Server(backend, m.group(3), m.group(4), m.group(5).rstrip())
+        out[server.ref] = server
     return out
+
+
+def server_addresses(text: str) -> dict[str, str]:
+    """`servers` as backend/server ref → host:port only: at 10,000 routes, 20,000 strings
+    instead of 20,000 objects of five, for a reload that needs only the addresses."""
+    return {f"{backend}/{m.group(3)}": m.group(4) for backend, m in _server_lines(text)}
 
 
 _BLOCK = 1 << 16  # compared a slice at a time: C-speed memcmp, a few slices copied

@@ -190,14 +190,14 @@ def state_for(state: str, text: str) -> str:
     without an address: the new worker starts those empty, as at a first start (a saved
     "no address" state is reported DOWN after every reload, one line per slot).
     """
-    fixed = changes.servers(text)
+    fixed = changes.server_addresses(text)
 
     def stale(got: show.ServerState) -> bool:
         if got.unfilled_slot:
             return True
-        server = fixed.get(f"{got.backend}/{got.name}")
-        return server is not None and (
-            got.maintenance or (got.address, got.port) != server.host_port
+        address = fixed.get(f"{got.backend}/{got.name}")
+        return address is not None and (
+            got.maintenance or (got.address, got.port) != changes.host_port(address)
         )
 
     return show.servers_state_without(state, stale)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from haproxy_egress.runtime import changes
 from haproxy_egress.runtime.reload import state_for
 
 HEADER = (
@@ -32,3 +35,19 @@ def test_keeps_health_of_listed_servers_and_drops_maintenance_and_moved_ones() -
     empty = line("api.test_443-2", "-", 32, 443).replace(" - 443 ", " api.test 443 ")
     state = "\n".join([HEADER, down, drained, decoy, slot, empty, gone]) + "\n"
     assert state_for(state, TEXT) == "\n".join([HEADER, down, slot, gone]) + "\n"
+
+
+def test_the_reload_reads_the_same_servers_as_the_diff_does() -> None:
+    """`server_addresses` (what a reload needs, as strings) is `servers` (the diff's objects)."""
+    goldens = sorted(Path(__file__).parents[2].glob("data/golden/*/haproxy.cfg"))
+    assert goldens
+    for cfg in goldens:
+        text = cfg.read_text()
+        expected = {ref: server.address for ref, server in changes.servers(text).items()}
+        assert changes.server_addresses(text) == expected, cfg
+
+
+def test_an_answer_without_server_lines_stays_a_valid_state_file() -> None:
+    assert state_for("", TEXT) == "\n"
+    assert state_for(HEADER + "\n", TEXT) == HEADER + "\n"
+    assert state_for(HEADER.replace("\n", "\r\n") + "\r\n", TEXT) == HEADER + "\n"
