@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from functools import cache, cached_property, lru_cache
+from functools import cache, lru_cache
 from typing import Annotated
 
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
     PlainValidator,
     WithJsonSchema,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
 from haproxy_egress.config.addresses import (
@@ -86,22 +87,30 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
-class Endpoint(Frozen):
+# Endpoints and listeners are slotted dataclasses, not models: a route keeps them for as long
+# as the router runs, and a model gives every instance a dict and a set of the fields its
+# input named (at 10,000 routes, 30,000 of them were 9 MB of the supervisor's memory). They
+# validate as a model would (unknown keys refused, text stripped).
+_SLOTTED = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+@pydantic_dataclass(frozen=True, slots=True, config=_SLOTTED)
+class Endpoint:
     """A destination: a DNS name or IP literal, and a port."""
 
     host: str
     port: int
 
-    # Cached: the compiler asks each endpoint for these several times, and parsing an address
-    # was half of rendering 10,000 routes. The model is frozen, so a cached value stays true.
-    @cached_property
+    @property
     def ip(self) -> IPAddress | None:
         """The address when the host is an IP literal, else None (a name to resolve)."""
         return ip_or_none(self.host)
 
-    @cached_property
+    @property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
+        if ":" not in self.host:  # neither an IPv6 literal nor bracketed: as it is
+            return f"{self.host}:{self.port}"
         return join_host_port(self.host, self.port)
 
     @property
@@ -171,16 +180,17 @@ EndpointSpec = Annotated[
 ]
 
 
-class Listen(Frozen):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_SLOTTED)
+class Listen:
     """Where a route accepts connections: an optional local address and a port."""
 
     address: str | None = None
     port: int
 
-    @cached_property
+    @property
     def ip(self) -> IPAddress | None:
-        """The listen address, parsed once (frozen model: it cannot change)."""
-        return None if self.address is None else ipaddress.ip_address(self.address)
+        """The listen address, parsed."""
+        return None if self.address is None else ip_or_none(self.address)
 
     @property
     def bind(self) -> str:

@@ -18,10 +18,13 @@ a value alive that no route holds.
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+
+from haproxy_egress.config.scalars import Endpoint, Listen
 
 __all__ = ["Sharing"]
 
@@ -30,6 +33,10 @@ M = TypeVar("M", bound=BaseModel)
 # Values equal by `==` only within their own type (the key carries the type). Strings are
 # not given to `sys.intern`: its table never shrinks, and most of a route's are its own.
 _ATOMS = (str, int, float, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
+# The frozen dataclasses of the model (config/scalars.py) and their fields, in order.
+_FROZEN_DATACLASSES: dict[type, tuple[str, ...]] = {
+    kind: tuple(f.name for f in dataclasses.fields(kind)) for kind in (Endpoint, Listen)
+}
 # The fields sets seen so far (a route's fields are a fixed list, so the distinct sets are few;
 # past the bound a set is simply not shared).
 _FIELD_SETS: dict[frozenset[str], set[str]] = {}
@@ -84,4 +91,15 @@ class Sharing:
             return self._table.setdefault((tuple, *map(id, parts)), parts)
         if isinstance(value, BaseModel):
             return self.model(value)
+        if kind in _FROZEN_DATACLASSES:
+            return self._dataclass(value)
         return value
+
+    def _dataclass(self, value: Any) -> Any:
+        """A frozen dataclass (an endpoint, a listener) with its fields shared, or an equal one
+        seen before."""
+        names = _FROZEN_DATACLASSES[type(value)]
+        parts = [self.value(getattr(value, n)) for n in names]
+        for name, part in zip(names, parts, strict=True):
+            object.__setattr__(value, name, part)  # frozen: equal replaces equal
+        return self._table.setdefault((type(value), *map(id, parts)), value)
