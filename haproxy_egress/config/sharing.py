@@ -6,9 +6,9 @@ those sets were 15 MB of the supervisor's RSS, and the values that every route r
 (`check: {enabled: false}`, `allow_from`, timeouts as ints above 256, the same strings parsed
 again from each YAML key) about as much again. `Sharing.model` rewrites a freshly validated
 model in place so that what is equal is one object: the fields sets by their content, and strings,
-numbers, addresses, tuples and whole frozen sub-models when every field is
-the very same object as another's (identity, never `==`, which holds between `1`, `1.0` and
-`True`).
+numbers, addresses, tuples and whole frozen sub-models and dataclasses (endpoints, listeners)
+when every field is the very same object as another's (identity, never `==`, which holds
+between `1`, `1.0` and `True`).
 
 Nothing observable changes: the models are frozen, equal values replace equal values, and
 pydantic copies the fields set before it adds to it (`model_copy(update=...)`). A `Sharing`
