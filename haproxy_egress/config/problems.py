@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from haproxy_egress.errors import Problem
 
@@ -29,9 +30,18 @@ def format_loc(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _model_in(annotation: object) -> type[BaseModel] | None:
-    """The model a field holds: itself, or inside tuple[...], `X | None` or Annotated[...]."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _fields(kind: type) -> dict[str, FieldInfo] | None:
+    """The fields of a model or of a pydantic dataclass (endpoints, listeners), else None."""
+    if issubclass(kind, BaseModel):
+        return kind.model_fields
+    fields: dict[str, FieldInfo] | None = getattr(kind, "__pydantic_fields__", None)
+    return fields
+
+
+def _model_in(annotation: object) -> type | None:
+    """The model (or pydantic dataclass) a field holds: itself, or inside tuple[...],
+    `X | None` or Annotated[...]."""
+    if isinstance(annotation, type) and _fields(annotation) is not None:
         return annotation
     for arg in get_args(annotation):
         found = _model_in(arg)
@@ -40,18 +50,35 @@ def _model_in(annotation: object) -> type[BaseModel] | None:
     return None
 
 
-def _fields_at(model: type[BaseModel] | None, loc: Sequence[int | str]) -> list[str]:
+def _fields_at(model: type | None, loc: Sequence[int | str]) -> list[str]:
     """The field names (as written in YAML: aliases) of the model at `loc` under `model`."""
-    current = model
+    fields = _fields(model) if model is not None else None
     for part in loc:
-        if isinstance(part, int) or part.startswith("function-") or current is None:
+        if isinstance(part, int) or part.startswith("function-") or fields is None:
             continue
-        fields = current.model_fields
         info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        current = _model_in(info.annotation) if info is not None else None
-    if current is None:
+        inner = _model_in(info.annotation) if info is not None else None
+        fields = _fields(inner) if inner is not None else None
+    if fields is None:
         return []
-    return [info.alias or name for name, info in current.model_fields.items()]
+    return [info.alias or name for name, info in fields.items()]
+
+
+_LAST_STEP = re.compile(r"(?:\.[^.\[]+|\[[^\]]*\])$")
+
+
+def nearest_line(lines: Mapping[str, int], path: str) -> int | None:
+    """The line of `path`, or of the nearest enclosing path that has one: a field that is
+    missing has no line, the mapping that lacks it does."""
+    while path:
+        line = lines.get(path)
+        if line is not None:
+            return line
+        shorter = _LAST_STEP.sub("", path)
+        if shorter == path:
+            return None
+        path = shorter
+    return None
 
 
 def closest(name: str, known: Iterable[str]) -> str:
@@ -86,7 +113,8 @@ def _message(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> st
             msg = msg[len(prefix) :]
     if err["type"] == "too_short":
         return "must not be empty"
-    if err["type"] == "extra_forbidden":
+    # A model says extra_forbidden, a pydantic dataclass unexpected_keyword_argument.
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return unknown_field(str(err["loc"][-1]), _fields_at(model, err["loc"][:-1]))
     if err["type"] in ("tuple_type", "list_type") and isinstance(err.get("input"), str | int):
         return _not_a_list(err)

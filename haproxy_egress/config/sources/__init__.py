@@ -17,7 +17,7 @@ from haproxy_egress.config.crossroute import Located, checked_routes
 from haproxy_egress.config.document import Config, Resolvers, StatsPage
 from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.parent import basic_credential, from_environment
-from haproxy_egress.config.problems import ProblemList, validate
+from haproxy_egress.config.problems import ProblemList, nearest_line, validate
 from haproxy_egress.config.route import Route, RouteSettings
 from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sharing import Sharing
@@ -103,7 +103,7 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any], sharing: Sharing
         route: Route = validate(Route, _with_defaults(defaults, raw.data), raw.source, raw.path)
     except ProblemList as exc:
         for i, p in enumerate(exc.problems):
-            line = raw.lines.get(p.path) or raw.line
+            line = nearest_line(raw.lines, p.path) or raw.line
             exc.problems[i] = Problem(p.source, p.path, p.message, line)
         raise
     sharing.parts(route)  # kept for as long as the router runs: its equal parts shared
@@ -125,7 +125,8 @@ def _each_section_valid(
             validate(model, section, frag.source, name)
         except ProblemList as exc:
             problems += [
-                Problem(p.source, p.path, p.message, lines.get(p.path)) for p in exc.problems
+                Problem(p.source, p.path, p.message, nearest_line(lines, p.path))
+                for p in exc.problems
             ]
             ok = False
     return ok

@@ -342,6 +342,28 @@ def test_every_problem_with_its_reason_in_one_pass() -> None:
     ]
 
 
+def test_a_misspelt_key_of_an_endpoint_or_a_listener_names_the_known_one() -> None:
+    """Endpoints and listeners written as mappings are checked key by key like a route."""
+    got = errors(
+        snap(
+            routes_yaml="""\
+            routes:
+              - name: web
+                listen: {port: 8080, adress: 127.0.0.1}
+                destinations:
+                  - {host: 192.0.2.1, prot: 443}
+            """
+        )
+    )
+    assert got == [
+        "routes.yaml:3: routes[0].listen.adress: unknown field (did you mean `address`? see"
+        " `haproxy-egress schema` for every field)",
+        "routes.yaml:5: routes[0].destinations[0].port: Field required",
+        "routes.yaml:5: routes[0].destinations[0].prot: unknown field (did you mean `port`? see"
+        " `haproxy-egress schema` for every field)",
+    ]
+
+
 def test_allow_from_takes_what_policy_rules_take() -> None:
     """Bracketed IPv6 and bare addresses mean the same network in allow_from as in rules."""
     config = load_snapshot(
