@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from haproxy_egress.config.problems import format_loc, problems_from
+from haproxy_egress.config.problems import format_loc, nearest_line, problems_from
 from haproxy_egress.config.sources.yamlfile import load_located
 from haproxy_egress.errors import ConfigError, Problem
 
@@ -468,15 +468,6 @@ class WebConfigFile:
         return tuple(files)
 
 
-def _line(lines: Mapping[str, int], loc: Sequence[int | str]) -> int | None:
-    """The line of `loc`, or of the nearest enclosing value that has one."""
-    for end in range(len(loc), -1, -1):
-        line = lines.get(format_loc(loc[:end]))
-        if line is not None:
-            return line
-    return None
-
-
 def _problems(exc: ValidationError, source: str, lines: Mapping[str, int]) -> list[Problem]:
     """pydantic's errors as located problems, in the toolkit's words where they differ."""
     errors = exc.errors()
@@ -491,7 +482,8 @@ def _problems(exc: ValidationError, source: str, lines: Mapping[str, int]) -> li
             message = f"unknown field (the exporter-toolkit format has {', '.join(keys)})"
         elif err["type"] in _TYPE_WORDS:
             message = _TYPE_WORDS[err["type"]] + message[len(err["msg"]) :]
-        out.append(dataclasses.replace(problem, message=message, line=_line(lines, err["loc"])))
+        line = nearest_line(lines, problem.path)
+        out.append(dataclasses.replace(problem, message=message, line=line))
     return out
 
 
@@ -508,7 +500,10 @@ def parse_web_config(text: bytes, source: Path) -> WebConfigFile:
         config = WebConfig.model_validate({} if data is None else data, context=checks)
     except ValidationError as exc:
         problems += _problems(exc, name, lines)
-    problems += [Problem(name, format_loc(loc), m, _line(lines, loc)) for loc, m in checks.found]
+    problems += [
+        Problem(name, format_loc(loc), m, nearest_line(lines, format_loc(loc)))
+        for loc, m in checks.found
+    ]
     if problems or config is None:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return WebConfigFile(source, config, hashlib.sha256(text).hexdigest(), lines)
