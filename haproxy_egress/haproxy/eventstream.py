@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from haproxy_egress.errors import HaproxyError
-from haproxy_egress.haproxy.show import announced_line
+from haproxy_egress.haproxy.show import announcements
 
 _RECV_SIZE = 1 << 18
 # An idle `show events -w` session ends after `stats timeout` on haproxy 2.6 (3.0 keeps it):
@@ -105,18 +105,9 @@ class RingStream:
         whole, self._tail = data[:cut], data[cut:]
         if len(self._tail) > _MAX_TAIL:
             self._tail = b""
-        if b" dropped" not in whole:  # nearly always: skip the per-line work
+        if b" dropped" not in whole:  # nearly always: skip decoding and the search
             return []
-        out = []
-        for raw in whole.split(b"\n"):
-            # haproxy 3.0 writes the announcement with the NUL that ends its C string.
-            line = raw.rstrip(b"\0")
-            if line.endswith(b"dropped"):
-                text = line.decode("utf-8", "replace")
-                n = announced_line(text)
-                if n is not None:
-                    out.append((text, n))
-        return out
+        return announcements(whole.decode("utf-8", "replace"))
 
     def close(self) -> None:
         """End the session (an old worker can only exit once its sessions are gone)."""

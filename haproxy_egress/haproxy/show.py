@@ -397,17 +397,13 @@ def parse_event_sinks(text: str, doubled: bool = False) -> list[EventSink]:
 
 # haproxy's own line in a ring when a write succeeds again after drops, as in
 # `<134>1 2026-12-06T21:23:03.645250+00:00 - haproxy 12557 - - 208 events dropped` (rfc5424)
-# or bare (`format raw`); it resets the sink's counter.
-_ANNOUNCED = re.compile(r"^(?:<\d+>1 \S+ \S+ \S+ \d+ - - )?(\d+) events? dropped$", re.M)
+# or bare (`format raw`); it resets the sink's counter. haproxy 3.0 writes it with the NUL
+# that ends its C string, in a dump as in a `-w` stream: the line is read without it.
+_ANNOUNCED = re.compile(r"^((?:<\d+>1 \S+ \S+ \S+ \d+ - - )?(\d+) events? dropped)\0?$", re.M)
 
 
-def announcements(ring_dump: str) -> list[tuple[str, int]]:
-    """Each "N events dropped" line of a `show events <ring>` dump, with its N, oldest first.
-    An rfc5424 line carries a timestamp in microseconds, so no two are alike."""
-    return [(m.group(0), int(m.group(1))) for m in _ANNOUNCED.finditer(ring_dump)]
-
-
-def announced_line(line: str) -> int | None:
-    """N if `line` (one line of a ring) is haproxy's "N events dropped", else None."""
-    found = _ANNOUNCED.fullmatch(line)
-    return int(found.group(1)) if found else None
+def announcements(ring_text: str) -> list[tuple[str, int]]:
+    """Each "N events dropped" line of a ring's text (a `show events <ring>` dump, or what a
+    `-w` stream sent), with its N, oldest first. An rfc5424 line carries a timestamp in
+    microseconds, so no two in a dump are alike."""
+    return [(m.group(1), int(m.group(2))) for m in _ANNOUNCED.finditer(ring_text)]

@@ -148,18 +148,18 @@ class LogLossWatch(Background):
                 info = None  # it exited between the two commands
             dropped = info.dropped_logs if info is not None else None
             if info is not None:
-                self._poll_rings(pid, info.sink_drops_doubled)
+                self._poll_rings(pid, info.sink_drops_doubled, labels)
             if dropped is not None:
                 out.append(WorkerLogDrops(pid, role, dropped))
             elif pid in self._last:
                 out.append(WorkerLogDrops(pid, role, self._last[pid]))
         return out
 
-    def _poll_rings(self, pid: int, doubled: bool) -> None:
-        """One worker's syslog ring counters, and haproxy's "N events dropped" lines."""
+    def _poll_rings(self, pid: int, doubled: bool, labels: Mapping[str, str]) -> None:
+        """One worker's syslog ring counters, and haproxy's "N events dropped" lines
+        (`labels`: ring name → its target, of the running config)."""
         # Rings with drops in play are read first, the counters after: a line haproxy
         # writes in between is booked at the next poll (never counted twice).
-        labels = self._sink_labels()
         tapped = set()
         for ring, target in labels.items():
             tap = self._taps.get(pid, ring) if self._taps is not None else None
@@ -259,6 +259,9 @@ class RingDrops:
         line). One that explains a reset already booked as a floor may come a poll or two
         after the reset (it was on its way through the socket): the floor waits for it."""
         key = (pid, ring)
+        # A tapped ring is never dumped, so `read` never takes it out of the fast polls:
+        # here it leaves them, and `see` puts it back while its counter still moves.
+        self._active.discard(key)
         new = sum(n for _, n in found)
         self._target.setdefault(key, target)
         self._booked.setdefault(target, 0)

@@ -58,6 +58,28 @@ def test_announcements_are_haproxy_lines_only() -> None:
     found = announcements(DUMP)
     assert [n for _, n in found] == [208, 1]  # a client's "GET /9 events dropped x" is not one
     assert announcements("12 events dropped\n") == [("12 events dropped", 12)]  # format raw
+    # haproxy 3.0 writes the line with its C string's NUL, in a dump of an old worker's ring
+    # as in a tap's stream; the line is booked without it.
+    dump_3_0 = (
+        "<133>1 2026-12-07T03:32:30.089391+00:00 - haproxy30 32540 - - 33896 events dropped\0\n"
+    )
+    assert announcements(dump_3_0) == [(dump_3_0[:-2], 33896)]
+
+
+def test_a_tapped_ring_leaves_the_fast_polls_once_its_counter_is_quiet() -> None:
+    """A ring with a tap is never dumped; its drops make the watch poll faster only while its
+    counter moves."""
+    rings = RingDrops()
+    rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", [])
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 40)
+    assert rings.busy
+    rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", [("40 events dropped", 40)])
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert rings.busy  # just announced: one more poll
+    rings.stream(7, "egress_syslog_1", "10.0.0.5:6514", [])
+    rings.see(7, "egress_syslog_1", "10.0.0.5:6514", 0)
+    assert not rings.busy
+    assert rings.totals() == (("10.0.0.5:6514", 40),)
 
 
 def test_drops_survive_the_reset_and_are_booked_once() -> None:
