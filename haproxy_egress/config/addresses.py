@@ -209,7 +209,14 @@ def parse_listen(value: str | int) -> tuple[str | None, int]:
     host, port = split_host_port(value)
     if port is None:
         raise ValueError(f"missing port in {value!r}")
+    return listen_address(host), parse_port(port)
+
+
+def listen_address(host: str) -> str | None:
+    """A listener's address: an IP literal ('[V6]' too) in canonical form, or None for every
+    address ('*' or empty); anything else (a host name) raises ValueError."""
+    host = host.strip()
     if host in ("*", ""):
-        return None, parse_port(port)
-    bare = host[1:-1] if host.startswith("[") else host
-    return str(parse_ip(bare)), parse_port(port)
+        return None
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return str(parse_ip(bare))

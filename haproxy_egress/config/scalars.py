@@ -30,6 +30,7 @@ from haproxy_egress.config.addresses import (
     canonical_ipv4,
     ip_or_none,
     join_host_port,
+    listen_address,
     looks_like_ipv4,
     normalize_host,
     parse_endpoint,
@@ -228,7 +229,16 @@ def _listen(value: object) -> object:
     if isinstance(value, str | int) and not isinstance(value, bool):
         address, port = parse_listen(value)
         return {"address": address, "port": port}
-    if not isinstance(value, Mapping | Listen):
+    if isinstance(value, Mapping):
+        # The mapping form is held to what the text form takes: an IP literal (a host name
+        # would leave no address to bind, i.e. every address), a port 1..65535.
+        out = dict(value)
+        if isinstance(out.get("address"), str):
+            out["address"] = listen_address(out["address"])
+        if isinstance(out.get("port"), str | int) and not isinstance(out["port"], bool):
+            out["port"] = parse_port(out["port"])
+        return out
+    if not isinstance(value, Listen):
         raise ValueError(f"must be a port or 'ADDRESS:PORT' (got {value!r})")
     return value
 

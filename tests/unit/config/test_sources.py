@@ -364,6 +364,31 @@ def test_a_misspelt_key_of_an_endpoint_or_a_listener_names_the_known_one() -> No
     ]
 
 
+def test_a_listener_written_as_a_mapping_takes_what_the_text_form_takes() -> None:
+    """A host name has no address to bind (it would have bound every address); the port is
+    1..65535; an IPv6 literal may come in brackets."""
+    got = errors(
+        snap(
+            routes_yaml="""\
+            routes:
+              - name: a
+                listen: {address: example.com, port: 20001}
+                destinations: [192.0.2.1:443]
+              - name: b
+                listen: {address: "[::1]", port: "20002"}
+                destinations: [192.0.2.1:443]
+              - name: c
+                listen: {address: 127.0.0.1, port: 0}
+                destinations: [192.0.2.1:443]
+            """
+        )
+    )
+    assert got == [
+        "routes.yaml:3: routes[0].listen: not a valid IP address: 'example.com'",
+        "routes.yaml:9: routes[2].listen: port 0 out of range 1..65535",
+    ]
+
+
 def test_allow_from_takes_what_policy_rules_take() -> None:
     """Bracketed IPv6 and bare addresses mean the same network in allow_from as in rules."""
     config = load_snapshot(
