@@ -198,7 +198,7 @@ def main() -> None:
             start(work, "syslog+tap", origin, receiver, top=0),
             start(work, "both/batch", origin, batching, top=50),
         ]
-        second_tap(variants[-1])
+        second_tap(next(v for v in variants if v.name == "syslog+tap"))
         for round_ in range(args.rounds):
             shift = round_ % len(variants)
             for v in variants[shift:] + variants[:shift]:

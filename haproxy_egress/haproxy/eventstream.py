@@ -13,7 +13,6 @@ then find no sleeper on the socket to wake, which is most of what a reader costs
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
 import time
@@ -113,8 +112,6 @@ class RingStream:
         """End the session (an old worker can only exit once its sessions are gone)."""
         sock, self._sock = self._sock, None
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv()
             sock.close()
 
 

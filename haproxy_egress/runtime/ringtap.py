@@ -42,15 +42,20 @@ class RingTap(Background):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            found, got, open_ = self._stream.drain()
-            if found:
-                with self._lock:
-                    self._pending.extend(found)
+            got, open_ = self._read()
             if not open_:
                 break
             if got < BUSY_BYTES:
                 self._stop.wait(PAUSE_SECONDS)
         self._ended.set()
+
+    def _read(self) -> tuple[int, bool]:
+        """Keep the announcements that have arrived; (bytes read, whether still open)."""
+        found, got, open_ = self._stream.drain()
+        if found:
+            with self._lock:
+                self._pending.extend(found)
+        return got, open_
 
     @property
     def ended(self) -> bool:
@@ -65,10 +70,11 @@ class RingTap(Background):
         return out
 
     def stop(self) -> None:
-        """Close the session (which also wakes the thread) and wait for the thread."""
-        self._stop.set()
-        self._stream.close()
+        """Stop the thread, keep what already arrived (an announcement in flight when the
+        worker stopped being current), then close the session."""
         super().stop()
+        self._read()
+        self._stream.close()
 
 
 Opener = Callable[[str, bool], RingStream]
@@ -103,22 +109,24 @@ class RingTaps:
         for tap in closed:
             tap.stop()
             del self._taps[(tap.pid, tap.ring)]
+        # A worker that is no longer current never is again.
+        self._tapped = {key for key in self._tapped if key[0] in live}
         tapped = {ring for _, ring in self._taps}
         for ring in sorted(wanted - tapped):
             self._open(live, ring)
         return closed
 
     def _open(self, live: set[int], ring: str) -> None:
-        again = any(key in self._tapped for key in ((pid, ring) for pid in live))
+        again = any((pid, ring) in self._tapped for pid in live)
         stream = self._opener(ring, again)
         try:
             pid = stream.open()
         except EgressError as exc:
             log.debug("ring %s: no tap yet (%s)", ring, exc)
             return
-        if pid not in live or ((pid, ring) in self._tapped and not again):
-            # A worker `show proc` did not list as current (a reload in between), or one this
-            # session started from the oldest line for by mistake: try at the next poll.
+        if pid not in live:
+            # A worker `show proc` did not list as current (a reload in between): try at the
+            # next poll.
             stream.close()
             return
         tap = RingTap(stream, pid, ring)
