@@ -44,9 +44,11 @@ class CliSocket:
         return text
 
     def stream(self, line: str) -> Iterator[bytes]:
-        """Send one command and yield its answer as it arrives, bounded by `timeout` overall
-        (the master CLI's answer ends at its second prompt: `command` stops there). A reader
-        can work on the start of a long answer (`show stat`) while haproxy writes the rest."""
+        """Send one command and yield its answer as it arrives, bounded by `timeout` of
+        waiting on haproxy overall (the master CLI's answer ends at its second prompt:
+        `command` stops there). A reader can work on the start of a long answer (`show stat`)
+        while haproxy writes the rest; the time it spends on a chunk is not haproxy's, and
+        does not count."""
         deadline = time.monotonic() + self.timeout
         request = (f"prompt\n{line}\n" if self.master else f"{line}\n").encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -62,7 +64,9 @@ class CliSocket:
                     chunk = sock.recv(_RECV_SIZE)
                     if not chunk:
                         return
+                    handed = time.monotonic()
                     yield chunk
+                    deadline += time.monotonic() - handed
             except (OSError, TimeoutError) as exc:
                 raise HaproxyError(f"{self.path}: {line!r} failed: {exc}") from exc
 
