@@ -162,6 +162,8 @@ def normalize_host(text: str) -> str:
 
 def join_host_port(host: str, port: int) -> str:
     """host:port as haproxy's server lines and URLs want it: IPv6 literals in brackets."""
+    if ":" not in host:  # neither an IPv6 literal nor bracketed: no parse needed
+        return f"{host}:{port}"
     ip = ip_or_none(host)
     return f"[{host}]:{port}" if ip is not None and ip.version == 6 else f"{host}:{port}"
 

@@ -113,8 +113,6 @@ class Endpoint:
     @property
     def hostport(self) -> str:
         """host:port, with brackets around IPv6 literals, as haproxy and URLs want it."""
-        if ":" not in self.host:  # neither an IPv6 literal nor bracketed: as it is
-            return f"{self.host}:{self.port}"
         return join_host_port(self.host, self.port)
 
     @property
@@ -207,12 +205,14 @@ class Listen:
     @property
     def is_v6(self) -> bool:
         """True for an IPv6 listen address."""
-        return self.ip is not None and self.ip.version == 6
+        ip = self.ip
+        return ip is not None and ip.version == 6
 
     @property
     def is_wildcard(self) -> bool:
         """No address, 0.0.0.0 or '::': the listener takes the port on every address."""
-        return self.ip is None or self.ip.is_unspecified
+        ip = self.ip
+        return ip is None or ip.is_unspecified
 
     def overlaps(self, other: Listen) -> bool:
         """Same port and the same or a wildcard address: both cannot own the traffic."""
