@@ -168,13 +168,8 @@ class Vars:
     status: str = "txn.egress_status"
     limit: str = "txn.egress_limit"
     # The lookups that find the first matching rule.
-    key: str = "txn.egress_key"
-    dotted: str = "txn.egress_dotted"
-    ni: str = "txn.egress_ni"
     ai: str = "txn.egress_ai"
-    wi: str = "txn.egress_wi"
     fresh: str = "txn.egress_fresh"
-    own: str = "txn.egress_own"
     sources: str = "txn.egress_sources"
     # Proxy users.
     pauth: str = "txn.egress_pauth"
@@ -195,7 +190,6 @@ class Vars:
     early: str = "txn.egress_early"
     sent: str = "txn.egress_sent"
     sni: str = "txn.egress_sni"
-    sni_dotted: str = "txn.egress_sni_dotted"
     sni_idx: str = "txn.egress_sni_idx"
     sni_ok: str = "txn.egress_sni_ok"
     # Parent proxies.
