@@ -106,7 +106,7 @@ def _not_a_list(err: Mapping[str, Any]) -> str:
     )
 
 
-def _message(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
+def _message(err: Mapping[str, Any], model: type | None = None) -> str:
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -138,7 +138,7 @@ def _message(err: Mapping[str, Any], model: type[BaseModel] | None = None) -> st
 
 
 def problems_from(
-    error: ValidationError, source: str, prefix: str = "", model: type[BaseModel] | None = None
+    error: ValidationError, source: str, prefix: str = "", model: type | None = None
 ) -> list[Problem]:
     """All of a ValidationError's errors as problems under `source` and a path prefix
     (`model`, the one validated, names the known fields when one is unknown)."""
@@ -159,10 +159,11 @@ def problems_from(
     return problems
 
 
-def validate(model: type[BaseModel], data: object, source: str, prefix: str = "") -> Any:
-    """Validate `data` as `model`; raise ProblemList with located problems on failure."""
+def validate(model: type[Any], data: object, source: str, prefix: str = "") -> Any:
+    """Validate `data` as `model` (a model or a pydantic dataclass); raise ProblemList with
+    located problems on failure."""
     try:
-        return model.model_validate(data)
+        return model.__pydantic_validator__.validate_python(data)
     except ValidationError as exc:
         raise ProblemList(problems_from(exc, source, prefix, model)) from None
 

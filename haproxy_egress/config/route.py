@@ -1,10 +1,16 @@
 """One egress route and the per-route settings (`defaults:` has the same shape), and the rules
-that make a route coherent; the typed, frozen model every input dialect ends up as (no I/O)."""
+that make a route coherent; the typed, frozen model every input dialect ends up as (no I/O).
+
+Routes are slotted pydantic dataclasses, not models: the router keeps every route for as long
+as it runs, and a model gives each its own dict (832 bytes for a route's 31 fields, 8 MB at
+10,000 routes). They validate as a model would (`STRICT`); what a model's cached properties
+held lives in slots of their own (`_Derived`)."""
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Annotated, Literal
+import dataclasses
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -14,7 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import ArgsKwargs, PydanticCustomError
 
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
@@ -33,6 +40,7 @@ from haproxy_egress.config.policyfields import (
 from haproxy_egress.config.scalars import (
     HTTP_PATH,
     NAME_PATTERN,
+    STRICT,
     ClientNetwork,
     Duration,
     Endpoint,
@@ -68,7 +76,54 @@ class HealthCheck(Frozen):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
-class RouteSettings(Frozen):
+# Fields only a proxy route may set: checked on the input, where it is known which fields it
+# named (a dataclass keeps no record of that).
+PROXY_ONLY_FIELDS = (
+    "clients",
+    "limits",
+    "connect_sni",
+    "connect_sni_ports",
+    "enforce",
+    "proxy_auth",
+    "parent",
+)
+
+T = TypeVar("T")
+S = TypeVar("S", bound="RouteSettings")
+
+
+def replaced(settings: S, **changes: Any) -> S:
+    """A copy of a route (or of route settings) with `changes`, not validated again: every
+    value is already a validated one (what `model_copy(update=...)` did for a model; a
+    dataclass's own `replace` validates, and its validators take YAML input)."""
+    copy = object.__new__(type(settings))
+    for field in dataclasses.fields(settings):
+        value = changes.pop(field.name, getattr(settings, field.name))
+        object.__setattr__(copy, field.name, value)  # frozen: a copy being made
+    if changes:
+        raise TypeError(f"not a field: {', '.join(sorted(changes))}")
+    return copy
+
+
+class _Derived:
+    """Slots for what a route derives from its fields once, when first asked (the parsed rules
+    and groups, the refused classes, the destinations to resolve). A frozen dataclass with
+    slots has no dict for `functools.cached_property`; these slots are not fields, so they
+    take no part in validation, equality or `dataclasses.replace`."""
+
+    __slots__ = ("_groups", "_guard_classes", "_named_destinations", "_rules")
+
+    def _derived(self, slot: str, make: Callable[[], T]) -> T:
+        try:
+            value: T = getattr(self, slot)
+        except AttributeError:
+            value = make()
+            object.__setattr__(self, slot, value)  # frozen: set once, never changed
+        return value
+
+
+@pydantic_dataclass(frozen=True, slots=True, config=STRICT)
+class RouteSettings(_Derived):
     """The per-route knobs; also the shape of `defaults:`, which sets them for every route."""
 
     mode: Literal["tcp", "http"] = "tcp"
@@ -77,11 +132,11 @@ class RouteSettings(Frozen):
     idle_timeout: Duration = 3_600_000
     source: SourceAddress | None = None
     allow_from: tuple[ClientNetwork, ...] = ()
-    maxconn: int | None = Field(None, ge=1, le=1_000_000)
+    maxconn: int | None = Field(default=None, ge=1, le=1_000_000)
     check: HealthCheck = HealthCheck()
     proxy_protocol: Literal["v1", "v2"] | None = None
     resolve_prefer: Literal["ipv4", "ipv6"] = "ipv4"
-    dns_slots: int = Field(4, ge=1, le=64)
+    dns_slots: int = Field(default=4, ge=1, le=64)
     hooks: tuple[HookUse, ...] = ()  # Lua hooks, in order (docs/lua.md)
     # Kernel splicing of what clients send too, not only of what destinations send back: for
     # upload-heavy routes; it slowed small keep-alive exchanges in some runs, so it is not the
@@ -96,24 +151,29 @@ class RouteSettings(Frozen):
     deny_doh: bool = True
     # Policy routes: per-destination counters for the top N destinations (0: off); the series
     # are at most N + 1 per route whatever clients ask for (docs/metrics.md).
-    destinations_top: int = Field(50, ge=0, le=1000)
+    destinations_top: int = Field(default=50, ge=0, le=1000)
     # Policy routes: a destination idle this long leaves the per-destination table (its count
     # moves to `other`), which is what frees room for new names once the table is full.
-    destinations_idle: Duration = Field(600_000, ge=1000, le=86_400_000)
+    destinations_idle: Duration = Field(default=600_000, ge=1000, le=86_400_000)
 
 
+@pydantic_dataclass(frozen=True, slots=True, config=STRICT)
 class Route(RouteSettings):
     """One egress route: a listener, and the destinations its traffic may go to."""
 
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    listen: ListenSpec
+    # Required (`default=...`): written with a default only because the fields they follow
+    # have one (keyword-only fields would hide the fields before them from the field
+    # validators' `info.data`).
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(default=...)
+    listen: ListenSpec = Field(default=...)
     # proxy and tls are per route only: a default making every route a proxy is a typo.
     mode: Literal["tcp", "http", "proxy", "tls"] = "tcp"  # type: ignore[assignment]
     # Required for tcp/http routes, refused for proxy/tls ones (`_destinations_for_mode`).
-    destinations: tuple[EndpointSpec, ...] = Field((), validate_default=True)
+    destinations: tuple[EndpointSpec, ...] = Field(default=(), validate_default=True)
     # --- egress policy (semantics in policy.py, docs/policy.md) ---
     policy: tuple[PolicyRuleText, ...] = ()
-    destination_port: int | None = Field(None, ge=1, le=65535)  # tls: default = listen port
+    # tls: default = listen port
+    destination_port: int | None = Field(default=None, ge=1, le=65535)
     clients: tuple[ClientGroup, ...] = ()  # client groups, before the route's own `policy`
     enforce: bool = True  # false: report only (would-deny is logged and counted, not refused)
     limits: Limits = Limits()
@@ -127,6 +187,21 @@ class Route(RouteSettings):
     parent: Annotated[Parent | None, BeforeValidator(parent_spec)] = None
     # TLS origination to the destinations (config/tls.py, docs/configuration.md).
     tls: TlsSpec = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _proxy_only_fields(cls, value: Any) -> Any:
+        """Fields only a proxy route may set are refused on the others when the input (a
+        mapping, or the keywords of a call) names them."""
+        named = (value.kwargs or {}) if isinstance(value, ArgsKwargs) else value
+        if not isinstance(named, dict):
+            return value  # not a mapping: the validation says so
+        mode = named.get("mode", "tcp")
+        if (mode.strip() if isinstance(mode, str) else mode) in ("tcp", "http", "tls"):
+            for key in PROXY_ONLY_FIELDS:
+                if key in named:
+                    raise ValueError(f"{key} needs mode: proxy")
+        return value
 
     @field_validator("destinations")
     @classmethod
@@ -149,14 +224,19 @@ class Route(RouteSettings):
     def _policy_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> tuple[str, ...]:
         return rule_list(value, handler)
 
-    @cached_property
+    @property
     def rules(self) -> tuple[egress_policy.Rule, ...]:
         """The parsed policy rules, in order (first match wins)."""
-        return tuple(egress_policy.parse_rule(text) for text in self.policy)
+        return self._derived(
+            "_rules", lambda: tuple(egress_policy.parse_rule(text) for text in self.policy)
+        )
 
-    @cached_property
+    @property
     def groups(self) -> tuple[egress_policy.Group, ...]:
         """The client groups, in order; the route's own `policy` is the last, for everyone."""
+        return self._derived("_groups", self._make_groups)
+
+    def _make_groups(self) -> tuple[egress_policy.Group, ...]:
         groups = [
             egress_policy.Group(
                 g.name,
@@ -170,12 +250,12 @@ class Route(RouteSettings):
         groups.append(egress_policy.Group(DEFAULT_GROUP, self.rules, enforce=self.enforce))
         return tuple(groups)
 
-    @cached_property
+    @property
     def guard_classes(self) -> tuple[str, ...]:
         """The refused address classes (`guard` expanded)."""
-        return egress_classes.expand(self.guard)
+        return self._derived("_guard_classes", lambda: egress_classes.expand(self.guard))
 
-    @cached_property
+    @property
     def asks_credentials(self) -> bool:
         """Whether the proxy reads Proxy-Authorization: some group names users, or every
         request must authenticate."""
@@ -227,18 +307,6 @@ class Route(RouteSettings):
             raise ValueError("policy needs mode: proxy or mode: tls")
         if self.destination_port is not None and self.mode != "tls":
             raise ValueError("destination_port needs mode: tls")
-        if self.mode != "proxy":
-            for key in (
-                "clients",
-                "limits",
-                "connect_sni",
-                "connect_sni_ports",
-                "enforce",
-                "proxy_auth",
-                "parent",
-            ):
-                if key in self.model_fields_set:
-                    raise ValueError(f"{key} needs mode: proxy")
         if self.parent is not None and self.connect_sni == "match":
             raise ValueError("connect_sni: match cannot be combined with parent")
         names = [g.name for g in self.clients]
@@ -270,18 +338,20 @@ class Route(RouteSettings):
         """The resolved parent proxies (build_config replaces `env`), or None: direct only."""
         return None if self.parent is None or self.parent.from_env else self.parent
 
-    @cached_property
+    @property
     def is_policy(self) -> bool:
         """A policy route (mode proxy or tls): destinations come from the client, by rule."""
         return self.mode in POLICY_MODES
 
-    @cached_property
+    @property
     def needs_resolver(self) -> bool:
         """Whether haproxy resolves names for this route at runtime (a DNS destination, or
         a policy route's destinations, which come from the client)."""
-        return bool(self.named_destinations) or self.is_policy
+        return self.mode in POLICY_MODES or bool(self.named_destinations)
 
-    @cached_property
+    @property
     def named_destinations(self) -> tuple[Endpoint, ...]:
         """Destinations that are DNS names, resolved at runtime into server-template slots."""
-        return tuple(d for d in self.destinations if d.ip is None)
+        return self._derived(
+            "_named_destinations", lambda: tuple(d for d in self.destinations if d.ip is None)
+        )

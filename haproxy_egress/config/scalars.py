@@ -83,22 +83,22 @@ def format_duration(ms: int) -> str:
 
 
 # Unknown keys are errors (a typo must never be silently ignored); text is stripped.
-_STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
+STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
 class Frozen(BaseModel):
-    """Base: immutable, strict (`_STRICT`)."""
+    """Base: immutable, strict (`STRICT`)."""
 
-    model_config = ConfigDict(frozen=True, **_STRICT)
+    model_config = ConfigDict(frozen=True, **STRICT)
 
 
 # Endpoints and listeners are slotted dataclasses, not models: a route keeps them for as long
 # as the router runs, and a model gives every instance a dict and a set of the fields its
 # input named (at 10,000 routes, 30,000 of them were 9 MB of the supervisor's memory). They
-# validate as a model would (`_STRICT`).
+# validate as a model would (`STRICT`).
 
 
-@pydantic_dataclass(frozen=True, slots=True, config=_STRICT)
+@pydantic_dataclass(frozen=True, slots=True, config=STRICT)
 class Endpoint:
     """A destination: a DNS name or IP literal, and a port."""
 
@@ -182,7 +182,7 @@ EndpointSpec = Annotated[
 ]
 
 
-@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_STRICT)
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class Listen:
     """Where a route accepts connections: an optional local address and a port."""
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import Endpoint, Listen
 
 __all__ = ["Sharing"]
@@ -37,6 +38,7 @@ _ATOMS = (str, int, float, IPv4Address, IPv6Address, IPv4Network, IPv6Network)
 _FROZEN_DATACLASSES: dict[type, tuple[str, ...]] = {
     kind: tuple(f.name for f in dataclasses.fields(kind)) for kind in (Endpoint, Listen)
 }
+_ROUTE_FIELDS = tuple(f.name for f in dataclasses.fields(Route))
 # The fields sets seen so far (a route's fields are a fixed list, so the distinct sets are few;
 # past the bound a set is simply not shared).
 _FIELD_SETS: dict[frozenset[str], set[str]] = {}
@@ -61,18 +63,20 @@ class Sharing:
         # parts of a keyed tuple or model are held by that object, so their ids stay theirs.
         self._table: dict[tuple[Any, ...], Any] = {}
 
-    def parts(self, model: BaseModel) -> None:
-        """Share `model`'s field values and its fields set, in place (`model` stays itself:
-        a route is told apart from the others by identity)."""
+    def route(self, route: Route) -> None:
+        """Share a route's field values, in place (the route stays itself: a route is told
+        apart from the others by identity)."""
+        for name in _ROUTE_FIELDS:
+            object.__setattr__(route, name, self.value(getattr(route, name)))  # equal for equal
+
+    def model(self, model: M) -> M:
+        """`model` with its parts and its fields set shared (in place), or an equal model seen
+        before."""
         values = model.__dict__
         for name in type(model).model_fields:
             if name in values:
                 values[name] = self.value(values[name])
         object.__setattr__(model, "__pydantic_fields_set__", _field_set(model.model_fields_set))
-
-    def model(self, model: M) -> M:
-        """`model` with its parts shared (in place), or an equal model seen before."""
-        self.parts(model)
         fields = type(model).model_fields
         values = model.__dict__
         if type(model).__private_attributes__ or not type(model).model_config.get("frozen"):

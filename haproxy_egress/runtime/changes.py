@@ -9,6 +9,7 @@ no longer admits (`Deny`), so that they, and only they, are ended after the drai
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import re
@@ -293,7 +294,7 @@ def _route_change(old: Route, new: Route) -> tuple[list[str], Deny | None]:
     everything: list[str] = []
     servers: set[str] = set()
     allowed: tuple[IPNetwork, ...] | None = None
-    for name in sorted(type(new).model_fields):
+    for name in sorted(f.name for f in dataclasses.fields(new)):
         before, after = getattr(old, name), getattr(new, name)
         if before == after:
             continue

@@ -19,6 +19,7 @@ multiplies every budget by FUZZ_SCALE (default 20). Each test records its figure
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import re
@@ -153,7 +154,12 @@ def snapshot_of(*files: tuple[str, bytes]) -> Snapshot:
 # own surfaces once those land, and stay out of this one.
 EXTENSIONS = {"hooks", "policy", "destination_port"}
 FIELD_NAMES = sorted(
-    (set(Route.model_fields) | set(Check.model_fields) | set(Resolvers.model_fields)) - EXTENSIONS
+    (
+        {f.name for f in dataclasses.fields(Route)}
+        | set(Check.model_fields)
+        | set(Resolvers.model_fields)
+    )
+    - EXTENSIONS
     | {"version", "defaults", "resolvers", "routes", "host", "port"}
 )
 INTERESTING: list[object] = [

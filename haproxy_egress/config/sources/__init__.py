@@ -11,14 +11,12 @@ from itertools import compress
 from operator import attrgetter
 from typing import Any
 
-from pydantic import BaseModel
-
 from haproxy_egress.config.crossroute import Located, checked_routes
 from haproxy_egress.config.document import Config, Resolvers, StatsPage
 from haproxy_egress.config.logtargets import Logging
 from haproxy_egress.config.parent import basic_credential, from_environment
 from haproxy_egress.config.problems import ProblemList, nearest_line, validate
-from haproxy_egress.config.route import Route, RouteSettings
+from haproxy_egress.config.route import Route, RouteSettings, replaced
 from haproxy_egress.config.scalars import Listen
 from haproxy_egress.config.sharing import Sharing
 from haproxy_egress.config.sources.cache import LoadCache, Stale
@@ -106,12 +104,12 @@ def _validate_route(raw: RawRoute, defaults: Mapping[str, Any], sharing: Sharing
             line = nearest_line(raw.lines, p.path) or raw.line
             exc.problems[i] = Problem(p.source, p.path, p.message, line)
         raise
-    sharing.parts(route)  # kept for as long as the router runs: its equal parts shared
+    sharing.route(route)  # kept for as long as the router runs: its equal parts shared
     return Located(route, raw.source, raw.path, raw.line)
 
 
 def _each_section_valid(
-    frags: list[Fragment], name: str, model: type[BaseModel], problems: list[Problem]
+    frags: list[Fragment], name: str, model: type[Any], problems: list[Problem]
 ) -> bool:
     """Validate each key's `defaults` or `resolvers` section on its own, before they are
     merged, so a bad value is reported with its file and line; False if any was bad."""
@@ -194,7 +192,7 @@ def _parent(item: Located, env: Mapping[str, str], secrets: Mapping[str, bytes])
         if isinstance(found, str):
             raise ValueError(f"credentials_dir: {found}")
         credential = basic_credential(found[0], found[1], where)
-    resolved = route.model_copy(update={"parent": parent.with_credential(credential)})
+    resolved = replaced(route, parent=parent.with_credential(credential))
     return Located(resolved, item.source, item.path, item.line)
 
 

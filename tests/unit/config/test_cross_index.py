@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haproxy_egress.config.crossroute import Located, checked_routes, cross_route_problems
-from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import Listen
+from tests.routes import route_from
 
 NAMES = ("a", "b", "c", "d")
 LISTENS: tuple[str | int, ...] = (80, 81, "127.0.0.1:80", "127.0.0.2:80", "0.0.0.0:81", "[::]:80")
@@ -17,7 +17,7 @@ RESERVED = {"metrics endpoint": Listen(port=9101)}
 
 
 def _located(name: str, listen: str | int, i: int) -> Located:
-    route = Route.model_validate(
+    route = route_from(
         {"name": name, "listen": listen, "mode": "tcp", "destinations": ["192.0.2.1:443"]}
     )
     return Located(route, "a.yaml", f"routes[{i}]", i + 1)

@@ -20,6 +20,7 @@ from haproxy_egress.config.tlsmaterial import Identity, RouteTls, load_material
 from haproxy_egress.haproxy.show import SslEntry, parse_show_ssl
 from haproxy_egress.render.tls import server_options, staged_files
 from haproxy_egress.runtime import changes
+from tests.routes import route_from
 from tests.tlscerts import make_ca, make_crl, make_leaf
 
 Pair = tuple[Path, Path]
@@ -112,7 +113,7 @@ def _now() -> float:
 
 def test_good_material_is_reencoded_without_blank_lines(pki: Pki, tmp_path: Path) -> None:
     _secret(tmp_path / "mtls", *pki.client)
-    route = Route.model_validate(
+    route = route_from(
         _route(
             client_cert_dir=str(tmp_path / "mtls"), ca_file=str(pki.ca[0]), crl_file=str(pki.crl)
         )
@@ -137,7 +138,7 @@ def test_broken_material_names_the_file(pki: Pki, tmp_path: Path) -> None:
     _secret(mismatched, pki.client[0], pki.other[1])
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    route = Route.model_validate(
+    route = route_from(
         _route(client_cert_dir=str(mismatched), ca_file=str(garbage), crl_file=str(garbage))
     )
     _, problems = _material(route)
@@ -151,19 +152,19 @@ def test_broken_material_names_the_file(pki: Pki, tmp_path: Path) -> None:
 
 def test_expired_and_missing_material(pki: Pki, tmp_path: Path) -> None:
     _secret(tmp_path / "mtls", *pki.client)
-    route = Route.model_validate(_route(client_cert_dir=str(tmp_path / "mtls")))
+    route = route_from(_route(client_cert_dir=str(tmp_path / "mtls")))
     (m,), _ = _material(route)
     assert m.client is not None
     _, problems = _material(route, now=m.client.not_after + 1)
     (problem,) = problems
     assert f"{tmp_path}/mtls/tls.crt: the certificate (CN=client) expired on " in problem
-    missing = Route.model_validate(_route(client_cert_dir=str(tmp_path / "nowhere")))
+    missing = route_from(_route(client_cert_dir=str(tmp_path / "nowhere")))
     _, problems = _material(missing)
     assert problems[0].endswith(f"{tmp_path}/nowhere/tls.crt: No such file or directory")
 
 
 def test_server_options_verify_the_name_and_speak_tls_to_checks(tmp_path: Path) -> None:
-    route = Route.model_validate(
+    route = route_from(
         _route(client_cert_dir="/s/mtls", crl_file="/s/ca.crl", ca_file="/s/ca.crt", alpn=["h2"])
     )
     opts = server_options(route, route.destinations[0], tmp_path)
@@ -173,12 +174,12 @@ def test_server_options_verify_the_name_and_speak_tls_to_checks(tmp_path: Path) 
         f" crt {tmp_path}/partner.crt.pem ssl-min-ver TLSv1.2 alpn h2"
         " check-ssl check-sni api.partner.example check-alpn h2"
     )
-    default = Route.model_validate({**_route(), "check": {"enabled": False}})
+    default = route_from({**_route(), "check": {"enabled": False}})
     assert server_options(default, default.destinations[0], tmp_path) == (
         " ssl verify required ca-file @system-ca verifyhost api.partner.example"
         " sni str(api.partner.example) ssl-min-ver TLSv1.2"
     )
-    insecure = Route.model_validate(_route(insecure_skip_verify=True))
+    insecure = route_from(_route(insecure_skip_verify=True))
     assert " verify none " in server_options(insecure, insecure.destinations[0], tmp_path)
 
 
@@ -191,7 +192,7 @@ class _Version:
 
 
 def test_a_rotation_alone_is_a_runtime_change() -> None:
-    route = Route.model_validate(_route(client_cert_dir="/s/mtls"))
+    route = route_from(_route(client_cert_dir="/s/mtls"))
     config = _config(route)
     old = _Version(
         config, "backend partner\n    server a 1.2.3.4:443 ssl\n", {}, {"partner.crt.pem": "A"}

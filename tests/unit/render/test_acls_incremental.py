@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from haproxy_egress.config.document import Config
 from haproxy_egress.config.route import Route
 from haproxy_egress.render.acls import allow_from_files, render_acls, uses_allow_from_file
+from tests.routes import route_from
 
 LISTS: tuple[list[str], ...] = (
     [],
@@ -19,7 +20,7 @@ LISTS: tuple[list[str], ...] = (
 
 
 def _route(name: str, allow: list[str]) -> Route:
-    return Route.model_validate(
+    return route_from(
         {
             "name": name,
             "listen": 20000 + ord(name[0]),

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from haproxy_egress.config.document import Config
+from haproxy_egress.config.route import replaced
 from haproxy_egress.config.sources import LoadCache, load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
 from haproxy_egress.render.blocks import BlockCache
@@ -95,7 +96,7 @@ def test_a_route_printed_again_between_kept_ones_keeps_the_others_in_place() -> 
     for at in (0, 3, 5):
         routes = list(config.routes)
         # Another object for one route (as a key parsed again gives), the rest kept.
-        routes[at] = routes[at].model_copy()
+        routes[at] = replaced(routes[at])
         config = dataclasses.replace(config, routes=tuple(routes))
         text = render(config, OPTIONS, blocks=blocks)
         assert (blocks.rendered, blocks.reused) == (1, 5), at

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.config.document import Config
-from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.render.compiler import RenderOptions
 from haproxy_egress.render.pipeline import Compiled
@@ -17,6 +16,7 @@ from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.children import Backoff, ChildState
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.settings import LogSink, Settings
+from tests.routes import route_from
 from tests.unit.runtime.fakes import FakeClock
 
 KILLED = signal.SIGKILL.value  # a waitpid status: killed by SIGKILL
@@ -63,7 +63,7 @@ def _supervisor(tmp_path: Path, clock: FakeClock, stable_after: float = 10.0) ->
         metrics_port=0,
         restart_stable_seconds=stable_after,
     )
-    route = Route.model_validate({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
+    route = route_from({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
     compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
     sup = assemble(config, RenderOptions(run_dir=config.run_dir), compiled, clock=clock)
     sup.state = State.RUNNING

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from haproxy_egress.config.document import Config
-from haproxy_egress.config.route import Route
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.metrics.logs import LogLoss
 from haproxy_egress.render.compiler import RenderOptions
@@ -24,6 +23,7 @@ from haproxy_egress.runtime.children import ChildState
 from haproxy_egress.runtime.supervisor import State, Supervisor
 from haproxy_egress.runtime.watcher import ConfigChanged
 from haproxy_egress.settings import LogSink, Settings
+from tests.routes import route_from
 from tests.unit.runtime.fakes import FakeChild, FakeClock
 
 
@@ -41,7 +41,7 @@ def supervisor(tmp_path: Path, clock: FakeClock) -> Supervisor:
         metrics_port=0,
         drain_seconds=30,
     )
-    route = Route.model_validate({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
+    route = route_from({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
     compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
     sup = assemble(
         settings,
