@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import Listen
 from haproxy_egress.errors import Problem
 
 
-@dataclass(frozen=True)
-class Located:
+class _Origin:
+    """A slot for `Located.origin`, made once (a slotted dataclass has no dict for a
+    `functools.cached_property`; the router keeps one `Located` per route)."""
+
+    __slots__ = ("_origin",)
+    _origin: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Located(_Origin):
     """A validated route and where it was defined."""
 
     route: Route
@@ -20,11 +27,16 @@ class Located:
     path: str
     line: int | None = None
 
-    @cached_property
+    @property
     def origin(self) -> tuple[str, str]:
         """(route name, "routes.yaml: routes[2]"): where the route was defined, for messages
         (made once: an unchanged route is the same object from load to load)."""
-        return self.route.name, f"{self.source}: {self.path}"
+        try:
+            return self._origin
+        except AttributeError:
+            origin = self.route.name, f"{self.source}: {self.path}"
+            object.__setattr__(self, "_origin", origin)  # frozen: set once
+            return origin
 
 
 def cross_route_problems(

@@ -9,7 +9,7 @@ from typing import Any
 from haproxy_egress.errors import Problem
 
 
-@dataclass
+@dataclass(slots=True)
 class RawRoute:
     """A route as a source read it, before defaults are applied and the model validates it."""
 
