@@ -7,8 +7,9 @@ printed then. Anything else the template context holds (run dir, template direct
 config outside its routes) is the render's scope: when it differs, nothing is reused.
 
 The kept text is not a copy: a kept block is a slice of the last render's whole text (the
-very string `Compiled.text` holds), found by its offset, so the supervisor holds the 7 MB of
-route blocks at 10,000 routes once, not twice. Blocks that follow each other in both texts
+very string `Compiled.text` holds, by way of the same `PackedText`), found by its offset, so
+the supervisor holds the 5 MB of route blocks at 10,000 routes once, not twice, and only
+deflated between changes (render/packed.py). Blocks that follow each other in both texts
 are taken as one slice, so an edit of one route joins a handful of pieces, not 10,000. The
 template prints a marker where the blocks go, and `Blocks.splice` joins the whole text
 around it at once (the blocks are never a string of their own).
@@ -25,6 +26,7 @@ from itertools import accumulate, compress
 
 from haproxy_egress.config.route import Route
 from haproxy_egress.render.hooks import HookSet
+from haproxy_egress.render.packed import PackedText
 
 __all__ = ["BlockCache", "Blocks"]
 
@@ -52,7 +54,7 @@ class BlockCache:
         self._scope: Hashable = None
         self._entries: dict[int, _Entry] = {}
         self._inputs: tuple[object, ...] = ()  # the last render's per-route inputs
-        self._text = ""  # the last render's whole text
+        self._text = PackedText("")  # the last render's whole text
         self._base = 0  # where its route blocks start in it
         self._ids: list[int] = []  # the ids of its routes, in order
         # Where each of their blocks starts, from `_base`; one more: where the last one ends.
@@ -69,7 +71,7 @@ class BlockCache:
     ) -> Blocks:
         """A render starts; its blocks come from the returned `Blocks`."""
         if scope != self._scope:
-            self._keep(None, {}, (), text="", base=0, ids=[], starts=[0])
+            self._keep(None, {}, (), text=PackedText(""), base=0, ids=[], starts=[0])
         self.rendered = self.reused = 0
         return Blocks(self, scope, origins, hooks, allow_from_files)
 
@@ -79,13 +81,23 @@ class BlockCache:
         entries: dict[int, _Entry],
         inputs: tuple[object, ...],
         *,
-        text: str,
+        text: PackedText,
         base: int,
         ids: list[int],
         starts: list[int],
     ) -> None:
         self._scope, self._entries, self._inputs = scope, entries, inputs
         self._text, self._base, self._ids, self._starts = text, base, ids, starts
+
+    def holder(self, text: str) -> PackedText:
+        """The holder of `text`: the one this cache keeps when `text` is the last render's
+        (so that the two are packed and inflated as one), else a new one."""
+        kept = self._text
+        return kept if not kept.packed and kept.text is text else PackedText(text)
+
+    def pack(self) -> None:
+        """Deflate the kept text until the next render reads it (render/packed.py)."""
+        self._text.pack()
 
 
 class Blocks:
@@ -181,7 +193,7 @@ class Blocks:
         printed now (an edit): the runs between those are slices of the last text. None
         when a kept route moved."""
         cache = self._cache
-        old, base, old_starts = cache._text, cache._base, cache._starts
+        old, base, old_starts = cache._text.text, cache._base, cache._starts
         moved = compress(range(len(ids)), map(operator.ne, ids, cache._ids))
         fresh = self._fresh_places(ids)
         places = sorted({*moved, *fresh})
@@ -213,7 +225,7 @@ class Blocks:
             self._starts = [0]
             return []
         cache = self._cache
-        old, base = cache._text, cache._base
+        old, base = cache._text.text, cache._base
         kept = dict(zip(cache._ids, cache._starts, strict=False))
         # Where each block starts in the last text; a block printed now gets a start of its
         # own far below zero, so that no run goes through it.
@@ -241,7 +253,7 @@ class Blocks:
         fill at each edit (10,000 routes)."""
         head, marker, tail = rendered.partition(MARKER)
         if not marker:  # the template did not print them: keep nothing
-            self._cache._keep(None, {}, (), text="", base=0, ids=[], starts=[0])
+            self._cache._keep(None, {}, (), text=PackedText(""), base=0, ids=[], starts=[0])
             return rendered
         text = "".join((head, *self._blocks, tail))
         for entry in self._fresh:
@@ -251,7 +263,7 @@ class Blocks:
             self._scope,
             self._printed,
             inputs,
-            text=text,
+            text=PackedText(text),
             base=len(head),
             ids=self._ids,
             starts=self._starts,

@@ -19,8 +19,9 @@ from haproxy_egress.config.sources import Snapshot, load_snapshot, read_inputs, 
 from haproxy_egress.config.tlsmaterial import RouteTls, load_material, material_paths_of
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.render import hooks
-from haproxy_egress.render.compiler import RenderOptions, render
+from haproxy_egress.render.compiler import SHARED_BLOCKS, RenderOptions, render
 from haproxy_egress.render.maps import pattern_files
+from haproxy_egress.render.packed import PackedText
 from haproxy_egress.render.stages import Stages
 from haproxy_egress.render.syslog import failover_problems
 from haproxy_egress.render.tls import staged_files
@@ -34,7 +35,8 @@ class Compiled:
     """A validated configuration and the haproxy.cfg text it renders to."""
 
     config: Config
-    text: str
+    # The text (`text`), kept deflated between changes (`pack`).
+    packed: PackedText
     inputs_digest: str  # of the inputs' snapshot (what the watcher compares)
     hooks: hooks.HookSet = hooks.EMPTY  # the Lua files the text loads (staged in the run dir)
     # The pattern files the text loads (name → content, under RunDir.maps): allow_from ACLs
@@ -42,6 +44,11 @@ class Compiled:
     maps: Mapping[str, str] = field(default_factory=dict)
     # The TLS-originating routes' checked material (config/tlsmaterial.py).
     tls: tuple[RouteTls, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The rendered haproxy.cfg."""
+        return self.packed.text
 
     @property
     def tls_files(self) -> dict[str, str]:
@@ -52,6 +59,26 @@ class Compiled:
     def config_digest(self) -> str:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def pack(self) -> None:
+        """A change is done with this config's text (and the block cache with the last
+        render's): keep them deflated until the next change reads them."""
+        _ = self.config_digest  # made while the text is at hand
+        self.packed.pack()
+        SHARED_BLOCKS.pack()
+
+
+def compiled_text(
+    config: Config,
+    text: str,
+    inputs_digest: str,
+    *,
+    hook_set: hooks.HookSet = hooks.EMPTY,
+    maps: Mapping[str, str] | None = None,
+    tls: tuple[RouteTls, ...] = (),
+) -> Compiled:
+    """A `Compiled` of a freshly rendered `text`, sharing its holder with the block cache."""
+    return Compiled(config, SHARED_BLOCKS.holder(text), inputs_digest, hook_set, maps or {}, tls)
 
 
 def compile_snapshot(
@@ -92,7 +119,7 @@ def compile_snapshot(
     text = render(config, options, hooks=hook_set)
     maps = pattern_files(config)
     stages.lap("render")
-    return Compiled(config, text, snapshot.digest, hook_set, maps, material)
+    return compiled_text(config, text, snapshot.digest, hook_set=hook_set, maps=maps, tls=material)
 
 
 def compile_current(settings: Settings, options: RenderOptions) -> Compiled:

@@ -17,7 +17,6 @@ runs is ignored.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 
 from haproxy_egress.errors import HaproxyCheckError
 from haproxy_egress.haproxy.check import check_argv, check_output
+from haproxy_egress.render.pipeline import Compiled
 from haproxy_egress.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,16 @@ class LateCheck:
         self.pid: int | None = None
         self._checking = ""  # digest of the text the running check reads
         self._started = 0.0
-        self._waiting: str | None = None  # text to check once the running one is done
+        # The config to check once the running check is done. Its text is read only then: it
+        # is kept deflated meanwhile (render/packed.py).
+        self._waiting: Compiled | None = None
 
-    def request(self, text: str) -> None:
-        """Check `text` (the live haproxy.cfg) as soon as no other check runs."""
+    def request(self, compiled: Compiled) -> None:
+        """Check `compiled`'s text (the live haproxy.cfg) as soon as no other check runs."""
         if self.pid is not None:
-            self._waiting = text
+            self._waiting = compiled
             return
-        self._spawn(text)
+        self._spawn(compiled)
 
     def discard(self) -> None:
         """A reload checked its own candidate: what waits is no longer the live config."""
@@ -91,8 +93,8 @@ class LateCheck:
         except HaproxyCheckError as exc:
             verdict = Verdict(self._checking, str(exc) or f"haproxy -c exited with {code}", took)
         if self._waiting is not None:
-            text, self._waiting = self._waiting, None
-            self._spawn(text)
+            waiting, self._waiting = self._waiting, None
+            self._spawn(waiting)
         return verdict
 
     def stop(self) -> None:
@@ -102,15 +104,15 @@ class LateCheck:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
-    def _spawn(self, text: str) -> None:
+    def _spawn(self, compiled: Compiled) -> None:
         # Its own copy: the live file may be replaced by the next edit while haproxy reads.
-        # Scratch, so not fsync'd like the live file: at 10,000 routes that is 7 MB the loop
+        # Scratch, so not fsync'd like the live file: at 10,000 routes that is 5 MB the loop
         # would wait for on a busy disk.
         fd = os.open(self.run.late_check, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(compiled.packed.read())
         out = str(self.run.late_check_output)
-        self._checking = hashlib.sha256(text.encode()).hexdigest()
+        self._checking = compiled.config_digest
         self._started = time.monotonic()
         self.pid = os.posix_spawnp(
             self.haproxy_bin,

@@ -292,6 +292,7 @@ class Supervisor:
             self.haproxy_stderr.stop()
             return int(ExitCode.HAPROXY)
         self.state = State.RUNNING
+        self.current.pack()  # the start-up text is installed: deflated until the first change
         memory.settle()  # the start-up compile: its garbage freed, what it keeps frozen
         self._haproxy_came_up()
         self.watcher.start()
@@ -367,6 +368,16 @@ class Supervisor:
         if not self.haproxy.ready():
             self.pending_reload = True  # haproxy is restarting; reload once it is back
             return
+        try:
+            self._change(reason, force)
+        finally:
+            # The change is done with the texts (the running one, the last render's): keep
+            # them deflated until the next change; then the freed memory goes back.
+            self.current.pack()
+            memory.release()
+
+    def _change(self, reason: str, force: bool) -> None:
+        """One change transaction, and what the router says and counts of its outcome."""
         started = self._clock()
         try:
             # No collector pass in the middle of a change: at 10,000 routes one walks a
@@ -374,7 +385,6 @@ class Supervisor:
             with gc_paused():
                 outcome = change_transaction(self.settings, self.options, self.current, force=force)
         except (EgressError, OSError) as exc:
-            memory.release()
             self.reloads_total += 1
             self.reload_failures_total += 1
             self.last_reload_successful = False
@@ -412,7 +422,6 @@ class Supervisor:
             log.info("reload skipped (%s): nothing changed for haproxy", reason)
             return
         self._changed(outcome, reason, self._clock() - started)
-        memory.release()  # the previous config and the compile's garbage are free now
 
     def _changed(self, outcome: ChangeOutcome, reason: str, took: float) -> None:
         """A change is in effect: count it, say what was done and why, schedule its drain."""
@@ -422,7 +431,7 @@ class Supervisor:
             self.late_check.discard()  # haproxy -c passed on this very text before the reload
             self.config_check_failed = False
         else:
-            self.late_check.request(outcome.compiled.text)
+            self.late_check.request(outcome.compiled)
         kind = outcome.kind
         self.config_changes[kind.value] += 1
         self.changes_view = dict(self.config_changes)

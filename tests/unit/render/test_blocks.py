@@ -115,6 +115,20 @@ def test_the_kept_blocks_are_the_rendered_text_itself_not_a_copy() -> None:
     render(_load(loads), OPTIONS, blocks=blocks)
     text = render(_load(loads, destinations=["198.51.100.1:443"]), OPTIONS, blocks=blocks)
     # What the cache keeps of the blocks is where they are in the text the compile holds.
-    assert blocks._text is text
+    assert blocks._text.text is text
+    assert blocks.holder(text) is blocks._text  # the compile and the cache share one holder
     assert all(entry.text is None for entry in blocks._entries.values())
     assert len(blocks._starts) == len(blocks._ids) + 1 == 6 + 1
+
+
+def test_blocks_kept_deflated_splice_the_same_text() -> None:
+    loads, blocks = LoadCache(), BlockCache()
+    render(_load(loads), OPTIONS, blocks=blocks)
+    blocks.pack()  # a change is done: the kept text is deflated until the next render
+    assert blocks._text.packed
+    edited = render(_load(loads, destinations=["198.51.100.1:443"]), OPTIONS, blocks=blocks)
+    assert blocks.reused == 5  # the unchanged routes' blocks came from the inflated text
+    fresh = render(
+        _load(LoadCache(), destinations=["198.51.100.1:443"]), OPTIONS, blocks=BlockCache()
+    )
+    assert edited == fresh

@@ -11,7 +11,7 @@ import pytest
 from haproxy_egress.config.document import Config
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.render.pipeline import compiled_text
 from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.children import Backoff, ChildState
 from haproxy_egress.runtime.supervisor import State, Supervisor
@@ -64,7 +64,7 @@ def _supervisor(tmp_path: Path, clock: FakeClock, stable_after: float = 10.0) ->
         restart_stable_seconds=stable_after,
     )
     route = route_from({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
-    compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
+    compiled = compiled_text(Config(routes=(route,)), "# cfg\n", "digest")
     sup = assemble(config, RenderOptions(run_dir=config.run_dir), compiled, clock=clock)
     sup.state = State.RUNNING
     return sup

@@ -13,7 +13,7 @@ import yaml
 from haproxy_egress import cli, logsetup
 from haproxy_egress.config.sources import LoadCache, load_snapshot
 from haproxy_egress.config.sources.configdir import Snapshot
-from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.render.pipeline import Compiled, compiled_text
 from haproxy_egress.runtime.supervisor import Running
 from tests.support import HAPROXY, free_port
 
@@ -22,7 +22,7 @@ def _compiled(name: str) -> Compiled:
     route = {"name": name, "listen": 20000, "destinations": ["192.0.2.1:443"]}
     data = yaml.safe_dump({"version": 1, "routes": [route]}).encode()
     config = load_snapshot(Snapshot(Path("/cfg"), (("a.yaml", data),)), {}, cache=LoadCache())
-    return Compiled(config, f"# the text of {name}\n", name)
+    return compiled_text(config, f"# the text of {name}\n", name)
 
 
 def test_the_route_names_asked_before_a_change_do_not_keep_the_config_it_replaced() -> None:

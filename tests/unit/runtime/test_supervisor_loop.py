@@ -17,7 +17,7 @@ from haproxy_egress.config.document import Config
 from haproxy_egress.errors import ExitCode
 from haproxy_egress.metrics.logs import LogLoss
 from haproxy_egress.render.compiler import RenderOptions
-from haproxy_egress.render.pipeline import Compiled
+from haproxy_egress.render.pipeline import compiled_text
 from haproxy_egress.runtime.assembly import assemble
 from haproxy_egress.runtime.children import ChildState
 from haproxy_egress.runtime.supervisor import State, Supervisor
@@ -42,7 +42,7 @@ def supervisor(tmp_path: Path, clock: FakeClock) -> Supervisor:
         drain_seconds=30,
     )
     route = route_from({"name": "a", "listen": 1, "destinations": ["192.0.2.1:1"]})
-    compiled = Compiled(Config(routes=(route,)), "# cfg\n", "digest")
+    compiled = compiled_text(Config(routes=(route,)), "# cfg\n", "digest")
     sup = assemble(
         settings,
         RenderOptions(run_dir=settings.run_dir),
