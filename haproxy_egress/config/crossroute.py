@@ -114,7 +114,9 @@ class CrossIndex:
     names: dict[str, int] = field(default_factory=dict)
     on_port: dict[int, int] = field(default_factory=dict)  # any listener on the port
     wildcards: dict[int, int] = field(default_factory=dict)  # wildcard listeners on the port
-    addresses: dict[tuple[int, str | None], int] = field(default_factory=dict)
+    # Specific listeners, by the route's own (equal by address and port): no key of its own
+    # per route (a tuple for each of 10,000 routes, kept for as long as the router runs).
+    addresses: dict[Listen, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, routes: Sequence[Located], reserved: Mapping[str, Listen]) -> CrossIndex:
@@ -125,10 +127,9 @@ class CrossIndex:
         return index
 
     @staticmethod
-    def _keys(item: Located) -> tuple[str, int, bool, tuple[int, str | None]]:
+    def _keys(item: Located) -> tuple[str, int, bool, Listen]:
         listen = item.route.listen
-        wildcard = listen.is_wildcard
-        return item.route.name, listen.port, wildcard, (listen.port, listen.address)
+        return item.route.name, listen.port, listen.is_wildcard, listen
 
     def _add(self, item: Located) -> bool:
         """Count `item` in; True if it collides with a route counted before."""

@@ -20,9 +20,11 @@ Only the blocks the last render printed are kept.
 from __future__ import annotations
 
 import operator
+from array import array
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress
+from typing import TypeAlias
 
 from haproxy_egress.config.route import Route
 from haproxy_egress.render.hooks import HookSet
@@ -31,6 +33,7 @@ from haproxy_egress.render.packed import PackedText
 __all__ = ["BlockCache", "Blocks"]
 
 Macro = Callable[[Route], str]
+Offsets: TypeAlias = "array[int]"  # route ids, block offsets: signed 64-bit machine integers
 _LENGTH = operator.attrgetter("length")
 # What the template prints where the route blocks go; `Blocks.splice` puts them there, in the
 # one join that makes the whole text (no valid config holds a NUL).
@@ -39,10 +42,15 @@ _FEW = 64  # fresh blocks looked up one by one; more: one pass over the routes
 _APART = -(2**40)  # a block printed now "starts" at a multiple of this (see `_pieces`)
 
 
+def _offsets(*values: int) -> Offsets:
+    return array("q", values)
+
+
 @dataclass(slots=True)
 class _Entry:
+    # What else its block prints (origin, hooks, allow_from file) is not kept per entry: a
+    # kept entry's are always the last render's, which `BlockCache._inputs` holds.
     route: Route
-    inputs: tuple[object, ...]
     length: int
     text: str | None  # printed by this render; None once it is in the kept text
 
@@ -53,12 +61,16 @@ class BlockCache:
     def __init__(self) -> None:
         self._scope: Hashable = None
         self._entries: dict[int, _Entry] = {}
-        self._inputs: tuple[object, ...] = ()  # the last render's per-route inputs
+        # The last render's per-route inputs (origins, hooks, allow_from files by route
+        # name): every kept entry was printed with these, or checked against them.
+        self._inputs: tuple[Mapping[str, object], ...] = ()
         self._text = PackedText("")  # the last render's whole text
         self._base = 0  # where its route blocks start in it
-        self._ids: list[int] = []  # the ids of its routes, in order
-        # Where each of their blocks starts, from `_base`; one more: where the last one ends.
-        self._starts: list[int] = [0]
+        # The ids of its routes, in order, and where each of their blocks starts, from
+        # `_base` (one more: where the last one ends); machine integers, not int objects:
+        # at 10,000 routes each list would hold 10,000 ints made anew by every edit.
+        self._ids = _offsets()
+        self._starts = _offsets(0)
         self.rendered = 0  # blocks the last render printed afresh
         self.reused = 0
 
@@ -71,7 +83,9 @@ class BlockCache:
     ) -> Blocks:
         """A render starts; its blocks come from the returned `Blocks`."""
         if scope != self._scope:
-            self._keep(None, {}, (), text=PackedText(""), base=0, ids=[], starts=[0])
+            self._keep(
+                None, {}, (), text=PackedText(""), base=0, ids=_offsets(), starts=_offsets(0)
+            )
         self.rendered = self.reused = 0
         return Blocks(self, scope, origins, hooks, allow_from_files)
 
@@ -79,12 +93,12 @@ class BlockCache:
         self,
         scope: Hashable,
         entries: dict[int, _Entry],
-        inputs: tuple[object, ...],
+        inputs: tuple[Mapping[str, object], ...],
         *,
         text: PackedText,
         base: int,
-        ids: list[int],
-        starts: list[int],
+        ids: Offsets,
+        starts: Offsets,
     ) -> None:
         self._scope, self._entries, self._inputs = scope, entries, inputs
         self._text, self._base, self._ids, self._starts = text, base, ids, starts
@@ -117,8 +131,8 @@ class Blocks:
         self._route_hooks = dict(hooks.routes)
         self._allow_from_files = allow_from_files
         self._printed: dict[int, _Entry] = {}
-        self._ids: list[int] = []
-        self._starts: list[int] = [0]
+        self._ids = _offsets()
+        self._starts = _offsets(0)
         self._fresh: list[_Entry] = []  # printed by this render
         self._blocks: list[str] = []  # this render's, in order
 
@@ -132,16 +146,22 @@ class Blocks:
             entries = self._unchanged_inputs(routes, macro)
         else:
             entries = {}
+            last_origins, last_hooks, last_files = self._cache._inputs or ({}, {}, {})
             for route in routes:
                 name = route.name
-                inputs = (origins.get(name), route_hooks.get(name), files.get(name))
                 entry = kept.get(id(route))
-                if entry is None or entry.route is not route or entry.inputs != inputs:
-                    entry = self._print(route, inputs, macro)
+                if (
+                    entry is None
+                    or entry.route is not route
+                    or last_origins.get(name) != origins.get(name)
+                    or last_hooks.get(name) != route_hooks.get(name)
+                    or last_files.get(name) != files.get(name)
+                ):
+                    entry = self._print(route, macro)
                 # The entry holds the route, so its id cannot name another object while kept.
                 entries[id(route)] = entry
         self._printed = entries
-        self._ids = ids = list(map(id, routes))
+        self._ids = ids = array("q", map(id, routes))
         pieces = self._in_order(ids, entries) if len(ids) == len(self._cache._ids) else None
         if pieces is None:
             pieces = self._pieces(ids, entries)
@@ -149,10 +169,10 @@ class Blocks:
         self._blocks = pieces
         return MARKER
 
-    def _print(self, route: Route, inputs: tuple[object, ...], macro: Macro) -> _Entry:
+    def _print(self, route: Route, macro: Macro) -> _Entry:
         text = str(macro(route))
         self._cache.rendered += 1
-        entry = _Entry(route, inputs, len(text), text)
+        entry = _Entry(route, len(text), text)
         self._fresh.append(entry)
         return entry
 
@@ -172,23 +192,20 @@ class Blocks:
             for i in gone:
                 del entries[i]
         if missing:
-            origins, route_hooks, files = self._origins, self._route_hooks, self._allow_from_files
             for route in routes:
                 # A kept entry holds its route, so a kept id is that very route.
                 if id(route) in missing and id(route) not in entries:
-                    name = route.name
-                    inputs = (origins.get(name), route_hooks.get(name), files.get(name))
-                    entries[id(route)] = self._print(route, inputs, macro)
+                    entries[id(route)] = self._print(route, macro)
         return entries
 
-    def _fresh_places(self, ids: list[int]) -> list[int]:
+    def _fresh_places(self, ids: Offsets) -> list[int]:
         """Where the blocks printed now are among `ids`, in order."""
         fresh = {id(e.route) for e in self._fresh}
         if len(fresh) <= _FEW:  # an edit: each found by the C library
             return sorted(map(ids.index, fresh))
         return [at for at, i in enumerate(ids) if i in fresh]
 
-    def _in_order(self, ids: list[int], entries: dict[int, _Entry]) -> list[str] | None:
+    def _in_order(self, ids: Offsets, entries: dict[int, _Entry]) -> list[str] | None:
         """The pieces when the routes are where the last render had them, but for routes
         printed now (an edit): the runs between those are slices of the last text. None
         when a kept route moved."""
@@ -200,13 +217,13 @@ class Blocks:
         if len(places) != len(fresh):
             return None  # a kept block is somewhere else now
         pieces: list[str] = []
-        starts: list[int] = []
+        starts = _offsets()
         at = first = 0
         for place in (*places, len(ids)):
             if first < place:  # the kept blocks first..place-1, one slice
                 begin, end = old_starts[first], old_starts[place]
                 pieces.append(old[base + begin : base + end])
-                starts += map((at - begin).__add__, old_starts[first:place])
+                starts.extend(map((at - begin).__add__, old_starts[first:place]))
                 at += end - begin
             if place < len(ids):
                 text = entries[ids[place]].text or ""
@@ -218,11 +235,11 @@ class Blocks:
         self._starts = starts
         return pieces
 
-    def _pieces(self, ids: list[int], entries: dict[int, _Entry]) -> list[str]:
+    def _pieces(self, ids: Offsets, entries: dict[int, _Entry]) -> list[str]:
         """The pieces in any order: each run of kept blocks that follow each other in the
         last text as one slice of it, each block printed now as itself."""
         if not ids:
-            self._starts = [0]
+            self._starts = _offsets(0)
             return []
         cache = self._cache
         old, base = cache._text.text, cache._base
@@ -243,7 +260,7 @@ class Blocks:
             else:
                 pieces.append(old[base + starts[first] : base + ends[last - 1]])
             first = last
-        self._starts = list(accumulate(lengths, initial=0))
+        self._starts = array("q", accumulate(lengths, initial=0))
         return pieces
 
     def splice(self, rendered: str) -> str:
@@ -253,7 +270,9 @@ class Blocks:
         fill at each edit (10,000 routes)."""
         head, marker, tail = rendered.partition(MARKER)
         if not marker:  # the template did not print them: keep nothing
-            self._cache._keep(None, {}, (), text=PackedText(""), base=0, ids=[], starts=[0])
+            self._cache._keep(
+                None, {}, (), text=PackedText(""), base=0, ids=_offsets(), starts=_offsets(0)
+            )
             return rendered
         text = "".join((head, *self._blocks, tail))
         for entry in self._fresh:
@@ -270,5 +289,6 @@ class Blocks:
         )
         # The render's context may be a cycle the collector frees later: let go of the
         # pieces (7 MB at 10,000 routes) now.
-        self._blocks, self._fresh, self._printed, self._ids, self._starts = [], [], {}, [], [0]
+        self._blocks, self._fresh, self._printed = [], [], {}
+        self._ids, self._starts = _offsets(), _offsets(0)
         return text

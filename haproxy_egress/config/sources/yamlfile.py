@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from functools import cache
 from typing import Any
 
 import yaml
@@ -258,6 +259,14 @@ def lines_outside_routes(lines: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in lines.items() if not k.startswith("routes")}
 
 
+@cache
+def _route_path(index: int) -> str:
+    """`routes[index]`, one string for every key: the load cache keeps each route's path for
+    as long as the route lives (10,000 routes in ten keys repeat 1,000 paths ten times).
+    Bounded by the most routes one key holds."""
+    return f"routes[{index}]"
+
+
 def _route_lines(root: yaml.Node) -> list[int]:
     """The line of each item of the top-level `routes` list (what `routes[i]` indexes to)."""
     if isinstance(root, yaml.MappingNode):
@@ -369,7 +378,7 @@ def read_yaml(name: str, text: bytes) -> Fragment:
         frag.problems.append(Problem(name, "routes", "must be a list", lines.get("routes")))
         return frag
     for i, route in enumerate(routes):
-        path = f"routes[{i}]"
+        path = _route_path(i)
         if not isinstance(route, dict):
             frag.problems.append(Problem(name, path, "must be a mapping", lines.get(path)))
             continue
