@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from haproxy_egress.config.derived import Derived
 from haproxy_egress.config.route import Route
 from haproxy_egress.config.scalars import Listen
 from haproxy_egress.errors import Problem
 
 
-class _Origin:
-    """A slot for `Located.origin`, made once (a slotted dataclass has no dict for a
-    `functools.cached_property`; the router keeps one `Located` per route)."""
+class _Origin(Derived):
+    """Where `Located.origin` is kept (config/derived.py)."""
 
     __slots__ = ("_origin",)
-    _origin: tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +30,7 @@ class Located(_Origin):
     def origin(self) -> tuple[str, str]:
         """(route name, "routes.yaml: routes[2]"): where the route was defined, for messages
         (made once: an unchanged route is the same object from load to load)."""
-        try:
-            return self._origin
-        except AttributeError:
-            origin = self.route.name, f"{self.source}: {self.path}"
-            object.__setattr__(self, "_origin", origin)  # frozen: set once
-            return origin
+        return self._derived("_origin", lambda: (self.route.name, f"{self.source}: {self.path}"))
 
 
 def cross_route_problems(

@@ -9,7 +9,6 @@ held lives in slots of their own (`_Derived`)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -26,6 +25,7 @@ from pydantic_core import ArgsKwargs, PydanticCustomError
 from haproxy_egress.config import classes as egress_classes
 from haproxy_egress.config import policy as egress_policy
 from haproxy_egress.config import vocabulary
+from haproxy_egress.config.derived import Derived
 from haproxy_egress.config.hookuse import HookUse
 from haproxy_egress.config.parent import Parent, parent_spec
 from haproxy_egress.config.policyfields import (
@@ -88,7 +88,6 @@ PROXY_ONLY_FIELDS = (
     "parent",
 )
 
-T = TypeVar("T")
 S = TypeVar("S", bound="RouteSettings")
 
 
@@ -105,21 +104,11 @@ def replaced(settings: S, **changes: Any) -> S:
     return copy
 
 
-class _Derived:
-    """Slots for what a route derives from its fields once, when first asked (the parsed rules
-    and groups, the refused classes, the destinations to resolve). A frozen dataclass with
-    slots has no dict for `functools.cached_property`; these slots are not fields, so they
-    take no part in validation, equality or `dataclasses.replace`."""
+class _Derived(Derived):
+    """Where a route keeps what it derives from its fields (config/derived.py): the parsed
+    rules and groups, the refused classes, the destinations to resolve."""
 
     __slots__ = ("_groups", "_guard_classes", "_named_destinations", "_rules")
-
-    def _derived(self, slot: str, make: Callable[[], T]) -> T:
-        try:
-            value: T = getattr(self, slot)
-        except AttributeError:
-            value = make()
-            object.__setattr__(self, slot, value)  # frozen: set once, never changed
-        return value
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=STRICT)

@@ -1,19 +1,20 @@
 """Validated routes share their equal parts: the router keeps 10,000 routes for as long as it runs.
 
-pydantic gives every model instance its own field values and its own set of the fields the
-input named (`model_fields_set`, 216 to 2,264 bytes). At 10,000 routes in the bench's shape
-those sets were 15 MB of the supervisor's RSS, and the values that every route repeats
-(`check: {enabled: false}`, `allow_from`, timeouts as ints above 256, the same strings parsed
-again from each YAML key) about as much again. `Sharing.model` rewrites a freshly validated
-model in place so that what is equal is one object: the fields sets by their content, and strings,
-numbers, addresses, tuples and whole frozen sub-models and dataclasses (endpoints, listeners)
-when every field is the very same object as another's (identity, never `==`, which holds
-between `1`, `1.0` and `True`).
+A validation gives every route its own field values, and every pydantic model in it (a
+health check, limits, a parent) its own set of the fields the input named
+(`model_fields_set`, 216 to 2,264 bytes). At 10,000 routes in the bench's shape those sets
+were 15 MB of the supervisor's RSS, and the values that every route repeats (`check:
+{enabled: false}`, `allow_from`, timeouts as ints above 256, the same strings parsed again
+from each YAML key) about as much again. `Sharing.route` rewrites a freshly validated route
+in place so that what is equal is one object: strings, numbers, addresses, tuples, the
+models' fields sets by their content, and whole frozen sub-models and dataclasses
+(endpoints, listeners) when every field is the very same object as another's (identity,
+never `==`, which holds between `1`, `1.0` and `True`).
 
-Nothing observable changes: the models are frozen, equal values replace equal values, and
-pydantic copies the fields set before it adds to it (`model_copy(update=...)`). A `Sharing`
-lives for one load (the load cache keeps the routes it made, not the table), so it never keeps
-a value alive that no route holds.
+Nothing observable changes: routes and their parts are frozen, equal values replace equal
+values, and pydantic copies a fields set before it adds to it. A `Sharing` lives for one
+load (the load cache keeps the routes it made, not the table), so it never keeps a value
+alive that no route holds.
 """
 
 from __future__ import annotations
