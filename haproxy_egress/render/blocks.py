@@ -113,6 +113,10 @@ class BlockCache:
         """Deflate the kept text until the next render reads it (render/packed.py)."""
         self._text.pack()
 
+    def unpack_soon(self) -> None:
+        """A render is coming: start inflating the kept text (render/packed.py)."""
+        self._text.unpack_soon()
+
 
 class Blocks:
     """One render's view of the cache: `blocks` for the template, `splice` when it is done."""

@@ -60,6 +60,12 @@ class Compiled:
         """sha256 of the rendered haproxy.cfg (the `digest` label of config_info)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 
+    def unpack_soon(self) -> None:
+        """A change has begun: start inflating the texts it will read (this config's, which
+        it diffs, and the block cache's, which its render splices) beside its validation."""
+        self.packed.unpack_soon()
+        SHARED_BLOCKS.unpack_soon()
+
     def pack(self) -> None:
         """A change is done with this config's text (and the block cache with the last
         render's): keep them deflated until the next change reads them."""

@@ -379,6 +379,7 @@ class Supervisor:
     def _change(self, reason: str, force: bool) -> None:
         """One change transaction, and what the router says and counts of its outcome."""
         started = self._clock()
+        self.current.unpack_soon()
         try:
             # No collector pass in the middle of a change: at 10,000 routes one walks a
             # million objects for a few hundred milliseconds the edit would wait for.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from haproxy_egress.render.packed import PackedText
 
 
@@ -39,3 +41,15 @@ def test_a_reader_that_needs_the_text_once_leaves_it_packed() -> None:
     held.pack()
     assert held.read() == text
     assert held.packed  # the late check read it; nothing stays inflated until the next change
+
+
+def test_a_change_starts_inflating_the_text_before_it_reads_it() -> None:
+    text = "backend b\n    server s 192.0.2.1:443\n" * 5000
+    held = PackedText(text)
+    held.pack()
+    held.unpack_soon()
+    for thread in threading.enumerate():
+        if thread.name == "inflate":
+            thread.join(timeout=30)
+    assert not held.packed  # inflated by its own thread, before anyone asked for the text
+    assert held.text == text
