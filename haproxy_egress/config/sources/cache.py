@@ -14,10 +14,11 @@ passed together, so only the others are checked against it, and any collision ru
 check, so a changed route that collides with an unchanged one is refused with its location as
 before.
 
-What is kept is small: a kept fragment is hollow (its routes keep their location but not
-their data or per-field lines, which only a validation needs), and routes are found by a
-digest. A hollow route that misses (the merged defaults changed) cannot be validated: the
-load then starts over with every key parsed (`Stale`). Each load keeps only what it used.
+What is kept is small: a kept fragment is hollow (its routes keep their location and the
+digest of their data, not the data or per-field lines, which only a validation needs), and
+routes are found by that digest. A hollow route that misses (the merged defaults changed)
+cannot be validated: the load then starts over with every key parsed (`Stale`). Each load
+keeps only what it used.
 """
 
 from __future__ import annotations
@@ -59,20 +60,22 @@ class _Segment:
 
     defaults: str
     located: list[Located]
-    keys: dict[int, tuple[RawRoute, _RouteKey]]  # the key's raw routes, as in `_Load.keys`
     routes: dict[_RouteKey, Located]
 
 
 @dataclass
 class _Load:
-    """What one load used: fragments by key, routes by key, each raw route's key, whole keys'
-    routes, and which key each fragment came from."""
+    """What one load used: fragments by key, routes by key, whole keys' routes, and which
+    key each fragment came from. (Each raw route carries the digest of its own key.)"""
 
     fragments: dict[_FragmentKey, Fragment] = dataclasses.field(default_factory=dict)
     routes: dict[_RouteKey, Located] = dataclasses.field(default_factory=dict)
-    keys: dict[int, tuple[RawRoute, _RouteKey]] = dataclasses.field(default_factory=dict)
     segments: dict[_FragmentKey, _Segment] = dataclasses.field(default_factory=dict)
     sources: dict[int, _FragmentKey] = dataclasses.field(default_factory=dict)
+
+
+def _key(raw: RawRoute, digest: bytes, defaults: str) -> _RouteKey:
+    return raw.source, raw.path, raw.line, digest, defaults
 
 
 # What a hollow route holds for data and lines (shared: nothing writes to them).
@@ -90,15 +93,9 @@ def _route_lines_dropped(frag: Fragment) -> tuple[dict[str, int], Mapping[str, i
     return outside, defaults
 
 
-def _hollow(frag: Fragment, keys: dict[int, tuple[RawRoute, _RouteKey]]) -> Fragment:
-    """The fragment without its routes' data and lines; `keys` learns the hollow routes."""
-    routes = []
-    for raw in frag.routes:
-        hollow = RawRoute({}, raw.source, raw.path, raw.line)
-        known = keys.get(id(raw))
-        if known is not None and known[0] is raw:
-            keys[id(hollow)] = (hollow, known[1])
-        routes.append(hollow)
+def _hollow(frag: Fragment) -> Fragment:
+    """The fragment without its routes' data and lines (each keeps its digest)."""
+    routes = [RawRoute({}, r.source, r.path, r.line, digest=r.digest) for r in frag.routes]
     lines, defaults_lines = _route_lines_dropped(frag)
     return dataclasses.replace(frag, lines=lines, defaults_lines=defaults_lines, routes=routes)
 
@@ -136,18 +133,10 @@ class LoadCache:
         kept = _Load(routes=used.routes)
         for key, frag in used.fragments.items():
             full = bool(frag.routes) and bool(frag.routes[0].data)  # a parse, not a kept one
-            kept.fragments[key] = _hollow(frag, used.keys) if full else frag
+            kept.fragments[key] = _hollow(frag) if full else frag
             segment = used.segments.get(key)
-            if segment is not None and full:
-                # The next load finds the hollow routes: the segment must name those.
-                found = [used.keys.get(id(raw)) for raw in kept.fragments[key].routes]
-                if any(k is None for k in found):
-                    continue
-                keys = {id(k[0]): k for k in found if k is not None}
-                segment = _Segment(segment.defaults, segment.located, keys, segment.routes)
             if segment is not None:
                 kept.segments[key] = segment
-        kept.keys = {k: v for k, v in used.keys.items() if not v[0].data}
         self._kept, self._used = kept, _Load()
         self._index, self._new_index = self._new_index, None
 
@@ -195,7 +184,6 @@ class LoadCache:
             return None
         used = self._used
         used.segments[key] = segment
-        used.keys.update(segment.keys)
         used.routes.update(segment.routes)
         self.stats.routes_reused += len(segment.located)
         return segment.located
@@ -204,22 +192,23 @@ class LoadCache:
         """`located` are all of `frag`'s routes, validated (by `route`) with `defaults` and
         final (nothing resolved into them since): the next load may take them whole."""
         key = self._used.sources.get(id(frag))
-        found = [self._used.keys.get(id(raw)) for raw in frag.routes]
-        if key is None or len(found) != len(located):
+        if key is None or len(frag.routes) != len(located):
             return
-        keys = {id(k[0]): k for k in found if k is not None}
-        if len(keys) != len(located):
-            return  # a route validated without a key (nested too deep to digest)
-        routes = {k[1]: item for k, item in zip(keys.values(), located, strict=True)}
-        self._used.segments[key] = _Segment(defaults, located, keys, routes)
+        digests = [raw.digest for raw in frag.routes]
+        if None in digests:
+            return  # a route validated without a digest (nested too deep to digest)
+        routes = {
+            _key(raw, digest, defaults): item
+            for raw, digest, item in zip(frag.routes, digests, located, strict=True)
+            if digest is not None
+        }
+        self._used.segments[key] = _Segment(defaults, located, routes)
 
     def route(self, raw: RawRoute, defaults: str, validate: Callable[[], Located]) -> Located:
         """`validate()`, or the route it returned for the same raw route and `defaults` (the
         merged defaults, as text) last time. Raises Stale for a hollow route that misses."""
-        known = self._kept.keys.get(id(raw))
-        if known is not None and known[0] is raw:
-            source, path, line, digest, _ = known[1]
-            key = (source, path, line, digest, defaults)
+        if raw.digest is not None and not raw.data:  # kept hollow: only its digest is left
+            key = _key(raw, raw.digest, defaults)
             located = self._kept.routes.get(key)
             if located is None:
                 raise Stale(raw.source)
@@ -229,15 +218,16 @@ class LoadCache:
             except RecursionError:  # data nested deeper than repr goes: no route has that
                 self.stats.routes_validated += 1
                 return validate()
-            key = (raw.source, raw.path, raw.line, digest, defaults)
+            key = _key(raw, digest, defaults)
             located = self._kept.routes.get(key)
             if located is None:
                 located = validate()  # raises ProblemList: nothing is kept
                 self.stats.routes_validated += 1
-                self._used.routes[key] = located
-                self._used.keys[id(raw)] = (raw, key)
-                return located
+            else:
+                self.stats.routes_reused += 1
+            raw.digest = digest  # valid: the next load finds it by this once its data is gone
+            self._used.routes[key] = located
+            return located
         self.stats.routes_reused += 1
         self._used.routes[key] = located
-        self._used.keys[id(raw)] = (raw, key)
         return located

@@ -19,6 +19,9 @@ class RawRoute:
     line: int | None = None
     # YAML path below this route → line, so field errors can name a line too.
     lines: Mapping[str, int] = field(default_factory=dict)
+    # Set by the load cache once the route is valid: the digest of its data, by which the
+    # next load finds the validated route again after the data is dropped (cache.py).
+    digest: bytes | None = None
 
 
 @dataclass

@@ -76,6 +76,9 @@ def test_only_what_the_last_load_used_is_kept() -> None:
         ("routes[0]", {}, {}),
         ("routes[1]", {}, {}),
     ]
+    # ... and the digest of its data, by which the next load finds the validated route.
+    assert {len(r.digest or b"") for r in kept.routes} == {16}
+    assert len({r.digest for r in kept.routes}) == 5
 
 
 def test_a_changed_route_that_conflicts_with_an_unchanged_one_is_refused_with_its_location() -> (
