@@ -10,8 +10,6 @@ import ipaddress
 import re
 import socket
 
-import idna
-
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1..63 chars, 253 in all.
 # Underscores are refused: they are not valid in host names and haproxy's resolver drops them.
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -33,6 +31,10 @@ def a_labels(name: str) -> str:
     dotted = name.translate(DOTS)
     if dotted.isascii() and "xn--" not in dotted.lower():
         return dotted
+    # Imported here: its UTS #46 tables are 0.6 MB of the supervisor's memory, which a config
+    # of ASCII names never needs.
+    import idna  # noqa: PLC0415
+
     trailing = "." if dotted.endswith(".") else ""
     try:
         return idna.encode(dotted.rstrip("."), uts46=True).decode("ascii") + trailing

@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
-
 from haproxy_egress.errors import ConfigError, Problem
 from haproxy_egress.metrics.webconfig import (
     RateLimit,
@@ -186,6 +184,9 @@ class BasicAuth:
             if cached is not None:
                 self._cache.move_to_end(digest)
                 return cached
+        # Imported here: only a web config with basic_auth_users needs it (0.4 MB).
+        import bcrypt  # noqa: PLC0415
+
         with self._bcrypt:
             try:
                 ok = bcrypt.checkpw(password, hashed)
