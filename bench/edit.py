@@ -81,7 +81,7 @@ def measure(n: int, work: Path, edits: int) -> tuple[dict[str, list[float]], flo
         volume.write({**keys, "web.yaml": _web(2 + i % 2)})
         current = _edit(settings, options, current, laps)
         current.pack()
-        memory.release()
+        memory.after_change()
     return laps, started, _rss()
 
 

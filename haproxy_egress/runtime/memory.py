@@ -14,7 +14,7 @@ import ctypes.util
 import gc
 from functools import cache
 
-__all__ = ["map_large_blocks", "release", "settle"]
+__all__ = ["after_change", "map_large_blocks", "release", "settle"]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 _LARGE = 128 * 1024  # glibc's default threshold, kept fixed
@@ -49,6 +49,20 @@ def release() -> None:
     if libc is not None:
         with contextlib.suppress(OSError):
             libc.malloc_trim(0)
+
+
+def after_change() -> None:
+    """A change is done: free its garbage now, cycles included, then return the pages.
+
+    A render leaves a reference cycle behind (jinja2's context and its macros), and the
+    context holds what the render was given: the previous config, its origins by route
+    name. With the collector held off during the change, those waited for a later pass of
+    the older generations, and at 10,000 routes the supervisor carried 0.6 MB more after
+    each reload until one came (a saw-tooth of 74 -> 78 MB every 7 reloads), and 3 MB more
+    after a few runtime edits. Collecting the young generations here takes 2-3 ms, after
+    the change is in effect."""
+    gc.collect(1)
+    release()
 
 
 def settle() -> None:

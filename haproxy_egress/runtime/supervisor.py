@@ -372,9 +372,10 @@ class Supervisor:
             self._change(reason, force)
         finally:
             # The change is done with the texts (the running one, the last render's): keep
-            # them deflated until the next change; then the freed memory goes back.
+            # them deflated until the next change; then its garbage is freed and the memory
+            # goes back.
             self.current.pack()
-            memory.release()
+            memory.after_change()
 
     def _change(self, reason: str, force: bool) -> None:
         """One change transaction, and what the router says and counts of its outcome."""
