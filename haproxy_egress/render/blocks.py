@@ -83,9 +83,7 @@ class BlockCache:
     ) -> Blocks:
         """A render starts; its blocks come from the returned `Blocks`."""
         if scope != self._scope:
-            self._keep(
-                None, {}, (), text=PackedText(""), base=0, ids=_offsets(), starts=_offsets(0)
-            )
+            self._forget()
         self.rendered = self.reused = 0
         return Blocks(self, scope, origins, hooks, allow_from_files)
 
@@ -102,6 +100,10 @@ class BlockCache:
     ) -> None:
         self._scope, self._entries, self._inputs = scope, entries, inputs
         self._text, self._base, self._ids, self._starts = text, base, ids, starts
+
+    def _forget(self) -> None:
+        """Keep no block: the next render prints every route."""
+        self._keep(None, {}, (), text=PackedText(""), base=0, ids=_offsets(), starts=_offsets(0))
 
     def holder(self, text: str) -> PackedText:
         """The holder of `text`: the one this cache keeps when `text` is the last render's
@@ -274,9 +276,7 @@ class Blocks:
         fill at each edit (10,000 routes)."""
         head, marker, tail = rendered.partition(MARKER)
         if not marker:  # the template did not print them: keep nothing
-            self._cache._keep(
-                None, {}, (), text=PackedText(""), base=0, ids=_offsets(), starts=_offsets(0)
-            )
+            self._cache._forget()
             return rendered
         text = "".join((head, *self._blocks, tail))
         for entry in self._fresh:
