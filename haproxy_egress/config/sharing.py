@@ -67,8 +67,7 @@ class Sharing:
     def route(self, route: Route) -> None:
         """Share a route's field values, in place (the route stays itself: a route is told
         apart from the others by identity)."""
-        for name in _ROUTE_FIELDS:
-            object.__setattr__(route, name, self.value(getattr(route, name)))  # equal for equal
+        self._fields(route, _ROUTE_FIELDS)
 
     def model(self, model: M) -> M:
         """`model` with its parts and its fields set shared (in place), or an equal model seen
@@ -103,8 +102,12 @@ class Sharing:
     def _dataclass(self, value: Any) -> Any:
         """A frozen dataclass (an endpoint, a listener) with its fields shared, or an equal one
         seen before."""
-        names = _FROZEN_DATACLASSES[type(value)]
+        parts = self._fields(value, _FROZEN_DATACLASSES[type(value)])
+        return self._table.setdefault((type(value), *map(id, parts)), value)
+
+    def _fields(self, value: Any, names: tuple[str, ...]) -> list[Any]:
+        """Share the named fields of a frozen dataclass in place; their shared values."""
         parts = [self.value(getattr(value, n)) for n in names]
         for name, part in zip(names, parts, strict=True):
             object.__setattr__(value, name, part)  # frozen: equal replaces equal
-        return self._table.setdefault((type(value), *map(id, parts)), value)
+        return parts
